@@ -1,0 +1,90 @@
+"""The `vital` command.
+
+Each command lives in the module that owns its concept and is imported only when it runs, so `vital --help`
+is instant and a stage whose extra is not installed fails with the name of the extra to install.
+A command module exposes a function `main(argv: list[str]) -> int | None` that parses its own arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    words: tuple[str, ...]
+    target: str  # "package.module:function"
+    extra: str | None
+    help: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(("demo",), "vital_hub.demo:main", None, "build the four mixtures from a bundled synthetic sample"),
+    Command(("sources",), "vital_hub.sources:main", None, "list, fetch and verify the released source files"),
+    Command(("build", "instructions"), "vital_hub.mixtures.cli:build_main", None, "build the instructions repo"),
+    Command(("export", "llava"), "vital_hub.mixtures.cli:export_main", None, "write a config back as LLaVA JSON"),
+    Command(("verify",), "vital_hub.mixtures.cli:verify_main", None, "compare a released file with a config"),
+    Command(("push",), "vital_hub.hub:push_main", None, "upload a repo folder to the Hub"),
+    Command(("fetch", "figures"), "vital_hub.figures.cli:fetch_main", "figures", "download PMC figures"),
+    Command(("build", "figures"), "vital_hub.figures.cli:build_main", "figures", "build the figures config"),
+    Command(("generate",), "vital_hub.generation.cli:main", "gen", "generate candidates with a vision LLM"),
+    Command(("judge",), "vital_hub.preferences.cli:judge_main", "gen", "score candidates with a rubric judge"),
+    Command(("preferences",), "vital_hub.preferences.cli:main", "annotate", "sample items, build preference pairs"),
+    Command(("annotate",), "vital_hub.preferences.app:main", "annotate", "serve the clinician annotation app"),
+    Command(("select",), "vital_hub.selector.select:main", "train", "score candidates and keep the top ones"),
+    Command(("eval",), "vital_hub.eval.cli:main", "eval", "answer, judge and score evaluation sets"),
+)
+
+
+def find_command(argv: list[str]) -> tuple[Command, list[str]] | None:
+    """The command whose words are the longest prefix of argv, and the remaining arguments."""
+    matches = [c for c in COMMANDS if tuple(argv[: len(c.words)]) == c.words]
+    if not matches:
+        return None
+    best = max(matches, key=lambda c: len(c.words))
+    return best, argv[len(best.words) :]
+
+
+def load(command: Command):
+    module_name, function_name = command.target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if command.extra and err.name and not err.name.startswith("vital_hub"):
+            raise SystemExit(
+                f"vital {' '.join(command.words)} needs the '{command.extra}' extra "
+                f"(missing module {err.name!r}): pip install 'vital-hub[{command.extra}]'"
+            ) from err
+        raise
+    return getattr(module, function_name)
+
+
+def usage() -> str:
+    width = max(len(" ".join(c.words)) for c in COMMANDS)
+    lines = ["usage: vital COMMAND [ARGS...]  (vital COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {' '.join(c.words):<{width}}  {c.help}" for c in COMMANDS]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        from vital_hub import __version__
+
+        print(__version__)
+        return 0
+    found = find_command(argv)
+    if found is None:
+        print(f"vital: unknown command {' '.join(argv[:2])!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    command, rest = found
+    return int(load(command)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

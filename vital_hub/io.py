@@ -1,0 +1,130 @@
+"""File helpers every stage shares: streaming record readers and writes that never leave half a file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vital_hub.schema import Location, RecordError
+
+CHUNK = 1 << 20
+_decoder = json.JSONDecoder()
+
+
+def iter_json_records(path: str | Path) -> Iterator[tuple[Location, Any]]:
+    """Yield (location, record) from a JSON array or a JSONL file without loading the file.
+
+    A 463 MB array is read in 1 MiB chunks and decoded one element at a time, so memory stays at the size of
+    one record plus one chunk. A truncated or malformed file raises RecordError naming the file, the index of
+    the record that could not be read and the id of the last good one.
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8") as handle:
+        head = handle.read(CHUNK)
+        stripped = head.lstrip()
+        if stripped.startswith("["):
+            yield from _iter_array(path, handle, stripped[1:])
+        else:
+            handle.seek(0)
+            yield from _iter_lines(path, handle)
+
+
+def _iter_lines(path: Path, handle) -> Iterator[tuple[Location, Any]]:
+    index = 0
+    for line_number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RecordError(f"line {line_number} is not valid JSON ({err.msg})", file=str(path), index=index) from err
+        yield Location(str(path), index), record
+        index += 1
+
+
+def _iter_array(path: Path, handle, buffer: str) -> Iterator[tuple[Location, Any]]:
+    index, position, last_id, at_eof = 0, 0, None, False
+    expect_value = True  # after '[' or ','
+    while True:
+        while position < len(buffer) and buffer[position] in " \t\r\n":
+            position += 1
+        if position >= len(buffer) - 1 and not at_eof:
+            # Keep at most one unread character and refill; decoding needs the whole next value in the buffer.
+            chunk = handle.read(CHUNK)
+            at_eof = not chunk
+            buffer, position = buffer[position:] + chunk, 0
+            continue
+        if position >= len(buffer):
+            raise RecordError(_truncated(last_id), file=str(path), index=index)
+        char = buffer[position]
+        if char == "]" and (index == 0 or not expect_value):
+            rest = (buffer[position + 1 :] + handle.read()).strip()
+            if rest:
+                raise RecordError(f"unexpected data after the closing ']': {rest[:40]!r}", file=str(path), index=index)
+            return
+        if char == "," and not expect_value:
+            expect_value, position = True, position + 1
+            continue
+        if not expect_value:
+            raise RecordError(f"expected ',' or ']' after record, found {char!r}", file=str(path), index=index)
+        try:
+            record, end = _decoder.raw_decode(buffer, position)
+        except json.JSONDecodeError as err:
+            if at_eof:
+                raise RecordError(_truncated(last_id, err.msg), file=str(path), index=index) from err
+            chunk = handle.read(CHUNK)
+            at_eof = not chunk
+            buffer, position = buffer[position:] + chunk, 0
+            continue
+        if end == len(buffer) and not at_eof:
+            # A number at the very end of the buffer may continue in the next chunk.
+            chunk = handle.read(CHUNK)
+            at_eof = not chunk
+            buffer, position = buffer[position:] + chunk, 0
+            continue
+        yield Location(str(path), index), record
+        last_id = record.get("id") if isinstance(record, dict) else None
+        index, position, expect_value = index + 1, end, False
+        if position > CHUNK:
+            buffer, position = buffer[position:], 0
+
+
+def _truncated(last_id: Any, detail: str | None = None) -> str:
+    after = f" after id {last_id!r}" if last_id is not None else ""
+    return f"file is truncated or malformed{after}" + (f" ({detail})" if detail else "")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside `final` that is renamed onto it only when the block finishes without error."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix + ".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, final)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")

@@ -1,0 +1,209 @@
+"""The canonical instruction record and its two shapes.
+
+A *LLaVA record* is what the released files hold (a JSON array of them)::
+
+    {"id": "32432162_F1", "image": "32432162_F1.jpg", "domain": {...},
+     "conversations": [{"from": "human", "value": "q\\n<image>"}, {"from": "gpt", "value": "..."}]}
+
+A *row* is what the Hub dataset stores and TRL trains from::
+
+    {"id", "image_id", "image_file", "domain", "source", "extra", "images": [image or None],
+     "messages": [{"role": "user", "content": [{"type": "text", "text": "q\\n"}, {"type": "image", "text": None}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": "..."}]}]}
+
+The conversion is lossless: text around `<image>` is kept verbatim (so both `q\\n<image>` and `<image>\\nq`
+come back exactly), absent domains stay absent, and any top-level key we do not model is kept as JSON in
+`extra`. A row always has exactly one entry in `images` (None while its picture is missing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+IMAGE_TOKEN = "<image>"
+DOMAINS = ("chest_xray", "mri", "ct_scan", "histology", "gross")
+# The order LLaVA-Med's evaluation uses when a record has several domain flags.
+DOMAIN_PRIORITY = ("chest_xray", "mri", "histology", "gross", "ct_scan")
+ROLE_OF_SPEAKER = {"human": "user", "gpt": "assistant"}
+SPEAKER_OF_ROLE = {role: speaker for speaker, role in ROLE_OF_SPEAKER.items()}
+MODELED_KEYS = ("id", "image", "domain", "conversations", "conversatons")
+
+
+class RecordError(ValueError):
+    """A record that cannot be used, with where it is and why."""
+
+    def __init__(self, reason: str, *, file: str | None = None, index: int | None = None, record_id: Any = None):
+        self.reason, self.file, self.index, self.record_id = reason, file, index, record_id
+        where = []
+        if file is not None:
+            where.append(str(file))
+        if index is not None:
+            where.append(f"record {index}")
+        if record_id is not None:
+            where.append(f"id {record_id!r}")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a record came from, for error messages."""
+
+    file: str | None = None
+    index: int | None = None
+
+    def error(self, reason: str, record_id: Any = None) -> RecordError:
+        return RecordError(reason, file=self.file, index=self.index, record_id=record_id)
+
+
+def conversation_of(record: dict, where: Location = Location()) -> list[dict]:
+    """The record's turns, under either spelling of the key."""
+    turns = record.get("conversations", record.get("conversatons"))
+    if turns is None:
+        raise where.error("no 'conversations' list", record.get("id"))
+    if not isinstance(turns, list):
+        raise where.error(f"'conversations' is a {type(turns).__name__}, not a list", record.get("id"))
+    return turns
+
+
+def validate_llava(record: Any, where: Location = Location()) -> None:
+    """Raise RecordError naming the first thing wrong with a LLaVA record."""
+    if not isinstance(record, dict):
+        raise where.error(f"a record must be a JSON object, got {type(record).__name__}")
+    record_id = record.get("id")
+    if not isinstance(record_id, str | int) or isinstance(record_id, bool) or str(record_id) == "":
+        raise where.error("missing or empty 'id'", record_id)
+    image = record.get("image")
+    if not isinstance(image, str) or not image:
+        raise where.error("no image reference ('image' is missing or empty)", record_id)
+    domain = record.get("domain")
+    if domain is not None:
+        if not isinstance(domain, dict):
+            raise where.error(f"'domain' must be an object of flags, got {type(domain).__name__}", record_id)
+        unknown = sorted(set(domain) - set(DOMAINS))
+        if unknown:
+            raise where.error(f"unknown domain flags {unknown}; known: {list(DOMAINS)}", record_id)
+        if not all(isinstance(v, bool) for v in domain.values()):
+            raise where.error("domain flags must be true/false", record_id)
+    turns = conversation_of(record, where)
+    if not turns:
+        raise where.error("empty conversation", record_id)
+    if len(turns) % 2:
+        raise where.error(f"odd number of turns ({len(turns)}): the last question has no answer", record_id)
+    for position, turn in enumerate(turns):
+        expected = "human" if position % 2 == 0 else "gpt"
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise where.error(f"turn {position} must be an object with a string 'value'", record_id)
+        speaker = turn.get("from")
+        if speaker not in ROLE_OF_SPEAKER:
+            raise where.error(f"turn {position} has unknown role {speaker!r} (expected 'human' or 'gpt')", record_id)
+        if speaker != expected:
+            raise where.error(
+                f"turns do not alternate: turn {position} is {speaker!r}, expected {expected!r}", record_id
+            )
+        if not turn["value"].strip():
+            raise where.error(f"turn {position} is empty", record_id)
+        image_count = turn["value"].count(IMAGE_TOKEN)
+        if position > 0 and image_count:
+            raise where.error(f"'{IMAGE_TOKEN}' in turn {position}; it may only stand in the first question", record_id)
+        if image_count > 1:
+            raise where.error(f"'{IMAGE_TOKEN}' appears {image_count} times in the first question", record_id)
+
+
+def image_id_of(image_file: str) -> str:
+    """`32432162_F1.jpg` -> `32432162_F1` (the pair id); other names keep everything but the extension."""
+    name = image_file.rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def text_to_content(text: str) -> list[dict]:
+    """Split a turn at `<image>` into TRL content parts, keeping every character of the text."""
+    pieces = text.split(IMAGE_TOKEN)
+    content: list[dict] = []
+    for position, piece in enumerate(pieces):
+        if position:
+            content.append({"type": "image", "text": None})
+        if piece:
+            content.append({"type": "text", "text": piece})
+    return content
+
+
+def content_to_text(content: list[dict]) -> str:
+    return "".join(IMAGE_TOKEN if part["type"] == "image" else part["text"] for part in content)
+
+
+def llava_to_row(record: dict, source: str, image: Any = None, where: Location = Location()) -> dict:
+    """A validated LLaVA record as a Hub/TRL row; `image` is whatever goes in `images[0]` (bytes dict or None)."""
+    validate_llava(record, where)
+    extra = {k: v for k, v in record.items() if k not in MODELED_KEYS}
+    domain = record.get("domain")
+    return {
+        "id": str(record["id"]),
+        "image_id": image_id_of(record["image"]),
+        "image_file": record["image"],
+        "domain": None if domain is None else {name: domain.get(name) for name in DOMAINS},
+        "domain_keys": None if domain is None else list(domain),
+        "source": source,
+        "extra": json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None,
+        "id_is_int": isinstance(record["id"], int),
+        "images": [image],
+        "messages": [
+            {"role": ROLE_OF_SPEAKER[turn["from"]], "content": text_to_content(turn["value"])}
+            for turn in conversation_of(record)
+        ],
+    }
+
+
+def row_to_llava(row: dict) -> dict:
+    """The exact LLaVA record a row was made from."""
+    record: dict[str, Any] = {"id": int(row["id"]) if row.get("id_is_int") else row["id"], "image": row["image_file"]}
+    if row.get("domain") is not None:
+        keys = row.get("domain_keys") or [k for k in DOMAINS if row["domain"].get(k) is not None]
+        record["domain"] = {k: row["domain"][k] for k in keys}
+    record["conversations"] = [
+        {"from": SPEAKER_OF_ROLE[m["role"]], "value": content_to_text(m["content"])} for m in row["messages"]
+    ]
+    if row.get("extra"):
+        record.update(json.loads(row["extra"]))
+    return record
+
+
+def first_domain(domain: dict | None) -> str | None:
+    """The domain LLaVA-Med's evaluation reports a record under: the first true flag in DOMAIN_PRIORITY."""
+    if not domain:
+        return None
+    return next((name for name in DOMAIN_PRIORITY if domain.get(name)), None)
+
+
+def check_unique_ids(records: Iterable[tuple[Location, dict]]) -> Iterator[tuple[Location, dict]]:
+    """Pass records through, failing on the first id seen twice (ids are unique within a component)."""
+    seen: dict[str, int | None] = {}
+    for where, record in records:
+        key = str(record.get("id"))
+        if key in seen:
+            raise where.error(f"duplicate id (first seen at record {seen[key]})", record.get("id"))
+        seen[key] = where.index
+        yield where, record
+
+
+def row_features():
+    """The datasets Features of an instruction row (imported lazily: datasets is slow to import)."""
+    from datasets import Features, Image, List, Value
+
+    text_part = {"type": Value("string"), "text": Value("string")}
+    return Features(
+        {
+            "id": Value("string"),
+            "image_id": Value("string"),
+            "image_file": Value("string"),
+            "domain": {name: Value("bool") for name in DOMAINS},
+            "domain_keys": List(Value("string")),
+            "source": Value("string"),
+            "extra": Value("string"),
+            "id_is_int": Value("bool"),
+            "images": List(Image()),
+            "messages": List({"role": Value("string"), "content": List(text_part)}),
+        }
+    )
