@@ -207,3 +207,19 @@ def row_features():
             "messages": List({"role": Value("string"), "content": List(text_part)}),
         }
     )
+
+
+def mention_texts(in_text_mention: Any) -> list[str]:
+    """The text of every in-text mention, whatever shape the source used: null, strings, or {"tokens": ...}."""
+    if in_text_mention is None:
+        return []
+    if isinstance(in_text_mention, str | dict):
+        in_text_mention = [in_text_mention]
+    texts = []
+    for mention in in_text_mention:
+        text = mention.get("tokens") if isinstance(mention, dict) else mention
+        if isinstance(text, list):
+            text = " ".join(map(str, text))
+        if isinstance(text, str) and text.strip():
+            texts.append(text.strip())
+    return texts
