@@ -90,8 +90,6 @@ def validate_llava(record: Any, where: Location = Location()) -> None:
     turns = conversation_of(record, where)
     if not turns:
         raise where.error("empty conversation", record_id)
-    if len(turns) % 2:
-        raise where.error(f"odd number of turns ({len(turns)}): the last question has no answer", record_id)
     for position, turn in enumerate(turns):
         expected = "human" if position % 2 == 0 else "gpt"
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
@@ -110,6 +108,8 @@ def validate_llava(record: Any, where: Location = Location()) -> None:
             raise where.error(f"'{IMAGE_TOKEN}' in turn {position}; it may only stand in the first question", record_id)
         if image_count > 1:
             raise where.error(f"'{IMAGE_TOKEN}' appears {image_count} times in the first question", record_id)
+    if len(turns) % 2:
+        raise where.error(f"odd number of turns ({len(turns)}): the last question has no answer", record_id)
 
 
 def image_id_of(image_file: str) -> str:

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+import vital_hub.io as vio
+from vital_hub.io import atomic_path, iter_json_records
+from vital_hub.schema import RecordError
+
+
+def write_array(path, records, indent=None):
+    path.write_text(json.dumps(records, indent=indent), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("indent", [None, 1, 4])
+def test_streams_array_across_small_chunks(tmp_path, monkeypatch, indent):
+    monkeypatch.setattr(vio, "CHUNK", 7)  # force every record and number to straddle chunk borders
+    records = [{"id": i, "value": "x" * (i % 13), "n": 12345678901234} for i in range(50)]
+    path = write_array(tmp_path / "a.json", records, indent)
+    got = list(iter_json_records(path))
+    assert [r for _, r in got] == records
+    assert [w.index for w, _ in got] == list(range(50))
+
+
+def test_empty_array_and_jsonl(tmp_path):
+    assert list(iter_json_records(write_array(tmp_path / "e.json", []))) == []
+    lines = tmp_path / "x.jsonl"
+    lines.write_text('{"a": 1}\n\n{"a": 2}\n', encoding="utf-8")
+    assert [r for _, r in iter_json_records(lines)] == [{"a": 1}, {"a": 2}]
+
+
+def test_truncated_array_names_file_index_and_last_id(tmp_path):
+    path = tmp_path / "t.json"
+    text = json.dumps([{"id": "a"}, {"id": "b"}, {"id": "c", "v": "long"}])
+    path.write_text(text[:-12], encoding="utf-8")
+    with pytest.raises(RecordError) as err:
+        list(iter_json_records(path))
+    message = str(err.value)
+    assert "t.json" in message and "record 2" in message and "'b'" in message and "truncated" in message
+
+
+def test_missing_comma_and_trailing_garbage(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text('[{"id": 1} {"id": 2}]', encoding="utf-8")
+    with pytest.raises(RecordError, match="expected ',' or ']'"):
+        list(iter_json_records(path))
+    path.write_text('[{"id": 1}] extra', encoding="utf-8")
+    with pytest.raises(RecordError, match="unexpected data after"):
+        list(iter_json_records(path))
+
+
+def test_bad_jsonl_line(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_text('{"a": 1}\n{"a": \n', encoding="utf-8")
+    with pytest.raises(RecordError, match="line 2"):
+        list(iter_json_records(path))
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    final = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(final) as tmp:
+        tmp.write_text("whole")
+    assert final.read_text() == "whole"
