@@ -1,0 +1,144 @@
+"""Append-only judgement logs, one JSONL file per annotator.
+
+A judgement is written, flushed and fsynced before the app answers the browser, so closing the tab or killing
+the server loses nothing that was confirmed. Nothing is ever rewritten: judging an item again appends a new line,
+and the latest line for an item is the annotator's current verdict (earlier ones stay as history).
+A line cut short by a crash mid-write was never confirmed; it is dropped (and the file repaired) when the
+annotator's log is next opened for writing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vital_hub.schema import RecordError
+
+log = logging.getLogger(__name__)
+
+ANNOTATOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+BETTER_CHOICES = ("a", "b", None)
+
+
+def check_annotator(name: str) -> str:
+    """Annotator names become file names, so they are kept to a safe alphabet."""
+    if not isinstance(name, str) or not ANNOTATOR_NAME.match(name) or name.endswith(".jsonl"):
+        raise ValueError(
+            f"annotator name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def log_path(out_dir: str | Path, annotator: str) -> Path:
+    return Path(out_dir) / f"{check_annotator(annotator)}.jsonl"
+
+
+def validate_judgement(record: dict, file: str | None = None, index: int | None = None) -> dict:
+    """Raise RecordError unless the record carries a usable verdict."""
+    item_id = record.get("item_id") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or not isinstance(item_id, str) or not item_id:
+        raise RecordError("a judgement needs a non-empty 'item_id'", file=file, index=index)
+    for key in ("acceptable_a", "acceptable_b"):
+        if not isinstance(record.get(key), bool):
+            raise RecordError(f"{key!r} must be true or false", file=file, index=index, record_id=item_id)
+    if record.get("better") not in BETTER_CHOICES:
+        raise RecordError("'better' must be 'a', 'b' or null", file=file, index=index, record_id=item_id)
+    if not isinstance(record.get("comment") or "", str):
+        raise RecordError("'comment' must be text", file=file, index=index, record_id=item_id)
+    return record
+
+
+class JudgementStore:
+    """One annotator's log: append durably, know the latest verdict per item, say where to resume."""
+
+    def __init__(self, out_dir: str | Path, annotator: str):
+        self.annotator = check_annotator(annotator)
+        self.path = log_path(out_dir, annotator)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._drop_torn_tail()
+        self.latest: dict[str, dict] = {}
+        self.count = 0
+        for record in read_log(self.path) if self.path.exists() else ():
+            self.latest[record["item_id"]] = record
+            self.count += 1
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line that has no newline: it was being written when the process died."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as handle:
+            data = handle.read()
+            if not data or data.endswith(b"\n"):
+                return
+            keep = data.rfind(b"\n") + 1
+            log.warning("%s: dropping an unfinished last line (%d bytes) left by a crash", self.path, len(data) - keep)
+            handle.truncate(keep)
+            os.fsync(handle.fileno())
+
+    def append(self, judgement: dict) -> dict:
+        """Write one judgement to disk (flush + fsync) and only then make it the item's current verdict."""
+        record = dict(judgement, annotator=self.annotator)
+        record.setdefault("time", datetime.now(UTC).isoformat(timespec="milliseconds"))
+        validate_judgement(record, file=str(self.path))
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+        with self._lock:
+            created = not self.path.exists()
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if created:
+                _fsync_dir(self.path.parent)
+            self.latest[record["item_id"]] = record
+            self.count += 1
+        return record
+
+    def resume_position(self, item_ids: list[str]) -> int:
+        """Index of the first item this annotator has not judged yet (len(item_ids) when all are done)."""
+        return next((i for i, item_id in enumerate(item_ids) if item_id not in self.latest), len(item_ids))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_log(path: str | Path) -> Iterator[dict]:
+    """Judgements of one log in write order; an unfinished last line (a crash mid-write) is skipped."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline
+    if torn.strip():
+        log.warning("%s: ignoring an unfinished last line left by a crash", path)
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RecordError(f"line {index + 1} is not valid JSON ({err.msg})", file=str(path), index=index) from err
+        yield validate_judgement(record, file=str(path), index=index)
+
+
+def read_judgements(annotations_dir: str | Path) -> list[dict]:
+    """Every judgement of every annotator log in a folder, each tagged with its annotator (the file name)."""
+    annotations_dir = Path(annotations_dir)
+    logs = sorted(annotations_dir.glob("*.jsonl"))
+    if not logs:
+        raise FileNotFoundError(f"{annotations_dir} holds no annotator logs (*.jsonl)")
+    records = []
+    for path in logs:
+        for record in read_log(path):
+            records.append(dict(record, annotator=path.stem))
+    return records
