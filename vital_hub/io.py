@@ -43,7 +43,9 @@ def _iter_lines(path: Path, handle) -> Iterator[tuple[Location, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise RecordError(f"line {line_number} is not valid JSON ({err.msg})", file=str(path), index=index) from err
+            raise RecordError(
+                f"line {line_number} is not valid JSON ({err.msg})", file=str(path), index=index
+            ) from err
         yield Location(str(path), index), record
         index += 1
 

@@ -105,7 +105,9 @@ def validate_llava(record: Any, where: Location = Location()) -> None:
             raise where.error(f"turn {position} is empty", record_id)
         image_count = turn["value"].count(IMAGE_TOKEN)
         if position > 0 and image_count:
-            raise where.error(f"'{IMAGE_TOKEN}' in turn {position}; it may only stand in the first question", record_id)
+            raise where.error(
+                f"'{IMAGE_TOKEN}' in turn {position}; it may only stand in the first question", record_id
+            )
         if image_count > 1:
             raise where.error(f"'{IMAGE_TOKEN}' appears {image_count} times in the first question", record_id)
     if len(turns) % 2:

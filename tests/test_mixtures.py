@@ -1,0 +1,324 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import shared_fixture
+from vital_hub.demo import write_sample_sources
+from vital_hub.io import iter_json_records, sha256_file
+from vital_hub.mixtures.build import BuildOptions, build_repo, read_config_rows
+from vital_hub.mixtures.compare import export_llava, verify_released
+from vital_hub.mixtures.spec import load_plan
+from vital_hub.schema import RecordError, row_to_llava
+
+SOURCE_NAMES = {
+    "biomed-vital-60k": "BioMed-VITAL-instructions-60K.json",
+    "biomed-vital-80k": "BioMed-VITAL-instructions-80K.json",
+    "llava-med-10k": "llava_med_instruct_10k.json",
+    "llava-med-60k": "llava_med_instruct_60k.json",
+}
+
+
+def checksum_only(path: Path, allow_unverified: bool) -> dict:
+    return {"size": path.stat().st_size, "sha256": sha256_file(path), "verified": False}
+
+
+def build(sources, out, images=None, plan=None, **options):
+    options.setdefault("show_progress", False)
+    return build_repo(
+        plan or load_plan(), BuildOptions(sources=sources, out=out, images=images, **options), checksum_only
+    )
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    info = write_sample_sources(root)
+    manifest = build(info["sources"], root / "repo", info["images"])
+    return {**info, "repo": root / "repo", "manifest": manifest}
+
+
+def test_configs_are_the_released_mixtures(sample):
+    configs = sample["manifest"]["configs"]
+    assert [c["name"] for c in configs["150k"]["components"]] == ["biomed-vital-80k", "llava-med-10k", "llava-med-60k"]
+    assert [c["name"] for c in configs["210k"]["components"]][-1] == "biomed-vital-60k"
+    counts = sample["records"]
+    assert configs["60k"]["rows"] == counts[SOURCE_NAMES["biomed-vital-60k"]]
+    assert configs["210k"]["rows"] == sum(counts.values())
+
+
+def test_components_are_stored_once(sample):
+    repo = sample["repo"]
+    parquet = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*.parquet"))
+    assert all(path.split("/")[1] in SOURCE_NAMES for path in parquet)
+    listed_by_210k = sample["manifest"]["configs"]["210k"]["shards"]
+    assert sorted(listed_by_210k) == parquet  # 210k lists every shard, none written twice
+    assert set(sample["manifest"]["configs"]["80k"]["shards"]) <= set(listed_by_210k)
+
+
+def test_readme_yaml_lists_shards_and_checksums(sample):
+    text = (sample["repo"] / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    configs = {c["config_name"]: c for c in meta["configs"]}
+    assert set(configs) == {"60k", "80k", "150k", "210k"}
+    info = {i["config_name"]: i for i in meta["dataset_info"]}
+    shard = configs["80k"]["data_files"][0]["path"][0]
+    assert info["80k"]["download_checksums"][shard]["checksum"] == sha256_file(sample["repo"] / shard)
+    assert info["150k"]["splits"][0]["num_examples"] == sample["manifest"]["configs"]["150k"]["rows"]
+    assert "## Citation" in text and "load_dataset" in text
+
+
+@pytest.mark.parametrize("config", ["60k", "80k", "150k", "210k"])
+def test_load_dataset_reads_every_config(sample, config, tmp_path):
+    from datasets import load_dataset
+
+    dataset = load_dataset(str(sample["repo"]), config, split="train", cache_dir=str(tmp_path))
+    expected = list(read_config_rows(sample["repo"], config))
+    assert len(dataset) == len(expected) == sample["manifest"]["configs"][config]["rows"]
+    assert dataset["id"] == [r["id"] for r in expected]
+    first = dataset[0]
+    assert first["messages"][0]["role"] == "user"
+    assert {part["type"] for part in first["messages"][0]["content"]} == {"text", "image"}
+    streamed = next(iter(load_dataset(str(sample["repo"]), config, split="train", streaming=True)))
+    assert streamed["id"] == expected[0]["id"]
+
+
+def test_images_embedded_and_broken_ones_listed(sample):
+    stats = sample["manifest"]["components"]["llava-med-10k"]["images"]
+    rows = list(read_config_rows(sample["repo"], "llava-med-10k"))
+    present = [r for r in rows if r["images"][0] is not None]
+    assert stats["present"] == len(present)
+    assert stats["present"] + stats["missing"] + stats["empty"] + stats["corrupt"] == len(rows)
+    listed = [json.loads(line) for line in (sample["repo"] / "data/llava-med-10k/missing_images.jsonl").open()]
+    assert len(listed) == len(rows) - len(present)
+    broken = {p for names in sample["broken"].values() for p in names}
+    assert {entry["image"][:-4] for entry in listed} <= broken
+    assert present[0]["images"][0]["bytes"] == (sample["images"] / present[0]["images"][0]["path"]).read_bytes()
+
+
+def test_export_component_gives_back_the_source_exactly(sample, tmp_path):
+    for component, file_name in SOURCE_NAMES.items():
+        out = tmp_path / f"{component}.json"
+        export_llava(sample["repo"], component, out)
+        source = [r for _, r in iter_json_records(sample["sources"] / file_name)]
+        exported = json.loads(out.read_text())
+        normalised = [
+            {("conversations" if k == "conversatons" else k): v for k, v in record.items()} for record in source
+        ]
+        assert exported == normalised
+
+
+def test_verify_identical_and_differs(sample, tmp_path):
+    released = sample["sources"] / SOURCE_NAMES["llava-med-60k"]
+    assert verify_released(sample["repo"], "llava-med-60k", released)["verdict"] == "identical"
+
+    records = json.loads(released.read_text())
+    records[3]["conversations" if "conversations" in records[3] else "conversatons"][1]["value"] = "changed"
+    records = records[:-1]
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(records))
+    report = verify_released(sample["repo"], "150k", changed)
+    assert report["verdict"] == "differs"
+    assert report["differing"] == 1 and report["differing_examples"][0]["index"] == 3
+    assert report["differing_examples"][0]["fields"] == ["conversations"]
+    assert report["released_records_matching_component"] == {"llava-med-60k": len(records) - 1}
+    assert report["config_rows_not_in_released"] == sample["manifest"]["configs"]["150k"]["rows"] - (len(records) - 1)
+
+
+def test_rebuild_is_byte_identical(sample, tmp_path):
+    build(sample["sources"], tmp_path / "again", sample["images"])
+    for path in sorted(sample["repo"].rglob("*")):
+        if path.is_file():
+            assert path.read_bytes() == (tmp_path / "again" / path.relative_to(sample["repo"])).read_bytes(), path
+
+
+def test_rerun_reuses_finished_components(sample, tmp_path):
+    out = tmp_path / "repo"
+    build(sample["sources"], out)
+    shard = out / "data/llava-med-10k/train-00000-of-00001.parquet"
+    before = shard.stat().st_mtime_ns
+    build(sample["sources"], out)
+    assert shard.stat().st_mtime_ns == before
+
+
+def test_failed_build_keeps_finished_components_and_resumes(sample, tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for name in SOURCE_NAMES.values():
+        (sources / name).write_bytes((sample["sources"] / name).read_bytes())
+    good_60k = (sources / SOURCE_NAMES["llava-med-60k"]).read_bytes()
+    records = json.loads(good_60k)
+    records.append(records[0])  # duplicate id: the last component fails
+    (sources / SOURCE_NAMES["llava-med-60k"]).write_text(json.dumps(records))
+    out = tmp_path / "repo"
+    with pytest.raises(RecordError) as err:
+        build(sources, out)
+    assert f"record {len(records) - 1}" in str(err.value) and "duplicate id" in str(err.value)
+    assert SOURCE_NAMES["llava-med-60k"] in str(err.value)
+    assert not (out / "README.md").exists() and not (out / "manifest.json").exists()
+    done = out / "data/biomed-vital-80k/train-00000-of-00001.parquet"
+    finished_at = done.stat().st_mtime_ns
+
+    (sources / SOURCE_NAMES["llava-med-60k"]).write_bytes(good_60k)
+    manifest = build(sources, out)
+    assert done.stat().st_mtime_ns == finished_at
+    assert manifest["configs"]["210k"]["rows"] == sum(sample["records"].values())
+
+
+def test_truncated_source_fails_with_file_and_record(sample, tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for name in SOURCE_NAMES.values():
+        data = (sample["sources"] / name).read_bytes()
+        (sources / name).write_bytes(data[:-300] if name == SOURCE_NAMES["llava-med-10k"] else data)
+    with pytest.raises(RecordError) as err:
+        build(sources, tmp_path / "repo")
+    assert "llava_med_instruct_10k.json" in str(err.value) and "truncated" in str(err.value)
+
+
+def test_require_images_fails_on_first_broken_figure(sample, tmp_path):
+    with pytest.raises(RecordError, match="--require-images"):
+        build(sample["sources"], tmp_path / "repo", sample["images"], require_images=True)
+
+
+def test_yaml_mixture_with_fraction_and_custom_component(sample, tmp_path):
+    selected = tmp_path / "sources" / "my_selection.json"
+    selected.parent.mkdir()
+    for name in SOURCE_NAMES.values():
+        (tmp_path / "sources" / name).write_bytes((sample["sources"] / name).read_bytes())
+    picked = json.loads((sample["sources"] / SOURCE_NAMES["llava-med-10k"]).read_text())[:5]
+    selected.write_text(json.dumps(picked))
+    spec = tmp_path / "mix.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "components": {"my-selection": {"file": "my_selection.json", "description": "top 5"}},
+                "mixtures": [
+                    {
+                        "name": "half-80k-plus-mine",
+                        "seed": 3,
+                        "components": [{"name": "biomed-vital-80k", "fraction": 0.5}, {"name": "my-selection"}],
+                    }
+                ],
+                "only": ["80k", "half-80k-plus-mine"],
+            }
+        )
+    )
+    manifest = build(tmp_path / "sources", tmp_path / "repo", plan=load_plan(spec))
+    assert set(manifest["configs"]) == {"80k", "half-80k-plus-mine"}
+    mix = manifest["configs"]["half-80k-plus-mine"]
+    assert mix["rows"] == 40 + 5
+    rows = list(read_config_rows(tmp_path / "repo", "half-80k-plus-mine"))
+    full_ids = [r["id"] for r in read_config_rows(tmp_path / "repo", "80k")]
+    sampled = [r["id"] for r in rows if r["source"] == "biomed-vital-80k"]
+    assert sampled == [i for i in full_ids if i in set(sampled)]  # source order kept
+    assert [row_to_llava(r) for r in rows if r["source"] == "my-selection"] == picked
+
+
+def test_yaml_errors_are_clear(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("mixtures:\n  - name: x\n    components: [{name: nope}]\n")
+    with pytest.raises(ValueError, match=r"unknown components \['nope'\]"):
+        load_plan(spec)
+    spec.write_text("mixture: []\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_plan(spec)
+
+
+def test_real_qa50_as_a_component_round_trips(tmp_path):
+    qa50 = shared_fixture("llava_med", "llava_med_eval_qa50_qa.jsonl")
+    records = [
+        {
+            "id": q["question_id"],
+            "image": q["image"],
+            "domain": q["domain"],
+            "conversations": [{"from": "human", "value": q["text"]}, {"from": "gpt", "value": q["gpt4_answer"]}],
+            "fig_caption": q["fig_caption"],
+            "in_text_mention": q["in_text_mention"],
+        }
+        for _, q in iter_json_records(qa50)
+    ]
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "qa50.json").write_text(json.dumps(records))
+    spec = tmp_path / "mix.yaml"
+    spec.write_text(
+        "components:\n  qa50: {file: qa50.json}\nmixtures:\n  - {name: qa50, components: [{name: qa50}]}\nonly: [qa50]\n"
+    )
+    images = shared_fixture("llava_med", "qa50_images")
+    manifest = build(sources, tmp_path / "repo", images, plan=load_plan(spec))
+    stats = manifest["components"]["qa50"]["images"]
+    # The public copy of the qa50 figures: 29 whole, 2 cut off, 19 empty files (counted per question here).
+    assert stats["empty"] > 0 and stats["corrupt"] > 0 and stats["missing"] == 0
+    assert verify_released(tmp_path / "repo", "qa50", sources / "qa50.json")["verdict"] == "identical"
+    by_pair = {}
+    for row in read_config_rows(tmp_path / "repo", "qa50"):
+        by_pair[row["image_id"]] = row["images"][0] is not None
+    assert sum(by_pair.values()) == 29 and len(by_pair) == 50
+
+
+def test_cli_build_export_verify(sample, tmp_path):
+    out = tmp_path / "exported.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vital_hub.cli",
+            "export",
+            "llava",
+            "--repo",
+            str(sample["repo"]),
+            "--config",
+            "80k",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    verify = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vital_hub.cli",
+            "verify",
+            "--repo",
+            str(sample["repo"]),
+            "--config",
+            "80k",
+            "--released",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0 and '"verdict": "identical"' in verify.stdout
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vital_hub.cli",
+            "export",
+            "llava",
+            "--repo",
+            str(sample["repo"]),
+            "--config",
+            "nope",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "no config or component 'nope'" in missing.stderr
+
+
+def test_shards_carry_features_metadata(sample):
+    shard = sample["repo"] / sample["manifest"]["configs"]["80k"]["shards"][0]
+    metadata = pq.read_schema(shard).metadata[b"huggingface"]
+    assert b'"Image"' in metadata

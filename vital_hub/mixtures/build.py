@@ -1,0 +1,444 @@
+"""Build the instructions dataset repo: each component stored once as parquet, configs as lists of shards.
+
+The build streams every source file (memory stays at one batch of rows), writes each component's shards to a
+scratch folder and moves them into `data/<component>/` only when the component is complete, and records a
+completion marker, so an interrupted build continues where it stopped and a finished one is never half-visible.
+Parquet and manifest are byte-identical for identical inputs (no timestamps, no absolute paths).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from vital_hub import __version__
+from vital_hub.io import atomic_path, iter_json_records, write_json_atomic
+from vital_hub.mixtures.spec import Component, Mixture, MixturePlan
+from vital_hub.schema import Location, RecordError, check_unique_ids, llava_to_row, row_features
+
+SCRATCH = ".vital-build"
+MANIFEST = "manifest.json"
+MISSING_IMAGES = "missing_images.jsonl"
+COMPRESSION = "zstd"
+
+
+@dataclass
+class BuildOptions:
+    sources: Path
+    out: Path
+    images: Path | None = None
+    require_images: bool = False
+    allow_unverified: bool = False
+    rows_per_shard: int = 50_000
+    max_shard_bytes: int = 500 << 20
+    batch_rows: int = 2_000
+    max_batch_bytes: int = 64 << 20
+    show_progress: bool = True
+
+    def __post_init__(self):
+        self.sources, self.out = Path(self.sources), Path(self.out)
+        self.images = Path(self.images) if self.images else None
+        if self.images is not None and not self.images.is_dir():
+            raise FileNotFoundError(f"--images {self.images} is not a folder")
+        if self.rows_per_shard < 1 or self.batch_rows < 1:
+            raise ValueError("rows_per_shard and batch_rows must be positive")
+
+
+@dataclass
+class ImageStats:
+    present: int = 0
+    missing: int = 0
+    empty: int = 0
+    corrupt: int = 0
+
+    def as_dict(self) -> dict:
+        return {"present": self.present, "missing": self.missing, "empty": self.empty, "corrupt": self.corrupt}
+
+
+@dataclass
+class ComponentResult:
+    name: str
+    rows: int
+    rows_sha256: str
+    source: dict
+    shards: list[dict]
+    images: dict | None
+    inputs_key: str
+    description: str = ""
+    licence: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "description": self.description,
+            "licence": self.licence,
+            "rows": self.rows,
+            "rows_sha256": self.rows_sha256,
+            "source": self.source,
+            "shards": self.shards,
+            "images": self.images,
+            "inputs_key": self.inputs_key,
+        }
+
+
+SourceChecker = Callable[[Path, bool], dict]
+
+
+def default_source_checker(path: Path, allow_unverified: bool) -> dict:
+    """Size and sha256 of a source file, checked against the sources registry and its lock file."""
+    from vital_hub.sources import check_source_file
+
+    return check_source_file(path, allow_unverified=allow_unverified)
+
+
+def build_repo(plan: MixturePlan, options: BuildOptions, check_source: SourceChecker = default_source_checker) -> dict:
+    """Build (or continue building) the repo folder; returns the manifest."""
+    plan.validate()
+    options.out.mkdir(parents=True, exist_ok=True)
+    previous = _set_aside_previous_build(options.out)
+    results = {}
+    for name in plan.used_components():
+        results[name] = _build_or_reuse(plan.components[name], options, previous, check_source)
+    configs = {}
+    for mixture in plan.mixtures.values():
+        configs[mixture.name] = _config_files(mixture, results, options)
+    _remove_stale_data(options.out, results, configs)
+    manifest = {
+        "builder": "vital-hub",
+        "builder_version": __version__,
+        "components": {name: result.as_dict() for name, result in results.items()},
+        "configs": {name: config for name, config in configs.items()},
+    }
+    from vital_hub.mixtures.card import write_readme
+
+    write_readme(options.out, plan, manifest)
+    write_json_atomic(options.out / MANIFEST, manifest)
+    shutil.rmtree(options.out / SCRATCH, ignore_errors=True)
+    return manifest
+
+
+def _set_aside_previous_build(out: Path) -> dict:
+    """Move a finished build's manifest into the scratch folder and drop its README: until this build ends,
+    the folder must not look complete. Components listed in the old manifest are still reused."""
+    kept = out / SCRATCH / "previous-manifest.json"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).exists():
+        os.replace(out / MANIFEST, kept)
+    (out / "README.md").unlink(missing_ok=True)
+    return json.loads(kept.read_text(encoding="utf-8")) if kept.exists() else {}
+
+
+def _read_manifest(out: Path) -> dict:
+    path = out / MANIFEST
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _inputs_key(component: Component, source: dict, options: BuildOptions) -> str:
+    """What a component's bytes depend on; a stored component with the same key is reused as it is."""
+    settings = {
+        "builder_version": __version__,
+        "component": [component.name, component.file_name],
+        "source_sha256": source["sha256"],
+        "images": _images_fingerprint(options.images),
+        "require_images": options.require_images,
+        "rows_per_shard": options.rows_per_shard,
+        "max_shard_bytes": options.max_shard_bytes,
+        "batch_rows": options.batch_rows,
+        "max_batch_bytes": options.max_batch_bytes,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _images_fingerprint(images: Path | None) -> str | None:
+    """A cheap summary of the images folder (names, sizes, mtimes) so that added figures trigger a rebuild."""
+    if images is None:
+        return None
+    digest = hashlib.sha256()
+    with os.scandir(images) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_file():
+                stat = entry.stat()
+                digest.update(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _build_or_reuse(component: Component, options: BuildOptions, previous: dict, check_source) -> ComponentResult:
+    path = options.sources / component.file_name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: source file of component {component.name!r} is missing "
+            f"(fetch it with `vital sources fetch --dir {options.sources}`)"
+        )
+    source = {"file": component.file_name, **check_source(path, options.allow_unverified)}
+    key = _inputs_key(component, source, options)
+    done = _completed(component.name, key, options.out, previous)
+    if done is not None:
+        return done
+    result = _build_component(component, path, source, key, options)
+    write_json_atomic(options.out / SCRATCH / "done" / f"{component.name}.json", result.as_dict())
+    return result
+
+
+def _completed(name: str, key: str, out: Path, previous: dict) -> ComponentResult | None:
+    """A component already built with the same inputs, whose shards are all still on disk."""
+    candidates = [previous.get("components", {}).get(name)]
+    marker = out / SCRATCH / "done" / f"{name}.json"
+    if marker.exists():
+        candidates.append(json.loads(marker.read_text(encoding="utf-8")))
+    for entry in candidates:
+        if entry and entry.get("inputs_key") == key and all((out / s["path"]).is_file() for s in entry["shards"]):
+            fields = {k: entry[k] for k in ("rows", "rows_sha256", "source", "shards", "images", "inputs_key")}
+            return ComponentResult(name=name, description=entry["description"], licence=entry["licence"], **fields)
+    return None
+
+
+def _build_component(component: Component, path: Path, source: dict, key: str, options: BuildOptions):
+    scratch = options.out / SCRATCH / "shards" / component.name
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    images = ImageStats() if options.images else None
+    missing_log = scratch / MISSING_IMAGES
+    writer = _ShardWriter(scratch, options)
+    digest = hashlib.sha256()
+    with open(missing_log, "w", encoding="utf-8") as missing:
+        for row in tqdm(
+            _rows(component, path, options, images, missing),
+            desc=f"{component.name}",
+            unit=" rows",
+            disable=not options.show_progress,
+        ):
+            digest.update(_canonical_row_bytes(row))
+            writer.add(row)
+    writer.close()
+    target = options.out / "data" / component.name
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shards = writer.finish(target, options.out)
+    if images is not None and (images.missing or images.empty or images.corrupt):
+        os.replace(missing_log, target / MISSING_IMAGES)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return ComponentResult(
+        name=component.name,
+        description=component.description,
+        licence=component.licence,
+        rows=writer.total_rows,
+        rows_sha256=digest.hexdigest(),
+        source=source,
+        shards=shards,
+        images=None if images is None else images.as_dict(),
+        inputs_key=key,
+    )
+
+
+def _rows(component: Component, path: Path, options: BuildOptions, stats: ImageStats | None, missing) -> Iterator:
+    for where, record in check_unique_ids(iter_json_records(path)):
+        image = None
+        if options.images is not None:
+            image = _load_image(record, where, options, stats, missing)
+        yield llava_to_row(record, component.name, image, where)
+
+
+def _load_image(record, where: Location, options: BuildOptions, stats: ImageStats, missing) -> dict | None:
+    """The figure as {bytes, path}, or None (logged) when it is missing, empty or does not decode."""
+    if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+        return None  # validation of the record reports this with its location
+    name = os.path.basename(record["image"])
+    file = options.images / name
+    problem = None
+    if not file.is_file():
+        problem = "missing"
+    else:
+        data = file.read_bytes()
+        if not data:
+            problem = "empty"
+        elif (reason := _undecodable(data)) is not None:
+            problem = "corrupt"
+    if problem is None:
+        stats.present += 1
+        return {"bytes": data, "path": name}
+    setattr(stats, problem, getattr(stats, problem) + 1)
+    entry = {"index": where.index, "id": str(record.get("id")), "image": name, "problem": problem}
+    if problem == "corrupt":
+        entry["reason"] = reason
+    missing.write(json.dumps(entry) + "\n")
+    if options.require_images:
+        raise where.error(f"image {name} is {problem} in {options.images} (--require-images)", record.get("id"))
+    return None
+
+
+def _undecodable(data: bytes) -> str | None:
+    """Why an image cannot be used, or None. JPEG draft mode decodes at 1/8 scale but still reads every byte."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (64, 64))
+            image.load()
+    except Exception as err:  # PIL raises many types for broken files; the reason is kept, never hidden
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _canonical_row_bytes(row: dict) -> bytes:
+    image = row["images"][0]
+    image_sha = None if image is None else hashlib.sha256(image["bytes"]).hexdigest()
+    canonical = {**row, "images": [image_sha]}
+    return json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+class _ShardWriter:
+    """Writes rows to numbered parquet shards, starting a new one past a row or byte budget."""
+
+    def __init__(self, folder: Path, options: BuildOptions):
+        self.folder, self.options = folder, options
+        self.features = row_features()
+        self.schema = self.features.arrow_schema
+        self.batch: list[dict] = []
+        self.batch_bytes = 0
+        self.writer: pq.ParquetWriter | None = None
+        self.shard_rows = self.shard_bytes = self.total_rows = 0
+        self.paths: list[Path] = []
+        self.rows_per_path: list[int] = []
+
+    def add(self, row: dict) -> None:
+        self.batch.append(row)
+        image = row["images"][0]
+        self.batch_bytes += len(image["bytes"]) if image else 0
+        if len(self.batch) >= self.options.batch_rows or self.batch_bytes >= self.options.max_batch_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.batch:
+            return
+        table = pa.Table.from_pylist(self.batch, schema=self.schema)
+        if self.writer is None:
+            path = self.folder / f"shard-{len(self.paths):05d}.parquet"
+            self.writer = pq.ParquetWriter(path, self.schema, compression=COMPRESSION)
+            self.paths.append(path)
+            self.rows_per_path.append(0)
+        self.writer.write_table(table, row_group_size=len(self.batch))
+        self.shard_rows += len(self.batch)
+        self.shard_bytes += table.nbytes
+        self.rows_per_path[-1] += len(self.batch)
+        self.total_rows += len(self.batch)
+        self.batch, self.batch_bytes = [], 0
+        if self.shard_rows >= self.options.rows_per_shard or self.shard_bytes >= self.options.max_shard_bytes:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.shard_rows = self.shard_bytes = 0
+
+    def close(self) -> None:
+        self._flush()
+        self._close_shard()
+        if not self.paths:  # an empty component still gets one (empty) shard, so its configs load
+            pq.write_table(self.schema.empty_table(), self.folder / "shard-00000.parquet", compression=COMPRESSION)
+            self.paths.append(self.folder / "shard-00000.parquet")
+            self.rows_per_path.append(0)
+
+    def finish(self, target: Path, out: Path) -> list[dict]:
+        """Move the shards to their final names under target; returns their manifest entries."""
+        target.mkdir(parents=True)
+        total = len(self.paths)
+        shards = []
+        for number, (path, rows) in enumerate(zip(self.paths, self.rows_per_path, strict=True)):
+            final = target / f"train-{number:05d}-of-{total:05d}.parquet"
+            os.replace(path, final)
+            shards.append(_shard_entry(final, out, rows))
+        return shards
+
+
+def _shard_entry(path: Path, out: Path, rows: int) -> dict:
+    from vital_hub.io import sha256_file
+
+    metadata = pq.read_metadata(path)
+    return {
+        "path": path.relative_to(out).as_posix(),
+        "rows": rows,
+        "num_bytes": path.stat().st_size,
+        "uncompressed_bytes": sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)),
+        "sha256": sha256_file(path),
+    }
+
+
+def _config_files(mixture: Mixture, results: dict[str, ComponentResult], options: BuildOptions) -> dict:
+    """The shards a config lists: whole components by reference, fractions as their own sampled shards."""
+    shards, components = [], []
+    for part in mixture.parts:
+        result = results[part.component]
+        if part.fraction == 1.0:
+            shards.extend(result.shards)
+            components.append({"name": part.component, "fraction": 1.0, "rows": result.rows})
+        else:
+            subset = _write_subset(mixture, part.component, part.fraction, result, options.out)
+            shards.append(subset)
+            components.append({"name": part.component, "fraction": part.fraction, "rows": subset["rows"]})
+    return {
+        "description": mixture.description,
+        "seed": mixture.seed,
+        "components": components,
+        "rows": sum(c["rows"] for c in components),
+        "shards": [s["path"] for s in shards],
+        "num_bytes": sum(s["num_bytes"] for s in shards),
+        "uncompressed_bytes": sum(s["uncompressed_bytes"] for s in shards),
+        "checksums": {s["path"]: {"num_bytes": s["num_bytes"], "checksum": s["sha256"]} for s in shards},
+    }
+
+
+def _write_subset(mixture: Mixture, component: str, fraction: float, result: ComponentResult, out: Path) -> dict:
+    """A seeded sample (in source order) of a component, stored under data/<config>/ as one shard."""
+    keep = round(result.rows * fraction)
+    chosen = sorted(random.Random(f"{mixture.seed}:{mixture.name}:{component}").sample(range(result.rows), keep))
+    tables = [pq.read_table(out / s["path"]) for s in result.shards]
+    table = pa.concat_tables(tables).take(pa.array(chosen, type=pa.int64())) if tables else None
+    final = out / "data" / mixture.name / f"{component}-{fraction:g}.parquet"
+    with atomic_path(final) as tmp:
+        pq.write_table(table, tmp, compression=COMPRESSION, row_group_size=2_000)
+    return _shard_entry(final, out, keep)
+
+
+def _remove_stale_data(out: Path, results: dict, configs: dict) -> None:
+    """Delete parquet files under data/ that no config lists any more (for instance after a plan change)."""
+    listed = {path for config in configs.values() for path in config["shards"]}
+    listed |= {s["path"] for r in results.values() for s in r.shards}
+    data = out / "data"
+    for path in sorted(data.rglob("*.parquet")) if data.exists() else []:
+        if path.relative_to(out).as_posix() not in listed:
+            path.unlink()
+
+
+def read_config_rows(repo: Path, config: str) -> Iterator[dict]:
+    """Rows of a built config (or of a component when `config` names one), in order, straight from parquet."""
+    manifest = _read_manifest(Path(repo))
+    if not manifest:
+        raise FileNotFoundError(f"{repo}: no {MANIFEST}; is this a folder made by `vital build instructions`?")
+    if config in manifest["configs"]:
+        paths = manifest["configs"][config]["shards"]
+    elif config in manifest["components"]:
+        paths = [s["path"] for s in manifest["components"][config]["shards"]]
+    else:
+        known = sorted(manifest["configs"]) + sorted(manifest["components"])
+        raise KeyError(f"{repo}: no config or component {config!r}; known: {known}")
+    for path in paths:
+        parquet = pq.ParquetFile(Path(repo) / path)
+        for batch in parquet.iter_batches(batch_size=1_000):
+            yield from batch.to_pylist()
+
+
+__all__ = ["BuildOptions", "RecordError", "build_repo", "read_config_rows"]

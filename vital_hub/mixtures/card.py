@@ -1,0 +1,150 @@
+"""The dataset card (README.md) of the instructions repo: the YAML that `load_dataset` reads, and the prose people read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from vital_hub.io import atomic_path
+from vital_hub.mixtures.spec import MixturePlan
+from vital_hub.schema import row_features
+
+CITATION = """@inproceedings{cui2024biomedical,
+  title     = {Biomedical Visual Instruction Tuning with Clinician Preference Alignment},
+  author    = {Cui, Hejie and Mao, Lingjun and Liang, Xin and Zhang, Jieyu and Ren, Hui and Li, Quanzheng and
+               Li, Xiang and Yang, Carl},
+  booktitle = {Advances in Neural Information Processing Systems (Datasets and Benchmarks Track)},
+  year      = {2024}
+}
+@inproceedings{li2023llavamed,
+  title     = {LLaVA-Med: Training a Large Language-and-Vision Assistant for Biomedicine in One Day},
+  author    = {Li, Chunyuan and Wong, Cliff and Zhang, Sheng and Usuyama, Naoto and Liu, Haotian and Yang, Jianwei
+               and Naumann, Tristan and Poon, Hoifung and Gao, Jianfeng},
+  booktitle = {Advances in Neural Information Processing Systems (Datasets and Benchmarks Track)},
+  year      = {2023}
+}"""
+
+
+def card_metadata(manifest: dict) -> dict:
+    """README YAML: `configs` (shards per config) and `dataset_info` (features, sizes, per-shard checksums).
+
+    The checksums matter beyond integrity: datasets 5 keys its cache of a local folder on this YAML, so a content
+    hash here is what stops a rebuilt folder from loading stale rows.
+    """
+    features = row_features()._to_yaml_list()
+    configs, infos = [], []
+    for name, config in manifest["configs"].items():
+        configs.append({"config_name": name, "data_files": [{"split": "train", "path": config["shards"]}]})
+        infos.append(
+            {
+                "config_name": name,
+                "features": features,
+                "splits": [
+                    {"name": "train", "num_bytes": config["uncompressed_bytes"], "num_examples": config["rows"]}
+                ],
+                "download_size": config["num_bytes"],
+                "dataset_size": config["uncompressed_bytes"],
+                "download_checksums": config["checksums"],
+            }
+        )
+    return {
+        "license": "other",
+        "language": ["en"],
+        "task_categories": ["image-text-to-text", "visual-question-answering"],
+        "tags": ["biomedical", "medical", "instruction-tuning", "llava", "biomed-vital", "pmc"],
+        "pretty_name": "BioMed-VITAL instructions",
+        "size_categories": ["100K<n<1M"],
+        "configs": configs,
+        "dataset_info": infos,
+    }
+
+
+def card_text(plan: MixturePlan, manifest: dict) -> str:
+    components = manifest["components"]
+    lines = [
+        "# BioMed-VITAL instruction mixtures",
+        "",
+        "Biomedical visual instruction data about PubMed Central figures, selected to match clinician preferences "
+        "(BioMed-VITAL), mixed with LLaVA-Med's instruction data into the released 60K/80K/150K/210K sets. "
+        "Built by vital-hub (`vital build instructions`) from the released source files; every component is stored once "
+        "and configs list its shards, so the larger configs add no bytes.",
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        'ds = load_dataset("biomed-vital/instructions", "80k", split="train")',
+        "row = ds[0]  # images: [PIL image or None], messages: TRL chat format",
+        "```",
+        "",
+        "Train with `accelerate launch recipes/sft.py --config recipes/...yaml`; get the original LLaVA JSON back with "
+        "`vital export llava --repo <this folder> --config 80k --out 80k.json`.",
+        "",
+        "## Configs",
+        "",
+        "| config | rows | components | description |",
+        "|---|---:|---|---|",
+    ]
+    for name, config in manifest["configs"].items():
+        parts = ", ".join(
+            c["name"] if c["fraction"] == 1.0 else f"{c['name']} ({c['fraction']:g})" for c in config["components"]
+        )
+        lines.append(f"| `{name}` | {config['rows']:,} | {parts} | {config['description']} |")
+    lines += [
+        "",
+        "## Components",
+        "",
+        "| component | rows | source file | sha256 | images present |",
+        "|---|---:|---|---|---|",
+    ]
+    for name, component in components.items():
+        source = component["source"]
+        images = component["images"]
+        shown = "not embedded" if images is None else f"{images['present']:,} of {component['rows']:,}"
+        lines.append(
+            f"| `{name}` | {component['rows']:,} | `{source['file']}` | `{source['sha256'][:16]}…` | {shown} |"
+        )
+    lines += [
+        "",
+        "## Fields",
+        "",
+        "- `id`, `image_id` (the PMC pair id `<PMID>_<figure id>`), `image_file` (the released `image` field)",
+        "- `domain`: the five modality flags (chest_xray, mri, ct_scan, histology, gross), null when the source has none",
+        "- `source`: the component a row comes from; `extra`: any other released field, as JSON",
+        "- `images`: one entry, the figure, or null when it was not available at build time "
+        "(listed in `data/<component>/missing_images.jsonl`)",
+        "- `messages`: the conversation in TRL format; the image part stands exactly where `<image>` stood",
+        "",
+        "## Provenance",
+        "",
+        "Sources are the files released by the BioMed-VITAL authors (`mao1207/BioMed-VITAL-instructions`) and by "
+        "LLaVA-Med (`microsoft/LLaVA-Med`). `manifest.json` records each source's size and sha256, the sha256 of "
+        "every component's canonical rows and of every shard, and the builder version. Which LLaVA-Med 60K file the "
+        "released 150K used is not published; `vital verify` compares a released file with a config record by record.",
+        "",
+        "## Licence",
+        "",
+    ]
+    for name, component in components.items():
+        lines.append(f"- `{name}`: {component['licence']}")
+    lines += [
+        "",
+        "Figures come from the PMC Open Access subset under per-article licences. For research use; not for clinical "
+        "decisions.",
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        CITATION,
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_readme(out: Path, plan: MixturePlan, manifest: dict) -> None:
+    header = yaml.safe_dump(card_metadata(manifest), sort_keys=False, allow_unicode=True, width=1000)
+    with atomic_path(out / "README.md") as tmp:
+        tmp.write_text(f"---\n{header}---\n\n{card_text(plan, manifest)}", encoding="utf-8")

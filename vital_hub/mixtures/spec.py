@@ -1,0 +1,185 @@
+"""Mixtures as data: which components exist, which source file each is read from, and how configs combine them.
+
+The released sets are fixed here (REFERENCE section 2): `60k` and `80k` are BioMed-VITAL selections,
+`150k` = 80k + LLaVA-Med 10K + LLaVA-Med 60K, `210k` = 150k + the 60K selection. Users add components (any LLaVA
+JSON file, for instance a `vital select` output) and mixtures (components with fractions and a seed) in YAML.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+# Which LLaVA-Med 60K file went into the released 150K is not published. LLaVA-Med's own stage-2 default is the
+# plain file; `--llava-med-60k-file llava_med_instruct_60k_inline_mention.json` selects the other, and
+# `vital verify` tells which one a released file matches.
+DEFAULT_LLAVA_MED_60K_FILE = "llava_med_instruct_60k.json"
+LLAVA_MED_60K_FILES = (DEFAULT_LLAVA_MED_60K_FILE, "llava_med_instruct_60k_inline_mention.json")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One source of records, stored once as parquet shards under data/<name>/."""
+
+    name: str
+    file_name: str
+    description: str
+    licence: str
+
+    def __post_init__(self):
+        if not NAME_PATTERN.match(self.name):
+            raise ValueError(f"component name {self.name!r} must be lower-case letters, digits, '.', '_' or '-'")
+
+
+@dataclass(frozen=True)
+class Part:
+    component: str
+    fraction: float = 1.0
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction of {self.component!r} must be in (0, 1], got {self.fraction}")
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A dataset config: its rows are the parts' rows, in the order the parts are listed."""
+
+    name: str
+    parts: tuple[Part, ...]
+    description: str = ""
+    seed: int = 0
+
+    def __post_init__(self):
+        if not NAME_PATTERN.match(self.name):
+            raise ValueError(f"mixture name {self.name!r} must be lower-case letters, digits, '.', '_' or '-'")
+        names = [p.component for p in self.parts]
+        if not names:
+            raise ValueError(f"mixture {self.name!r} has no components")
+        if len(set(names)) != len(names):
+            raise ValueError(f"mixture {self.name!r} lists a component twice: {names}")
+
+
+BIOMED_VITAL_LICENCE = (
+    "released by the BioMed-VITAL authors for research use; figures are PMC Open Access, per-article licences"
+)
+LLAVA_MED_LICENCE = "LLaVA-Med data: research use only (Microsoft Research licence terms); PMC OA per-article licences"
+
+
+def builtin_components(llava_med_60k_file: str = DEFAULT_LLAVA_MED_60K_FILE) -> dict[str, Component]:
+    if llava_med_60k_file not in LLAVA_MED_60K_FILES:
+        raise ValueError(f"unknown LLaVA-Med 60K file {llava_med_60k_file!r}; known: {list(LLAVA_MED_60K_FILES)}")
+    components = [
+        Component(
+            "biomed-vital-60k",
+            "BioMed-VITAL-instructions-60K.json",
+            "BioMed-VITAL 60K selection (the intermediate set selected by the distilled model)",
+            BIOMED_VITAL_LICENCE,
+        ),
+        Component(
+            "biomed-vital-80k",
+            "BioMed-VITAL-instructions-80K.json",
+            "BioMed-VITAL 80K selection (clinician-preference-aligned)",
+            BIOMED_VITAL_LICENCE,
+        ),
+        Component("llava-med-10k", "llava_med_instruct_10k.json", "LLaVA-Med instruct 10K", LLAVA_MED_LICENCE),
+        Component(
+            "llava-med-60k", llava_med_60k_file, f"LLaVA-Med instruct 60K ({llava_med_60k_file})", LLAVA_MED_LICENCE
+        ),
+    ]
+    return {c.name: c for c in components}
+
+
+def builtin_mixtures() -> dict[str, Mixture]:
+    parts_150k = (Part("biomed-vital-80k"), Part("llava-med-10k"), Part("llava-med-60k"))
+    mixtures = [
+        Mixture("60k", (Part("biomed-vital-60k"),), "BioMed-VITAL 60K selection"),
+        Mixture("80k", (Part("biomed-vital-80k"),), "BioMed-VITAL 80K selection"),
+        Mixture("150k", parts_150k, "80K + LLaVA-Med 10K + LLaVA-Med 60K"),
+        Mixture("210k", (*parts_150k, Part("biomed-vital-60k")), "150K + the 60K selection"),
+    ]
+    return {m.name: m for m in mixtures}
+
+
+@dataclass
+class MixturePlan:
+    """Everything a build needs to know: the components to store and the configs to declare."""
+
+    components: dict[str, Component] = field(default_factory=builtin_components)
+    mixtures: dict[str, Mixture] = field(default_factory=builtin_mixtures)
+
+    def validate(self) -> None:
+        for mixture in self.mixtures.values():
+            unknown = [p.component for p in mixture.parts if p.component not in self.components]
+            if unknown:
+                raise ValueError(
+                    f"mixture {mixture.name!r} uses unknown components {unknown}; known: {sorted(self.components)}"
+                )
+
+    def used_components(self) -> list[str]:
+        """Components some config uses, in the order they are first named."""
+        seen: dict[str, None] = {}
+        for mixture in self.mixtures.values():
+            for part in mixture.parts:
+                seen.setdefault(part.component)
+        return list(seen)
+
+
+def load_plan(
+    yaml_path: str | Path | None = None,
+    llava_med_60k_file: str = DEFAULT_LLAVA_MED_60K_FILE,
+    only_configs: list[str] | None = None,
+) -> MixturePlan:
+    """The built-in plan, extended by a user YAML::
+
+    components:
+      my-selection: {file: selected.json, description: "top 20% by my selector", licence: "CC-BY-4.0"}
+    mixtures:
+      - name: 80k-plus-mine
+        seed: 0
+        components: [{name: biomed-vital-80k}, {name: my-selection, fraction: 0.5}]
+    only: [80k, 80k-plus-mine]   # optional: build just these configs
+    """
+    plan = MixturePlan(components=builtin_components(llava_med_60k_file))
+    if yaml_path is not None:
+        _extend_plan(plan, Path(yaml_path))
+    if only_configs:
+        unknown = sorted(set(only_configs) - set(plan.mixtures))
+        if unknown:
+            raise ValueError(f"unknown configs {unknown}; known: {sorted(plan.mixtures)}")
+        plan.mixtures = {name: plan.mixtures[name] for name in only_configs}
+    plan.validate()
+    return plan
+
+
+def _extend_plan(plan: MixturePlan, path: Path) -> None:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: cannot read mixture YAML: {err}") from err
+    unknown_keys = sorted(set(data) - {"components", "mixtures", "only"})
+    if unknown_keys:
+        raise ValueError(f"{path}: unknown keys {unknown_keys}; expected components, mixtures, only")
+    for name, spec in (data.get("components") or {}).items():
+        spec = spec or {}
+        extra = sorted(set(spec) - {"file", "description", "licence"})
+        if extra or "file" not in spec:
+            raise ValueError(
+                f"{path}: component {name!r} needs 'file' (and may have description, licence); got {spec}"
+            )
+        plan.components[name] = Component(
+            name, str(spec["file"]), spec.get("description", ""), spec.get("licence", "see source")
+        )
+    for index, spec in enumerate(data.get("mixtures") or []):
+        extra = sorted(set(spec) - {"name", "components", "seed", "description"})
+        if extra:
+            raise ValueError(f"{path}: mixture {index} has unknown keys {extra}")
+        parts = tuple(Part(p["name"], float(p.get("fraction", 1.0))) for p in spec.get("components") or [])
+        mixture = Mixture(str(spec["name"]), parts, spec.get("description", ""), int(spec.get("seed", 0)))
+        plan.mixtures[mixture.name] = mixture
+    if data.get("only"):
+        plan.mixtures = {name: plan.mixtures[name] for name in data["only"]}
