@@ -1,0 +1,307 @@
+"""The one module that talks to the Hugging Face Hub: push repo folders, resolve datasets, download repo files.
+
+Every other stage calls these functions instead of huggingface_hub directly, so the endpoint (`HF_ENDPOINT`), the
+token (`HF_TOKEN` or the login file, never an argument, never printed or written) and the way uploads resume are
+decided in one place. `upload_folder` is resumable by re-running: files the Hub already holds (LFS objects from an
+interrupted push, unchanged files) are not sent again.
+
+    vital push --repo out/instructions --to biomed-vital/instructions
+    vital push --repo runs/selector --to biomed-vital/selector --repo-type model --revision v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+REPO_TYPES = ("dataset", "model")
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# Temporary names that atomic writes leave while a build runs, and caches that never belong in a repo.
+IGNORE_PATTERNS = ["**/.*.tmp", ".*.tmp", "**/__pycache__/**", ".cache/**"]
+
+
+class HubError(RuntimeError):
+    """A push or download that cannot go on, with a message that says what to do."""
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    """What a push will send, shown before uploading so a user sees where the data goes."""
+
+    folder: Path
+    repo_id: str
+    repo_type: str
+    endpoint: str
+    revision: str
+    files: int
+    bytes: int
+
+    @property
+    def url(self) -> str:
+        return repo_url(self.repo_id, self.repo_type, self.endpoint)
+
+
+def hub_endpoint() -> str:
+    """The Hub endpoint from HF_ENDPOINT (read now, not at import), without a trailing slash."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    return (urlsplit(endpoint).hostname or "") in LOCAL_HOSTS
+
+
+def find_token() -> str | None:
+    """The token from HF_TOKEN or the login file written by `hf auth login`; None when there is none."""
+    from huggingface_hub import get_token
+
+    return os.environ.get("HF_TOKEN") or get_token()
+
+
+def repo_url(repo_id: str, repo_type: str = "dataset", endpoint: str | None = None) -> str:
+    prefix = "" if repo_type == "model" else f"{repo_type}s/"
+    return f"{endpoint or hub_endpoint()}/{prefix}{repo_id}"
+
+
+def check_repo_id(repo_id: str) -> str:
+    if not REPO_ID.match(repo_id):
+        raise HubError(f"repo id {repo_id!r} must look like ORG/NAME (letters, digits, '.', '_', '-')")
+    return repo_id
+
+
+def plan_push(folder: str | Path, repo_id: str, repo_type: str, revision: str | None) -> PushPlan:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HubError(f"{folder}: not a folder (expected a repo folder, e.g. the --out of `vital build`)")
+    if repo_type not in REPO_TYPES:
+        raise HubError(f"repo type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
+    files = [p for p in folder.rglob("*") if p.is_file() and not _ignored(p.relative_to(folder))]
+    if not files:
+        raise HubError(f"{folder}: no files to push")
+    if repo_type == "dataset" and not (folder / "README.md").exists():
+        raise HubError(f"{folder}: a dataset repo needs a README.md (its YAML `configs:` tells datasets what to load)")
+    return PushPlan(
+        folder=folder,
+        repo_id=check_repo_id(repo_id),
+        repo_type=repo_type,
+        endpoint=hub_endpoint(),
+        revision=revision or "main",
+        files=len(files),
+        bytes=sum(p.stat().st_size for p in files),
+    )
+
+
+def _ignored(relative: Path) -> bool:
+    parts = relative.parts
+    return (
+        any(part.startswith(".") and part.endswith(".tmp") for part in parts)
+        or "__pycache__" in parts
+        or parts[0] in (".git", ".cache")
+    )
+
+
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    repo_type: str = "dataset",
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Create the repo if needed (and the branch, for a revision other than main), upload the folder, and return
+    the commit URL. Re-running after an interruption is the resume: objects already on the Hub are skipped."""
+    plan = plan_push(folder, repo_id, repo_type, revision)
+    return _push(plan, private=private, commit_message=commit_message or f"Upload {plan.folder.name} with vital push")
+
+
+def _push(plan: PushPlan, private: bool, commit_message: str) -> str:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = find_token()
+    if token is None and not is_local_endpoint(plan.endpoint):
+        raise HubError(
+            f"no Hugging Face token: pushing to {plan.endpoint} needs a write token. "
+            "Set HF_TOKEN in the environment or run `hf auth login`."
+        )
+    api = HfApi(endpoint=plan.endpoint, token=token if token is not None else False)
+    xet_note = _xet_note(plan.endpoint)
+    if xet_note:
+        print(f"note: {xet_note}", file=sys.stderr)
+    try:
+        api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=private, exist_ok=True)
+        if plan.revision != "main":
+            api.create_branch(plan.repo_id, branch=plan.revision, repo_type=plan.repo_type, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=plan.repo_id,
+            folder_path=plan.folder,
+            repo_type=plan.repo_type,
+            revision=plan.revision,
+            commit_message=commit_message,
+            ignore_patterns=list(IGNORE_PATTERNS),
+        )
+    except HfHubHTTPError as err:
+        raise HubError(_explain_http_error(err, plan, token)) from None
+    except ConnectionError as err:
+        if xet_note and "xet" in str(err).lower():
+            raise HubError(f"push to {plan.url} failed: {xet_note}") from None
+        raise
+    return str(commit.commit_url)
+
+
+def _xet_note(endpoint: str) -> str | None:
+    """Hub-compatible servers other than huggingface.co (mirrors, test servers) rarely speak Xet, and
+    huggingface_hub uploads with Xet whenever hf_xet is installed; say how to switch it off."""
+    from huggingface_hub.utils import is_xet_available
+
+    host = urlsplit(endpoint).hostname or ""
+    if not is_xet_available() or host == "huggingface.co" or host.endswith((".huggingface.co", ".hf.co")):
+        return None
+    return f"{endpoint} is not huggingface.co: if it does not speak Xet, set HF_HUB_DISABLE_XET=1 and re-run"
+
+
+def _explain_http_error(err, plan: PushPlan, token: str | None) -> str:
+    status = err.response.status_code if err.response is not None else None
+    detail = redact(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__, token)
+    if status == 401:
+        hint = "the token was rejected or is missing: set HF_TOKEN to a write token for this namespace"
+    elif status == 403:
+        hint = f"the token cannot write to {plan.repo_id.split('/')[0]!r}: use a token with write access to it"
+    else:
+        hint = "re-run the same command to resume; files already uploaded are skipped"
+    return f"push of {plan.folder} to {plan.url} failed (HTTP {status}): {detail}\n{hint}"
+
+
+def redact(text: str, token: str | None) -> str:
+    """Text with the token replaced, for any message that might echo a request back."""
+    return text.replace(token, "<token>") if token else text
+
+
+def resolve_dataset(path_or_repo: str | Path) -> str:
+    """A local repo folder (returned as a path) or a Hub repo id (returned as is), as `load_dataset` takes them.
+
+    Stages accept either; this says which one a user meant and fails clearly when it is neither, before datasets
+    turns a typo into a network error."""
+    text = str(path_or_repo)
+    if Path(text).exists():
+        if not Path(text).is_dir() and not text.endswith((".json", ".jsonl", ".parquet")):
+            raise HubError(f"{text}: expected a repo folder, a data file or a Hub repo id ORG/NAME")
+        return str(Path(text))
+    if REPO_ID.match(text):
+        return text
+    raise HubError(f"{text}: no such local folder, and not a Hub repo id of the form ORG/NAME")
+
+
+def download_file(
+    repo_id: str,
+    filename: str,
+    local_dir: str | Path,
+    repo_type: str = "dataset",
+    revision: str | None = None,
+) -> Path:
+    """Download one repo file into `local_dir` (same relative path) and return it. An interrupted download
+    resumes from the partial file huggingface_hub keeps under `local_dir/.cache`."""
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(
+        repo_id=check_repo_id(repo_id),
+        filename=filename,
+        repo_type=repo_type,
+        revision=revision,
+        local_dir=local_dir,
+        endpoint=hub_endpoint(),
+        token=find_token() or False,
+    )
+    return Path(path)
+
+
+def download_repo(
+    repo_id: str,
+    repo_type: str = "dataset",
+    revision: str | None = None,
+    local_dir: str | Path | None = None,
+    allow_patterns: list[str] | None = None,
+) -> Path:
+    """Download (or reuse from the cache) a repo snapshot and return its folder; used for model folders such as
+    selector checkpoints, which datasets does not load."""
+    from huggingface_hub import snapshot_download
+
+    folder = snapshot_download(
+        repo_id=check_repo_id(repo_id),
+        repo_type=repo_type,
+        revision=revision,
+        local_dir=local_dir,
+        allow_patterns=allow_patterns,
+        endpoint=hub_endpoint(),
+        token=find_token() or False,
+    )
+    return Path(folder)
+
+
+def dataset_configs(folder: Path) -> list[str]:
+    """Config names from a repo folder's README YAML, for the load hint printed after a push."""
+    readme = folder / "README.md"
+    if not readme.exists():
+        return []
+    text = readme.read_text(encoding="utf-8")
+    if not text.startswith("---"):
+        return []
+    import yaml
+
+    header = text.split("---", 2)[1] if text.count("---") >= 2 else ""
+    try:
+        meta = yaml.safe_load(header) or {}
+    except yaml.YAMLError:
+        return []
+    return [c["config_name"] for c in meta.get("configs", []) if isinstance(c, dict) and "config_name" in c]
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def build_push_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vital push",
+        description="Upload a repo folder to the Hub (HF_ENDPOINT, HF_TOKEN honoured; re-run to resume).",
+    )
+    parser.add_argument("--repo", required=True, help="the repo folder to upload (e.g. the --out of vital build)")
+    parser.add_argument("--to", required=True, metavar="ORG/NAME", help="the Hub repo id to push to")
+    parser.add_argument("--repo-type", default="dataset", choices=REPO_TYPES, help="dataset (default) or model")
+    parser.add_argument("--private", action="store_true", help="create the repo as private (if it is new)")
+    parser.add_argument("--revision", default=None, metavar="BRANCH", help="branch to commit to (created if new)")
+    parser.add_argument("--commit-message", default=None, help="commit title (default: Upload <folder> ...)")
+    return parser
+
+
+def push_main(argv: list[str]) -> int:
+    args = build_push_parser().parse_args(argv)
+    try:
+        plan = plan_push(args.repo, args.to, args.repo_type, args.revision)
+        print(
+            f"pushing {plan.files} files ({_human_bytes(plan.bytes)}) from {plan.folder} "
+            f"to {plan.url} (branch {plan.revision})",
+            flush=True,
+        )
+        message = args.commit_message or f"Upload {plan.folder.name} with vital push"
+        commit_url = _push(plan, private=args.private, commit_message=message)
+    except HubError as err:
+        print(f"vital push: error: {err}", file=sys.stderr)
+        return 1
+    print(f"committed: {commit_url}")
+    print(f"repo: {plan.url}")
+    configs = dataset_configs(plan.folder) if plan.repo_type == "dataset" else []
+    revision = f", revision={plan.revision!r}" if plan.revision != "main" else ""
+    for name in configs:
+        print(f"load: datasets.load_dataset({plan.repo_id!r}, {name!r}{revision})")
+    return 0

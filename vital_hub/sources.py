@@ -1,0 +1,504 @@
+"""The released source files: where each one comes from, how big it is, and its checksum.
+
+Two origins: files of the Hub dataset `mao1207/BioMed-VITAL-instructions` (downloaded through `vital_hub.hub`, so
+HF_ENDPOINT and HF_TOKEN apply) and Git LFS files of `microsoft/LLaVA-Med` served by GitHub's media host (the base
+URL can be changed with --github-base or VITAL_GITHUB_MEDIA_BASE, e.g. for a mirror or a test server).
+
+Every download streams to a hidden partial file, resumes it with an HTTP Range request when re-run, and is renamed to
+the released name only after its size and sha256 match. Checksums the registry does not know (the BioMed-VITAL
+files) are recorded in a lock file (`sources.lock.json` beside the files) on first download and enforced after that,
+so a file replaced upstream, or corrupted on disk, is noticed.
+
+    vital sources list
+    vital sources fetch --dir sources                 # the files `vital build instructions` reads
+    vital sources fetch all --dir sources
+    vital sources verify --dir sources
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from vital_hub.io import CHUNK, write_json_atomic
+
+HUB_REPO = "mao1207/BioMed-VITAL-instructions"
+GITHUB_REPO = "microsoft/LLaVA-Med"
+GITHUB_MEDIA_BASE = f"https://media.githubusercontent.com/media/{GITHUB_REPO}/main"
+GITHUB_BASE_ENV = "VITAL_GITHUB_MEDIA_BASE"
+LOCK_NAME = "sources.lock.json"
+LOCK_VERSION = 1
+USER_AGENT = "vital-hub sources"
+
+
+class SourceError(ValueError):
+    """A source file that is missing, the wrong size or has the wrong checksum; the message names the file."""
+
+
+class ChecksumMismatch(SourceError):
+    def __init__(self, path: Path | str, expected: str, actual: str, where: str):
+        self.path, self.expected, self.actual = Path(path), expected, actual
+        super().__init__(
+            f"{path}: sha256 mismatch: expected {expected} ({where}), got {actual}. "
+            "The file is not the released one: delete it and fetch again, or pass --allow-unverified to use it anyway."
+        )
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One released file. `size` and `sha256` are None where nobody has published them."""
+
+    name: str
+    origin: str  # "hub" or "github"
+    path: str  # path inside the repo
+    description: str
+    size: int | None = None
+    approx_size: str | None = None
+    sha256: str | None = None
+
+    @property
+    def repo(self) -> str:
+        return HUB_REPO if self.origin == "hub" else GITHUB_REPO
+
+    def url(self, github_base: str | None = None) -> str:
+        if self.origin == "hub":
+            return f"hf://datasets/{HUB_REPO}/{self.path}"
+        return f"{(github_base or github_media_base()).rstrip('/')}/{self.path}"
+
+    @property
+    def size_text(self) -> str:
+        return f"{self.size:,}" if self.size is not None else f"~{self.approx_size}"
+
+
+def _hub(name: str, approx: str, description: str) -> SourceFile:
+    return SourceFile(name=name, origin="hub", path=name, approx_size=approx, description=description)
+
+
+def _github(path: str, size: int, sha256: str, description: str) -> SourceFile:
+    return SourceFile(
+        name=path.rsplit("/", 1)[-1], origin="github", path=path, size=size, sha256=sha256, description=description
+    )
+
+
+SOURCES: dict[str, SourceFile] = {
+    source.name: source
+    for source in (
+        _hub("BioMed-VITAL-instructions-60K.json", "127 MB", "BioMed-VITAL 60K selection (config 60k)"),
+        _hub("BioMed-VITAL-instructions-80K.json", "156 MB", "BioMed-VITAL 80K selection (config 80k)"),
+        _hub("BioMed-VITAL-instructions-150K.json", "309 MB", "released 150K mixture (for vital verify)"),
+        _hub("BioMed-VITAL-instructions-210K.json", "463 MB", "released 210K mixture (for vital verify)"),
+        _github(
+            "data/instruct/llava_med_instruct_10k.json",
+            20_176_754,
+            "84f75c2b83404fe7dd1631212b4ad73228a0dad77bb819ab29c511a535a279c8",
+            "LLaVA-Med 10K instructions",
+        ),
+        _github(
+            "data/instruct/llava_med_instruct_60k.json",
+            88_758_916,
+            "cf84c82fb58e391d6cf198e2657b6fc8584a180509b8813c3604ce46f6275c19",
+            "LLaVA-Med 60K instructions",
+        ),
+        _github(
+            "data/instruct/llava_med_instruct_60k_inline_mention.json",
+            87_669_379,
+            "b3649f4193a51215aee4519b44d8436a4200e182d6a78a3cb78672d97bea948a",
+            "LLaVA-Med 60K instructions, in-text mention variant",
+        ),
+        _github(
+            "data/instruct/llava_med_instruct_fig_captions.json",
+            169_224_662,
+            "1d58b7befd2687695cbba04e4f51fd648899b25f4f567815eb49538faf6f07fb",
+            "figure captions and in-text mentions, by domain",
+        ),
+        _github(
+            "data/llava_med_image_urls.jsonl",
+            128_785_989,
+            "2604441ec3d1f6324d21846cfd44f92eab29454beed1da42a98d943b41731e44",
+            "PMC image URL per pair_id (legacy tarball paths)",
+        ),
+        _github(
+            "data/eval/llava_med_eval_qa50_qa.jsonl",
+            262_328,
+            "48c6b680a962dbf8caf63e3ded2bef7770dccf9c2602f32e5f05f4b907266f25",
+            "qa50 open visual chat questions",
+        ),
+    )
+}
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "build": (
+        "BioMed-VITAL-instructions-60K.json",
+        "BioMed-VITAL-instructions-80K.json",
+        "llava_med_instruct_10k.json",
+        "llava_med_instruct_60k.json",
+        "llava_med_instruct_60k_inline_mention.json",
+    ),
+    "released": ("BioMed-VITAL-instructions-150K.json", "BioMed-VITAL-instructions-210K.json"),
+    "figures": ("llava_med_instruct_fig_captions.json", "llava_med_image_urls.jsonl"),
+    "eval": ("llava_med_eval_qa50_qa.jsonl",),
+    "all": tuple(SOURCES),
+}
+DEFAULT_GROUP = "build"
+
+
+def get_source(name: str) -> SourceFile:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise SourceError(f"unknown source file {name!r}; known: {', '.join(SOURCES)}") from None
+
+
+def expand_names(names: list[str]) -> list[SourceFile]:
+    """Source files for names and group names (build, released, figures, eval, all), in order, once each."""
+    chosen: dict[str, SourceFile] = {}
+    for name in names or [DEFAULT_GROUP]:
+        if name in GROUPS:
+            chosen.update({n: SOURCES[n] for n in GROUPS[name]})
+        else:
+            chosen[name] = get_source(name)
+    return list(chosen.values())
+
+
+def github_media_base(override: str | None = None) -> str:
+    return (override or os.environ.get(GITHUB_BASE_ENV) or GITHUB_MEDIA_BASE).rstrip("/")
+
+
+# ---- lock file
+
+
+def read_lock(path: Path) -> dict:
+    """The lock file's {name: {sha256, size, ...}}; empty when it does not exist yet."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SourceError(f"{path}: lock file is not valid JSON ({err.msg}); fix or delete it") from err
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        raise SourceError(f"{path}: lock file has no 'files' mapping; fix or delete it")
+    return files
+
+
+def record_in_lock(path: Path, name: str, sha256: str, size: int, origin: str) -> None:
+    """Add or confirm one file in the lock. A recorded checksum is never silently replaced."""
+    files = read_lock(path)
+    previous = files.get(name)
+    if previous and previous.get("sha256") != sha256:
+        raise ChecksumMismatch(name, previous.get("sha256"), sha256, f"recorded in {path}")
+    if previous:
+        return
+    files[name] = {
+        "sha256": sha256,
+        "size": size,
+        "origin": origin,
+        "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json_atomic(path, {"version": LOCK_VERSION, "files": dict(sorted(files.items()))})
+
+
+def expected_checksum(name: str, lock: dict, lock_path: Path | None = None) -> tuple[str | None, str]:
+    """The sha256 a file must have and where that value comes from (the registry wins over the lock)."""
+    source = SOURCES.get(name)
+    if source is not None and source.sha256:
+        return source.sha256, "registry"
+    entry = lock.get(name)
+    if entry and entry.get("sha256"):
+        return entry["sha256"], f"recorded in {lock_path or LOCK_NAME}"
+    return None, "not known"
+
+
+def sha256_and_size(path: Path, desc: str | None = None) -> tuple[str, int]:
+    from tqdm import tqdm
+
+    digest, size = hashlib.sha256(), path.stat().st_size
+    with (
+        open(path, "rb") as handle,
+        tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=desc is None) as bar,
+    ):
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest(), size
+
+
+def check_source_file(path: str | Path, allow_unverified: bool = False, lock_path: str | Path | None = None) -> dict:
+    """Size and sha256 of a source file, checked against the registry (or the lock file beside it).
+
+    Used by `vital build instructions`. Returns {"size", "sha256", "verified"}: `verified` is True when a known
+    checksum matched. The result depends only on the file and the lock, so builds stay reproducible; a mismatch
+    raises ChecksumMismatch unless `allow_unverified`, which only warns."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"{path}: source file not found (fetch it with `vital sources fetch --dir {path.parent}`)")
+    lock_path = Path(lock_path) if lock_path else path.parent / LOCK_NAME
+    expected, where = expected_checksum(path.name, read_lock(lock_path), lock_path)
+    sha256, size = sha256_and_size(path)
+    source = SOURCES.get(path.name)
+    problem = None
+    if expected is not None and sha256 != expected:
+        problem = ChecksumMismatch(path, expected, sha256, where)
+    elif source is not None and source.size is not None and size != source.size:
+        problem = SourceError(f"{path}: {size:,} bytes, expected {source.size:,} (registry)")
+    if problem is not None:
+        if not allow_unverified:
+            raise problem
+        print(f"warning: {problem} (used anyway: --allow-unverified)", file=sys.stderr)
+    return {"size": size, "sha256": sha256, "verified": expected is not None and problem is None}
+
+
+# ---- downloads
+
+
+def partial_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.part")
+
+
+def download_url(url: str, final: Path, expected_size: int | None = None, timeout: float = 60.0) -> Path:
+    """Stream `url` to the partial file beside `final`, resuming it with a Range request; returns the partial file.
+
+    A server that ignores Range (200 instead of 206) restarts the download from zero. A body larger than the
+    expected size is cut off with an error instead of filling the disk."""
+    from tqdm import tqdm
+
+    part = partial_path(final)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    if expected_size is not None and have > expected_size:
+        part.unlink()
+        have = 0
+    if expected_size is not None and have == expected_size:
+        return part
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:
+            return part  # the partial file already holds everything
+        raise SourceError(f"{final.name}: download from {url} failed: HTTP {err.code} {err.reason}") from None
+    except urllib.error.URLError as err:
+        raise SourceError(f"{final.name}: cannot reach {url}: {err.reason}") from None
+    with response:
+        resumed = have and response.status == 206 and _range_start(response) == have
+        if not resumed:
+            have = 0
+        total = _total_size(response, have) or expected_size
+        mode = "ab" if resumed else "wb"
+        with (
+            open(part, mode) as handle,
+            tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=final.name) as bar,
+        ):
+            try:
+                for chunk in iter(lambda: response.read(CHUNK), b""):
+                    have += len(chunk)
+                    if expected_size is not None and have > expected_size:
+                        raise SourceError(f"{final.name}: {url} sent more than the expected {expected_size:,} bytes")
+                    handle.write(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as err:
+                raise SourceError(_interrupted(final, have, total, err)) from None
+    if total is not None and have < total:
+        raise SourceError(_interrupted(final, have, total, "connection closed early"))
+    return part
+
+
+def _interrupted(final: Path, have: int, total: int | None, why) -> str:
+    of = f" of {total:,}" if total else ""
+    return f"{final.name}: download interrupted after {have:,}{of} bytes ({why}); re-run the same command to resume"
+
+
+def _range_start(response) -> int | None:
+    content_range = response.headers.get("Content-Range", "")
+    try:
+        return int(content_range.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _total_size(response, have: int) -> int | None:
+    content_range = response.headers.get("Content-Range", "")
+    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length")
+    return int(length) + have if length and length.isdigit() else None
+
+
+def download_from_hub(source: SourceFile, final: Path, revision: str | None = None) -> Path:
+    """Download a Hub file into a staging folder beside `final` (huggingface_hub resumes it there)."""
+    from vital_hub.hub import download_file
+
+    staging = final.parent / ".vital-download"
+    return download_file(HUB_REPO, source.path, staging, repo_type="dataset", revision=revision)
+
+
+@dataclass
+class FetchResult:
+    name: str
+    path: Path
+    sha256: str
+    size: int
+    status: str  # "downloaded", "present", "unverified"
+
+
+def fetch_source(
+    source: SourceFile,
+    folder: Path,
+    lock_path: Path,
+    allow_unverified: bool = False,
+    github_base: str | None = None,
+    revision: str | None = None,
+) -> FetchResult:
+    """Make `folder/<name>` the verified released file: download it if absent, check size and sha256, record an
+    unknown checksum in the lock. A file that fails the check never takes the released name (unless
+    `allow_unverified`), so a later build cannot pick it up by mistake."""
+    final = folder / source.name
+    lock = read_lock(lock_path)
+    expected, where = expected_checksum(source.name, lock, lock_path)
+    if final.exists():
+        sha256, size = sha256_and_size(final, desc=f"checking {source.name}")
+        _verify(final, sha256, size, source, expected, where, allow_unverified)
+        _record(lock_path, source, sha256, size, expected, allow_unverified)
+        return FetchResult(source.name, final, sha256, size, "present")
+    if source.origin == "hub":
+        fetched = download_from_hub(source, final, revision=revision)
+    else:
+        fetched = download_url(source.url(github_base), final, expected_size=source.size)
+    sha256, size = sha256_and_size(fetched, desc=f"checking {source.name}")
+    try:
+        _verify(final, sha256, size, source, expected, where, allow_unverified)
+    except SourceError:
+        fetched.unlink(missing_ok=True)  # complete but wrong: resuming it could never succeed
+        raise
+    os.replace(fetched, final)
+    if source.origin == "hub":
+        shutil.rmtree(final.parent / ".vital-download", ignore_errors=True)
+    _record(lock_path, source, sha256, size, expected, allow_unverified)
+    status = "downloaded" if expected is None or expected == sha256 else "unverified"
+    return FetchResult(source.name, final, sha256, size, status)
+
+
+def _verify(final, sha256, size, source, expected, where, allow_unverified) -> None:
+    problem = None
+    if expected is not None and sha256 != expected:
+        problem = ChecksumMismatch(final, expected, sha256, where)
+    elif source.size is not None and size != source.size:
+        problem = SourceError(f"{final}: {size:,} bytes, expected {source.size:,} (registry)")
+    if problem is None:
+        return
+    if not allow_unverified:
+        raise problem
+    print(f"warning: {problem} (kept: --allow-unverified)", file=sys.stderr)
+
+
+def _record(lock_path: Path, source: SourceFile, sha256: str, size: int, expected: str | None, allow: bool) -> None:
+    """Record what was verified (or first seen); a file accepted despite a mismatch is not recorded."""
+    if expected is not None and sha256 != expected and allow:
+        return
+    record_in_lock(lock_path, source.name, sha256, size, f"{source.origin}:{source.repo}/{source.path}")
+
+
+def verify_folder(folder: Path, lock_path: Path, names: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """(name, status, detail) for each registered file: ok, mismatch, unverified (checksum not known) or missing."""
+    lock = read_lock(lock_path)
+    rows = []
+    for source in expand_names(names or ["all"]):
+        path = folder / source.name
+        if not path.exists():
+            rows.append((source.name, "missing", ""))
+            continue
+        expected, where = expected_checksum(source.name, lock, lock_path)
+        sha256, size = sha256_and_size(path, desc=f"checking {source.name}")
+        if source.size is not None and size != source.size:
+            rows.append((source.name, "mismatch", f"{size:,} bytes, expected {source.size:,}"))
+        elif expected is None:
+            rows.append((source.name, "unverified", f"sha256 {sha256} not known and not in the lock"))
+        elif sha256 != expected:
+            rows.append((source.name, "mismatch", f"sha256 {sha256}, expected {expected} ({where})"))
+        else:
+            rows.append((source.name, "ok", f"sha256 matches ({where})"))
+    return rows
+
+
+# ---- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vital sources", description="List, fetch and verify the released files.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="the registry: names, groups, origins, sizes, checksums")
+
+    fetch = sub.add_parser("fetch", help="download and verify source files")
+    fetch.add_argument("names", nargs="*", help=f"file or group names ({', '.join(GROUPS)}); default: {DEFAULT_GROUP}")
+    fetch.add_argument("--dir", type=Path, default=Path("sources"), help="folder for the files (default: sources)")
+    fetch.add_argument("--lock", type=Path, help=f"lock file (default: {LOCK_NAME} in --dir)")
+    fetch.add_argument("--allow-unverified", action="store_true", help="keep a file whose checksum does not match")
+    fetch.add_argument("--github-base", help=f"GitHub LFS media base URL (default: ${GITHUB_BASE_ENV} or GitHub)")
+    fetch.add_argument("--revision", help=f"revision of {HUB_REPO} (default: main)")
+
+    verify = sub.add_parser("verify", help="check the files in a folder against the registry and lock")
+    verify.add_argument("names", nargs="*", help="file or group names (default: all)")
+    verify.add_argument("--dir", type=Path, default=Path("sources"))
+    verify.add_argument("--lock", type=Path, help=f"lock file (default: {LOCK_NAME} in --dir)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.action == "list":
+            return _list()
+        lock_path = args.lock or args.dir / LOCK_NAME
+        if args.action == "fetch":
+            return _fetch(args, lock_path)
+        return _verify_command(args, lock_path)
+    except SourceError as err:
+        print(f"vital sources {args.action}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _list() -> int:
+    width = max(len(name) for name in SOURCES)
+    print(f"{'name':<{width}}  {'origin':<6}  {'bytes':>14}  sha256")
+    for source in SOURCES.values():
+        checksum = source.sha256 or "not published: recorded in the lock file on first fetch"
+        print(f"{source.name:<{width}}  {source.origin:<6}  {source.size_text:>14}  {checksum}")
+    print("\ngroups: " + "; ".join(f"{g} = {', '.join(n)}" for g, n in GROUPS.items() if g != "all"))
+    print(f"hub files: {HUB_REPO} (HF_ENDPOINT); github files: {github_media_base()}/<path>")
+    return 0
+
+
+def _fetch(args, lock_path: Path) -> int:
+    sources = expand_names(args.names)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        result = fetch_source(
+            source,
+            args.dir,
+            lock_path,
+            allow_unverified=args.allow_unverified,
+            github_base=args.github_base,
+            revision=args.revision,
+        )
+        print(f"{result.status:<10}  {result.name}  {result.size:,} bytes  sha256 {result.sha256}")
+    print(f"{len(sources)} file(s) in {args.dir}; checksums in {lock_path}")
+    return 0
+
+
+def _verify_command(args, lock_path: Path) -> int:
+    rows = verify_folder(args.dir, lock_path, args.names)
+    for name, status, detail in rows:
+        print(f"{status:<10}  {name}  {detail}".rstrip())
+    return 1 if any(status == "mismatch" for _, status, _ in rows) else 0
