@@ -1,0 +1,425 @@
+"""Open visual chat on qa50: a judge scores the reference answer and the model's answer, and the model's relative
+score is the mean of per-question ratios (model / reference) x 100, by question type, by domain and overall.
+
+What the original script did not do, and this module does:
+- the judge's reply is parsed robustly ("8 7", "8/10 7/10", "Assistant 1: 8 ... Assistant 2: 7", scores after a
+  preamble); a reply with no readable pair is recorded as `unparsed` with the reason and counted, never replaced
+  by a default score;
+- a reference scored 0 is handled by an explicit policy (`exclude`: left out of the mean and counted; `floor`:
+  the reference counts as 1) instead of dividing by zero;
+- an optional second judgement with the answers swapped (`swap=True`) measures position bias and cancels it:
+  the combined ratio of a question is (model_forward + model_swapped) / (reference_forward + reference_swapped);
+- bootstrap confidence intervals over questions for every reported score.
+
+Judgements are appended to `judgements.jsonl` in the output folder as they arrive; re-running resumes, and
+requests hit the judge client's SQLite cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vital_hub.eval.records import EvalQuestion, JsonlAppender, load_image, load_questions, read_answers
+from vital_hub.eval.stats import bootstrap_ci, mean
+from vital_hub.io import write_json_atomic
+from vital_hub.schema import first_domain
+
+DEFAULT_SYSTEM = "You are a careful and impartial reviewer of answers to questions about biomedical figures."
+DEFAULT_INSTRUCTION = (
+    "Two AI assistants answered the question above about a biomedical figure. The figure's caption and the "
+    "passages of the article that cite it are given as context. Rate each answer for helpfulness, relevance, "
+    "accuracy with respect to the context, and level of detail, on a scale of 1 to 10 where 10 is best. "
+    "On the first line write only the two scores, for Assistant 1 and then Assistant 2, separated by a space. "
+    "From the second line on, explain your ratings briefly. Judge the content only: neither the order in which "
+    "the answers appear nor their length should change your scores."
+)
+ZERO_REFERENCE_POLICIES = ("exclude", "floor")
+ORDERS = ("forward", "swapped")  # forward: reference is Assistant 1, as in LLaVA-Med; swapped: model first
+DOMAIN_ORDER = ("chest_xray", "mri", "histology", "gross", "ct_scan")
+MAX_SCORE = 10.0
+
+NUMBER = r"(\d+(?:\.\d+)?)"
+SCORE_TOKEN = re.compile(NUMBER + r"(?:\s*(?:/|out\s+of)\s*10(?:\.0+)?(?!\d))?", re.IGNORECASE)
+ASSISTANT_LABEL = re.compile(r"\b(?:assistant|answer|response)\s*(?:#\s*)?[12]\b", re.IGNORECASE)
+LABELED_SCORE = re.compile(
+    r"\b(?:assistant|answer|response)\s*(?:#\s*)?([12])\b[^\d\n]{0,30}?[:=\-]\s*\**\s*" + NUMBER + r"(?![\d.]*\d)",
+    re.IGNORECASE,
+)
+REFUSAL = re.compile(r"\b(?:i'?m sorry|i cannot|i can'?t|unable to|as an ai)\b", re.IGNORECASE)
+MARKUP = re.compile(r"[*#_`>|]")
+
+
+@dataclass(frozen=True)
+class ScorePair:
+    first: float | None
+    second: float | None
+    status: str  # ok | unparsed
+    reason: str | None = None
+
+
+def _in_range(values: list[float]) -> bool:
+    return all(0 <= value <= MAX_SCORE for value in values)
+
+
+def _line_scores(line: str) -> tuple[list[float], int]:
+    """Score tokens of a line and how many other words it has (labels and markup removed)."""
+    cleaned = ASSISTANT_LABEL.sub(" ", MARKUP.sub(" ", line))
+    values = [float(match.group(1)) for match in SCORE_TOKEN.finditer(cleaned)]
+    rest = SCORE_TOKEN.sub(" ", cleaned)
+    words = [
+        word for word in re.split(r"[\s,;:()\[\]]+", rest) if word and word.lower() not in ("and", "scores", "score")
+    ]
+    return values, len(words)
+
+
+def parse_two_scores(text: str | None) -> ScorePair:
+    """The (Assistant 1, Assistant 2) scores of a judge reply, or an `unparsed` result with the reason.
+
+    Tried in order: "Assistant 1: 8 ... Assistant 2: 7" anywhere; the first non-empty line when it holds exactly
+    two scores; the first later line made of two scores and at most three other words ("Scores: 8 7").
+    """
+    if text is None or not text.strip():
+        return ScorePair(None, None, "unparsed", "empty reply")
+    labeled: dict[str, float] = {}
+    for match in LABELED_SCORE.finditer(text):
+        labeled.setdefault(match.group(1), float(match.group(2)))
+    if len(labeled) == 2:
+        pair = [labeled["1"], labeled["2"]]
+        if _in_range(pair):
+            return ScorePair(pair[0], pair[1], "ok")
+    lines = [line for line in text.splitlines() if line.strip()]
+    out_of_range = False
+    for position, line in enumerate(lines):
+        values, other_words = _line_scores(line)
+        if len(values) != 2 or (position > 0 and other_words > 3):
+            continue
+        if not _in_range(values):
+            out_of_range = True
+            continue
+        return ScorePair(values[0], values[1], "ok")
+    if out_of_range:
+        return ScorePair(None, None, "unparsed", f"scores outside 0-{MAX_SCORE:g}")
+    if REFUSAL.search(text):
+        return ScorePair(None, None, "unparsed", "refusal")
+    if not SCORE_TOKEN.search(text):
+        return ScorePair(None, None, "unparsed", "no scores found")
+    return ScorePair(None, None, "unparsed", "no line with exactly two scores")
+
+
+@dataclass
+class ChatJudgeConfig:
+    questions: str = field(metadata={"help": "qa50 question file (llava_med_eval_qa50_qa.jsonl)"})
+    answers: str = field(metadata={"help": "the model's answers JSONL"})
+    out_dir: str = field(metadata={"help": "folder for judgements.jsonl and chat_summary.json"})
+    judge_model: str = field(default="gpt-4o", metadata={"help": "judge model name on the server"})
+    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server of the judge"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "env var holding the judge's API key"})
+    prompt_file: str | None = field(default=None, metadata={"help": "judge instruction text (e.g. the paper's)"})
+    reference_answers: str | None = field(
+        default=None, metadata={"help": "answers JSONL used as reference instead of the file's gpt4_answer"}
+    )
+    swap: bool = field(default=False, metadata={"help": "also judge with the answers swapped"})
+    zero_reference: str = field(default="exclude", metadata={"help": "exclude | floor (reference score 0)"})
+    attach_image: bool = field(default=False, metadata={"help": "show the judge the figure (vision judges)"})
+    image_folder: str | None = field(default=None, metadata={"help": "qa50 images, for attach_image"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the intervals (0: none)"})
+    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+    max_tokens: int = field(default=1024, metadata={"help": "judge reply length limit"})
+    temperature: float = field(default=0.0, metadata={"help": "judge temperature"})
+    concurrency: int = field(default=16, metadata={"help": "parallel judge requests"})
+    cache_path: str | None = field(
+        default=None, metadata={"help": "SQLite cache (default: out_dir/judge_cache.sqlite)"}
+    )
+
+    def __post_init__(self):
+        if self.zero_reference not in ZERO_REFERENCE_POLICIES:
+            raise ValueError(f"zero_reference must be one of {ZERO_REFERENCE_POLICIES}, got {self.zero_reference!r}")
+
+
+def judge_instruction(prompt_file: str | None) -> str:
+    if prompt_file is None:
+        return DEFAULT_INSTRUCTION
+    text = Path(prompt_file).read_text(encoding="utf-8").strip()
+    if not text:
+        raise ValueError(f"{prompt_file}: the judge prompt file is empty")
+    return text
+
+
+def judge_request(
+    question: EvalQuestion, first: str, second: str, instruction: str, config: ChatJudgeConfig, image=None
+) -> dict:
+    """One judge request: context, question, the two answers in the given order, then the instruction."""
+    body = (
+        f"[Context]\n{question.context or '(no caption available)'}\n\n[Question]\n{question.prompt}\n\n"
+        f"[Assistant 1]\n{first}\n\n[End of Assistant 1]\n\n[Assistant 2]\n{second}\n\n[End of Assistant 2]\n\n"
+        f"[System]\n{instruction}\n"
+    )
+    content: str | list[dict] = body
+    if image is not None:
+        from vital_hub.eval.answer import image_data_url
+
+        content = [{"type": "image_url", "image_url": {"url": image_data_url(image)}}, {"type": "text", "text": body}]
+    return {
+        "messages": [{"role": "system", "content": DEFAULT_SYSTEM}, {"role": "user", "content": content}],
+        "max_tokens": config.max_tokens,
+        "temperature": config.temperature,
+    }
+
+
+def judgement_key(question_id, order: str) -> str:
+    return f"{question_id}|{order}"
+
+
+def read_judgements(path: Path) -> dict[str, dict]:
+    """Finished judgements by (question, order); errors are left out so that a re-run retries them."""
+    import json
+
+    rows: dict[str, dict] = {}
+    if not path.exists():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line from an interrupted run
+        if row.get("status") != "error":
+            rows[judgement_key(row["question_id"], row["order"])] = row
+        else:
+            rows.pop(judgement_key(row["question_id"], row["order"]), None)
+    return rows
+
+
+def reference_text(question: EvalQuestion, references: dict[str, dict] | None) -> str | None:
+    if references is None:
+        return question.reference
+    row = references.get(question.key)
+    return None if row is None else row.get("text")
+
+
+def run_chat_judge(config: ChatJudgeConfig) -> dict:
+    """Judge every answered question (both orders with `swap`), then write and return the summary."""
+    from vital_hub.generation.client import ChatClient, ClientConfig
+
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    questions = load_questions(config.questions)
+    answers = read_answers(config.answers)
+    references = read_answers(config.reference_answers) if config.reference_answers else None
+    instruction = judge_instruction(config.prompt_file)
+    judgements_path = out_dir / "judgements.jsonl"
+    done = read_judgements(judgements_path)
+    orders = ORDERS if config.swap else ORDERS[:1]
+    jobs, requests = [], []
+    for question in questions:
+        answer, reference = answers.get(question.key), reference_text(question, references)
+        if not answer or not answer.get("text") or not reference:
+            continue
+        image = None
+        if config.attach_image:
+            image = load_image(config.image_folder, question.image).image
+        for order in orders:
+            if judgement_key(question.question_id, order) in done:
+                continue
+            first, second = (reference, answer["text"]) if order == "forward" else (answer["text"], reference)
+            jobs.append((question, order))
+            requests.append(judge_request(question, first, second, instruction, config, image))
+    if requests:
+        client = ChatClient(
+            ClientConfig(
+                model=config.judge_model,
+                base_url=config.base_url,
+                api_key_env=config.api_key_env,
+                concurrency=config.concurrency,
+                cache_path=config.cache_path or str(out_dir / "judge_cache.sqlite"),
+            )
+        )
+        try:
+            results = client.chat_many(requests, desc="judge qa50")
+        finally:
+            client.close()
+        with JsonlAppender(judgements_path) as writer:
+            for (question, order), result in zip(jobs, results, strict=True):
+                writer.write(judgement_row(question, order, result, config.judge_model))
+    summary, rows = summarize_chat(questions, answers, read_judgements(judgements_path), config, references)
+    summary["judge"] = {
+        "model": config.judge_model,
+        "instruction_sha256": hashlib.sha256(instruction.encode()).hexdigest(),
+        "prompt_file": config.prompt_file,
+        "swap": config.swap,
+    }
+    write_json_atomic(out_dir / "chat_summary.json", summary)
+    write_json_atomic(out_dir / "chat_details.json", rows)
+    return summary
+
+
+def judgement_row(question: EvalQuestion, order: str, result, judge_model: str) -> dict:
+    row = {"question_id": question.question_id, "order": order, "judge_model": judge_model, "raw": result.text}
+    if not result.ok:
+        return {**row, "status": "error", "reason": result.error}
+    parsed = parse_two_scores(result.text)
+    reference, model = (parsed.first, parsed.second) if order == "forward" else (parsed.second, parsed.first)
+    return {
+        **row,
+        "status": parsed.status,
+        "reason": parsed.reason,
+        "reference_score": reference,
+        "model_score": model,
+    }
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def question_ratio(judged: list[dict], zero_reference: str) -> tuple[float | None, str]:
+    """One question's ratio from its parsed judgement(s), and its status."""
+    if not judged:
+        return None, "unparsed"
+    reference = sum(row["reference_score"] for row in judged)
+    model = sum(row["model_score"] for row in judged)
+    if reference == 0:
+        if zero_reference == "exclude":
+            return None, "zero_reference"
+        reference = len(judged)  # floor: a reference scored 0 counts as 1 in each judgement
+    return model / reference, "ok"
+
+
+def per_question(questions, answers, judgements, config: ChatJudgeConfig, references=None, orders=None) -> list[dict]:
+    """One detail row per question: its answer, the judgements used and the ratio or why there is none."""
+    orders = orders or (ORDERS if config.swap else ORDERS[:1])
+    rows = []
+    for question in questions:
+        answer = answers.get(question.key)
+        row = {
+            "question_id": question.question_id,
+            "type": question.question_type,
+            "domain": first_domain(question.domain) or "unknown",
+            "question": question.prompt,
+            "reference": reference_text(question, references),
+            "answer": None if answer is None else answer.get("text"),
+            "image_status": None if answer is None else answer.get("image_status"),
+        }
+        found = [judgements.get(judgement_key(question.question_id, order)) for order in orders]
+        for order, judgement in zip(orders, found, strict=True):
+            row[f"{order}_reference_score"] = None if judgement is None else judgement.get("reference_score")
+            row[f"{order}_model_score"] = None if judgement is None else judgement.get("model_score")
+            row[f"{order}_judge_status"] = None if judgement is None else judgement["status"]
+            row[f"{order}_judge_reason"] = None if judgement is None else judgement.get("reason")
+            row[f"{order}_judge_raw"] = None if judgement is None else judgement.get("raw")
+        if answer is None:
+            row["ratio"], row["status"] = None, "missing_answer"
+        elif not answer.get("text"):
+            row["ratio"], row["status"] = None, "no_answer_text"
+        elif any(judgement is None for judgement in found):
+            row["ratio"], row["status"] = None, "not_judged"
+        else:
+            parsed = [judgement for judgement in found if judgement["status"] == "ok"]
+            if len(parsed) < len(found):
+                row["ratio"], row["status"] = None, "unparsed"
+            else:
+                row["ratio"], row["status"] = question_ratio(parsed, config.zero_reference)
+        rows.append(row)
+    return rows
+
+
+def group_score(rows: list[dict], config: ChatJudgeConfig) -> dict:
+    ratios = [row["ratio"] for row in rows if row["status"] == "ok"]
+    interval = bootstrap_ci(ratios, config.bootstrap, config.seed)
+    model = [row["model_score"] for row in rows if row.get("model_score") is not None]
+    reference = [row["reference_score"] for row in rows if row.get("reference_score") is not None]
+    return {
+        "relative_score": None if not ratios else 100 * mean(ratios),
+        "ci95": None if interval is None else [100 * value for value in interval],
+        "ratio_of_means": 100 * sum(model) / sum(reference) if model and sum(reference) else None,
+        "n_questions": len(rows),
+        "n_scored": len(ratios),
+        "status_counts": dict(Counter(row["status"] for row in rows)),
+    }
+
+
+def grouped(rows: list[dict], config: ChatJudgeConfig) -> dict:
+    """Scores overall, per question type and per domain (LLaVA-Med's domain order)."""
+    by_type, by_domain = defaultdict(list), defaultdict(list)
+    for row in rows:
+        by_type[row["type"] or "unknown"].append(row)
+        by_domain[row["domain"]].append(row)
+    domain_names = [d for d in DOMAIN_ORDER if d in by_domain] + sorted(set(by_domain) - set(DOMAIN_ORDER))
+    return {
+        "overall": group_score(rows, config),
+        "by_type": {name: group_score(by_type[name], config) for name in sorted(by_type)},
+        "by_domain": {name: group_score(by_domain[name], config) for name in domain_names},
+    }
+
+
+def view_rows(rows: list[dict], order: str, config: ChatJudgeConfig) -> list[dict]:
+    """The rows re-scored from one order's judgement alone (to compare forward with swapped)."""
+    out = []
+    for row in rows:
+        new = dict(row)
+        new["model_score"], new["reference_score"] = (
+            row.get(f"{order}_model_score"),
+            row.get(f"{order}_reference_score"),
+        )
+        if row["status"] in ("missing_answer", "no_answer_text"):
+            out.append(new)
+            continue
+        status = row.get(f"{order}_judge_status")
+        if status != "ok":
+            new["ratio"], new["status"] = None, "unparsed" if status == "unparsed" else "not_judged"
+        else:
+            judged = [{"model_score": new["model_score"], "reference_score": new["reference_score"]}]
+            new["ratio"], new["status"] = question_ratio(judged, config.zero_reference)
+        out.append(new)
+    return out
+
+
+def summarize_chat(questions, answers, judgements, config: ChatJudgeConfig, references=None) -> tuple[dict, list]:
+    """The summary (scores by view, type and domain, counts) and the per-question detail rows."""
+    rows = per_question(questions, answers, judgements, config, references)
+    views = {"forward": grouped(view_rows(rows, "forward", config), config)}
+    if config.swap:
+        views["swapped"] = grouped(view_rows(rows, "swapped", config), config)
+        for row in rows:
+            scored = [row.get(f"{o}_model_score") for o in ORDERS] + [row.get(f"{o}_reference_score") for o in ORDERS]
+            if row["status"] == "ok" and None not in scored:
+                row["model_score"] = (row["forward_model_score"] + row["swapped_model_score"]) / 2
+                row["reference_score"] = (row["forward_reference_score"] + row["swapped_reference_score"]) / 2
+        views["combined"] = grouped(rows, config)
+    headline = "combined" if config.swap else "forward"
+    image_status = Counter(row["image_status"] or "unknown" for row in rows if row["status"] != "missing_answer")
+    summary = {
+        "task": "qa50_open_visual_chat",
+        "headline_view": headline,
+        **views[headline],
+        "views": views,
+        "image_status_counts": dict(image_status),
+        "zero_reference_policy": config.zero_reference,
+        "bootstrap_samples": config.bootstrap,
+        "config": {key: value for key, value in asdict(config).items() if key != "api_key_env"},
+    }
+    if config.swap:
+        summary["position_bias"] = position_bias(rows)
+    return summary, rows
+
+
+def position_bias(rows: list[dict]) -> dict:
+    """How much the second slot gains: mean over questions of (score in slot 2 - score in slot 1), per answer.
+
+    Forward puts the model in slot 2, swapped puts it in slot 1; half the difference of the model's scores
+    between the two orders is the advantage of being second (positive: the judge favours the second answer)."""
+    shifts, flips = [], 0
+    for row in rows:
+        model_f, model_s = row.get("forward_model_score"), row.get("swapped_model_score")
+        ref_f, ref_s = row.get("forward_reference_score"), row.get("swapped_reference_score")
+        if None in (model_f, model_s, ref_f, ref_s):
+            continue
+        shifts.append(((model_f - model_s) + (ref_s - ref_f)) / 2)
+        flips += (model_f > ref_f) != (model_s > ref_s) or (model_f == ref_f) != (model_s == ref_s)
+    return {
+        "second_slot_advantage": mean(shifts),
+        "n_pairs": len(shifts),
+        "preference_flips": flips,
+    }

@@ -1,0 +1,201 @@
+"""Eval questions, model answers and eval images: the shapes every evaluation step reads and writes.
+
+Questions come in two shapes, both accepted as a JSON array or JSONL:
+- qa50 open-chat questions: `question_id, image, text ("q\\n<image>"), gpt4_answer, fig_caption, ...`;
+- LLaVA-Med VQA records: `id, image, answer_type, conversations` (one human/gpt round).
+
+Answers are JSONL lines `{"question_id", "text", "model_id", ...}`, appended one per question so that a crash
+loses at most the line being written; readers drop a torn last line and writers cut it off before appending.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vital_hub.io import iter_json_records
+from vital_hub.schema import IMAGE_TOKEN, Location, RecordError, conversation_of, mention_texts
+
+IMAGE_STATUSES = ("ok", "no_image", "absent", "empty", "corrupt")
+
+
+@dataclass(frozen=True)
+class EvalQuestion:
+    question_id: Any
+    image: str | None
+    prompt: str  # the question without the image token
+    reference: str | None  # the reference answer (qa50's GPT-4 answer, a VQA ground truth)
+    answer_type: str | None = None  # OPEN | CLOSED for VQA
+    question_type: str | None = None  # conversation | detailed_description for qa50
+    domain: dict | None = None
+    context: str | None = None  # caption and mentions, shown to judges
+    record: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        return str(self.question_id)
+
+
+def strip_image_token(text: str) -> str:
+    return text.replace(IMAGE_TOKEN, "").strip()
+
+
+def figure_context(record: dict) -> str | None:
+    """Caption and in-text mentions in the layout the generation prompt used, for judges that see no image."""
+    caption = record.get("fig_caption") or record.get("caption")
+    mentions = mention_texts(record.get("in_text_mention", record.get("mentions")))
+    if not caption and not mentions:
+        return None
+    parts = []
+    if caption:
+        label = record.get("fig_label")
+        parts.append(f"Figure Caption:\n{label}: {caption}" if label else f"Figure Caption:\n{caption}")
+    if mentions:
+        parts.append("Figure Context:\n\t- " + "\n\t- ".join(mentions))
+    return "\n\n".join(parts)
+
+
+def question_from_record(record: Any, where: Location = Location()) -> EvalQuestion:
+    if not isinstance(record, dict):
+        raise where.error(f"a question must be a JSON object, got {type(record).__name__}")
+    if "question_id" in record and "text" in record:
+        if not isinstance(record["text"], str) or not record["text"].strip():
+            raise where.error("empty 'text'", record["question_id"])
+        return EvalQuestion(
+            question_id=record["question_id"],
+            image=record.get("image"),
+            prompt=strip_image_token(record["text"]),
+            reference=record.get("gpt4_answer", record.get("answer")),
+            answer_type=record.get("answer_type"),
+            question_type=record.get("type"),
+            domain=record.get("domain"),
+            context=figure_context(record),
+            record=record,
+        )
+    if "id" in record:
+        turns = conversation_of(record, where)
+        if len(turns) < 2 or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns[:2]):
+            raise where.error("a VQA record needs one human turn and one gpt turn", record["id"])
+        answer_type = record.get("answer_type")
+        if answer_type is not None and str(answer_type).upper() not in ("OPEN", "CLOSED"):
+            raise where.error(f"answer_type must be OPEN or CLOSED, got {answer_type!r}", record["id"])
+        return EvalQuestion(
+            question_id=record["id"],
+            image=record.get("image"),
+            prompt=strip_image_token(turns[0]["value"]),
+            reference=turns[1]["value"],
+            answer_type=None if answer_type is None else str(answer_type).upper(),
+            question_type=record.get("type"),
+            domain=record.get("domain"),
+            context=figure_context(record),
+            record=record,
+        )
+    raise where.error("neither a qa50 question (question_id, text) nor a VQA record (id, conversations)")
+
+
+def load_questions(path: str | Path) -> list[EvalQuestion]:
+    """All questions of a file, failing on the first bad record or duplicate id with file, index and id."""
+    questions, seen = [], {}
+    for where, record in iter_json_records(path):
+        question = question_from_record(record, where)
+        if question.key in seen:
+            raise where.error(f"duplicate question id (first at record {seen[question.key]})", question.question_id)
+        seen[question.key] = where.index
+        questions.append(question)
+    if not questions:
+        raise RecordError("no questions in the file", file=str(path))
+    return questions
+
+
+def read_answers(path: str | Path) -> dict[str, dict]:
+    """Answers by question id (as text); later lines win, a torn last line is ignored."""
+    path = Path(path)
+    answers: dict[str, dict] = {}
+    if not path.exists():
+        return answers
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            answer = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # no newline after it: the write was cut off
+                break
+            raise RecordError(f"line {number} is not valid JSON ({err.msg})", file=str(path)) from err
+        if not isinstance(answer, dict) or "question_id" not in answer:
+            raise RecordError(f"line {number} has no 'question_id'", file=str(path))
+        answers[str(answer["question_id"])] = answer
+    return answers
+
+
+def repair_tail(path: Path) -> None:
+    """Cut a torn last line (from a killed writer) so that appended lines start on a line of their own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    with open(path, "r+b") as handle:
+        handle.truncate(cut)
+
+
+class JsonlAppender:
+    """Append JSON lines, flushed one by one; the file is the checkpoint of a resumable job."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_tail(self.path)
+        self.handle = open(self.path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.handle.flush()
+
+    def write_many(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            self.write(row)
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    image: Any  # a PIL image in RGB, or None
+    status: str  # one of IMAGE_STATUSES
+    detail: str | None = None
+
+
+def load_image(folder: str | Path | None, name: str | None) -> ImageCheck:
+    """Open an eval image fully, so that empty files and cut-off downloads count as missing, never as pictures."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not name:
+        return ImageCheck(None, "no_image")
+    if folder is None:
+        return ImageCheck(None, "absent", "no image folder given")
+    path = Path(folder) / name
+    if not path.is_file():
+        return ImageCheck(None, "absent", f"{path} does not exist")
+    data = path.read_bytes()
+    if not data:
+        return ImageCheck(None, "empty", f"{path} is an empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()  # decodes every byte: a truncated JPEG fails here, not at open()
+            return ImageCheck(opened.convert("RGB"), "ok")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        return ImageCheck(None, "corrupt", f"{path}: {err}")
