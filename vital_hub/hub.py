@@ -158,10 +158,13 @@ def _push(plan: PushPlan, private: bool, commit_message: str) -> str:
 def _xet_note(endpoint: str) -> str | None:
     """Hub-compatible servers other than huggingface.co (mirrors, test servers) rarely speak Xet, and
     huggingface_hub uploads with Xet whenever hf_xet is installed; say how to switch it off."""
-    from huggingface_hub.utils import is_xet_available
+    import importlib.util
 
+    from huggingface_hub import constants
+
+    xet_on = not constants.HF_HUB_DISABLE_XET and importlib.util.find_spec("hf_xet") is not None
     host = urlsplit(endpoint).hostname or ""
-    if not is_xet_available() or host == "huggingface.co" or host.endswith((".huggingface.co", ".hf.co")):
+    if not xet_on or host == "huggingface.co" or host.endswith((".huggingface.co", ".hf.co")):
         return None
     return f"{endpoint} is not huggingface.co: if it does not speak Xet, set HF_HUB_DISABLE_XET=1 and re-run"
 

@@ -388,8 +388,10 @@ class HubHandler(BaseHTTPRequestHandler):
         repo_id = f"{payload.get('organization') or 'vital-tester'}/{payload['name']}"
         created = self.server.store.create(repo_type, repo_id, payload.get("visibility") == "private")
         url = f"{self._base()}/{self._prefix(repo_type)}{repo_id}"
-        if not created:
-            raise HubError(409, "You already created this repo")
+        if not created:  # the Hub answers 409 with the url, which create_repo(exist_ok=True) reads
+            message = "You already created this repo"
+            self._send_json({"error": message, "url": url}, status=409, headers={"X-Error-Message": message})
+            return
         self._send_json({"url": url, "name": repo_id})
 
     def _repo_info(self, repo_type: str, repo_id: str, revision: str) -> None:

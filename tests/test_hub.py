@@ -1,0 +1,273 @@
+"""`vital push` and the Hub helpers against a real local Hub-compatible server (tests/fakes/hub_server.py).
+
+Pushing and loading run in subprocesses: huggingface_hub and datasets read HF_ENDPOINT, HF_HUB_OFFLINE and the
+cache locations at import time, so only a fresh interpreter sees the fake Hub as "the Hub".
+"""
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.fakes.hub_server import running_hub
+from vital_hub.hub import HubError, check_repo_id, dataset_configs, plan_push, redact, resolve_dataset
+
+CONFIGS = ("60k", "80k", "150k", "210k")
+
+
+@pytest.fixture
+def token():
+    return f"hf_vitalTest{secrets.token_hex(12)}"
+
+
+@pytest.fixture
+def hub(tmp_path, token):
+    with running_hub(tmp_path / "hub_store", token=token) as server:
+        yield server
+
+
+def hub_env(endpoint: str, home: Path, token: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    if token is not None:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def run_python(args: list[str], env: dict, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def vital(argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    return run_python(["-m", "vital_hub.cli", *argv], env)
+
+
+def files_containing(folder: Path, needle: str) -> list[Path]:
+    data = needle.encode()
+    return [p for p in folder.rglob("*") if p.is_file() and data in p.read_bytes()]
+
+
+def small_repo(folder: Path, rows: dict[str, int] | None = None) -> Path:
+    """A hand-made dataset repo folder: two components as parquet shards, two configs sharing them."""
+    rows = rows or {"alpha": 5, "beta": 3}
+    for component, count in rows.items():
+        shard = folder / "data" / component / "train-00000-of-00001.parquet"
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.table({"id": [f"{component}-{i}" for i in range(count)], "source": [component] * count})
+        pq.write_table(table, shard)
+    names = list(rows)
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n"
+        f"- config_name: one\n  data_files:\n  - split: train\n    path: data/{names[0]}/*.parquet\n"
+        "- config_name: both\n  data_files:\n  - split: train\n    path:\n"
+        + "".join(f"    - data/{name}/*.parquet\n" for name in names)
+        + "---\n# test repo\n",
+        encoding="utf-8",
+    )
+    return folder
+
+
+# ---- build -> push -> load_dataset by repo id
+
+
+COMPARE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from datasets import Image, List, load_dataset
+
+    repo, repo_id, cache, configs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+
+    def rows(dataset):
+        return list(dataset.cast_column("images", List(Image(decode=False))))
+
+    report = {}
+    for name in configs:
+        local = rows(load_dataset(repo, name, split="train", cache_dir=cache + "/local"))
+        remote = rows(load_dataset(repo_id, name, split="train", cache_dir=cache + "/hub"))
+        streamed = rows(load_dataset(repo_id, name, split="train", streaming=True))
+        report[name] = {
+            "rows": len(local),
+            "ids": [r["id"] for r in local],
+            "sources": sorted({r["source"] for r in local}),
+            "with_image": sum(1 for r in local if r["images"][0] is not None),
+            "hub_equal": remote == local,
+            "stream_equal": streamed == local,
+        }
+    print(json.dumps(report))
+    """
+)
+
+
+def build_instructions_repo(tmp_path: Path) -> tuple[Path, dict]:
+    from vital_hub.cli import main as vital_main
+    from vital_hub.demo import write_sample_sources
+
+    sample = write_sample_sources(tmp_path / "sample", seed=0)
+    repo = tmp_path / "instructions"
+    argv = ["build", "instructions", "--sources", str(sample["sources"]), "--images", str(sample["images"])]
+    argv += ["--out", str(repo), "--allow-unverified"]
+    assert vital_main(argv) == 0
+    return repo, json.loads((repo / "manifest.json").read_text())
+
+
+def test_build_push_then_load_by_repo_id_matches_local_folder(tmp_path, hub, token):
+    repo, manifest = build_instructions_repo(tmp_path)
+    home = tmp_path / "hf_home"
+    env = hub_env(hub.endpoint, home, token)
+
+    pushed = vital(["push", "--repo", str(repo), "--to", "biomed-vital/instructions"], env)
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"{hub.endpoint}/datasets/biomed-vital/instructions/commit/" in pushed.stdout
+    assert "load: datasets.load_dataset('biomed-vital/instructions', '80k')" in pushed.stdout
+
+    local_files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+    remote_files = hub.list_files("biomed-vital/instructions")
+    assert sorted(remote_files) == local_files
+    parquet = [name for name in remote_files if name.endswith(".parquet")]
+    assert len(parquet) >= 4 and all(remote_files[name]["lfs"] for name in parquet)
+    assert not remote_files["README.md"]["lfs"]
+    for name in parquet + ["README.md", "manifest.json"]:
+        assert hub.file_bytes("biomed-vital/instructions", name) == (repo / name).read_bytes()
+
+    compared = run_python(
+        ["-c", COMPARE_SCRIPT, str(repo), "biomed-vital/instructions", str(tmp_path / "cache"), ",".join(CONFIGS)],
+        env,
+    )
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    report = json.loads(compared.stdout.strip().splitlines()[-1])
+    for name in CONFIGS:
+        assert report[name]["rows"] == manifest["configs"][name]["rows"] > 0
+        assert report[name]["hub_equal"], name
+        assert report[name]["stream_equal"], name
+    assert report["150k"]["ids"][: report["80k"]["rows"]] == report["80k"]["ids"]
+    assert report["210k"]["ids"][: report["150k"]["rows"]] == report["150k"]["ids"]
+    assert report["210k"]["with_image"] > 0
+
+    for output in (pushed.stdout, pushed.stderr, compared.stdout, compared.stderr):
+        assert token not in output
+    for folder in (home, repo, tmp_path / "hub_store", tmp_path / "cache"):
+        assert files_containing(folder, token) == [], folder
+
+
+def test_interrupted_push_resumes_without_uploading_again(tmp_path, hub, token):
+    repo = small_repo(tmp_path / "repo")
+    env = hub_env(hub.endpoint, tmp_path / "hf_home", token)
+    hub.fail_commits = 1
+
+    failed = vital(["push", "--repo", str(repo), "--to", "org/small"], env)
+    assert failed.returncode == 1
+    assert "HTTP 500" in failed.stderr and "re-run the same command to resume" in failed.stderr
+    assert hub.lfs_puts == 2  # both shards reached the server before the commit failed
+    assert sorted(hub.list_files("org/small")) == []
+
+    resumed = vital(["push", "--repo", str(repo), "--to", "org/small"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert hub.lfs_puts == 2  # nothing uploaded twice
+    assert sorted(hub.list_files("org/small")) == [
+        "README.md",
+        "data/alpha/train-00000-of-00001.parquet",
+        "data/beta/train-00000-of-00001.parquet",
+    ]
+
+    again = vital(["push", "--repo", str(repo), "--to", "org/small"], env)
+    assert again.returncode == 0
+    assert hub.lfs_puts == 2
+    commits = [path for method, path in hub.requests if method == "POST" and path.endswith("/commit/main")]
+    assert len(commits) == 2  # the unchanged third push makes no commit
+
+
+def test_missing_token_for_remote_endpoint_is_a_clear_error(tmp_path):
+    repo = small_repo(tmp_path / "repo")
+    env = hub_env("https://hub.example.invalid", tmp_path / "hf_home", token=None)
+    result = vital(["push", "--repo", str(repo), "--to", "org/small"], env)
+    assert result.returncode == 1
+    assert "no Hugging Face token" in result.stderr
+    assert "HF_TOKEN" in result.stderr and "hf auth login" in result.stderr
+
+
+def test_rejected_token_is_reported_without_echoing_it(tmp_path, hub):
+    repo = small_repo(tmp_path / "repo")
+    wrong = f"hf_wrong{secrets.token_hex(8)}"
+    result = vital(["push", "--repo", str(repo), "--to", "org/small"], hub_env(hub.endpoint, tmp_path / "h", wrong))
+    assert result.returncode == 1
+    assert "HTTP 401" in result.stderr and "token was rejected" in result.stderr
+    assert wrong not in result.stderr + result.stdout
+
+
+def test_model_folder_to_a_branch_with_the_library_api_then_download(tmp_path, hub, token):
+    folder = tmp_path / "selector"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"hidden": 8}\n')
+    (folder / "model.safetensors").write_bytes(os.urandom(3000))
+    (folder / ".model.safetensors.abc.tmp").write_bytes(b"half-written")
+    script = textwrap.dedent(
+        """
+        import sys
+        from vital_hub.hub import download_repo, push_folder
+        url = push_folder(sys.argv[1], "biomed-vital/selector", repo_type="model", revision="v1", private=True)
+        print(url)
+        print(download_repo("biomed-vital/selector", repo_type="model", revision="v1", local_dir=sys.argv[2]))
+        """
+    )
+    env = hub_env(hub.endpoint, tmp_path / "hf_home", token)
+    result = run_python(["-c", script, str(folder), str(tmp_path / "downloaded")], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{hub.endpoint}/biomed-vital/selector/commit/" in result.stdout
+    on_branch = hub.list_files("biomed-vital/selector", repo_type="model", revision="v1")
+    assert sorted(on_branch) == ["config.json", "model.safetensors"]  # the temporary file stayed home
+    assert on_branch["model.safetensors"]["lfs"]
+    assert hub.list_files("biomed-vital/selector", repo_type="model", revision="main") == {}
+    downloaded = tmp_path / "downloaded" / "model.safetensors"
+    assert downloaded.read_bytes() == (folder / "model.safetensors").read_bytes()
+
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(f"{hub.endpoint}/api/models/biomed-vital/selector")
+    assert anonymous.value.code == 401  # private: not visible without the token
+
+
+# ---- in-process checks of the helpers (no Hub calls)
+
+
+def test_plan_push_rejects_what_cannot_be_pushed(tmp_path):
+    with pytest.raises(HubError, match="not a folder"):
+        plan_push(tmp_path / "absent", "org/name", "dataset", None)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(HubError, match="no files to push"):
+        plan_push(empty, "org/name", "dataset", None)
+    (empty / "data.parquet").write_bytes(b"x")
+    with pytest.raises(HubError, match="needs a README.md"):
+        plan_push(empty, "org/name", "dataset", None)
+    with pytest.raises(HubError, match="ORG/NAME"):
+        plan_push(small_repo(tmp_path / "ok"), "just-a-name", "dataset", None)
+    plan = plan_push(tmp_path / "ok", "org/name", "dataset", "v2")
+    assert (plan.files, plan.revision, plan.url.endswith("/datasets/org/name")) == (3, "v2", True)
+
+
+def test_helpers(tmp_path):
+    repo = small_repo(tmp_path / "repo")
+    assert dataset_configs(repo) == ["one", "both"]
+    assert resolve_dataset(repo) == str(repo)
+    assert resolve_dataset("biomed-vital/instructions") == "biomed-vital/instructions"
+    with pytest.raises(HubError, match="not a Hub repo id"):
+        resolve_dataset(str(tmp_path / "missing" / "deeper"))
+    assert check_repo_id("biomed-vital/instructions")
+    assert redact("Bearer hf_abc failed", "hf_abc") == "Bearer <token> failed"
