@@ -1,0 +1,203 @@
+"""Instruction-tune a vision-language model (LLaVA family) on a config of the instructions repo, or a mixture.
+
+Full fine-tune of LLaVA-1.5-7B on 8 GPUs (FSDP2; DeepSpeed ZeRO-2/3 and DDP configs sit beside it):
+
+    accelerate launch --config_file recipes/accelerate_configs/fsdp2.yaml --num_processes 8 \
+        recipes/sft.py --config recipes/llava-1.5-7b/sft/config_full.yaml
+
+LoRA on one GPU:
+
+    accelerate launch --num_processes 1 recipes/sft.py --config recipes/llava-1.5-7b/sft/config_lora.yaml
+
+Every field of the YAML can be overridden on the command line (`--learning_rate 1e-5 --dataset_config 60k`).
+Running the same command again resumes from the last checkpoint in `output_dir`. The loss is on assistant tokens
+only (`vital_hub.training.masking`); the vision tower stays frozen unless `freeze_vision_tower: false`.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import datasets
+import transformers
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+
+from vital_hub.training.card import (
+    DatasetUsed,
+    card_text,
+    end_of_turn_ids,
+    hyperparameters_of,
+    push_folder_to_hub,
+    read_eval_results,
+    set_generation_eos,
+    write_card,
+)
+from vital_hub.training.collator import VisionSFTCollator
+from vital_hub.training.data import load_mixture, mixture_of, model_messages, resolved_revision
+from vital_hub.training.freeze import set_trainable
+from vital_hub.training.masking import render_with_targets
+from vital_hub.training.model import load_model, load_processor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTScriptArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Instructions repo: a Hub dataset id or a local folder with README configs."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Config of the repo, e.g. 80k or 60k."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
+    dataset_mixture: str | None = field(
+        default=None,
+        metadata={
+            "help": "Path of a mixture YAML ({datasets: [{id, config, split, revision, weight}], seed, "
+            "test_split_size}); in a recipe YAML it may be written inline. Replaces dataset_name."
+        },
+    )
+    missing_images: str = field(
+        default="skip",
+        metadata={"help": "Rows whose image is null: 'skip' them, train them as 'text' only, or 'error'."},
+    )
+    max_image_side: int = field(
+        default=1024, metadata={"help": "Decode images at most this many pixels on the longer side (CPU cost cap)."}
+    )
+    stage: str = field(
+        default="full",
+        metadata={"help": "'full': projector + language model train; 'projector': projector only (alignment)."},
+    )
+    freeze_vision_tower: bool = field(default=True, metadata={"help": "Keep the vision tower frozen (LLaVA)."})
+    init_random_weights: bool = field(
+        default=False,
+        metadata={"help": "Build the model from its config with random weights (smoke runs and benchmarks)."},
+    )
+    eval_results_file: str | None = field(
+        default=None, metadata={"help": "JSON of evaluation results (e.g. from `vital eval`) to put in the card."}
+    )
+    dataset_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
+
+
+def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
+    ################
+    # Set up
+    ################
+    set_seed(training_args.seed)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[logging.StreamHandler()])
+    log_level = training_args.get_process_log_level()
+    for library_logger in (logger, logging.getLogger("vital_hub")):
+        library_logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once, at the end, below
+    last_checkpoint = None
+    if training_args.resume_from_checkpoint is None and os.path.isdir(training_args.output_dir):
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+    if last_checkpoint is not None:
+        logger.info("Resuming from %s", last_checkpoint)
+
+    ################
+    # Load data
+    ################
+    mixture = mixture_of(
+        script_args.dataset_name,
+        script_args.dataset_config,
+        script_args.dataset_split,
+        script_args.dataset_revision,
+        script_args.dataset_mixture,
+        seed=training_args.seed,
+    )
+    revisions = [resolved_revision(source) for source in mixture.datasets]
+    splits, rows_per_source = load_mixture(mixture, script_args.missing_images, script_args.dataset_cache_dir)
+
+    ################
+    # Load model and processor
+    ################
+    processor = load_processor(model_args, training_args.chat_template_path)
+    model = load_model(model_args, script_args.init_random_weights)
+    peft_config = get_peft_config(model_args)
+    if peft_config is None:
+        for part, counts in set_trainable(model, script_args.stage, script_args.freeze_vision_tower).items():
+            logger.info("%s: %s", part, counts)
+
+    ################
+    # Train
+    ################
+    collator = VisionSFTCollator(
+        processor,
+        max_length=training_args.max_length,
+        max_image_side=script_args.max_image_side,
+        missing_images=script_args.missing_images,
+        pad_to_multiple_of=training_args.pad_to_multiple_of,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get("test"),
+        processing_class=processor,
+        data_collator=collator,
+        peft_config=peft_config,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
+    metrics = {**train_result.metrics, "train_samples": len(splits["train"])}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+
+    ################
+    # Evaluate
+    ################
+    eval_results = read_eval_results(script_args.eval_results_file)
+    if "test" in splits:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        eval_results.update(eval_metrics)
+
+    ################
+    # Save model, generation config and card (every rank saves: sharded weights are gathered first)
+    ################
+    sample = model_messages(splits["train"][0]["messages"], has_image=script_args.missing_images != "text")
+    end_tokens = set(render_with_targets(processor, sample).end_tokens)
+    set_generation_eos(trainer.model, end_of_turn_ids(processor, end_tokens), processor.tokenizer.pad_token_id)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(training_args.output_dir)
+        trainer.model.generation_config.save_pretrained(training_args.output_dir)
+        used = [
+            DatasetUsed(s.id, s.config, s.split, revision, s.weight, rows)
+            for s, revision, rows in zip(mixture.datasets, revisions, rows_per_source, strict=True)
+        ]
+        extra = {"stage": script_args.stage, "freeze_vision_tower": script_args.freeze_vision_tower}
+        name = training_args.hub_model_id or training_args.output_dir
+        text = card_text(
+            name,
+            model_args.model_name_or_path,
+            used,
+            hyperparameters_of(training_args, trainer.accelerator.num_processes, extra),
+            eval_results,
+            method="lora" if peft_config is not None else script_args.stage,
+        )
+        write_card(training_args.output_dir, text)
+        logger.info("Model, processor and card saved to %s", training_args.output_dir)
+
+    ################
+    # Push
+    ################
+    trainer.accelerator.wait_for_everyone()
+    if push_to_hub and trainer.accelerator.is_main_process:
+        if not training_args.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (the repo to push to)")
+        revision = push_folder_to_hub(
+            training_args.output_dir, training_args.hub_model_id, training_args.hub_private_repo, "vital-hub sft"
+        )
+        logger.info("Pushed to %s at %s", training_args.hub_model_id, revision)
+
+
+if __name__ == "__main__":
+    parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config()
+    main(script_args, training_args, model_args)

@@ -1,0 +1,182 @@
+"""What is published with a trained model: its card, its generation config, and the push.
+
+The card names the base model, each dataset with its config and the revision that was read, the hyperparameters
+that matter for reproducing the run, and evaluation results when there are any (from the trainer's own eval split
+or a results JSON written by `vital eval`). It never holds tokens or environment values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vital_hub.io import atomic_path
+
+HYPERPARAMETERS = (
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "weight_decay",
+    "max_length",
+    "bf16",
+    "gradient_checkpointing",
+    "seed",
+    "optim",
+)
+
+
+@dataclass
+class DatasetUsed:
+    id: str
+    config: str | None
+    split: str
+    revision: str | None
+    weight: float
+    rows: int | None = None
+
+
+def hyperparameters_of(training_args, world_size: int, extra: dict | None = None) -> dict:
+    """The knobs worth printing, plus the global batch size they add up to."""
+    values = {name: getattr(training_args, name) for name in HYPERPARAMETERS if hasattr(training_args, name)}
+    values["lr_scheduler_type"] = str(values.get("lr_scheduler_type", "")).split(".")[-1].lower()
+    values["optim"] = str(values.get("optim", "")).split(".")[-1].lower()
+    values["world_size"] = world_size
+    values["global_batch_size"] = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
+    )
+    return {**values, **(extra or {})}
+
+
+def card_text(
+    model_name: str,
+    base_model: str,
+    datasets: list[DatasetUsed],
+    hyperparameters: dict,
+    eval_results: dict | None = None,
+    method: str = "full",
+) -> str:
+    """README.md of the trained model: Hub metadata in YAML, then the facts a reader needs to trust and rerun it."""
+    hub_datasets = sorted({d.id for d in datasets if not Path(d.id).is_dir()})
+    metadata = {
+        "library_name": "peft" if method == "lora" else "transformers",
+        "base_model": base_model,
+        "pipeline_tag": "image-text-to-text",
+        "tags": ["vital-hub", "biomed-vital", "llava", "sft", "medical", method],
+    }
+    if hub_datasets:
+        metadata["datasets"] = hub_datasets
+    lines = [
+        "---",
+        yaml.safe_dump(metadata, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {model_name}",
+        "",
+        f"`{base_model}` instruction-tuned ({method}) with vital-hub's `recipes/sft.py` on biomedical visual "
+        "instruction data (BioMed-VITAL). The loss is on assistant tokens only; the vision tower stays frozen "
+        "unless the hyperparameters below say otherwise.",
+        "",
+        "## Data",
+        "",
+        "| dataset | config | split | revision | fraction kept | rows |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in datasets:
+        rows = "" if d.rows is None else f"{d.rows:,}"
+        lines.append(
+            f"| `{d.id}` | {d.config or ''} | {d.split} | `{d.revision or 'unknown'}` | {d.weight:g} | {rows} |"
+        )
+    lines += ["", "## Hyperparameters", "", "| name | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in hyperparameters.items()]
+    if eval_results:
+        lines += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {format_metric(value)} |" for name, value in sorted(eval_results.items())]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "",
+        f'model = AutoModelForImageTextToText.from_pretrained("{model_name}")',
+        f'processor = AutoProcessor.from_pretrained("{model_name}")',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def format_metric(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def read_eval_results(path: str | Path | None) -> dict:
+    """Flat metrics from a results JSON (`vital eval` output or the trainer's eval_results.json); {} when absent."""
+    if path is None or not Path(path).exists():
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        results = json.load(handle)
+    return {key: value for key, value in flatten(results).items() if isinstance(value, int | float)}
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def write_card(out_dir: str | Path, text: str) -> Path:
+    path = Path(out_dir) / "README.md"
+    with atomic_path(path) as temporary:
+        Path(temporary).write_text(text, encoding="utf-8")
+    return path
+
+
+def end_of_turn_ids(processor, end_tokens: set[str]) -> list[int]:
+    """Token ids that end an answer: the ones closing assistant turns in training, then the tokenizer's eos."""
+    tokenizer = processor.tokenizer
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in sorted(end_tokens)]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(ids))
+
+
+def set_generation_eos(model, eos_ids: list[int], pad_id: int | None) -> None:
+    """Make `generate` stop where training taught the model to stop."""
+    config = model.generation_config
+    config.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else eos_ids
+    if pad_id is not None:
+        config.pad_token_id = pad_id
+
+
+def push_folder_to_hub(folder: str | Path, repo_id: str, private: bool | None, message: str) -> str:
+    """Upload the output folder (checkpoints excluded) through the project's one Hub client."""
+    ignore = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt"]
+    try:
+        from vital_hub.hub import push_folder
+    except ImportError:  # vital_hub.hub is another stage's module; use the Hub client directly until it exists
+        push_folder = None
+    if push_folder is not None:
+        return push_folder(
+            folder, repo_id, repo_type="model", private=private, ignore_patterns=ignore, message=message
+        )
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, repo_type="model", ignore_patterns=ignore, commit_message=message
+    )
+    return commit.oid

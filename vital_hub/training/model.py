@@ -1,0 +1,49 @@
+"""Loading the model and processor a recipe names: a Hub id, a local checkpoint, or a config-only folder.
+
+A config-only folder (config.json + processor files, as `python -m vital_hub.training.synthetic model` writes)
+with `init_random_weights` builds the architecture with random weights: GPU smoke runs and throughput benchmarks
+use that, with nothing to download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def torch_dtype(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return "auto"
+    if not hasattr(torch, name):
+        raise ValueError(f"unknown dtype {name!r} (expected auto, bfloat16, float16 or float32)")
+    return getattr(torch, name)
+
+
+def load_processor(model_args, chat_template_path: str | None = None):
+    """The model's processor; a `.jinja` file given as `chat_template_path` replaces its chat template."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    if chat_template_path and Path(chat_template_path).suffix in (".jinja", ".j2"):
+        processor.chat_template = Path(chat_template_path).read_text(encoding="utf-8")
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.unk_token or processor.tokenizer.eos_token
+    return processor
+
+
+def load_model(model_args, init_random_weights: bool = False):
+    """The vision-language model, pretrained or (for smoke runs and benchmarks) built from its config."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    dtype = torch_dtype(model_args.dtype)
+    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    if init_random_weights:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+        model = AutoModelForImageTextToText.from_config(config, dtype=None if dtype == "auto" else dtype, **kwargs)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_args.model_name_or_path, revision=model_args.model_revision, dtype=dtype, **kwargs
+        )
+    model.config.use_cache = False
+    return model
