@@ -240,23 +240,7 @@ class ChatClient:
         return self._bound[1], self._bound[2]
 
     def _make_openai(self):
-        import openai
-
-        config = self.config
-        api_key = os.environ.get(config.api_key_env)
-        if not api_key:
-            if not (config.base_url or os.environ.get("OPENAI_BASE_URL")):
-                raise FatalAPIError(
-                    f"environment variable {config.api_key_env} is not set: export the API key there "
-                    "(it is read only from the environment)"
-                )
-            api_key = "unused"  # self-hosted servers (vLLM, SGLang) usually run without a key
-        common = {"api_key": api_key, "max_retries": 0, "timeout": config.timeout_s}
-        if config.azure_api_version:
-            return openai.AsyncAzureOpenAI(
-                azure_endpoint=config.base_url, api_version=config.azure_api_version, **common
-            )
-        return openai.AsyncOpenAI(base_url=config.base_url, **common)
+        return make_openai(self.config, asynchronous=True)
 
     async def _send(self, key: str, body: dict) -> ChatResult:
         import openai
@@ -339,6 +323,26 @@ class ChatClient:
     @staticmethod
     def _error(key: str, message: str) -> ChatResult:
         return ChatResult(key, None, None, 0, 0, None, "error", message, False)
+
+
+def make_openai(config: ClientConfig, asynchronous: bool = True, max_retries: int = 0):
+    """An openai (Azure)OpenAI client for the config, the key read from the environment at this moment."""
+    import openai
+
+    api_key = os.environ.get(config.api_key_env)
+    if not api_key:
+        if not (config.base_url or os.environ.get("OPENAI_BASE_URL")):
+            raise FatalAPIError(
+                f"environment variable {config.api_key_env} is not set: export the API key there "
+                "(it is read only from the environment)"
+            )
+        api_key = "unused"  # self-hosted servers (vLLM, SGLang) usually run without a key
+    common = {"api_key": api_key, "max_retries": max_retries, "timeout": config.timeout_s}
+    if config.azure_api_version:
+        azure = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
+        return azure(azure_endpoint=config.base_url, api_version=config.azure_api_version, **common)
+    plain = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+    return plain(base_url=config.base_url, **common)
 
 
 def malformed_reply(reply: Any) -> str | None:

@@ -1,0 +1,205 @@
+"""The Batch API backend: half the price, replies within 24 hours, nothing to keep running meanwhile.
+
+`vital generate candidates --backend batch` builds the same requests as the online backend, writes the ones
+not yet answered (and not already waiting in a submitted job) to JSONL files, uploads them with
+`files.create(purpose="batch")`, starts `batches.create` jobs and stores the job ids in the cache database.
+`vital generate collect --out DIR` later fetches finished jobs' output into the same request cache (custom_id
+is the request key), marks each job collected only once all of its replies are stored (so a collect that dies
+half-way simply fetches that job again, at no cost), then assembles the dataset from the cache. Items a job
+failed or expired are sent again by the next `candidates --backend batch`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vital_hub.generation.client import (
+    ChatClient,
+    ClientConfig,
+    FatalAPIError,
+    backoff_s,
+    error_message,
+    make_openai,
+    retry_after,
+)
+
+ENDPOINT = "/v1/chat/completions"
+MAX_LINES = 50_000  # OpenAI's per-batch limits
+MAX_BYTES = 190 * 1024 * 1024
+FINAL_STATES = {"completed", "failed", "expired", "cancelled"}
+
+
+def with_retries(call: Callable[[], Any], what: str, attempts: int = 6) -> Any:
+    """A control-plane call (upload, create, retrieve, download) retried like chat requests are."""
+    import openai
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except openai.APIStatusError as err:
+            if err.status_code in (401, 403, 404) or (err.status_code < 500 and err.status_code not in (408, 429)):
+                raise FatalAPIError(f"{what} failed: HTTP {err.status_code}: {error_message(err)}") from None
+            wait = retry_after(err.response.headers)
+        except (openai.APITimeoutError, openai.APIConnectionError):
+            wait = None
+        if attempt == attempts - 1:
+            break
+        time.sleep(wait if wait is not None else backoff_s(attempt))
+    raise FatalAPIError(f"{what} failed after {attempts} attempts")
+
+
+class BatchFiles:
+    """JSONL input files of at most MAX_LINES lines and MAX_BYTES bytes, written as requests come."""
+
+    def __init__(self, folder: Path, model: str):
+        self.folder, self.model = folder, model
+        self.stamp = time.strftime("%Y%m%d%H%M%S")
+        self.files: list[tuple[Path, list[str]]] = []
+        self._handle = None
+        self._bytes = 0
+
+    def add(self, key: str, request: dict) -> None:
+        line = json.dumps(
+            {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": {"model": self.model, **request}}
+        )
+        size = len(line.encode("utf-8")) + 1
+        if self._handle is None or len(self.files[-1][1]) >= MAX_LINES or self._bytes + size > MAX_BYTES:
+            self._open_next()
+        self._handle.write(line + "\n")
+        self._bytes += size
+        self.files[-1][1].append(key)
+
+    def _open_next(self) -> None:
+        self.close()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"input-{self.stamp}-{len(self.files):04d}.jsonl"
+        self._handle = open(path, "w", encoding="utf-8")
+        self._bytes = 0
+        self.files.append((path, []))
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def submit(client: ChatClient, files: BatchFiles) -> list[str]:
+    """Upload each input file and start a batch job on it; job ids go to the cache database at once."""
+    api = make_openai(client.config, asynchronous=False)
+    batch_ids = []
+    for path, keys in files.files:
+        uploaded = with_retries(
+            lambda p=path: api.files.create(file=(p.name, p.read_bytes()), purpose="batch"), f"upload {path.name}"
+        )
+        job = with_retries(
+            lambda u=uploaded: api.batches.create(input_file_id=u.id, endpoint=ENDPOINT, completion_window="24h"),
+            f"create batch for {path.name}",
+        )
+        client.cache.add_batch_job(job.id, uploaded.id, keys, job.status)
+        batch_ids.append(job.id)
+        print(f"submitted batch {job.id}: {len(keys)} requests ({path.name})")
+    return batch_ids
+
+
+def run_batch_job(job, client: ChatClient) -> dict:
+    """Rows for what is cached; new batch jobs for what is neither cached nor waiting; the dataset when done."""
+    from vital_hub.generation.candidates import PartWriter, finish, iter_cached_figures
+
+    cache = client.cache
+    waiting_keys = {key for j in cache.batch_jobs(pending_only=True) for key in j["keys"]}
+    writer = PartWriter(job.folder, job.config.flush_rows)
+    files = BatchFiles(job.folder.root / "batches", job.config.model)
+    waiting = 0
+    try:
+        for row, request, key, stored in iter_cached_figures(job, job.pending(), cache):
+            if request is None:
+                writer.add(row)
+            elif stored is not None:
+                reply, source = stored
+                writer.add(job.rows.answered(row, client.result_from_reply(key, reply, batch=source == "batch")))
+            elif key in waiting_keys:
+                waiting += 1
+            else:
+                files.add(key, request)
+                waiting_keys.add(key)
+                waiting += 1
+    finally:
+        files.close()
+        writer.flush()
+    if files.files:
+        submit(client, files)
+    return finish(job, client, writer, waiting=waiting)
+
+
+def collect(out: str | Path, poll: bool = False, poll_interval_s: float = 60.0) -> dict:
+    """Fetch finished jobs' replies into the cache, then assemble the dataset when no job is left waiting."""
+    from vital_hub.generation.candidates import GenerateConfig, OutputFolder, run_job
+
+    folder = OutputFolder(out)
+    if not folder.run_json.exists():
+        raise SystemExit(f"{folder.root} has no run.json: start the job with `vital generate candidates` first")
+    config = GenerateConfig.from_dict(json.loads(folder.run_json.read_text(encoding="utf-8"))["config"])
+    client_config = config.client_config(str(folder.cache_path))
+    counts = {"collected_jobs": 0, "stored": 0, "failed_items": 0, "still_waiting_jobs": 0}
+    while True:
+        pending = collect_once(client_config, counts)
+        if not pending or not poll:
+            break
+        time.sleep(poll_interval_s)
+    counts["still_waiting_jobs"] = pending
+    print(f"collect: {counts}")
+    if pending == 0:
+        config.backend = "batch"
+        counts["candidates"] = run_job(config)
+    return counts
+
+
+def collect_once(client_config: ClientConfig, counts: dict) -> int:
+    """One pass over uncollected jobs; returns how many are still running."""
+    client = ChatClient(client_config)
+    api = make_openai(client_config, asynchronous=False)
+    still_running = 0
+    try:
+        for entry in client.cache.batch_jobs(pending_only=True):
+            batch = with_retries(lambda e=entry: api.batches.retrieve(e["batch_id"]), f"retrieve {entry['batch_id']}")
+            if batch.status not in FINAL_STATES:
+                client.cache.mark_batch(entry["batch_id"], batch.status)
+                still_running += 1
+                continue
+            if batch.output_file_id:
+                stored, failed = store_output(api, client, batch.output_file_id)
+                counts["stored"] += stored
+                counts["failed_items"] += failed
+            if batch.error_file_id:
+                counts["failed_items"] += count_lines(api, batch.error_file_id)
+            client.cache.mark_batch(entry["batch_id"], batch.status, collected=True)
+            counts["collected_jobs"] += 1
+    finally:
+        client.close()
+    return still_running
+
+
+def store_output(api, client: ChatClient, file_id: str) -> tuple[int, int]:
+    text = with_retries(lambda: api.files.content(file_id).text, f"download {file_id}")
+    stored = failed = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        response = item.get("response") or {}
+        body = response.get("body")
+        if response.get("status_code") == 200 and isinstance(body, dict) and body.get("choices"):
+            client.cache.put(item["custom_id"], body, source="batch")
+            stored += 1
+        else:
+            failed += 1
+    return stored, failed
+
+
+def count_lines(api, file_id: str) -> int:
+    text = with_retries(lambda: api.files.content(file_id).text, f"download {file_id}")
+    return sum(1 for line in text.splitlines() if line.strip())

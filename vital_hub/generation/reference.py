@@ -1,0 +1,92 @@
+"""Regenerate the qa50 reference answers (REFERENCE section 5) with today's models on the same client.
+
+The released reference answers came from a retired GPT-4; relative scores are only comparable when the
+reference model is known, so this writes the question file again with `gpt4_answer` replaced by the new answer,
+the old one kept as `original_gpt4_answer`, and `reference_model` / `reference_status` / `reference_error` /
+`reference_image` (whether the figure could be attached: the only public copy has empty and cut-off images).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vital_hub.generation.client import ChatClient, ClientConfig
+from vital_hub.generation.prompts import (
+    PromptOptions,
+    figure_context,
+    get_prompt_set,
+    prompt_set_from_file,
+    reference_answer_request,
+)
+from vital_hub.io import atomic_path, iter_json_records
+from vital_hub.schema import mention_texts
+
+
+@dataclass
+class ReferenceConfig:
+    questions: str
+    out: str
+    images: str | None = None
+    prompt_file: str | None = None
+    max_tokens: int = 1024
+    temperature: float | None = None
+    detail: str | None = None
+    max_image_side: int | None = None
+
+
+def regenerate_reference_answers(config: ReferenceConfig, client: ChatClient) -> dict[str, int]:
+    prompt_set = (
+        prompt_set_from_file(config.prompt_file, "reference")
+        if config.prompt_file
+        else get_prompt_set("reference-answer")
+    )
+    options = PromptOptions(
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
+        detail=config.detail,
+        max_image_side=config.max_image_side,
+        send_seed=False,
+    )
+    records = [record for _, record in iter_json_records(config.questions)]
+    requests, attached = [], []
+    for record in records:
+        context = figure_context(
+            record.get("fig_label"), record.get("fig_caption"), mention_texts(record.get("in_text_mention"))
+        )
+        request, has_image = reference_answer_request(
+            record["text"], context, read_image(config.images, record), options, prompt_set
+        )
+        requests.append(request)
+        attached.append(has_image)
+    results = client.chat_many(requests, desc="reference answers")
+    counts: dict[str, int] = {}
+    with atomic_path(config.out) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for record, result, has_image in zip(records, results, attached, strict=True):
+            updated = {
+                **record,
+                "original_gpt4_answer": record.get("original_gpt4_answer", record.get("gpt4_answer")),
+                "gpt4_answer": result.text if result.ok else None,
+                "reference_model": client.config.model,
+                "reference_prompt_version": prompt_set.version,
+                "reference_status": result.status,
+                "reference_error": result.error,
+                "reference_image": has_image,
+            }
+            counts[result.status] = counts.get(result.status, 0) + 1
+            handle.write(json.dumps(updated, ensure_ascii=False) + "\n")
+    print(f"reference answers: {counts} -> {config.out}; usage: {client.stats.summary()}")
+    return counts
+
+
+def read_image(folder: str | None, record: dict) -> bytes | None:
+    if not folder:
+        return None
+    name = record.get("image") or f"{record.get('pair_id')}.jpg"
+    path = Path(folder) / name
+    return path.read_bytes() if path.is_file() else None
+
+
+def reference_client_config(model: str, cache_path: str | None, **overrides) -> ClientConfig:
+    return ClientConfig(model=model, cache_path=cache_path, **{k: v for k, v in overrides.items() if v is not None})
