@@ -1,14 +1,13 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from tests.conftest import shared_fixture
-from vital_hub.demo import write_sample_sources
+from vital_hub.demo import sample_checksum, write_sample_sources
 from vital_hub.io import iter_json_records, sha256_file
 from vital_hub.mixtures.build import BuildOptions, build_repo, read_config_rows
 from vital_hub.mixtures.compare import export_llava, verify_released
@@ -23,14 +22,11 @@ SOURCE_NAMES = {
 }
 
 
-def checksum_only(path: Path, allow_unverified: bool) -> dict:
-    return {"size": path.stat().st_size, "sha256": sha256_file(path), "verified": False}
-
-
 def build(sources, out, images=None, plan=None, **options):
     options.setdefault("show_progress", False)
+    options.setdefault("workers", 1)
     return build_repo(
-        plan or load_plan(), BuildOptions(sources=sources, out=out, images=images, **options), checksum_only
+        plan or load_plan(), BuildOptions(sources=sources, out=out, images=images, **options), sample_checksum
     )
 
 
@@ -156,7 +152,7 @@ def test_failed_build_keeps_finished_components_and_resumes(sample, tmp_path):
     (sources / SOURCE_NAMES["llava-med-60k"]).write_text(json.dumps(records))
     out = tmp_path / "repo"
     with pytest.raises(RecordError) as err:
-        build(sources, out)
+        build(sources, out, workers=2)  # the other components finish in their own processes
     assert f"record {len(records) - 1}" in str(err.value) and "duplicate id" in str(err.value)
     assert SOURCE_NAMES["llava-med-60k"] in str(err.value)
     assert not (out / "README.md").exists() and not (out / "manifest.json").exists()
@@ -322,3 +318,54 @@ def test_shards_carry_features_metadata(sample):
     shard = sample["repo"] / sample["manifest"]["configs"]["80k"]["shards"][0]
     metadata = pq.read_schema(shard).metadata[b"huggingface"]
     assert b'"Image"' in metadata
+
+
+def test_cli_build_rejects_a_wrong_checksum(tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "llava_med_instruct_10k.json").write_text("[]")
+    spec = tmp_path / "mix.yaml"
+    spec.write_text("only: [ten]\nmixtures:\n  - {name: ten, components: [{name: llava-med-10k}]}\n")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vital_hub.cli",
+            "build",
+            "instructions",
+            "--sources",
+            str(sources),
+            "--out",
+            str(tmp_path / "repo"),
+            "--mixtures",
+            str(spec),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert "llava_med_instruct_10k.json" in run.stderr and "sha256 mismatch" in run.stderr
+    assert "84f75c2b83404fe7dd1631212b4ad73228a0dad77bb819ab29c511a535a279c8" in run.stderr
+    assert not (tmp_path / "repo" / "README.md").exists()
+    allowed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vital_hub.cli",
+            "build",
+            "instructions",
+            "--sources",
+            str(sources),
+            "--out",
+            str(tmp_path / "repo"),
+            "--mixtures",
+            str(spec),
+            "--allow-unverified",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
+    assert manifest["components"]["llava-med-10k"]["source"]["verified"] is False
+    assert manifest["configs"]["ten"]["rows"] == 0

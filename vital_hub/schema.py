@@ -122,6 +122,8 @@ def image_id_of(image_file: str) -> str:
 
 def text_to_content(text: str) -> list[dict]:
     """Split a turn at `<image>` into TRL content parts, keeping every character of the text."""
+    if IMAGE_TOKEN not in text:
+        return [{"type": "text", "text": text}] if text else []
     pieces = text.split(IMAGE_TOKEN)
     content: list[dict] = []
     for position, piece in enumerate(pieces):

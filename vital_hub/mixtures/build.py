@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class BuildOptions:
     max_shard_bytes: int = 500 << 20
     batch_rows: int = 2_000
     max_batch_bytes: int = 64 << 20
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     show_progress: bool = True
 
     def __post_init__(self):
@@ -77,7 +79,6 @@ class ComponentResult:
     inputs_key: str
     description: str = ""
     licence: str = ""
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -107,9 +108,7 @@ def build_repo(plan: MixturePlan, options: BuildOptions, check_source: SourceChe
     plan.validate()
     options.out.mkdir(parents=True, exist_ok=True)
     previous = _set_aside_previous_build(options.out)
-    results = {}
-    for name in plan.used_components():
-        results[name] = _build_or_reuse(plan.components[name], options, previous, check_source)
+    results = _build_components(plan, options, previous, check_source)
     configs = {}
     for mixture in plan.mixtures.values():
         configs[mixture.name] = _config_files(mixture, results, options)
@@ -126,6 +125,25 @@ def build_repo(plan: MixturePlan, options: BuildOptions, check_source: SourceChe
     write_json_atomic(options.out / MANIFEST, manifest)
     shutil.rmtree(options.out / SCRATCH, ignore_errors=True)
     return manifest
+
+
+def _build_components(plan: MixturePlan, options: BuildOptions, previous: dict, check_source) -> dict:
+    """Build the components side by side (one process each, up to `workers`); finished ones keep their marker
+    even when another fails, so a re-run only redoes what failed."""
+    names = plan.used_components()
+    workers = min(options.workers, len(names))
+    if workers <= 1:
+        return {name: _build_or_reuse(plan.components[name], options, previous, check_source) for name in names}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {
+            name: pool.submit(_build_or_reuse, plan.components[name], options, previous, check_source, position)
+            for position, name in enumerate(names)
+        }
+        wait(futures.values())
+    for future in futures.values():
+        if future.exception() is not None:
+            raise future.exception()
+    return {name: future.result() for name, future in futures.items()}
 
 
 def _set_aside_previous_build(out: Path) -> dict:
@@ -175,7 +193,9 @@ def _images_fingerprint(images: Path | None) -> str | None:
     return digest.hexdigest()
 
 
-def _build_or_reuse(component: Component, options: BuildOptions, previous: dict, check_source) -> ComponentResult:
+def _build_or_reuse(
+    component: Component, options: BuildOptions, previous: dict, check_source, position: int = 0
+) -> ComponentResult:
     path = options.sources / component.file_name
     if not path.is_file():
         raise FileNotFoundError(
@@ -187,7 +207,7 @@ def _build_or_reuse(component: Component, options: BuildOptions, previous: dict,
     done = _completed(component.name, key, options.out, previous)
     if done is not None:
         return done
-    result = _build_component(component, path, source, key, options)
+    result = _build_component(component, path, source, key, options, position)
     write_json_atomic(options.out / SCRATCH / "done" / f"{component.name}.json", result.as_dict())
     return result
 
@@ -205,7 +225,7 @@ def _completed(name: str, key: str, out: Path, previous: dict) -> ComponentResul
     return None
 
 
-def _build_component(component: Component, path: Path, source: dict, key: str, options: BuildOptions):
+def _build_component(component: Component, path: Path, source: dict, key: str, options: BuildOptions, position: int):
     scratch = options.out / SCRATCH / "shards" / component.name
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -218,6 +238,7 @@ def _build_component(component: Component, path: Path, source: dict, key: str, o
             _rows(component, path, options, images, missing),
             desc=f"{component.name}",
             unit=" rows",
+            position=position,
             disable=not options.show_progress,
         ):
             digest.update(_canonical_row_bytes(row))
@@ -293,10 +314,14 @@ def _undecodable(data: bytes) -> str | None:
 
 
 def _canonical_row_bytes(row: dict) -> bytes:
+    """The row as compact JSON, the image as its sha256. Key order is canonical already: rows are built by
+    `llava_to_row` in one fixed order (and `extra` is sorted), so no sort is needed."""
     image = row["images"][0]
     image_sha = None if image is None else hashlib.sha256(image["bytes"]).hexdigest()
-    canonical = {**row, "images": [image_sha]}
-    return json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return _encoder.encode({**row, "images": [image_sha]}).encode() + b"\n"
+
+
+_encoder = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 class _ShardWriter:

@@ -46,7 +46,7 @@ def differing_fields(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def verify_released(repo: Path, config: str, released: Path) -> dict:
+def verify_released(repo: Path, config: str, released: Path, progress: bool = True) -> dict:
     """Compare a released LLaVA JSON file with a built config.
 
     Reports whether they are identical (same records in the same order), which released records differ from the
@@ -56,7 +56,7 @@ def verify_released(repo: Path, config: str, released: Path) -> dict:
     ordered: list[str] = []
     by_hash: dict[str, str] = {}
     by_id: dict[str, list[tuple[str, dict]]] = defaultdict(list)
-    for row in tqdm(read_config_rows(repo, config), desc=f"index {config}", unit=" rows"):
+    for row in tqdm(read_config_rows(repo, config), desc=f"index {config}", unit=" rows", disable=not progress):
         record = row_to_llava(row)
         digest = record_hash(record)
         ordered.append(digest)
@@ -68,7 +68,7 @@ def verify_released(repo: Path, config: str, released: Path) -> dict:
     differing, absent = [], []
     seen_hashes = set()
     released_count = 0
-    for where, record in tqdm(iter_json_records(released), desc="compare", unit=" records"):
+    for where, record in tqdm(iter_json_records(released), desc="compare", unit=" records", disable=not progress):
         released_count += 1
         digest = record_hash(record)
         seen_hashes.add(digest)
