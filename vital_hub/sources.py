@@ -208,9 +208,11 @@ def record_in_lock(path: Path, name: str, sha256: str, size: int, origin: str) -
     write_json_atomic(path, {"version": LOCK_VERSION, "files": dict(sorted(files.items()))})
 
 
-def expected_checksum(name: str, lock: dict, lock_path: Path | None = None) -> tuple[str | None, str]:
+def expected_checksum(
+    name: str, lock: dict, lock_path: Path | None = None, source: SourceFile | None = None
+) -> tuple[str | None, str]:
     """The sha256 a file must have and where that value comes from (the registry wins over the lock)."""
-    source = SOURCES.get(name)
+    source = source or SOURCES.get(name)
     if source is not None and source.sha256:
         return source.sha256, "registry"
     entry = lock.get(name)
@@ -366,7 +368,7 @@ def fetch_source(
     `allow_unverified`), so a later build cannot pick it up by mistake."""
     final = folder / source.name
     lock = read_lock(lock_path)
-    expected, where = expected_checksum(source.name, lock, lock_path)
+    expected, where = expected_checksum(source.name, lock, lock_path, source)
     if final.exists():
         sha256, size = sha256_and_size(final, desc=f"checking {source.name}")
         _verify(final, sha256, size, source, expected, where, allow_unverified)

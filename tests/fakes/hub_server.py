@@ -634,6 +634,22 @@ class FakeHubServer(ThreadingHTTPServer):
                 return True
             return False
 
+    def add_files(
+        self, repo_id: str, files: dict[str, bytes], repo_type: str = "dataset", message: str = "add"
+    ) -> str:
+        """Commit files straight into storage (creating the repo), to set up what a test downloads."""
+        store = self.store
+        store.create(repo_type, repo_id, private=False)
+        operations = []
+        for path, data in files.items():
+            if _needs_lfs(path, len(data), data[:512]):
+                sha256 = hashlib.sha256(data).hexdigest()
+                store.lfs_path(sha256).write_bytes(data)
+                operations.append(("lfsFile", {"path": path, "oid": sha256, "size": len(data)}))
+            else:
+                operations.append(("file", {"path": path, "content": base64.b64encode(data).decode()}))
+        return store.commit(repo_type, repo_id, "main", {"summary": message}, operations)
+
     def file_bytes(self, repo_id: str, path: str, repo_type: str = "dataset", revision: str = "main") -> bytes:
         """The content of a committed file, read straight from storage (for assertions)."""
         _, _, files = self.store.files_at(repo_type, repo_id, revision)
