@@ -1,0 +1,238 @@
+"""`vital build figures`: the fetch folder (index + `<pair_id>.jpg`) as the Hub dataset config `figures`.
+
+One row per indexed figure, image bytes embedded (null unless the figure is `ok` and its file still matches
+the index sha256), joined with the LLaVA-Med captions file when given. Shards are written under temporary names
+and renamed at the end; the README's `configs:` entry for `figures` is added or replaced, other configs and
+the card text are kept, and a `download_checksums` map of the shards makes datasets' cache see a rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from vital_hub.figures.index import INDEX_DIR, STATUSES, index_files, read_index
+from vital_hub.io import atomic_path, sha256_file
+from vital_hub.schema import DOMAINS, mention_texts
+
+CONFIG_NAME = "figures"
+DATA_DIR = Path("data") / CONFIG_NAME
+_SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.parquet$")
+_FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n?", re.DOTALL)
+
+
+def figures_features():
+    """The contract's columns (contracts.md, "figures dataset"); imported lazily because datasets is slow."""
+    from datasets import Features, Image, List, Value
+
+    text = Value("string")
+    return Features(
+        {
+            "pair_id": text,
+            "pmcid": text,
+            "pmid": text,
+            "fig_id": text,
+            "fig_label": text,
+            "caption": text,
+            "mentions": List(text),
+            "domain": {name: Value("bool") for name in DOMAINS},
+            "image": Image(),
+            "licence": text,
+            "source_url": text,
+            "sha256": text,
+            "status": text,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    index: str
+    out: str
+    captions: str | None = None
+    images: str | None = None
+    shard_mb: float = 256.0
+    allow_incomplete: bool = False
+
+
+def load_captions(path: str | Path) -> dict[str, dict]:
+    """pair_id -> caption record from `llava_med_instruct_fig_captions.json` (a dict {domain: [records]})."""
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if isinstance(data, list):
+        groups = {"": data}
+    elif isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+        groups = data
+    else:
+        raise ValueError(f"{path}: expected a dict {{domain: [records]}} or a list of caption records")
+    captions = {}
+    for domain, records in groups.items():
+        for index, record in enumerate(records):
+            if not isinstance(record, dict) or not isinstance(record.get("pair_id"), str):
+                raise ValueError(f"{path}: domain {domain!r} record {index} has no string 'pair_id'")
+            captions.setdefault(record["pair_id"], record)
+    return captions
+
+
+def domain_flags(value) -> dict | None:
+    """The 5 domain flags, or None; a string domain (the captions file's group key) becomes one true flag."""
+    if isinstance(value, dict):
+        return {name: bool(value.get(name, False)) for name in DOMAINS}
+    if isinstance(value, str) and value in DOMAINS:
+        return {name: name == value for name in DOMAINS}
+    return None
+
+
+def check_complete(index_dir: Path) -> list[Path]:
+    """The index shards, after checking that every shard of the split exists and finished."""
+    shards = index_files(index_dir)
+    if not shards:
+        raise FileNotFoundError(f"no index shards under {index_dir / INDEX_DIR}: run `vital fetch figures` first")
+    problems = []
+    counts = {int(_SHARD_NAME.search(p.name).group(2)) for p in shards}
+    for count in counts:
+        for number in range(count):
+            name = f"shard-{number:05d}-of-{count:05d}"
+            if not (index_dir / INDEX_DIR / f"{name}.done").exists():
+                problems.append(name)
+    if problems:
+        raise ValueError(f"unfinished fetch shards {problems[:10]}: re-run them or pass --allow-incomplete")
+    return shards
+
+
+def figure_row(index_row: dict, caption: dict | None, images: Path) -> dict:
+    """One dataset row: the index's facts, the caption's text, and the verified image bytes."""
+    caption = caption or {}
+    status = index_row["status"]
+    image = None
+    if status == "ok":
+        path = images / f"{index_row['pair_id']}.jpg"
+        data = path.read_bytes() if path.is_file() else None
+        if data is None:
+            status = "missing"
+        elif hashlib.sha256(data).hexdigest() != index_row["sha256"]:
+            status = "corrupt"
+        else:
+            image = {"bytes": data, "path": path.name}
+    return {
+        "pair_id": index_row["pair_id"],
+        "pmcid": index_row.get("pmcid"),
+        "pmid": str(caption["pmid"]) if caption.get("pmid") is not None else index_row.get("pmid"),
+        "fig_id": caption.get("fig_id") or index_row.get("fig_id"),
+        "fig_label": caption.get("fig_label"),
+        "caption": caption.get("fig_caption"),
+        "mentions": mention_texts(caption.get("in_text_mention")),
+        "domain": domain_flags(caption.get("domain")),
+        "image": image,
+        "licence": index_row.get("licence"),
+        "source_url": index_row.get("source_url"),
+        "sha256": index_row.get("sha256") if image is not None else None,
+        "status": status,
+    }
+
+
+def iter_rows(options: BuildOptions) -> Iterator[dict]:
+    index_dir = Path(options.index)
+    shards = index_files(index_dir) if options.allow_incomplete else check_complete(index_dir)
+    if not shards:
+        raise FileNotFoundError(f"no index shards under {index_dir / INDEX_DIR}")
+    captions = load_captions(options.captions) if options.captions else {}
+    images = Path(options.images or options.index)
+    index_rows = sorted((row for shard in shards for row in read_index(shard)), key=lambda row: row["pair_id"])
+    for index_row in index_rows:
+        yield figure_row(index_row, captions.get(index_row["pair_id"]), images)
+
+
+def write_shards(rows: Iterator[dict], folder: Path, shard_bytes: int) -> tuple[list[Path], dict[str, int]]:
+    """Parquet shards of about `shard_bytes` each, named train-XXXXX-of-YYYYY.parquet once their count is known."""
+    features = figures_features()
+    schema = features.arrow_schema
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary, batch, size, counts = [], [], 0, dict.fromkeys(STATUSES, 0)
+
+    def flush() -> None:
+        path = folder / f".building-{len(temporary):05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(batch, schema=schema), path)
+        temporary.append(path)
+
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        batch.append(features.encode_example(row))
+        size += len(row["image"]["bytes"]) if row["image"] else 256
+        if size >= shard_bytes:
+            flush()
+            batch, size = [], 0
+    if batch or not temporary:
+        flush()
+    final = [folder / f"train-{i:05d}-of-{len(temporary):05d}.parquet" for i in range(len(temporary))]
+    for stale in folder.glob("*.parquet"):
+        if stale not in final:
+            stale.unlink()
+    for tmp, path in zip(temporary, final, strict=True):
+        os.replace(tmp, path)
+    return final, counts
+
+
+def update_readme(out: Path, shards: list[Path], counts: dict[str, int]) -> None:
+    """Add or replace the `figures` entries of the card's YAML, keeping every other config and the card text."""
+    readme = out / "README.md"
+    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
+    match = _FRONT_MATTER.match(text)
+    meta = (yaml.safe_load(match.group(1)) or {}) if match else {}
+    body = text[match.end() :] if match else text
+    config = {
+        "config_name": CONFIG_NAME,
+        "data_files": [{"split": "train", "path": f"{DATA_DIR.as_posix()}/*.parquet"}],
+    }
+    meta["configs"] = [c for c in meta.get("configs") or [] if c.get("config_name") != CONFIG_NAME] + [config]
+    checksums = {
+        path.relative_to(out).as_posix(): {"num_bytes": path.stat().st_size, "checksum": sha256_file(path)}
+        for path in shards
+    }
+    info = {
+        "config_name": CONFIG_NAME,
+        "splits": [{"name": "train", "num_examples": sum(counts.values())}],
+        "download_checksums": checksums,
+    }
+    infos = meta.get("dataset_info") or []
+    infos = [infos] if isinstance(infos, dict) else infos
+    meta["dataset_info"] = [i for i in infos if i.get("config_name") != CONFIG_NAME] + [info]
+    if not body.strip():
+        body = card_text(counts)
+    with atomic_path(readme) as tmp:
+        tmp.write_text(f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n{body}", encoding="utf-8")
+
+
+def card_text(counts: dict[str, int]) -> str:
+    table = "\n".join(f"| {status} | {count} |" for status, count in counts.items())
+    return f"""
+# PMC figures
+
+Figures of PubMed Central Open Access articles, fetched with `vital fetch figures` and built with
+`vital build figures`. Config `figures`, one row per figure: `pair_id`, `pmcid`, `pmid`, `fig_id`, `fig_label`,
+`caption`, `mentions`, `domain`, `image` (null unless `status` is `ok`), `licence` (the article's PMC licence
+code), `source_url`, `sha256`, `status`.
+
+| status | figures |
+|---|---:|
+{table}
+
+Each image keeps its article's licence (column `licence`); check it before redistributing.
+"""
+
+
+def build_figures(options: BuildOptions) -> str:
+    out = Path(options.out)
+    shards, counts = write_shards(iter_rows(options), out / DATA_DIR, int(options.shard_mb * (1 << 20)))
+    update_readme(out, shards, counts)
+    summary = ", ".join(f"{status} {count}" for status, count in counts.items())
+    return f"wrote {len(shards)} shard(s) of config '{CONFIG_NAME}' to {out / DATA_DIR} ({summary})"

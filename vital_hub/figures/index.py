@@ -1,0 +1,185 @@
+"""The fetch index: one journal, one parquet index, one stats file and one completion marker per shard.
+
+Resume works at the unit of one figure. A figure's line is appended to the shard journal only after its image
+has been renamed onto its final name, so after a kill -9 the journal never claims an image that is not there;
+a torn last line is cut off before appending again. The parquet index is written (atomically) from the journal
+when the shard is complete, in input order and without timings, so it is identical whether or not the run was
+interrupted. Shards (`--shard I/N`) split the list by a hash of the PMC id: every figure of an article lands in
+the same shard, so an article is looked up and its tarball downloaded once, and N machines never overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vital_hub.io import atomic_path, write_json_atomic
+
+STATUSES = ("ok", "missing", "not_permitted", "corrupt", "error")
+INDEX_DIR = "index"
+ERROR_SAMPLES_PER_STATUS = 20
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("pmcid", pa.string()),
+        ("pmid", pa.string()),
+        ("fig_id", pa.string()),
+        ("file", pa.string()),
+        ("status", pa.string()),
+        ("source", pa.string()),
+        ("source_url", pa.string()),
+        ("licence", pa.string()),
+        ("retracted", pa.bool_()),
+        ("md5", pa.string()),
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+INDEX_COLUMNS = tuple(INDEX_SCHEMA.names)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """`--shard I/N`: shard I (0-based) of N."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError as err:
+            raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from err
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"--shard {text}: need 0 <= I < N (shards are numbered from 0)")
+        return cls(index, count)
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:05d}-of-{self.count:05d}"
+
+    def holds(self, pmcid: str) -> bool:
+        digest = hashlib.sha256(pmcid.encode()).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    out: Path
+    shard: Shard
+
+    @property
+    def folder(self) -> Path:
+        return self.out / INDEX_DIR
+
+    def _path(self, suffix: str) -> Path:
+        return self.folder / f"{self.shard.name}{suffix}"
+
+    @property
+    def journal(self) -> Path:
+        return self._path(".journal.jsonl")
+
+    @property
+    def parquet(self) -> Path:
+        return self._path(".parquet")
+
+    @property
+    def stats(self) -> Path:
+        return self._path(".stats.json")
+
+    @property
+    def done(self) -> Path:
+        return self._path(".done")
+
+
+class Journal:
+    """Append-only JSON lines of finished figures; the last line for a pair id wins."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = None
+
+    def load(self) -> dict[str, dict]:
+        """Rows by pair id, after cutting a torn last line (a kill during a write) off the file."""
+        if not self.path.exists():
+            return {}
+        raw = self.path.read_bytes()
+        complete = raw[: raw.rfind(b"\n") + 1]
+        if len(complete) != len(raw):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(len(complete))
+        rows = {}
+        for line in complete.splitlines():
+            row = json.loads(line)
+            rows[row["pair_id"]] = row
+        return rows
+
+    def append(self, row: dict) -> None:
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "ab")
+        self.handle.write((json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode())
+        self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            self.handle = None
+
+
+def write_index(rows: list[dict], path: Path) -> None:
+    table = pa.Table.from_pylist([{name: row.get(name) for name in INDEX_COLUMNS} for row in rows], INDEX_SCHEMA)
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_index(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def index_files(out: Path) -> list[Path]:
+    return sorted((Path(out) / INDEX_DIR).glob("shard-*.parquet"))
+
+
+@dataclass
+class ErrorSamples:
+    """At most a few (pair id, error) examples per status: enough to debug, small enough to read."""
+
+    cap: int = ERROR_SAMPLES_PER_STATUS
+    samples: dict[str, list[dict]] = field(default_factory=dict)
+
+    def add(self, row: dict) -> None:
+        if row["status"] == "ok":
+            return
+        bucket = self.samples.setdefault(row["status"], [])
+        if len(bucket) < self.cap:
+            bucket.append({"pair_id": row["pair_id"], "error": row.get("error")})
+
+
+def status_counts(rows: list[dict]) -> dict[str, int]:
+    counts = dict.fromkeys(STATUSES, 0)
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+def write_stats(path: Path, stats: dict) -> None:
+    write_json_atomic(path, stats)
+
+
+def mark_done(path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("complete\n")

@@ -1,0 +1,603 @@
+"""`vital fetch figures`: resolve, download, verify and index every wanted figure of one shard.
+
+Each article is handled by one task that tries its figures in the order of REFERENCE section 3: the bucket
+object `PMC<id>.1/<file>`, then the `media_urls` of each version's metadata (newest first, md5-checked), then
+the JATS figure id -> graphic href match, then the legacy tarball (downloaded once for all its wanted figures),
+and records the rest as unavailable. Re-running the same command is the resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from vital_hub.figures.download import Fetched, HttpClient, HttpOptions, etag_md5, md5_hex
+from vital_hub.figures.index import (
+    ErrorSamples,
+    Journal,
+    Shard,
+    ShardFiles,
+    mark_done,
+    status_counts,
+    write_index,
+    write_stats,
+)
+from vital_hub.figures.resolve import (
+    ArticleMetadata,
+    BucketLayout,
+    FigureRequest,
+    iter_requests,
+    jats_graphics,
+    legacy_tarball_urls,
+    match_media,
+    parse_metadata,
+    parse_version_listing,
+    strip_image_extension,
+)
+from vital_hub.figures.safety import Limits, Rejected, read_wanted_members, verify_image
+from vital_hub.io import atomic_path
+
+MiB = 1 << 20
+MAX_DOCUMENT_BYTES = 64 * MiB  # metadata JSON, listings and JATS XML
+PARTIAL_DIR = ".partial"
+REJECTED_MEMBER_SAMPLES = 20
+
+
+@dataclass
+class FetchConfig:
+    """Everything `vital fetch figures` needs; YAML (`--config`) then command-line flags override the defaults."""
+
+    urls: str = field(default="", metadata={"help": "JSONL of image URL records (legacy or new format)"})
+    out: str = field(default="", metadata={"help": "folder for <pair_id>.jpg files and index/"})
+    base_url: str = field(default="https://pmc-oa-opendata.s3.amazonaws.com", metadata={"help": "bucket root"})
+    legacy_base_url: str | None = field(
+        default=None, metadata={"help": "replaces scheme and host of pmc_tar_url (a mirror or a local server)"}
+    )
+    concurrency: int = field(default=32, metadata={"help": "requests in flight at once (one connection pool)"})
+    rate_limit: float = field(default=100.0, metadata={"help": "requests per second per host (0 = unlimited)"})
+    max_retries: int = field(default=6, metadata={"help": "retries on 429, 5xx, timeouts and truncated bodies"})
+    backoff_base: float = field(default=0.5, metadata={"help": "first backoff in seconds (doubles, with jitter)"})
+    backoff_max: float = field(default=60.0, metadata={"help": "longest backoff in seconds"})
+    timeout: float = field(default=60.0, metadata={"help": "connect and read timeout in seconds"})
+    shard: str = field(default="0/1", metadata={"help": "I/N: fetch shard I (0-based) of N"})
+    retry_failed: bool = field(default=False, metadata={"help": "retry figures whose status is not ok"})
+    licence: bool = field(default=True, metadata={"help": "read article metadata for the licence of every figure"})
+    legacy: bool = field(default=True, metadata={"help": "fall back to legacy tarballs"})
+    max_image_mb: float = field(default=64.0, metadata={"help": "largest image file accepted"})
+    max_pixels: int = field(default=120_000_000, metadata={"help": "largest image accepted, in pixels"})
+    max_archive_mb: float = field(default=2048.0, metadata={"help": "largest tarball downloaded"})
+    max_unpacked_mb: float = field(default=4096.0, metadata={"help": "most bytes unpacked from one tarball"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self):
+        Shard.parse(self.shard)
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.max_retries < 0:
+            raise ValueError("max_retries cannot be negative")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_image_bytes=int(self.max_image_mb * MiB),
+            max_pixels=self.max_pixels,
+            max_archive_bytes=int(self.max_archive_mb * MiB),
+            max_unpacked_bytes=int(self.max_unpacked_mb * MiB),
+        )
+
+    def http_options(self) -> HttpOptions:
+        return HttpOptions(
+            concurrency=self.concurrency,
+            requests_per_second_per_host=self.rate_limit,
+            max_retries=self.max_retries,
+            backoff_base_s=self.backoff_base,
+            backoff_max_s=self.backoff_max,
+            timeout_s=self.timeout,
+        )
+
+
+@dataclass
+class FigureState:
+    """What the sources said about one figure so far; becomes its index row."""
+
+    request: FigureRequest
+    notes: list[str] = field(default_factory=list)
+    tried: set[str] = field(default_factory=set)
+    saw_corrupt: bool = False
+    saw_error: bool = False
+    saw_forbidden: bool = False
+    row: dict | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.row is not None
+
+    def final_row(self, licence: str | None, retracted: bool | None) -> dict:
+        if self.row is not None:
+            return self.row
+        if self.saw_corrupt:
+            status = "corrupt"
+        elif self.saw_error:
+            status = "error"
+        elif self.saw_forbidden:
+            status = "not_permitted"
+        else:
+            status = "missing"
+        return base_row(self.request, status, licence, retracted, error="; ".join(self.notes) or "no source")
+
+
+def base_row(request: FigureRequest, status: str, licence: str | None, retracted: bool | None, **values) -> dict:
+    row = {
+        "pair_id": request.pair_id,
+        "pmcid": request.pmcid,
+        "pmid": request.pmid,
+        "fig_id": request.fig_id,
+        "file": request.file,
+        "status": status,
+        "licence": licence,
+        "retracted": retracted,
+    }
+    row.update(values)
+    return row
+
+
+class ArticleFetcher:
+    """Resolves all wanted figures of one article, looking each article document up at most once."""
+
+    def __init__(self, client: HttpClient, config: FetchConfig, out: Path, partial: Path):
+        self.client, self.config, self.out, self.partial = client, config, out, partial
+        self.layout = BucketLayout(config.base_url)
+        self.limits = config.limits()
+        self.rejected_members: list[tuple[str, str, str]] = []
+
+    async def fetch(self, pmcid: str, requests: list[FigureRequest]) -> list[dict]:
+        article = ArticleDocuments(self, pmcid)
+        states = [FigureState(request) for request in requests]
+        licence_task = article.metadata(1) if self.config.licence else None
+        await asyncio.gather(*(self._from_bucket_v1(article, state) for state in states))
+        if any(not s.done for s in states):
+            await self._from_metadata(article, states)
+        if any(not s.done for s in states):
+            await self._from_jats(article, states)
+        if self.config.legacy and any(not s.done and s.request.tar_url for s in states):
+            await self._from_tarballs(states)
+        for state in states:
+            if not state.done and not state.request.tar_url:
+                state.notes.append("legacy: the record names no tarball")
+        if licence_task is not None:
+            await licence_task
+        licence, retracted = article.licence()
+        rows = []
+        for state in states:
+            row = state.final_row(licence, retracted)
+            if row["status"] == "ok":
+                row["licence"], row["retracted"] = licence, retracted
+            rows.append(row)
+        return rows
+
+    async def _from_bucket_v1(self, article: ArticleDocuments, state: FigureState) -> None:
+        url = self.layout.file_url(article.pmcid, 1, state.request.file)
+        await self._try_url(state, url, "bucket", "bucket v1", expected_md5=None)
+
+    async def _from_metadata(self, article: ArticleDocuments, states: list[FigureState]) -> None:
+        versions = await article.versions()
+        if not versions:
+            for state in states:
+                state.notes.append("bucket: no article versions listed")
+        for version in versions:
+            if all(state.done for state in states):
+                return
+            metadata = await article.metadata(version)
+            if metadata is None:
+                continue
+            if not metadata.media:
+                for state in states:
+                    if not state.done:
+                        state.saw_forbidden = True
+                        state.notes.append(f"v{version}: no media files (not permitted by the licence)")
+                continue
+            for state in states:
+                media = metadata.media.get(state.request.file)
+                if state.done or (media is not None and media.url in state.tried):
+                    continue
+                if media is None:
+                    state.notes.append(f"metadata v{version}: file not listed")
+                    continue
+                await self._try_url(state, media.url, "metadata", f"metadata v{version}", media.md5)
+
+    async def _from_jats(self, article: ArticleDocuments, states: list[FigureState]) -> None:
+        for version in await article.versions():
+            if all(state.done for state in states):
+                return
+            metadata = await article.metadata(version)
+            if metadata is None or not metadata.media:
+                continue
+            graphics = await article.jats(version)
+            if graphics is None:
+                continue
+            names = sorted(metadata.media)
+            for state in states:
+                if state.done:
+                    continue
+                name = self._jats_match(state.request, graphics, names)
+                if name is None:
+                    state.notes.append(f"jats v{version}: no graphic for fig {state.request.fig_id!r}")
+                    continue
+                media = metadata.media[name]
+                if media.url not in state.tried:
+                    await self._try_url(state, media.url, "jats", f"jats v{version}", media.md5)
+
+    @staticmethod
+    def _jats_match(request: FigureRequest, graphics: dict[str, list[str]], names: list[str]) -> str | None:
+        """The media file of the figure's graphic: by fig id, else by an href with the record's file stem."""
+        hrefs = list(graphics.get(request.fig_id or "", []))
+        stem = strip_image_extension(request.file)
+        hrefs += [
+            h for group in graphics.values() for h in group if strip_image_extension(h.rsplit("/", 1)[-1]) == stem
+        ]
+        for href in hrefs:
+            name = match_media(href, names)
+            if name is not None:
+                return name
+        return None
+
+    async def _try_url(self, state: FigureState, url: str, source: str, label: str, expected_md5: str | None) -> None:
+        state.tried.add(url)
+        fetched = await self.client.get(url, self.limits.max_image_bytes)
+        if not fetched.ok:
+            self._note_failure(state, label, fetched)
+            return
+        md5 = md5_hex(fetched.data)
+        expected = expected_md5 or etag_md5(fetched.etag)
+        if expected and md5 != expected:
+            state.saw_corrupt = True
+            state.notes.append(f"{label}: md5 {md5} does not match {expected}")
+            return
+        await self._keep(state, fetched.data, source, url, md5, label)
+
+    def _note_failure(self, state: FigureState, label: str, fetched: Fetched) -> None:
+        if fetched.status == 403:
+            state.saw_forbidden = True
+        elif fetched.status not in (404, 410):
+            state.saw_error = True
+        state.notes.append(f"{label}: {fetched.describe()}")
+
+    async def _keep(self, state: FigureState, data: bytes, source: str, url: str, md5: str, label: str) -> None:
+        try:
+            state.row = await asyncio.to_thread(self._verify_and_write, state.request, data, source, url, md5)
+        except Rejected as err:
+            state.saw_corrupt = True
+            state.notes.append(f"{label}: {err}")
+
+    def _verify_and_write(self, request: FigureRequest, data: bytes, source: str, url: str, md5: str) -> dict:
+        """Decode the bytes fully, then write the JPEG under a temporary name and rename it onto `<pair_id>.jpg`."""
+        image = verify_image(data, self.limits)
+        with atomic_path(self.out / request.image_name) as tmp:
+            tmp.write_bytes(image.jpeg)
+        return base_row(
+            request,
+            "ok",
+            None,
+            None,
+            source=source,
+            source_url=url,
+            md5=md5,
+            sha256=hashlib.sha256(image.jpeg).hexdigest(),
+            bytes=len(image.jpeg),
+            width=image.width,
+            height=image.height,
+            format=image.format,
+            error=None,
+        )
+
+    async def _from_tarballs(self, states: list[FigureState]) -> None:
+        by_url: dict[str, list[FigureState]] = {}
+        for state in states:
+            if not state.done and state.request.tar_url:
+                by_url.setdefault(state.request.tar_url, []).append(state)
+        for tar_url, group in by_url.items():
+            await self._from_tarball(tar_url, group)
+
+    async def _from_tarball(self, tar_url: str, states: list[FigureState]) -> None:
+        """Download the article's package once, then stream through it for every figure still wanted."""
+        path = self.partial / f"{hashlib.sha256(tar_url.encode()).hexdigest()[:24]}.tar.gz"
+        try:
+            fetched = None
+            for url in legacy_tarball_urls(tar_url, self.config.legacy_base_url):
+                fetched = await self.client.get_to_file(url, path, self.limits.max_archive_bytes)
+                if fetched.status not in (404, 410):
+                    break
+            if not fetched.ok:
+                for state in states:
+                    self._note_failure(state, "legacy tarball", fetched)
+                return
+            wanted = {state.request.file for state in states}
+            scan = await asyncio.to_thread(self._scan_archive, path, wanted)
+        finally:
+            path.unlink(missing_ok=True)
+        self.rejected_members += [(fetched.url, name, reason) for name, reason in scan.unwanted_rejected]
+        for state in states:
+            await self._take_from_scan(state, scan, fetched.url)
+
+    def _scan_archive(self, path: Path, wanted: set[str]):
+        with open(path, "rb") as handle:
+            return read_wanted_members(handle, wanted, self.limits)
+
+    async def _take_from_scan(self, state: FigureState, scan, url: str) -> None:
+        name = state.request.file
+        if name in scan.found:
+            data = scan.found[name]
+            await self._keep(state, data, "legacy", f"{url}#{name}", md5_hex(data), "legacy tarball")
+        elif name in scan.rejected:
+            state.saw_corrupt = True
+            state.notes.append(f"legacy tarball: rejected member: {scan.rejected[name]}")
+        elif scan.stopped:
+            state.saw_corrupt = True
+            state.notes.append(f"legacy tarball: {scan.stopped}")
+        else:
+            state.notes.append("legacy tarball: file not in the archive")
+
+
+class ArticleDocuments:
+    """The version list, metadata and JATS of one article, each fetched at most once."""
+
+    def __init__(self, fetcher: ArticleFetcher, pmcid: str):
+        self.fetcher, self.pmcid = fetcher, pmcid
+        self.client, self.layout = fetcher.client, fetcher.layout
+        self._versions: asyncio.Task | None = None
+        self._metadata: dict[int, asyncio.Task] = {}
+        self._jats: dict[int, asyncio.Task] = {}
+
+    def versions(self) -> asyncio.Task:
+        if self._versions is None:
+            self._versions = asyncio.ensure_future(self._list_versions())
+        return self._versions
+
+    def metadata(self, version: int) -> asyncio.Task:
+        if version not in self._metadata:
+            self._metadata[version] = asyncio.ensure_future(self._read_metadata(version))
+        return self._metadata[version]
+
+    def jats(self, version: int) -> asyncio.Task:
+        if version not in self._jats:
+            self._jats[version] = asyncio.ensure_future(self._read_jats(version))
+        return self._jats[version]
+
+    def licence(self) -> tuple[str | None, bool | None]:
+        """From the newest version whose metadata was read (version 1 when the bucket object answered)."""
+        known = [t.result() for _, t in sorted(self._metadata.items(), reverse=True) if t.done() and t.result()]
+        return (known[0].licence, known[0].retracted) if known else (None, None)
+
+    async def _list_versions(self) -> tuple[int, ...]:
+        versions: set[int] = set()
+        token = None
+        while True:
+            fetched = await self.client.get(self.layout.versions_url(self.pmcid, token), MAX_DOCUMENT_BYTES)
+            if not fetched.ok:
+                return tuple(sorted(versions, reverse=True))
+            try:
+                listing = parse_version_listing(fetched.data, self.pmcid)
+            except Exception:  # a malformed listing means "no versions known"; the tarball is still tried
+                return tuple(sorted(versions, reverse=True))
+            versions.update(listing.versions)
+            token = listing.next_token
+            if not token:
+                return tuple(sorted(versions, reverse=True))
+
+    async def _read_metadata(self, version: int) -> ArticleMetadata | None:
+        fetched = await self.client.get(self.layout.metadata_url(self.pmcid, version), MAX_DOCUMENT_BYTES)
+        if not fetched.ok:
+            return None
+        try:
+            return parse_metadata(fetched.data, version, self.layout)
+        except ValueError:
+            return None
+
+    async def _read_jats(self, version: int) -> dict[str, list[str]] | None:
+        fetched = await self.client.get(self.layout.jats_url(self.pmcid, version), MAX_DOCUMENT_BYTES)
+        if not fetched.ok:
+            return None
+        try:
+            return jats_graphics(fetched.data)
+        except Exception:  # ElementTree raises ParseError, or ValueError for refused entities
+            return None
+
+
+@dataclass
+class ShardPlan:
+    """The figures of one shard, what is already done, and what this run fetches."""
+
+    requests: list[FigureRequest]
+    done_rows: dict[str, dict]
+    todo: list[FigureRequest]
+    duplicates: int
+
+
+def read_shard_requests(urls: str | Path, shard: Shard) -> tuple[list[FigureRequest], int]:
+    """The shard's records in input order; a pair id seen twice keeps its first record."""
+    seen: set[str] = set()
+    kept, duplicates = [], 0
+    for request in iter_requests(urls):
+        if not shard.holds(request.pmcid):
+            continue
+        if request.pair_id in seen:
+            duplicates += 1
+            continue
+        seen.add(request.pair_id)
+        kept.append(request)
+    return kept, duplicates
+
+
+def plan_shard(requests: list[FigureRequest], journal_rows: dict[str, dict], out: Path, retry_failed: bool):
+    """Skip figures already finished: ok ones whose file is still there whole, failures unless retrying them."""
+    done, todo = {}, []
+    for request in requests:
+        row = journal_rows.get(request.pair_id)
+        if row is not None and row.get("pmcid") == request.pmcid and _still_done(row, out, retry_failed):
+            done[request.pair_id] = row
+        else:
+            todo.append(request)
+    return done, todo
+
+
+def _still_done(row: dict, out: Path, retry_failed: bool) -> bool:
+    if row["status"] != "ok":
+        return not retry_failed
+    path = out / f"{row['pair_id']}.jpg"
+    return path.is_file() and path.stat().st_size == row.get("bytes")
+
+
+def group_by_article(requests: list[FigureRequest]) -> Iterator[tuple[str, list[FigureRequest]]]:
+    groups: dict[str, list[FigureRequest]] = {}
+    for request in requests:
+        groups.setdefault(request.pmcid, []).append(request)
+    yield from groups.items()
+
+
+def remove_stale_temporaries(out: Path, requests: list[FigureRequest], partial: Path) -> int:
+    """Delete temporary files a killed run of THIS shard left; other shards may be writing beside us."""
+    names = {request.image_name for request in requests}
+    removed = 0
+    for path in out.glob(".*.tmp"):
+        if path.name[1:].rsplit(".", 2)[0] in names:
+            path.unlink(missing_ok=True)
+            removed += 1
+    if partial.exists():
+        for path in partial.iterdir():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+class Progress:
+    """A tqdm bar of figures with figures/s as its rate and bytes/s in the postfix."""
+
+    def __init__(self, total: int, enabled: bool, desc: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="fig", desc=desc, disable=not enabled, dynamic_ncols=True)
+        self.started = time.monotonic()
+        self.last_postfix = 0.0
+
+    def advance(self, count: int, bytes_so_far: int) -> None:
+        self.bar.update(count)
+        now = time.monotonic()
+        if now - self.last_postfix > 0.5:
+            rate = bytes_so_far / max(now - self.started, 1e-9)
+            self.bar.set_postfix_str(f"{rate / MiB:.2f} MB/s", refresh=False)
+            self.last_postfix = now
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+async def fetch_articles(config: FetchConfig, todo: list[FigureRequest], out: Path, partial: Path, journal: Journal):
+    """Fetch every article of `todo` with a bounded pool of article workers over one HTTP client."""
+    samples = ErrorSamples()
+    shard = Shard.parse(config.shard)
+    progress = Progress(len(todo), config.progress, f"figures {shard.index}/{shard.count}")
+    articles = group_by_article(todo)
+    async with HttpClient(config.http_options()) as client:
+        fetcher = ArticleFetcher(client, config, out, partial)
+
+        async def worker() -> None:
+            for pmcid, requests in articles:
+                try:
+                    rows = await fetcher.fetch(pmcid, requests)
+                except Exception as err:  # a bug must not stop 700k figures: record it per figure and go on
+                    error = f"internal error: {type(err).__name__}: {err}"
+                    rows = [base_row(request, "error", None, None, error=error) for request in requests]
+                for row in rows:
+                    journal.append(row)
+                    samples.add(row)
+                progress.advance(len(requests), client.stats.bytes)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(max(2, config.concurrency * 2))))
+        finally:
+            progress.close()
+    return client.stats, samples, fetcher.rejected_members
+
+
+def run_fetch(config: FetchConfig) -> dict:
+    """Fetch one shard to completion (or resume it) and return its stats; the index is written at the end."""
+    out, shard = Path(config.out), Shard.parse(config.shard)
+    files = ShardFiles(out, shard)
+    requests, duplicates = read_shard_requests(config.urls, shard)
+    if files.done.exists() and not config.retry_failed and files.stats.exists():
+        return json.loads(files.stats.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    files.folder.mkdir(parents=True, exist_ok=True)
+    partial = out / PARTIAL_DIR / shard.name
+    remove_stale_temporaries(out, requests, partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    files.done.unlink(missing_ok=True)
+    journal = Journal(files.journal)
+    done_rows, todo = plan_shard(requests, journal.load(), out, config.retry_failed)
+    started = time.monotonic()
+    try:
+        transfer, samples, rejected = asyncio.run(fetch_articles(config, todo, out, partial, journal))
+    finally:
+        journal.close()
+    elapsed = time.monotonic() - started
+    finished = journal.load()
+    rows = [finished[request.pair_id] for request in requests]
+    write_index(rows, files.parquet)
+    for row in rows:
+        if row["pair_id"] in done_rows:
+            samples.add(row)
+    stats = {
+        "shard": shard.name,
+        "urls": str(config.urls),
+        "figures": len(rows),
+        "duplicates_skipped": duplicates,
+        "counts": status_counts(rows),
+        "this_run": {
+            "fetched": len(todo),
+            "already_done": len(done_rows),
+            "elapsed_s": round(elapsed, 3),
+            "figures_per_s": round(len(todo) / elapsed, 2) if elapsed > 0 else None,
+            "bytes": transfer.bytes,
+            "bytes_per_s": round(transfer.bytes / elapsed, 1) if elapsed > 0 else None,
+            "requests": transfer.requests,
+            "retries": transfer.retries,
+            "throttled": transfer.throttled,
+            "http_statuses": dict(sorted(transfer.by_status.items())),
+        },
+        "error_samples": samples.samples,
+        "rejected_archive_members": [
+            {"archive": url, "member": name, "reason": reason}
+            for url, name, reason in rejected[:REJECTED_MEMBER_SAMPLES]
+        ],
+        "config": {k: v for k, v in asdict(config).items() if k != "progress"},
+    }
+    write_stats(files.stats, stats)
+    mark_done(files.done)
+    return stats
+
+
+def summary_table(stats: dict) -> str:
+    """The end-of-run table: figures per status, then this run's speed and traffic."""
+    run = stats["this_run"]
+    total = max(stats["figures"], 1)
+    lines = [
+        f"{stats['shard']}: {stats['figures']} figures ({run['fetched']} fetched now, {run['already_done']} already done)",
+        f"{'status':<14}{'figures':>10}{'share':>9}",
+    ]
+    for status, count in stats["counts"].items():
+        lines.append(f"{status:<14}{count:>10}{count / total:>9.1%}")
+    rate = run.get("figures_per_s") or 0.0
+    byte_rate = (run.get("bytes_per_s") or 0.0) / MiB
+    lines.append(
+        f"this run: {run['elapsed_s']:.1f} s, {rate:.1f} figures/s, {byte_rate:.2f} MB/s, "
+        f"{run['requests']} requests, {run['retries']} retries ({run['throttled']} throttled)"
+    )
+    return "\n".join(lines)

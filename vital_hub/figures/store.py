@@ -1,0 +1,183 @@
+"""`open_figures`: the one way every stage reads figures, whatever form they come in.
+
+Accepted: a dataset repo folder with the `figures` config (parquet under `data/figures/`), a Hub dataset repo
+id (only `data/figures/` and the README are downloaded), a `vital fetch figures` folder (index + images), or a
+plain folder of `<pair_id>.jpg` files. `captions` (the LLaVA-Med captions file, or its loaded dict) fills
+caption, label, mentions and domain where the source has none. Images come back as bytes Pillow can open;
+parquet image bytes are read lazily, one row group at a time.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from vital_hub.figures.dataset import DATA_DIR, domain_flags, load_captions
+from vital_hub.figures.index import INDEX_DIR, index_files, read_index
+from vital_hub.schema import mention_texts
+
+ROW_KEYS = (
+    "pair_id",
+    "pmcid",
+    "pmid",
+    "fig_id",
+    "fig_label",
+    "caption",
+    "mentions",
+    "domain",
+    "image",
+    "licence",
+    "source_url",
+    "sha256",
+    "status",
+)
+
+
+@dataclass(frozen=True)
+class _ParquetRef:
+    file: Path
+    row_group: int
+    row: int
+
+
+class FigureStore:
+    """Rows of the `figures` contract by pair id; `.get(pair_id)` returns None for an unknown figure."""
+
+    def __init__(self, rows: dict[str, dict], image_of, captions: dict[str, dict] | None = None):
+        self._rows, self._image_of, self._captions = rows, image_of, captions or {}
+
+    def pair_ids(self) -> list[str]:
+        return sorted(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, pair_id: str) -> bool:
+        return pair_id in self._rows
+
+    def get(self, pair_id: str) -> dict | None:
+        base = self._rows.get(pair_id)
+        if base is None:
+            return None
+        row = dict(base)
+        row["image"], row["status"] = self._image_of(pair_id, row)
+        return _with_caption(row, self._captions.get(pair_id))
+
+
+def _with_caption(row: dict, caption: dict | None) -> dict:
+    if not caption:
+        return row
+    fill = {
+        "pmid": str(caption["pmid"]) if caption.get("pmid") is not None else None,
+        "fig_id": caption.get("fig_id"),
+        "fig_label": caption.get("fig_label"),
+        "caption": caption.get("fig_caption"),
+        "mentions": mention_texts(caption.get("in_text_mention")),
+        "domain": domain_flags(caption.get("domain")),
+    }
+    for key, value in fill.items():
+        if row.get(key) in (None, []) and value not in (None, []):
+            row[key] = value
+    return row
+
+
+def _empty_row(pair_id: str) -> dict:
+    row = dict.fromkeys(ROW_KEYS)
+    row.update(pair_id=pair_id, mentions=[], status="missing")
+    return row
+
+
+def open_figures(path_or_repo: str | Path, captions: str | Path | dict | None = None) -> FigureStore:
+    """A FigureStore over a dataset repo folder, a Hub repo id, a fetch folder or a folder of <pair_id>.jpg."""
+    caption_map = _caption_map(captions)
+    path = Path(path_or_repo)
+    if not path.exists():
+        path = _download_repo(str(path_or_repo))
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path_or_repo}: not a folder or a Hub dataset repo id")
+    if (path / DATA_DIR).is_dir() and list((path / DATA_DIR).glob("*.parquet")):
+        return _parquet_store(sorted((path / DATA_DIR).glob("*.parquet")), caption_map)
+    if (path / INDEX_DIR).is_dir() and index_files(path):
+        return _fetch_folder_store(path, caption_map)
+    return _plain_folder_store(path, caption_map)
+
+
+def _caption_map(captions) -> dict[str, dict]:
+    if captions is None:
+        return {}
+    if isinstance(captions, dict):
+        if all(isinstance(v, list) for v in captions.values()):
+            return {r["pair_id"]: r for records in captions.values() for r in records if isinstance(r, dict)}
+        return captions
+    return load_captions(captions)
+
+
+def _download_repo(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    folder = snapshot_download(repo_id, repo_type="dataset", allow_patterns=["README.md", f"{DATA_DIR.as_posix()}/*"])
+    return Path(folder)
+
+
+def _parquet_store(files: list[Path], captions: dict[str, dict]) -> FigureStore:
+    rows, refs = {}, {}
+    columns = [c for c in ROW_KEYS if c != "image"]
+    for file in files:
+        parquet = pq.ParquetFile(file)
+        for group in range(parquet.num_row_groups):
+            for position, row in enumerate(parquet.read_row_group(group, columns=columns).to_pylist()):
+                rows[row["pair_id"]] = row
+                refs[row["pair_id"]] = _ParquetRef(file, group, position)
+    cache: dict = {}
+
+    def image_of(pair_id: str, row: dict):
+        ref = refs[pair_id]
+        key = (ref.file, ref.row_group)
+        if cache.get("key") != key:
+            table = pq.ParquetFile(ref.file).read_row_group(ref.row_group, columns=["image"])
+            cache.update(key=key, images=table.column("image").to_pylist())
+        image = cache["images"][ref.row]
+        return (image["bytes"] if image else None), row["status"]
+
+    return FigureStore(rows, image_of, captions)
+
+
+def _fetch_folder_store(folder: Path, captions: dict[str, dict]) -> FigureStore:
+    rows = {}
+    for shard in index_files(folder):
+        for index_row in read_index(shard):
+            row = _empty_row(index_row["pair_id"])
+            row.update({key: index_row.get(key) for key in ROW_KEYS if key in index_row})
+            row["mentions"] = []
+            rows[row["pair_id"]] = row
+
+    def image_of(pair_id: str, row: dict):
+        if row["status"] != "ok":
+            return None, row["status"]
+        file = folder / f"{pair_id}.jpg"
+        return (file.read_bytes(), "ok") if file.is_file() else (None, "missing")
+
+    return FigureStore(rows, image_of, captions)
+
+
+def _plain_folder_store(folder: Path, captions: dict[str, dict]) -> FigureStore:
+    """Any visible `<pair_id>.jpg`; each is decoded on `get`, so an empty or cut-off file comes back as None."""
+    rows = {file.stem: _empty_row(file.stem) for file in folder.glob("*.jpg") if not file.name.startswith(".")}
+
+    def image_of(pair_id: str, row: dict):
+        data = (folder / f"{pair_id}.jpg").read_bytes()
+        if not data:
+            return None, "missing"
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+        except Exception:  # any decoding failure means the file is not a usable picture
+            return None, "corrupt"
+        return data, "ok"
+
+    return FigureStore(rows, image_of, captions)
