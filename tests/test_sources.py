@@ -171,7 +171,7 @@ def test_hub_files_come_through_hf_endpoint_and_are_locked(tmp_path):
         refetched = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert refetched.returncode == 1
     assert f"{name}: sha256 mismatch: expected {sha(first)}" in refetched.stderr
-    assert not (tmp_path / "src" / name).exists()
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == [LOCK_NAME]  # nothing unverified left
 
 
 def test_check_source_file_for_the_builder(tmp_path, capsys):

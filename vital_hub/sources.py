@@ -37,6 +37,7 @@ GITHUB_REPO = "microsoft/LLaVA-Med"
 GITHUB_MEDIA_BASE = f"https://media.githubusercontent.com/media/{GITHUB_REPO}/main"
 GITHUB_BASE_ENV = "VITAL_GITHUB_MEDIA_BASE"
 LOCK_NAME = "sources.lock.json"
+HUB_STAGING = ".vital-download"  # huggingface_hub keeps its resumable partial files here
 LOCK_VERSION = 1
 USER_AGENT = "vital-hub sources"
 
@@ -342,7 +343,7 @@ def download_from_hub(source: SourceFile, final: Path, revision: str | None = No
     """Download a Hub file into a staging folder beside `final` (huggingface_hub resumes it there)."""
     from vital_hub.hub import download_file
 
-    staging = final.parent / ".vital-download"
+    staging = final.parent / HUB_STAGING
     return download_file(HUB_REPO, source.path, staging, repo_type="dataset", revision=revision)
 
 
@@ -383,13 +384,18 @@ def fetch_source(
         _verify(final, sha256, size, source, expected, where, allow_unverified)
     except SourceError:
         fetched.unlink(missing_ok=True)  # complete but wrong: resuming it could never succeed
+        _remove_staging(final, source)
         raise
     os.replace(fetched, final)
-    if source.origin == "hub":
-        shutil.rmtree(final.parent / ".vital-download", ignore_errors=True)
+    _remove_staging(final, source)
     _record(lock_path, source, sha256, size, expected, allow_unverified)
     status = "downloaded" if expected is None or expected == sha256 else "unverified"
     return FetchResult(source.name, final, sha256, size, status)
+
+
+def _remove_staging(final: Path, source: SourceFile) -> None:
+    if source.origin == "hub":
+        shutil.rmtree(final.parent / HUB_STAGING, ignore_errors=True)
 
 
 def _verify(final, sha256, size, source, expected, where, allow_unverified) -> None:
