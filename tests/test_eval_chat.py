@@ -1,0 +1,145 @@
+"""qa50 judge: reply parsing, relative scores by type/domain/overall, zero references, swaps, intervals."""
+
+import json
+
+import pytest
+
+from tests.fakes.judge_replies import chat_judge_reply
+from tests.fakes.openai_server import FakeOpenAIServer
+from vital_hub.eval.chat import ChatJudgeConfig, parse_two_scores, run_chat_judge, summarize_chat
+from vital_hub.eval.records import EvalQuestion
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("8 7\nAssistant 1 gave more detail.", (8.0, 7.0)),  # well-formed
+        ("Sure! Here are my scores.\n\n9 6\nBecause the first one ...", (9.0, 6.0)),  # extra text before
+        ("8/10 7/10\nThe first is better.", (8.0, 7.0)),
+        ("Scores: 8, 7.5", (8.0, 7.5)),
+        ("**Assistant 1:** 6\n**Assistant 2:** 9\nreasons", (6.0, 9.0)),
+        ("Assistant 1 receives a score of 8, while Assistant 2 receives 3.", (8.0, 3.0)),
+    ],
+)
+def test_two_scores_parsed(reply, expected):
+    parsed = parse_two_scores(reply)
+    assert parsed.status == "ok"
+    assert (parsed.first, parsed.second) == expected
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        ("Both answers are helpful and accurate.", "no scores found"),  # missing
+        ("I'm sorry, but I cannot evaluate medical images.", "refusal"),
+        ("", "empty reply"),
+        (None, "empty reply"),
+        ("8\nThe first has 3 points and 2 figures.", "no line with exactly two scores"),
+        ("85 70", "scores outside 0-10"),
+    ],
+)
+def test_unreadable_replies_are_unparsed_with_a_reason(reply, reason):
+    parsed = parse_two_scores(reply)
+    assert (parsed.status, parsed.first, parsed.second, parsed.reason) == ("unparsed", None, None, reason)
+
+
+def _question(qid, qtype, domain_flags):
+    domain = {name: name in domain_flags for name in ("chest_xray", "mri", "ct_scan", "histology", "gross")}
+    return EvalQuestion(qid, f"{qid}.jpg", f"question {qid}", "reference answer", question_type=qtype, domain=domain)
+
+
+def _judgement(qid, order, reference, model, status="ok"):
+    return {"question_id": qid, "order": order, "status": status, "reference_score": reference, "model_score": model}
+
+
+def test_relative_score_is_the_mean_of_ratios_by_type_and_domain():
+    questions = [
+        _question(0, "conversation", {"histology", "gross"}),  # first true flag in LLaVA-Med order: histology
+        _question(1, "conversation", {"ct_scan", "chest_xray"}),  # -> chest_xray
+        _question(2, "detailed_description", {"ct_scan"}),
+        _question(3, "detailed_description", {"mri"}),  # reference scored 0
+        _question(4, "conversation", {"mri"}),  # judge reply unparsed
+        _question(5, "conversation", {"gross"}),  # no answer
+    ]
+    answers = {str(i): {"question_id": i, "text": "answer", "image_status": "ok"} for i in range(5)}
+    judgements = {
+        "0|forward": _judgement(0, "forward", 8, 4),
+        "1|forward": _judgement(1, "forward", 5, 10),
+        "2|forward": _judgement(2, "forward", 10, 6),
+        "3|forward": _judgement(3, "forward", 0, 7),
+        "4|forward": _judgement(4, "forward", None, None, status="unparsed"),
+    }
+    config = ChatJudgeConfig("q", "a", "out", bootstrap=200)
+    summary, rows = summarize_chat(questions, answers, judgements, config)
+    overall = summary["overall"]
+    assert overall["relative_score"] == pytest.approx(100 * (0.5 + 2.0 + 0.6) / 3)
+    assert overall["n_scored"] == 3
+    assert overall["status_counts"] == {"ok": 3, "zero_reference": 1, "unparsed": 1, "missing_answer": 1}
+    assert summary["by_type"]["detailed_description"]["relative_score"] == pytest.approx(60.0)
+    assert summary["by_type"]["conversation"]["relative_score"] == pytest.approx(125.0)
+    assert list(summary["by_domain"]) == ["chest_xray", "mri", "histology", "gross", "ct_scan"]
+    assert summary["by_domain"]["histology"]["relative_score"] == pytest.approx(50.0)
+    assert summary["by_domain"]["chest_xray"]["relative_score"] == pytest.approx(200.0)
+    assert summary["by_domain"]["mri"]["relative_score"] is None  # zero reference + unparsed: nothing scored
+    low, high = overall["ci95"]
+    assert 50.0 <= low <= overall["relative_score"] <= high <= 200.0
+    assert [row["status"] for row in rows] == ["ok", "ok", "ok", "zero_reference", "unparsed", "missing_answer"]
+
+    floored, _ = summarize_chat(questions, answers, judgements, ChatJudgeConfig("q", "a", "o", zero_reference="floor"))
+    assert floored["overall"]["n_scored"] == 4
+    assert floored["overall"]["relative_score"] == pytest.approx(100 * (0.5 + 2.0 + 0.6 + 7.0) / 4)
+
+
+def test_swapped_judgements_combine_and_measure_position_bias():
+    questions = [_question(0, "conversation", {"mri"}), _question(1, "conversation", {"mri"})]
+    answers = {str(i): {"question_id": i, "text": "answer"} for i in range(2)}
+    # The judge adds 2 points to whichever answer is shown second.
+    judgements = {
+        "0|forward": _judgement(0, "forward", 6, 8),
+        "0|swapped": _judgement(0, "swapped", 8, 6),
+        "1|forward": _judgement(1, "forward", 4, 6),
+        "1|swapped": _judgement(1, "swapped", 6, 4),
+    }
+    summary, _ = summarize_chat(questions, answers, judgements, ChatJudgeConfig("q", "a", "o", swap=True))
+    assert summary["headline_view"] == "combined"
+    assert summary["overall"]["relative_score"] == pytest.approx(100.0)
+    assert summary["views"]["forward"]["overall"]["relative_score"] == pytest.approx(100 * (8 / 6 + 6 / 4) / 2)
+    assert summary["views"]["swapped"]["overall"]["relative_score"] == pytest.approx(100 * (6 / 8 + 4 / 6) / 2)
+    assert summary["position_bias"] == {"second_slot_advantage": 2.0, "n_pairs": 2, "preference_flips": 2}
+
+
+def test_judge_run_against_fake_server_is_resumable(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    questions = tmp_path / "q.jsonl"
+    rows = [
+        {
+            "question_id": i,
+            "image": f"{i}.jpg",
+            "text": f"What is shown in figure {i}?\n<image>",
+            "gpt4_answer": "A long and detailed reference answer describing the figure in full.",
+            "fig_caption": "cap",
+            "type": "conversation",
+            "domain": {"mri": True},
+        }
+        for i in range(30)
+    ]
+    questions.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    answers = tmp_path / "a.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": i, "text": "short"}) + "\n" for i in range(30)))
+    with FakeOpenAIServer(reply=chat_judge_reply) as server:
+        config = ChatJudgeConfig(str(questions), str(answers), str(tmp_path / "out"), base_url=server.url, swap=True)
+        summary = run_chat_judge(config)
+        sent = len(server.chat_log())
+        again = run_chat_judge(config)
+        assert len(server.chat_log()) == sent == 60  # the second run judged nothing new
+    judgements = [json.loads(line) for line in (tmp_path / "out" / "judgements.jsonl").read_text().splitlines()]
+    unparsed = {j["question_id"] for j in judgements if j["status"] == "unparsed"}
+    zero = {j["question_id"] for j in judgements if j["status"] == "ok" and j["reference_score"] == 0}
+    counts = summary["overall"]["status_counts"]
+    assert unparsed and zero  # the fake judge refuses some requests and scores some references 0
+    assert counts["unparsed"] == len(unparsed) and counts["zero_reference"] == len(zero)
+    assert counts["ok"] == 30 - len(unparsed) - len(zero) > 0
+    assert summary["overall"]["relative_score"] == pytest.approx(50.0)  # 4 against 8 in both orders
+    assert summary["position_bias"]["second_slot_advantage"] == 0.0
+    assert again["overall"] == summary["overall"]
+    assert json.loads((tmp_path / "out" / "chat_summary.json").read_text())["overall"] == summary["overall"]
