@@ -2,7 +2,7 @@
 
 It serves chat completions and the files + batches endpoints the Batch API uses, and misbehaves on request:
 latency, a requests-per-minute limit answered with 429 + Retry-After, scripted faults per route ("429",
-"500", "timeout", "malformed", "empty", "truncated", "400", "401", "403", "404"), and it logs every request
+"500", "timeout", "malformed", "empty", "truncated", "400", "401", "403", "404"; "pass" lets one through), and it logs every request
 it received (route, request key, status, whether the reply reached a live connection) so tests can check
 that nothing was paid for twice. The request key is sha256 of the canonical request JSON, the same hash the
 client's cache uses.
@@ -134,7 +134,8 @@ class FakeOpenAIServer:
     def _next_fault(self, route: str) -> str | None:
         with self._lock:
             queue = self.faults.get(route)
-            return queue.pop(0) if queue else None
+            fault = queue.pop(0) if queue else None
+        return None if fault == "pass" else fault
 
     def _bucket_capacity(self) -> float:
         return max(1.0, self.requests_per_minute / 60.0) if self.requests_per_minute else 0.0

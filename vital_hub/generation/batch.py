@@ -55,8 +55,8 @@ def with_retries(call: Callable[[], Any], what: str, attempts: int = 6) -> Any:
 class BatchFiles:
     """JSONL input files of at most MAX_LINES lines and MAX_BYTES bytes, written as requests come."""
 
-    def __init__(self, folder: Path, model: str):
-        self.folder, self.model = folder, model
+    def __init__(self, folder: Path, model: str, max_lines: int = MAX_LINES):
+        self.folder, self.model, self.max_lines = folder, model, min(max_lines, MAX_LINES)
         self.stamp = time.strftime("%Y%m%d%H%M%S")
         self.files: list[tuple[Path, list[str]]] = []
         self._handle = None
@@ -67,7 +67,7 @@ class BatchFiles:
             {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": {"model": self.model, **request}}
         )
         size = len(line.encode("utf-8")) + 1
-        if self._handle is None or len(self.files[-1][1]) >= MAX_LINES or self._bytes + size > MAX_BYTES:
+        if self._handle is None or len(self.files[-1][1]) >= self.max_lines or self._bytes + size > MAX_BYTES:
             self._open_next()
         self._handle.write(line + "\n")
         self._bytes += size
@@ -112,7 +112,7 @@ def run_batch_job(job, client: ChatClient) -> dict:
     cache = client.cache
     waiting_keys = {key for j in cache.batch_jobs(pending_only=True) for key in j["keys"]}
     writer = PartWriter(job.folder, job.config.flush_rows)
-    files = BatchFiles(job.folder.root / "batches", job.config.model)
+    files = BatchFiles(job.folder.root / "batches", job.config.model, job.config.batch_max_requests)
     waiting = 0
     try:
         for row, request, key, stored in iter_cached_figures(job, job.pending(), cache):

@@ -83,6 +83,7 @@ class GenerateConfig:
     demo_images: str | None = field(default=None, metadata={"help": "folder of demonstration images to attach"})
     send_seed: bool = field(default=True, metadata={"help": "send the request seed as the API `seed` parameter"})
     prices: str | None = field(default=None, metadata={"help": "price table file (YAML/JSON) over the defaults"})
+    batch_max_requests: int = field(default=50_000, metadata={"help": "requests per Batch API job (OpenAI: 50,000)"})
     flush_rows: int = field(default=200, metadata={"help": "rows per work part written during the run"})
     shard_rows: int = field(default=20000, metadata={"help": "rows per parquet shard of the dataset"})
 
@@ -91,7 +92,7 @@ class GenerateConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        for name in ("samples", "flush_rows", "shard_rows"):
+        for name in ("samples", "flush_rows", "shard_rows", "batch_max_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.min_rounds < 1:
