@@ -15,8 +15,10 @@ import hashlib
 import io
 import json
 import random
+import struct
 import tarfile
 import threading
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
@@ -279,3 +281,79 @@ class FakePmc:
         await response.write(body[: len(body) // 2])
         request.transport.close()
         return response
+
+
+def pixel_bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A PNG of a few dozen bytes whose header declares width x height pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+ROUTES = ("bucket", "newer_version", "jats", "legacy")
+
+
+@dataclass
+class Scenario:
+    """Records to fetch and the bytes each figure must end up with (None: it must not be kept)."""
+
+    records: list[dict]
+    expected: dict[str, bytes | None]
+    route_of: dict[str, str]
+
+
+def populate(
+    pmc: FakePmc,
+    articles: int,
+    figures_per_article: int,
+    routes: tuple[str, ...] = ROUTES,
+    tarballs_everywhere: bool = False,
+    filler_bytes: int = 0,
+    first_id: int = 1000,
+    size: tuple[int, int] = (64, 48),
+) -> Scenario:
+    """Synthetic articles, each served by one route (round robin):
+
+    - bucket: the figure is `PMC<id>.1/<file>`;
+    - newer_version: only version 2 lists it (version 1 holds another file);
+    - jats: the bucket renamed it; the JATS href (no extension, dots in the stem) names the new file;
+    - legacy: the article is not in the bucket, only in its legacy tarball.
+    """
+    rng = random.Random(first_id)
+    scenario = Scenario([], {}, {})
+    for number in range(articles):
+        pmcid, pmid = f"PMC{first_id + number}", str(30_000_000 + first_id + number)
+        route = routes[number % len(routes)]
+        files = {
+            f"a{number}-g{f:03d}.jpg": make_jpeg(first_id * 7919 + number * 100 + f, size)
+            for f in range(figures_per_article)
+        }
+        article = pmc.add(FakeArticle(pmcid, tar_path=FakePmc.tar_path_of(pmcid)))
+        if route == "bucket":
+            article.versions = {1: dict(files)}
+        elif route == "newer_version":
+            article.versions = {1: {"cover.jpg": make_jpeg(number)}, 2: dict(files)}
+        elif route == "jats":
+            renamed = {f"a{number}.fig.{f}.hires.jpg": data for f, data in enumerate(files.values())}
+            article.versions = {1: renamed}
+            article.figures = {f"F{f}": f"a{number}.fig.{f}.hires" for f in range(figures_per_article)}
+        if route == "legacy" or tarballs_everywhere:
+            entries = [TarEntry(f"{pmcid}/{pmcid}.nxml", b"<article/>")]
+            if filler_bytes:
+                entries.append(TarEntry(f"{pmcid}/{pmcid}.pdf", rng.randbytes(filler_bytes)))
+            entries += [TarEntry(f"{pmcid}/{name}", data) for name, data in files.items()]
+            article.tarball = tar_gz(entries)
+        for f, (name, data) in enumerate(files.items()):
+            pair_id = f"{pmid}_F{f}"
+            scenario.records.append(pmc.legacy_record(article, name, pair_id))
+            scenario.expected[pair_id] = data
+            scenario.route_of[pair_id] = route
+    return scenario
