@@ -24,6 +24,7 @@ REPO_TYPES = ("dataset", "model")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # Temporary names that atomic writes leave while a build runs, and caches that never belong in a repo.
+RESUME_HINT = "re-run the same command to resume; files already uploaded are skipped"
 IGNORE_PATTERNS = ["**/.*.tmp", ".*.tmp", "**/__pycache__/**", ".cache/**"]
 
 
@@ -148,10 +149,12 @@ def _push(plan: PushPlan, private: bool, commit_message: str) -> str:
         )
     except HfHubHTTPError as err:
         raise HubError(_explain_http_error(err, plan, token)) from None
-    except ConnectionError as err:
+    except (OSError, RuntimeError) as err:  # dropped connections, failed LFS transfers
         if xet_note and "xet" in str(err).lower():
             raise HubError(f"push to {plan.url} failed: {xet_note}") from None
-        raise
+        raise HubError(
+            f"push of {plan.folder} to {plan.url} failed: {redact(str(err), token)}\n{RESUME_HINT}"
+        ) from err
     return str(commit.commit_url)
 
 
@@ -176,8 +179,12 @@ def _explain_http_error(err, plan: PushPlan, token: str | None) -> str:
         hint = "the token was rejected or is missing: set HF_TOKEN to a write token for this namespace"
     elif status == 403:
         hint = f"the token cannot write to {plan.repo_id.split('/')[0]!r}: use a token with write access to it"
+    elif status == 404:
+        hint = f"{plan.url} or its branch {plan.revision!r} was not found (check --to, --repo-type and HF_ENDPOINT)"
+    elif status is not None and (status >= 500 or status == 429):
+        hint = RESUME_HINT
     else:
-        hint = "re-run the same command to resume; files already uploaded are skipped"
+        hint = "the Hub refused the request; see the message above"
     return f"push of {plan.folder} to {plan.url} failed (HTTP {status}): {detail}\n{hint}"
 
 
@@ -265,12 +272,13 @@ def dataset_configs(folder: Path) -> list[str]:
     return [c["config_name"] for c in meta.get("configs", []) if isinstance(c, dict) and "config_name" in c]
 
 
-def _human_bytes(n: float) -> str:
+def _human_bytes(n: int) -> str:
+    size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 def build_push_parser() -> argparse.ArgumentParser:
