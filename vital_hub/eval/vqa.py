@@ -134,7 +134,10 @@ def _slake_items(folder: Path, split: str) -> tuple[list[Path], Iterator[RawItem
                 if record.get("q_lang", "en") != "en":
                     continue
                 origin = f"{questions_file.name} record {index} (qid {record.get('qid')!r})"
-                member = members.get("imgs/" + _safe_member(str(record.get("img_name", ""))))
+                try:
+                    member = members.get("imgs/" + _safe_member(str(record.get("img_name", ""))))
+                except ValueError:
+                    member = None  # a path escaping the archive: refused like a missing picture
                 data = None
                 if member is not None and member.file_size <= MAX_IMAGE_BYTES:
                     data = archive.read(member)
