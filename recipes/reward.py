@@ -1,0 +1,124 @@
+"""Train a BioMed-VITAL selector (a multimodal reward model) on the `preferences` pairs with TRL.
+
+Usage (one GPU, or one process per GPU):
+
+    accelerate launch recipes/reward.py --config recipes/selector/config_biomedclip.yaml
+    accelerate launch --num_processes 8 recipes/reward.py --config recipes/selector/config_biomedclip.yaml \
+        --dataset_name you/biomed-vital-preferences --images_dir figures/ --push_to_hub_repo you/biomed-vital-selector
+
+Clinician-weight sweep (the paper tried 1, 10, 100, 200, 300, 400), one run per weight, tabulated at the end:
+
+    accelerate launch recipes/reward.py --config recipes/selector/config_sweep.yaml
+
+Any YAML key can be overridden on the command line (`--learning_rate 2e-5`). Pushing goes through
+`vital_hub.hub.push_folder`; the same folder can be pushed later with `vital push DIR REPO --repo-type model`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from trl import RewardConfig, TrlParser
+
+from vital_hub.selector.data import FigureImages
+from vital_hub.selector.trainer import (
+    SelectorModelArguments,
+    SelectorRewardTrainer,
+    SelectorScriptArguments,
+    build_selector,
+    drop_pairs_without_images,
+    load_pairs,
+    write_model_card,
+    write_sweep_table,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def train_one(script_args, training_args, model_args, clinician_weight=None) -> dict:
+    ################
+    # Data
+    ################
+    train, test = load_pairs(script_args, clinician_weight)
+    model, tokenizer = build_selector(model_args)
+    images = None
+    dropped = 0
+    if model.config.uses_images:
+        if script_args.images_dir or script_args.figures:
+            images = FigureImages(script_args.images_dir, script_args.figures)
+        train, dropped_train = drop_pairs_without_images(train, images, model.config.image_size)
+        test, dropped_test = drop_pairs_without_images(test, images, model.config.image_size)
+        dropped = dropped_train + dropped_test
+        if dropped:
+            logger.warning("dropped %d pairs whose figure could not be read", dropped)
+
+    ################
+    # Training
+    ################
+    trainer = SelectorRewardTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=test if len(test) else None,
+        processing_class=tokenizer,
+        images=images,
+        loss_type=script_args.loss_type,
+        margin=script_args.margin,
+    )
+    trainer.train()
+    metrics = trainer.evaluate() if len(test) else {}
+
+    ################
+    # Save, card, push
+    ################
+    output_dir = Path(training_args.output_dir)
+    trainer.save_model(str(output_dir))
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+        write_model_card(
+            output_dir,
+            {
+                "backbone": model.config.backbone,
+                "base_model": model_args.model_name_or_path or model_args.selector_path,
+                "dataset": script_args.dataset_name,
+                "dataset_config": script_args.dataset_config,
+                "dataset_revision": script_args.dataset_revision,
+                "train_pairs": len(train),
+                "eval_pairs": len(test),
+                "dropped_pairs": dropped,
+                "clinician_weight": clinician_weight or script_args.clinician_weight,
+                "loss_type": script_args.loss_type,
+                "margin": script_args.margin,
+                "center_rewards_coefficient": training_args.center_rewards_coefficient,
+                "learning_rate": training_args.learning_rate,
+                "epochs": training_args.num_train_epochs,
+                "batch_size": training_args.per_device_train_batch_size,
+                "metrics": metrics,
+            },
+        )
+        if script_args.push_to_hub_repo:
+            from vital_hub.hub import push_folder
+
+            print(push_folder(output_dir, script_args.push_to_hub_repo, repo_type="model"))
+    return metrics
+
+
+def main(script_args, training_args, model_args):
+    if not script_args.sweep_clinician_weights:
+        return train_one(script_args, training_args, model_args)
+    root = Path(training_args.output_dir)
+    rows = []
+    for weight in script_args.sweep_clinician_weights:
+        training_args.output_dir = str(root / f"w{weight:g}")
+        metrics = train_one(script_args, training_args, model_args, clinician_weight=weight)
+        rows.append({"clinician_weight": weight, **{k: v for k, v in metrics.items() if isinstance(v, float)}})
+    table = write_sweep_table(rows, root)
+    print(table.read_text())
+    return rows
+
+
+if __name__ == "__main__":
+    parser = TrlParser((SelectorScriptArguments, RewardConfig, SelectorModelArguments))
+    script_args, training_args, model_args = parser.parse_args_and_config()
+    main(script_args, training_args, model_args)

@@ -1,0 +1,495 @@
+"""`vital select`: score every candidate with a trained selector and keep the global top k.
+
+    vital select --selector PATH_OR_REPO --candidates DIR_OR_FILES --images DIR (--top K | --top-percent P) --out DIR
+    accelerate launch --num_processes 8 -m vital_hub.cli select ...      # one process per GPU
+
+Candidates (status "ok" only) are sorted by candidate_id and cut into fixed shards, so the work units, their
+batches and hence the scores do not depend on how many GPUs run. Rank r scores shards r, r + world, ...; each
+finished shard is written under a temporary name, renamed, then marked done in `scores/completions/`, so
+re-running the same command resumes where it stopped. Images are decoded (JPEG draft mode) and texts tokenised
+in DataLoader worker processes, pixels travel as pinned uint8 and are normalised on the GPU, the backbone runs in
+bf16 and the head in fp32 (so that scores rarely tie).
+
+The first process then merges the shards, sorts by (score descending, candidate_id ascending), keeps the top k
+(globally, as the paper does, or by per-domain quotas) and writes the selected component:
+
+    <out>/selected.json      LLaVA JSON array of the kept candidates, in rank order (a mixture component)
+    <out>/selected.parquet   candidate_id, score, rank, selector, selector_revision
+    <out>/selection.json     what was run: selector, revision, counts, k, quotas, unreadable images
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vital_hub.io import atomic_path, sha256_file, write_json_atomic
+
+NEEDED_COLUMNS = ("candidate_id", "pair_id", "image", "caption", "mentions", "domain", "conversations", "status")
+SCORE_SCHEMA_VERSION = 1
+
+
+def _score_schema():
+    import pyarrow as pa
+
+    return pa.schema([("candidate_id", pa.string()), ("score", pa.float64()), ("error", pa.string())])
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class SelectorRef:
+    path: Path
+    name: str
+    revision: str
+
+
+def resolve_selector(selector: str, revision: str | None = None) -> SelectorRef:
+    """A local folder (revision = sha256 of its weights) or a Hub repo (revision = the snapshot's commit)."""
+    path = Path(selector)
+    if path.is_dir():
+        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        if not weights:
+            raise FileNotFoundError(f"{path}: no *.safetensors weights in the selector folder")
+        digest = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest()
+        return SelectorRef(path, path.resolve().name, f"sha256:{digest[:16]}")
+    from huggingface_hub import snapshot_download
+
+    local = Path(snapshot_download(selector, revision=revision, repo_type="model"))
+    return SelectorRef(local, selector, local.name)
+
+
+def candidate_files(sources: list[str]) -> list[Path]:
+    """Parquet shards from files or folders (a candidates repo folder: `data/candidates/*.parquet`)."""
+    files: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted((path / "data" / "candidates").glob("*.parquet")) or sorted(path.rglob("*.parquet"))
+            if not found:
+                raise FileNotFoundError(f"{path}: no parquet shards (expected data/candidates/*.parquet)")
+            files += found
+        else:
+            raise FileNotFoundError(f"{source}: no such file or folder")
+    return files
+
+
+def load_candidates(sources: list[str]) -> tuple[list[dict], dict[str, int]]:
+    """The scoreable candidates sorted by candidate_id, and counts of what was skipped (by status)."""
+    import pyarrow.parquet as pq
+
+    rows, skipped, seen = [], {}, {}
+    for file in candidate_files(sources):
+        table = pq.read_table(file)
+        missing = [c for c in NEEDED_COLUMNS if c not in table.column_names and c != "status"]
+        if missing:
+            raise ValueError(f"{file}: candidates shard lacks columns {missing}")
+        columns = [c for c in NEEDED_COLUMNS if c in table.column_names]
+        for index, row in enumerate(table.select(columns).to_pylist()):
+            status = row.get("status") or "ok"
+            if status != "ok":
+                skipped[status] = skipped.get(status, 0) + 1
+                continue
+            cid = row["candidate_id"]
+            if cid in seen:
+                raise ValueError(f"{file}, record {index}, id {cid!r}: duplicate candidate_id (also in {seen[cid]})")
+            seen[cid] = str(file)
+            rows.append(row)
+    rows.sort(key=lambda r: r["candidate_id"])
+    return rows, skipped
+
+
+def candidates_fingerprint(rows: list[dict]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(row["candidate_id"].encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- scoring
+
+
+class CandidateBatches:
+    """Map-style dataset whose items are whole batches: a worker decodes the images and tokenises the texts of
+    one batch and hands back (shard, positions, tensors). Picklable, so it runs in worker processes."""
+
+    def __init__(self, rows, batches, images, tokenizer, config):
+        from vital_hub.selector.text import candidate_text
+
+        self.texts = [candidate_text(r) for r in rows]
+        self.pair_ids = [r["pair_id"] for r in rows]
+        self.batches, self.images, self.tokenizer, self.config = batches, images, tokenizer, config
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        import torch
+
+        from vital_hub.selector.data import tokenize, try_decode
+
+        shard, positions = self.batches[index]
+        batch = tokenize(self.tokenizer, [self.texts[p] for p in positions], self.config)
+        missing = torch.zeros(len(positions), dtype=torch.bool)
+        if self.config.uses_images:
+            size = self.config.image_size
+            pixels = torch.zeros(len(positions), 3, size, size, dtype=torch.uint8)
+            for slot, position in enumerate(positions):
+                decoded = try_decode(self.images.get(self.pair_ids[position]), size)
+                if decoded is None:
+                    missing[slot] = True
+                else:
+                    pixels[slot] = decoded
+            batch["pixel_values"] = pixels
+        return shard, positions, batch, missing
+
+
+def plan_batches(shards: list[tuple[int, range]], batch_size: int) -> list[tuple[int, list[int]]]:
+    """Batches that never cross a shard boundary, in shard order."""
+    return [
+        (shard, list(positions[start : start + batch_size]))
+        for shard, positions in shards
+        for start in range(0, len(positions), batch_size)
+    ]
+
+
+def load_selector(ref: SelectorRef, device, dtype_name: str = "auto"):
+    """The model (backbone in bf16 on GPU, head in fp32) and its tokenizer."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    import vital_hub.selector.modeling  # noqa: F401  (registers the Auto classes)
+
+    model = AutoModel.from_pretrained(ref.path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    use_bf16 = dtype_name == "bf16" or (dtype_name == "auto" and device.type == "cuda")
+    model.to(device).eval()
+    if use_bf16:
+        model.backbone.to(torch.bfloat16)
+    return model, tokenizer
+
+
+def score_shards(
+    model,
+    tokenizer,
+    rows,
+    shards,
+    images,
+    out_scores: Path,
+    batch_size: int,
+    num_workers: int,
+    on_shard_done=None,
+    progress: bool = True,
+) -> int:
+    """Score the given shards and write each as `<out_scores>/shard-NNNNN.parquet` plus its completion marker.
+    Returns the number of candidates scored."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    batches = plan_batches(shards, batch_size)
+    dataset = CandidateBatches(rows, batches, images, tokenizer, model.config)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+    )
+    expected = {shard: len(positions) for shard, positions in shards}
+    pending: dict[int, list] = {}
+    scored = 0
+    bar = tqdm(total=sum(expected.values()), desc="scoring", unit="cand", disable=not progress)
+    with torch.inference_mode():
+        for shard, positions, batch, missing in loader:
+            inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            scores = model(**inputs).logits.squeeze(-1)
+            pending.setdefault(shard, []).append((positions, scores, missing))
+            bar.update(len(positions))
+            if sum(len(p) for p, _, _ in pending[shard]) == expected[shard]:
+                parts = pending.pop(shard)
+                ids = [rows[p]["candidate_id"] for part in parts for p in part[0]]
+                values = torch.cat([s.float() for _, s, _ in parts]).cpu().tolist()
+                unreadable = torch.cat([m for _, _, m in parts]).tolist()
+                table = pa.table(
+                    {
+                        "candidate_id": ids,
+                        "score": [None if bad else v for v, bad in zip(values, unreadable, strict=True)],
+                        "error": ["image missing or unreadable" if bad else None for bad in unreadable],
+                    },
+                    schema=_score_schema(),
+                )
+                write_shard(out_scores, shard, table, pq)
+                scored += len(ids)
+                if on_shard_done:
+                    on_shard_done(shard)
+    bar.close()
+    return scored
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}"
+
+
+def write_shard(out_scores: Path, shard: int, table, pq) -> None:
+    with atomic_path(out_scores / f"{shard_name(shard)}.parquet", suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    write_json_atomic(out_scores / "completions" / shard_name(shard), {"rows": table.num_rows, "time": time.time()})
+
+
+def shard_done(out_scores: Path, shard: int) -> bool:
+    return (out_scores / "completions" / shard_name(shard)).exists()
+
+
+def check_run(out_scores: Path, run: dict) -> None:
+    """Refuse to mix scores from another selector, candidate set or sharding into the same folder."""
+    path = out_scores / "run.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != run:
+            changed = sorted(k for k in run if previous.get(k) != run[k])
+            raise SystemExit(
+                f"{out_scores} holds scores of another run (different {', '.join(changed)}); use a new --out"
+            )
+    else:
+        write_json_atomic(path, run)
+
+
+# ---------------------------------------------------------------- selection
+
+
+def rank_order(scored: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Score descending; ties broken by candidate_id ascending, so the order never depends on the input order."""
+    return sorted(scored, key=lambda item: (-item[1], item[0]))
+
+
+def allocate_quotas(k: int, shares: dict[str, float]) -> dict[str, int]:
+    """Split k across groups in proportion to `shares` (largest remainder, ties by name)."""
+    total = sum(shares.values())
+    exact = {g: k * s / total for g, s in shares.items()}
+    quotas = {g: math.floor(v) for g, v in exact.items()}
+    leftover = k - sum(quotas.values())
+    for group in sorted(exact, key=lambda g: (-(exact[g] - quotas[g]), g))[:leftover]:
+        quotas[group] += 1
+    return quotas
+
+
+def parse_quotas(text: str | None) -> str | dict[str, float] | None:
+    """`proportional` or `chest_xray=0.3,mri=0.2,...` (fractions, renormalised)."""
+    if text is None or text == "proportional":
+        return text
+    quotas = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            quotas[name.strip()] = float(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"bad quota {part!r}: expected domain=fraction") from err
+    return quotas
+
+
+def select_top(ordered: list[tuple[str, float]], k: int, domain_of: dict[str, str], quotas=None) -> list:
+    """The top k of an ordered list, globally or with per-domain quotas (kept in the global order)."""
+    if quotas is None:
+        return ordered[:k]
+    counts: dict[str, int] = {}
+    for cid, _ in ordered:
+        counts[domain_of[cid]] = counts.get(domain_of[cid], 0) + 1
+    shares = counts if quotas == "proportional" else {d: quotas.get(d, 0.0) for d in counts}
+    if not any(shares.values()):
+        raise ValueError(f"no quota matches the candidates' domains {sorted(counts)}")
+    allowed = allocate_quotas(k, shares)
+    kept, taken = [], dict.fromkeys(allowed, 0)
+    for cid, score in ordered:
+        domain = domain_of[cid]
+        if taken[domain] < allowed[domain]:
+            kept.append((cid, score))
+            taken[domain] += 1
+    return kept
+
+
+def domain_name(domain: dict | None) -> str:
+    from vital_hub.schema import first_domain
+
+    return first_domain(domain) or "none"
+
+
+def llava_record(row: dict) -> dict:
+    record = {"id": row["candidate_id"], "image": row.get("image") or f"{row['pair_id']}.jpg"}
+    if row.get("domain") is not None:
+        record["domain"] = row["domain"]
+    record["conversations"] = [{"from": t["from"], "value": t["value"]} for t in row["conversations"]]
+    return record
+
+
+def write_selection(
+    out: Path, rows: list[dict], scores_dir: Path, n_shards: int, k: int, quotas, ref: SelectorRef, extra: dict
+) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables([pq.read_table(scores_dir / f"{shard_name(s)}.parquet") for s in range(n_shards)])
+    scored = [
+        (c, s)
+        for c, s in zip(table["candidate_id"].to_pylist(), table["score"].to_pylist(), strict=True)
+        if s is not None
+    ]
+    unreadable = table.num_rows - len(scored)
+    by_id = {row["candidate_id"]: row for row in rows}
+    domain_of = {cid: domain_name(by_id[cid].get("domain")) for cid, _ in scored}
+    kept = select_top(rank_order(scored), k, domain_of, quotas)
+    with atomic_path(out / "selected.json", suffix=".json") as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump([llava_record(by_id[cid]) for cid, _ in kept], handle, ensure_ascii=False)
+    selected = pa.table(
+        {
+            "candidate_id": [cid for cid, _ in kept],
+            "score": pa.array([s for _, s in kept], pa.float32()),
+            "rank": list(range(1, len(kept) + 1)),
+            "selector": [ref.name] * len(kept),
+            "selector_revision": [ref.revision] * len(kept),
+        }
+    )
+    with atomic_path(out / "selected.parquet", suffix=".parquet") as tmp:
+        pq.write_table(selected, tmp)
+    kept_domains: dict[str, int] = {}
+    for cid, _ in kept:
+        kept_domains[domain_of[cid]] = kept_domains.get(domain_of[cid], 0) + 1
+    summary = {
+        "selector": ref.name,
+        "selector_revision": ref.revision,
+        "scored": len(scored),
+        "unreadable_images": unreadable,
+        "kept": len(kept),
+        "k": k,
+        "quotas": quotas,
+        "kept_by_domain": dict(sorted(kept_domains.items())),
+        "score_of_last_kept": kept[-1][1] if kept else None,
+        **extra,
+    }
+    write_json_atomic(out / "selection.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------- command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vital select", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--selector", required=True, help="selector folder or Hub model repo id")
+    parser.add_argument("--revision", help="Hub revision of the selector (branch, tag or commit)")
+    parser.add_argument("--candidates", nargs="+", required=True, help="candidates repo folder(s) or parquet files")
+    parser.add_argument("--images", help="folder of <pair_id>.jpg figures")
+    parser.add_argument("--figures", help="figures dataset folder or Hub repo (read through the figure store)")
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument("--top", type=int, help="keep this many candidates")
+    size.add_argument("--top-percent", type=float, help="keep this percentage of the scored candidates")
+    parser.add_argument(
+        "--domain-quotas",
+        type=parse_quotas,
+        help="'proportional' (each domain keeps its share of the candidates) or 'chest_xray=0.3,mri=0.2,...'; "
+        "default: one global ranking, as the paper",
+    )
+    parser.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--shard-size", type=int, default=8192, help="candidates per resumable work unit")
+    parser.add_argument("--num-workers", type=int, help="decoding processes per GPU (default: CPUs / GPUs - 1)")
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="backbone precision")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top is not None and args.top < 1:
+        raise SystemExit("--top must be at least 1")
+    if args.top_percent is not None and not 0 < args.top_percent <= 100:
+        raise SystemExit("--top-percent must be in (0, 100]")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from accelerate import PartialState
+
+    from vital_hub.selector.data import FigureImages
+
+    state = PartialState()
+    ref = resolve_selector(args.selector, args.revision)
+    model, tokenizer = load_selector(ref, state.device, args.dtype)
+    if model.config.uses_images and not (args.images or args.figures):
+        raise SystemExit("this selector reads images: pass --images DIR or --figures PATH_OR_REPO")
+    images = FigureImages(args.images, args.figures) if model.config.uses_images else None
+    rows, skipped = load_candidates(args.candidates)
+    if not rows:
+        raise SystemExit("no candidates with status 'ok' to score")
+
+    out = Path(args.out)
+    scores_dir = out / "scores"
+    n_shards = math.ceil(len(rows) / args.shard_size)
+    run = {
+        "version": SCORE_SCHEMA_VERSION,
+        "selector": ref.name,
+        "selector_revision": ref.revision,
+        "candidates": candidates_fingerprint(rows),
+        "shard_size": args.shard_size,
+        "batch_size": args.batch_size,
+    }
+    if state.is_main_process:
+        check_run(scores_dir, run)
+    state.wait_for_everyone()
+    check_run(scores_dir, run)
+
+    mine = [s for s in range(n_shards) if s % state.num_processes == state.process_index]
+    todo = [(s, range(s * args.shard_size, min(len(rows), (s + 1) * args.shard_size))) for s in mine]
+    todo = [(s, r) for s, r in todo if not shard_done(scores_dir, s)]
+    workers = args.num_workers
+    if workers is None:
+        workers = max(1, (os.cpu_count() or 2) // state.num_processes - 1)
+    started = time.perf_counter()
+    scored = 0
+    if todo:
+        scored = score_shards(
+            model,
+            tokenizer,
+            rows,
+            todo,
+            images,
+            scores_dir,
+            args.batch_size,
+            workers,
+            progress=not args.no_progress and state.is_local_main_process,
+        )
+    seconds = time.perf_counter() - started
+    print(
+        f"[rank {state.process_index}] scored {scored} candidates in {seconds:.1f}s "
+        f"({len(mine) - len(todo)} of {len(mine)} shards were already done)"
+    )
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return 0
+    unfinished = [s for s in range(n_shards) if not shard_done(scores_dir, s)]
+    if unfinished:
+        raise SystemExit(f"shards {unfinished[:10]} are not finished; re-run the same command to resume")
+    k = args.top if args.top is not None else int(len(rows) * args.top_percent / 100)
+    summary = write_selection(
+        out,
+        rows,
+        scores_dir,
+        n_shards,
+        k,
+        args.domain_quotas,
+        ref,
+        {"skipped_by_status": skipped, "candidates": len(rows), "processes": state.num_processes},
+    )
+    print(json.dumps({key: summary[key] for key in ("selector_revision", "scored", "kept", "unreadable_images")}))
+    return 0
