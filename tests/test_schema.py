@@ -170,3 +170,37 @@ def test_real_qa50_round_trip():
         assert row_to_llava(llava_to_row(original, "qa50", where=where)) == original
         count += 1
     assert count == 193
+
+
+def test_row_batch_builder_equals_row_by_row_conversion():
+    import pyarrow as pa
+
+    from vital_hub.schema import RowBatchBuilder, row_arrow_schema
+
+    records = [
+        record(),
+        {
+            "id": 3,
+            "image": "a_F1.jpg",
+            "conversatons": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}],
+            "fig_caption": "c",
+        },
+        record(id="p", domain={"mri": True, "gross": False}),
+        {
+            "id": "n",
+            "image": "n.jpg",
+            "conversations": [{"from": "human", "value": "no image"}, {"from": "gpt", "value": "a"}],
+        },
+    ]
+    images = [{"bytes": b"jpeg", "path": "32432162_F1.jpg"}, None, None, {"bytes": b"", "path": "n.jpg"}]
+    builder = RowBatchBuilder()
+    for item, image in zip(records, images, strict=True):
+        builder.append(item, "c", image)
+    expected = pa.Table.from_pylist(
+        [llava_to_row(item, "c", image) for item, image in zip(records, images, strict=True)],
+        schema=row_arrow_schema(),
+    )
+    table = builder.table()
+    assert table.equals(expected)
+    assert table.schema.equals(expected.schema, check_metadata=True)
+    assert [row_to_llava(row) for row in table.to_pylist()][1]["conversations"] == records[1]["conversatons"]

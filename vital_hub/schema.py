@@ -18,6 +18,7 @@ come back exactly), absent domains stay absent, and any top-level key we do not 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -213,6 +214,12 @@ def row_features():
     )
 
 
+@functools.cache
+def row_arrow_schema():
+    """The Arrow schema of a row, with the datasets features in its metadata (computed once)."""
+    return row_features().arrow_schema
+
+
 def mention_texts(in_text_mention: Any) -> list[str]:
     """The text of every in-text mention, whatever shape the source used: null, strings, or {"tokens": ...}."""
     if in_text_mention is None:
@@ -227,3 +234,102 @@ def mention_texts(in_text_mention: Any) -> list[str]:
         if isinstance(text, str) and text.strip():
             texts.append(text.strip())
     return texts
+
+
+class RowBatchBuilder:
+    """Builds an Arrow table of rows straight from validated LLaVA records, column by column.
+
+    Equivalent to `pa.Table.from_pylist([llava_to_row(r, ...) for r in records], schema)` (a test holds them equal)
+    but several times faster: no per-row dicts and one conversion per flat column instead of per nested value.
+    This is what lets a 463 MB source build in seconds.
+    """
+
+    def __init__(self):
+        self.schema = row_arrow_schema()
+        self._columns: dict[str, list] = {name: [] for name in ("id", "image_id", "image_file", "extra", "id_is_int")}
+        self._sources: list[str] = []
+        self._domain_null: list[bool] = []
+        self._domain_flags: dict[str, list] = {name: [] for name in DOMAINS}
+        self._domain_key_offsets, self._domain_keys = [0], []
+        self._image_bytes, self._image_paths, self._image_null = [], [], []
+        self._message_offsets, self._roles = [0], []
+        self._content_offsets, self._part_types, self._part_texts = [0], [], []
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def append(self, record: dict, source: str, image: dict | None = None) -> None:
+        """Add a record that `validate_llava` accepted; `image` is {bytes, path} or None."""
+        columns = self._columns
+        columns["id"].append(str(record["id"]))
+        columns["image_id"].append(image_id_of(record["image"]))
+        columns["image_file"].append(record["image"])
+        extra = {k: v for k, v in record.items() if k not in MODELED_KEYS}
+        columns["extra"].append(json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None)
+        columns["id_is_int"].append(isinstance(record["id"], int))
+        self._sources.append(source)
+        domain = record.get("domain")
+        self._domain_null.append(domain is None)
+        for name in DOMAINS:
+            self._domain_flags[name].append(None if domain is None else domain.get(name))
+        if domain is not None:
+            self._domain_keys.extend(domain)
+        self._domain_key_offsets.append(len(self._domain_keys))
+        self._image_null.append(image is None)
+        self._image_bytes.append(None if image is None else image["bytes"])
+        self._image_paths.append(None if image is None else image["path"])
+        for turn in conversation_of(record):
+            self._roles.append(ROLE_OF_SPEAKER[turn["from"]])
+            for part in text_to_content(turn["value"]):
+                self._part_types.append(part["type"])
+                self._part_texts.append(part["text"])
+            self._content_offsets.append(len(self._part_types))
+        self._message_offsets.append(len(self._roles))
+
+    def table(self):
+        import pyarrow as pa
+
+        fields = {field.name: field for field in self.schema}
+        arrays = {
+            "id": pa.array(self._columns["id"], pa.string()),
+            "image_id": pa.array(self._columns["image_id"], pa.string()),
+            "image_file": pa.array(self._columns["image_file"], pa.string()),
+            "domain": pa.StructArray.from_arrays(
+                [pa.array(self._domain_flags[name], pa.bool_()) for name in DOMAINS],
+                fields=list(fields["domain"].type),
+                mask=pa.array(self._domain_null, pa.bool_()),
+            ),
+            "domain_keys": pa.ListArray.from_arrays(
+                pa.array(self._domain_key_offsets, pa.int32()),
+                pa.array(self._domain_keys, pa.string()),
+                type=fields["domain_keys"].type,
+                mask=pa.array(self._domain_null, pa.bool_()),
+            ),
+            "source": pa.array(self._sources, pa.string()),
+            "extra": pa.array(self._columns["extra"], pa.string()),
+            "id_is_int": pa.array(self._columns["id_is_int"], pa.bool_()),
+            "images": pa.ListArray.from_arrays(
+                pa.array(range(len(self) + 1), pa.int32()),
+                pa.StructArray.from_arrays(
+                    [pa.array(self._image_bytes, pa.binary()), pa.array(self._image_paths, pa.string())],
+                    fields=list(fields["images"].type.value_type),
+                    mask=pa.array(self._image_null, pa.bool_()),
+                ),
+                type=fields["images"].type,
+            ),
+            "messages": self._messages(pa, fields["messages"].type),
+        }
+        return pa.Table.from_arrays([arrays[field.name] for field in self.schema], schema=self.schema)
+
+    def _messages(self, pa, messages_type):
+        message_struct = messages_type.value_type
+        content_type = message_struct.field("content").type
+        parts = pa.StructArray.from_arrays(
+            [pa.array(self._part_types, pa.string()), pa.array(self._part_texts, pa.string())],
+            fields=list(content_type.value_type),
+        )
+        content = pa.ListArray.from_arrays(pa.array(self._content_offsets, pa.int32()), parts, type=content_type)
+        messages = pa.StructArray.from_arrays(
+            [pa.array(self._roles, pa.string()), content], fields=list(message_struct)
+        )
+        return pa.ListArray.from_arrays(pa.array(self._message_offsets, pa.int32()), messages, type=messages_type)

@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 from vital_hub import __version__
 from vital_hub.io import atomic_path, iter_json_records, write_json_atomic
 from vital_hub.mixtures.spec import Component, Mixture, MixturePlan
-from vital_hub.schema import Location, RecordError, check_unique_ids, llava_to_row, row_features
+from vital_hub.schema import (
+    Location,
+    RecordError,
+    RowBatchBuilder,
+    check_unique_ids,
+    row_arrow_schema,
+    validate_llava,
+)
 
 SCRATCH = ".vital-build"
 MANIFEST = "manifest.json"
@@ -231,18 +238,13 @@ def _build_component(component: Component, path: Path, source: dict, key: str, o
     scratch.mkdir(parents=True)
     images = ImageStats() if options.images else None
     missing_log = scratch / MISSING_IMAGES
-    writer = _ShardWriter(scratch, options)
-    digest = hashlib.sha256()
+    writer = _ShardWriter(scratch, options, component.name)
     with open(missing_log, "w", encoding="utf-8") as missing:
-        for row in tqdm(
-            _rows(component, path, options, images, missing),
-            desc=f"{component.name}",
-            unit=" rows",
-            position=position,
-            disable=not options.show_progress,
+        records = _records(path, options, images, missing)
+        for record, image in tqdm(
+            records, desc=component.name, unit=" rows", position=position, disable=not options.show_progress
         ):
-            digest.update(_canonical_row_bytes(row))
-            writer.add(row)
+            writer.add(record, image)
     writer.close()
     target = options.out / "data" / component.name
     shutil.rmtree(target, ignore_errors=True)
@@ -256,7 +258,7 @@ def _build_component(component: Component, path: Path, source: dict, key: str, o
         description=component.description,
         licence=component.licence,
         rows=writer.total_rows,
-        rows_sha256=digest.hexdigest(),
+        rows_sha256=writer.digest.hexdigest(),
         source=source,
         shards=shards,
         images=None if images is None else images.as_dict(),
@@ -264,12 +266,14 @@ def _build_component(component: Component, path: Path, source: dict, key: str, o
     )
 
 
-def _rows(component: Component, path: Path, options: BuildOptions, stats: ImageStats | None, missing) -> Iterator:
+def _records(
+    path: Path, options: BuildOptions, stats: ImageStats | None, missing
+) -> Iterator[tuple[dict, dict | None]]:
+    """Validated records of a source file, each with its figure when an images folder is given."""
     for where, record in check_unique_ids(iter_json_records(path)):
-        image = None
-        if options.images is not None:
-            image = _load_image(record, where, options, stats, missing)
-        yield llava_to_row(record, component.name, image, where)
+        validate_llava(record, where)
+        image = None if options.images is None else _load_image(record, where, options, stats, missing)
+        yield record, image
 
 
 def _load_image(record, where: Location, options: BuildOptions, stats: ImageStats, missing) -> dict | None:
@@ -313,53 +317,49 @@ def _undecodable(data: bytes) -> str | None:
     return None
 
 
-def _canonical_row_bytes(row: dict) -> bytes:
-    """The row as compact JSON, the image as its sha256. Key order is canonical already: rows are built by
-    `llava_to_row` in one fixed order (and `extra` is sorted), so no sort is needed."""
-    image = row["images"][0]
-    image_sha = None if image is None else hashlib.sha256(image["bytes"]).hexdigest()
-    return _encoder.encode({**row, "images": [image_sha]}).encode() + b"\n"
-
-
-_encoder = json.JSONEncoder(separators=(",", ":"), check_circular=False)
-
-
 class _ShardWriter:
-    """Writes rows to numbered parquet shards, starting a new one past a row or byte budget."""
+    """Writes rows to numbered parquet shards, starting a new one past a row or byte budget.
 
-    def __init__(self, folder: Path, options: BuildOptions):
-        self.folder, self.options = folder, options
-        self.features = row_features()
-        self.schema = self.features.arrow_schema
-        self.batch: list[dict] = []
+    It also hashes the rows: `rows_sha256` is the sha256 of the Arrow IPC stream of every batch in order, a
+    fingerprint of the content that does not depend on how parquet encodes it.
+    """
+
+    def __init__(self, folder: Path, options: BuildOptions, source: str):
+        self.folder, self.options, self.source = folder, options, source
+        self.schema = row_arrow_schema()
+        self.batch = RowBatchBuilder()
         self.batch_bytes = 0
+        self.digest = hashlib.sha256()
         self.writer: pq.ParquetWriter | None = None
         self.shard_rows = self.shard_bytes = self.total_rows = 0
         self.paths: list[Path] = []
         self.rows_per_path: list[int] = []
 
-    def add(self, row: dict) -> None:
-        self.batch.append(row)
-        image = row["images"][0]
+    def add(self, record: dict, image: dict | None) -> None:
+        self.batch.append(record, self.source, image)
         self.batch_bytes += len(image["bytes"]) if image else 0
         if len(self.batch) >= self.options.batch_rows or self.batch_bytes >= self.options.max_batch_bytes:
             self._flush()
 
     def _flush(self) -> None:
-        if not self.batch:
+        if not len(self.batch):
             return
-        table = pa.Table.from_pylist(self.batch, schema=self.schema)
+        table = self.batch.table()
+        self.batch, self.batch_bytes = RowBatchBuilder(), 0
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.schema) as stream:
+            stream.write_table(table)
+        self.digest.update(sink.getvalue())
         if self.writer is None:
             path = self.folder / f"shard-{len(self.paths):05d}.parquet"
             self.writer = pq.ParquetWriter(path, self.schema, compression=COMPRESSION)
             self.paths.append(path)
             self.rows_per_path.append(0)
-        self.writer.write_table(table, row_group_size=len(self.batch))
-        self.shard_rows += len(self.batch)
+        self.writer.write_table(table, row_group_size=table.num_rows)
+        self.shard_rows += table.num_rows
         self.shard_bytes += table.nbytes
-        self.rows_per_path[-1] += len(self.batch)
-        self.total_rows += len(self.batch)
-        self.batch, self.batch_bytes = [], 0
+        self.rows_per_path[-1] += table.num_rows
+        self.total_rows += table.num_rows
         if self.shard_rows >= self.options.rows_per_shard or self.shard_bytes >= self.options.max_shard_bytes:
             self._close_shard()
 
