@@ -1,0 +1,253 @@
+"""`vital fetch figures` against a local fake of PMC: resolution order, statuses, politeness, resume, shards."""
+
+import json
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tests.conftest import shared_fixture
+from tests.fakes.pmc_server import FakeArticle, FakePmc, make_jpeg, populate
+from vital_hub.figures.cli import fetch_main, load_fetch_config
+from vital_hub.figures.pipeline import FetchConfig, run_fetch
+
+INDEX = "index/shard-00000-of-00001.parquet"
+
+
+def write_urls(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def config_for(pmc, urls, out, **overrides):
+    values = dict(
+        urls=str(urls),
+        out=str(out),
+        base_url=pmc.url,
+        legacy_base_url=pmc.url,
+        concurrency=8,
+        backoff_base=0.01,
+        backoff_max=0.2,
+        max_retries=3,
+        progress=False,
+    )
+    values.update(overrides)
+    return FetchConfig(**values)
+
+
+def read_rows(out, name=INDEX):
+    return {row["pair_id"]: row for row in pq.read_table(out / name).to_pylist()}
+
+
+def test_every_route_of_the_2026_layout_and_the_legacy_fallback(tmp_path):
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=8, figures_per_article=3)
+        urls = write_urls(tmp_path / "urls.jsonl", scenario.records)
+        stats = run_fetch(config_for(pmc, urls, tmp_path / "out"))
+        hits = dict(pmc.hits)
+    rows = read_rows(tmp_path / "out")
+    assert stats["counts"]["ok"] == 24 and list(rows) == [r["pair_id"] for r in scenario.records]
+    expected_source = {"bucket": "bucket", "newer_version": "metadata", "jats": "jats", "legacy": "legacy"}
+    for pair_id, data in scenario.expected.items():
+        row = rows[pair_id]
+        assert (tmp_path / "out" / f"{pair_id}.jpg").read_bytes() == data
+        assert row["source"] == expected_source[scenario.route_of[pair_id]]
+        assert (row["width"], row["height"], row["format"], row["bytes"]) == (64, 48, "JPEG", len(data))
+        assert row["licence"] == ("CC BY" if row["source"] != "legacy" else None)
+    # Each article document is fetched once, and a legacy tarball once for all three of its figures.
+    tarballs = {k: v for k, v in hits.items() if k.endswith(".tar.gz")}
+    assert len(tarballs) == 2 and set(tarballs.values()) == {1}
+    assert all(v == 1 for k, v in hits.items() if k.startswith("/metadata/") or k.endswith(".xml"))
+
+
+def test_statuses_missing_not_permitted_corrupt_and_error(tmp_path):
+    with FakePmc() as pmc:
+        pmc.add(FakeArticle("PMC1", versions={1: {"ok.jpg": make_jpeg(1), "cut.jpg": make_jpeg(2)[:300]}}))
+        pmc.add(FakeArticle("PMC2", versions={1: {"w.jpg": make_jpeg(3)}}, permitted=False))
+        pmc.add(
+            FakeArticle(
+                "PMC3", versions={1: {"other.jpg": make_jpeg(4)}, 2: {"m.jpg": make_jpeg(5)}}, bad_md5={"m.jpg"}
+            )
+        )
+        pmc.add(FakeArticle("PMC4", versions={1: {"down.jpg": make_jpeg(6)}}))
+        pmc.throttle["/PMC4.1/down.jpg"] = 100
+        records = [
+            {"pmcid": "PMC1", "file": "ok.jpg", "pair_id": "1_F1"},
+            {"pmcid": "PMC1", "file": "cut.jpg", "pair_id": "1_F2"},
+            {"pmcid": "PMC1", "file": "absent.jpg", "pair_id": "1_F3"},
+            {"pmcid": "PMC2", "file": "w.jpg", "pair_id": "2_F1"},
+            {"pmcid": "PMC3", "file": "m.jpg", "pair_id": "3_F1"},
+            {"pmcid": "PMC4", "file": "down.jpg", "pair_id": "4_F1"},
+            {"pmcid": "PMC5", "file": "gone.jpg", "pair_id": "5_F1"},
+        ]
+        stats = run_fetch(config_for(pmc, write_urls(tmp_path / "u.jsonl", records), tmp_path / "out", max_retries=2))
+        hits = dict(pmc.hits)
+    rows = read_rows(tmp_path / "out")
+    status = {pair_id: row["status"] for pair_id, row in rows.items()}
+    assert status == {
+        "1_F1": "ok",
+        "1_F2": "corrupt",
+        "1_F3": "missing",
+        "2_F1": "not_permitted",
+        "3_F1": "corrupt",
+        "4_F1": "error",
+        "5_F1": "missing",
+    }
+    assert "not a decodable image" in rows["1_F2"]["error"]
+    assert "does not match" in rows["3_F1"]["error"]
+    assert "gave up after 3 attempts: HTTP 503" in rows["4_F1"]["error"]
+    assert "no article versions listed" in rows["5_F1"]["error"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.jpg")) == ["1_F1.jpg"]
+    # 403 and 404 are final answers: asked once; 503 is retried max_retries times.
+    assert hits["/PMC2.1/w.jpg"] == 1 and hits["/PMC5.1/gone.jpg"] == 1 and hits["/PMC4.1/down.jpg"] == 3
+    assert stats["error_samples"]["corrupt"][0]["pair_id"] == "1_F2"
+    assert stats["this_run"]["throttled"] >= 3
+
+
+def test_throttling_and_truncated_bodies_are_retried_after_retry_after(tmp_path):
+    with FakePmc(retry_after="0.2") as pmc:
+        scenario = populate(pmc, articles=4, figures_per_article=2, routes=("bucket", "legacy"))
+        first, second = scenario.records[0], scenario.records[2]
+        pmc.throttle[f"/{first['image_file_path'].split('/')[0]}.1/{first['image_file_path'].split('/')[1]}"] = 2
+        pmc.truncate[second["pmc_tar_url"].split("nih.gov")[1]] = 1
+        pmc.truncate[f"/{scenario.records[4]['image_file_path'].replace('/', '.1/')}"] = 2
+        started = time.monotonic()
+        stats = run_fetch(config_for(pmc, write_urls(tmp_path / "u.jsonl", scenario.records), tmp_path / "out"))
+        elapsed = time.monotonic() - started
+    assert stats["counts"]["ok"] == 8
+    assert stats["this_run"]["retries"] >= 5 and stats["this_run"]["throttled"] >= 2
+    assert elapsed >= 0.4  # two Retry-After: 0.2 pauses, although the backoff itself is 0.01 s
+    for pair_id, data in scenario.expected.items():
+        assert (tmp_path / "out" / f"{pair_id}.jpg").read_bytes() == data
+
+
+def test_rerun_skips_finished_figures_and_retry_failed_retries_only_failures(tmp_path):
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=4, figures_per_article=2, routes=("bucket",))
+        flaky = scenario.records[1]
+        flaky_path = "/" + flaky["image_file_path"].replace("/", ".1/")
+        pmc.throttle[flaky_path] = 4
+        urls = write_urls(tmp_path / "u.jsonl", scenario.records)
+        out = tmp_path / "out"
+        first = run_fetch(config_for(pmc, urls, out, max_retries=1))
+        assert first["counts"] == {"ok": 7, "missing": 0, "not_permitted": 0, "corrupt": 0, "error": 1}
+        before = pmc.requests
+        again = run_fetch(config_for(pmc, urls, out))
+        assert pmc.requests == before and again["counts"]["error"] == 1  # complete shard: nothing fetched
+        (out / "index" / "shard-00000-of-00001.done").unlink()
+        (out / f"{scenario.records[0]['pair_id']}.jpg").unlink()  # a lost file is fetched again
+        resumed = run_fetch(config_for(pmc, urls, out, max_retries=1))
+        assert resumed["this_run"]["fetched"] == 1 and resumed["this_run"]["already_done"] == 7
+        pmc.throttle[flaky_path] = 0
+        hits_before = dict(pmc.hits)
+        retried = run_fetch(config_for(pmc, urls, out, retry_failed=True))
+        assert retried["this_run"]["fetched"] == 1 and retried["counts"]["ok"] == 8
+        new_hits = {k for k, v in pmc.hits.items() if v != hits_before.get(k)}
+        assert flaky_path in new_hits and all(
+            scenario.records[0]["image_file_path"].split("/")[0] in k for k in new_hits
+        )
+    assert (out / f"{flaky['pair_id']}.jpg").read_bytes() == scenario.expected[flaky["pair_id"]]
+
+
+def test_shards_cover_the_list_once_and_merge_to_the_unsharded_result(tmp_path):
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=12, figures_per_article=2)
+        urls = write_urls(tmp_path / "u.jsonl", scenario.records)
+        for i in range(3):
+            run_fetch(config_for(pmc, urls, tmp_path / "sharded", shard=f"{i}/3"))
+    merged = {}
+    for i in range(3):
+        part = read_rows(tmp_path / "sharded", f"index/shard-{i:05d}-of-00003.parquet")
+        assert not set(part) & set(merged)
+        merged.update(part)
+    assert set(merged) == set(scenario.expected) and all(r["status"] == "ok" for r in merged.values())
+
+
+def test_cli_fetch_prints_a_summary_and_accepts_yaml_with_overrides(tmp_path, capsys):
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=2, figures_per_article=2, routes=("bucket",))
+        urls = write_urls(tmp_path / "u.jsonl", scenario.records)
+        yaml_path = tmp_path / "fetch.yaml"
+        yaml_path.write_text(f"base_url: {pmc.url}\nconcurrency: 2\nbackoff_base: 0.01\n")
+        code = fetch_main(
+            ["--config", str(yaml_path), "--urls", str(urls), "--out", str(tmp_path / "o"), "--no-progress"]
+        )
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "ok                     4   100.0%" in printed and "figures/s" in printed and "MB/s" in printed
+    config = load_fetch_config(["--config", str(yaml_path), "--urls", "u", "--out", "o", "--concurrency", "5"])
+    assert (config.concurrency, config.backoff_base, config.base_url) == (5, 0.01, pmc.url)
+    yaml_path.write_text("concurency: 3\n")
+    with pytest.raises(SystemExit, match="unknown option"):
+        load_fetch_config(["--config", str(yaml_path), "--urls", "u", "--out", "o"])
+    with pytest.raises(SystemExit, match="--shard"):
+        load_fetch_config(["--urls", "u", "--out", "o", "--shard", "3/3"])
+
+
+def test_cli_fetch_rejects_a_bad_record_before_downloading(tmp_path, capsys):
+    urls = write_urls(tmp_path / "u.jsonl", [{"pmcid": "PMC1", "file": "a.jpg", "pair_id": "1_F1"}, {"pair_id": "2"}])
+    code = fetch_main(["--urls", str(urls), "--out", str(tmp_path / "o"), "--base-url", "http://127.0.0.1:9"])
+    assert code == 2 and "record 1" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def qa50_fake(pmc):
+    """The real qa50 figures served by the fake, one route per record in turn; empty and cut-off files included."""
+    urls_path = shared_fixture("llava_med", "qa50_image_urls.jsonl")
+    images = shared_fixture("llava_med", "qa50_images")
+    records = [json.loads(line) for line in urls_path.read_text().splitlines() if line.strip()]
+    routes = {}
+    for number, record in enumerate(records):
+        pmcid, name = record["image_file_path"].split("/")
+        data = (images / f"{record['pair_id']}.jpg").read_bytes()
+        tar_path = record["pmc_tar_url"].split("nih.gov", 1)[1]
+        article = pmc.articles.get(pmcid) or pmc.add(FakeArticle(pmcid, tar_path=tar_path))
+        route = ("bucket", "newer_version", "jats", "legacy")[number % 4]
+        routes[record["pair_id"]] = route
+        if route == "bucket":
+            article.versions.setdefault(1, {})[name] = data
+        elif route == "newer_version":
+            article.versions.setdefault(1, {})["cover.jpg"] = make_jpeg(number)
+            article.versions.setdefault(2, {})[name] = data
+        elif route == "jats":
+            stem = f"{pmcid}.renamed.{number}"
+            article.versions.setdefault(1, {})[f"{stem}.jpg"] = data
+            article.figures[record["pair_id"].split("_", 1)[1]] = stem
+        else:
+            from tests.fakes.pmc_server import TarEntry, tar_gz
+
+            article.tarball = tar_gz(
+                [TarEntry(f"{pmcid}/{pmcid}.nxml", b"<article/>"), TarEntry(f"{pmcid}/{name}", data)]
+            )
+    return records, images, routes
+
+
+def test_real_qa50_figures_through_every_route(tmp_path):
+    with FakePmc() as pmc:
+        records, images, routes = qa50_fake(pmc)
+        pmc.throttle[f"/{records[0]['image_file_path'].replace('/', '.1/')}"] = 1
+        urls = write_urls(tmp_path / "qa50.jsonl", records)
+        stats = run_fetch(config_for(pmc, urls, tmp_path / "out"))
+    rows = read_rows(tmp_path / "out")
+    whole = {p.stem for p in images.glob("*.jpg") if _decodes(p)}
+    assert len(whole) == 29 and stats["counts"]["ok"] == 29
+    assert set(routes.values()) == {"bucket", "newer_version", "jats", "legacy"}
+    for record in records:
+        pair_id = record["pair_id"]
+        target = tmp_path / "out" / f"{pair_id}.jpg"
+        if pair_id in whole:
+            assert rows[pair_id]["status"] == "ok"
+            assert target.read_bytes() == (images / f"{pair_id}.jpg").read_bytes()  # JPEG kept byte for byte
+        else:
+            assert rows[pair_id]["status"] in ("missing", "corrupt") and not target.exists()
+    empty = [r for r in records if (images / f"{r['pair_id']}.jpg").stat().st_size == 0]
+    assert len(empty) == 19 and all("empty file" in rows[r["pair_id"]]["error"] for r in empty)
+
+
+def _decodes(path):
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except Exception:
+        return False
