@@ -11,13 +11,15 @@ from vital_hub.schema import DOMAINS
 
 
 def make_figures(root: Path, count: int, missing: tuple[int, ...] = ()) -> tuple[Path, Path, list[str]]:
-    """`count` figures as `<pair_id>.jpg` + a LLaVA-Med captions file; indices in `missing` have no image."""
+    """`count` figures as `<pair_id>.jpg` + a LLaVA-Med captions file; indices in `missing` are empty files."""
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     records = []
     for index in range(count):
         pair_id = f"{30000000 + index}_F{index % 3 + 1}"
-        if index not in missing:
+        if index in missing:
+            (images / f"{pair_id}.jpg").write_bytes(b"")  # a failed download, as in the public qa50 copy
+        else:
             Image.new("RGB", (40 + index, 30), (index * 9 % 255, 60, 90)).save(images / f"{pair_id}.jpg", quality=85)
         modality = DOMAINS[index % len(DOMAINS)]
         mentions = [{"tokens": f"As shown in Fig. {index} , the finding persists .", "entities": []}]

@@ -455,6 +455,10 @@ class Job:
         for sample in samples:
             seed = request_seed(self.config.seed, pair_id, sample)
             row = self.rows.base(figure, sample, seed)
+            if figure["image"] is None:
+                status = figure.get("image_status") or "missing"
+                out.append((self.rows.failed(row, f"no usable image (figure status: {status})"), None))
+                continue
             try:
                 out.append((row, self.builder.build(figure, seed)))
             except ImageError as err:
