@@ -4,6 +4,7 @@ Pushing and loading run in subprocesses: huggingface_hub and datasets read HF_EN
 cache locations at import time, so only a fresh interpreter sees the fake Hub as "the Hub".
 """
 
+import hashlib
 import json
 import os
 import secrets
@@ -147,12 +148,15 @@ def test_build_push_then_load_by_repo_id_matches_local_folder(tmp_path, hub, tok
     for name in parquet + ["README.md", "manifest.json"]:
         assert hub.file_bytes("biomed-vital/instructions", name) == (repo / name).read_bytes()
 
+    hub.tree_page_size = 1  # datasets must follow the tree listing's pages to find every shard
     compared = run_python(
         ["-c", COMPARE_SCRIPT, str(repo), "biomed-vital/instructions", str(tmp_path / "cache"), ",".join(CONFIGS)],
         env,
     )
     assert compared.returncode == 0, compared.stderr[-3000:]
     report = json.loads(compared.stdout.strip().splitlines()[-1])
+    tree_calls = [path for method, path in hub.requests if method == "GET" and "/tree/" in path]
+    assert len(tree_calls) > len(set(tree_calls))  # some listings took several pages
     for name in CONFIGS:
         assert report[name]["rows"] == manifest["configs"][name]["rows"] > 0
         assert report[name]["hub_equal"], name
@@ -225,6 +229,14 @@ def test_model_folder_to_a_branch_with_the_library_api_then_download(tmp_path, h
         url = push_folder(sys.argv[1], "biomed-vital/selector", repo_type="model", revision="v1", private=True)
         print(url)
         print(download_repo("biomed-vital/selector", repo_type="model", revision="v1", local_dir=sys.argv[2]))
+        from huggingface_hub import HfApi
+        api = HfApi()
+        info = api.model_info("biomed-vital/selector", revision="v1")
+        print(sorted(s.rfilename for s in info.siblings), info.private)
+        tree = api.list_repo_tree("biomed-vital/selector", revision="v1", recursive=True)
+        print(sorted((f.path, f.size, f.lfs is not None) for f in tree))
+        paths = api.get_paths_info("biomed-vital/selector", ["model.safetensors", "absent"], revision="v1")
+        print([(p.path, p.lfs.sha256 if p.lfs else None) for p in paths])
         """
     )
     env = hub_env(hub.endpoint, tmp_path / "hf_home", token)
@@ -235,8 +247,12 @@ def test_model_folder_to_a_branch_with_the_library_api_then_download(tmp_path, h
     assert sorted(on_branch) == ["config.json", "model.safetensors"]  # the temporary file stayed home
     assert on_branch["model.safetensors"]["lfs"]
     assert hub.list_files("biomed-vital/selector", repo_type="model", revision="main") == {}
-    downloaded = tmp_path / "downloaded" / "model.safetensors"
-    assert downloaded.read_bytes() == (folder / "model.safetensors").read_bytes()
+    weights = (folder / "model.safetensors").read_bytes()
+    assert (tmp_path / "downloaded" / "model.safetensors").read_bytes() == weights
+    lines = result.stdout.strip().splitlines()
+    assert lines[-3] == "['config.json', 'model.safetensors'] True"
+    assert lines[-2] == "[('config.json', 14, False), ('model.safetensors', 3000, True)]"
+    assert lines[-1] == f"[('model.safetensors', '{hashlib.sha256(weights).hexdigest()}')]"
 
     with pytest.raises(urllib.error.HTTPError) as anonymous:
         urllib.request.urlopen(f"{hub.endpoint}/api/models/biomed-vital/selector")

@@ -15,7 +15,8 @@ A commit is {"parent", "title", "description", "date", "files": {path: {"oid", "
 Writes need `Authorization: Bearer <token>` when the server has a token; private repos need it for reads too.
 `requests` records (method, path) of every request and `lfs_puts` counts LFS uploads, so tests can check what the
 client did (for instance that a re-run uploads nothing twice). `fail_commits` makes the next N commits fail with a
-500, to test resuming an interrupted push.
+500, to test resuming an interrupted push. `tree_page_size` sets how many entries a tree page holds (the
+Hub's 1000 by default; tests lower it to exercise pagination).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from collections.abc import Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 REPO_TYPES = ("model", "dataset", "space")
 LFS_SUFFIXES = (
@@ -442,7 +443,15 @@ class HubHandler(BaseHTTPRequestHandler):
         recursive = self.query.get("recursive", ["false"])[0].lower() in ("1", "true")
         expand = self.query.get("expand", ["false"])[0].lower() in ("1", "true")
         last_commit = self._last_commit(repo, oid) if expand else None
-        self._send_json(_tree_entries(repo["commits"][oid]["files"], folder, recursive, last_commit))
+        entries = _tree_entries(repo["commits"][oid]["files"], folder, recursive, last_commit)
+        # Cursor pagination with a GitHub-style Link header, as the Hub pages large trees.
+        start = int(self.query.get("cursor", ["0"])[0])
+        page = entries[start : start + self.server.tree_page_size]
+        headers = {}
+        if start + self.server.tree_page_size < len(entries):
+            query = urlencode({**{k: v[0] for k, v in self.query.items()}, "cursor": start + len(page)})
+            headers["Link"] = f'<{self._base()}{urlsplit(self.path).path}?{query}>; rel="next"'
+        self._send_json(page, headers=headers)
 
     def _paths_info(self, repo_type: str, repo_id: str, revision: str) -> None:
         repo = self._readable(repo_type, repo_id)
@@ -612,6 +621,7 @@ class FakeHubServer(ThreadingHTTPServer):
         self.requests: list[tuple[str, str]] = []
         self.lfs_puts = 0
         self.fail_commits = 0
+        self.tree_page_size = 1000
         self._secret = secrets.token_hex(16)
         self._lock = threading.Lock()
 
