@@ -29,8 +29,8 @@ def question_bucket(text: str) -> int:
 
 
 def content_score(answer: str) -> int:
-    """References (long GPT-4 answers) score 8, short model answers 4."""
-    return 8 if len(answer) > 60 else 4
+    """References (GPT-4 answers, over 30 characters) score 8, short model answers 4."""
+    return 8 if len(answer) > 30 else 4
 
 
 def chat_judge_reply(body: dict) -> str:
