@@ -59,10 +59,11 @@ def is_local_endpoint(endpoint: str) -> bool:
 
 
 def find_token() -> str | None:
-    """The token from HF_TOKEN or the login file written by `hf auth login`; None when there is none."""
+    """The token from HF_TOKEN or the login file written by `hf auth login` (huggingface_hub's own lookup, which
+    also cleans stray newlines); None when there is none."""
     from huggingface_hub import get_token
 
-    return os.environ.get("HF_TOKEN") or get_token()
+    return get_token()
 
 
 def repo_url(repo_id: str, repo_type: str = "dataset", endpoint: str | None = None) -> str:
