@@ -160,7 +160,7 @@ def write_shards(rows: Iterator[dict], folder: Path, shard_bytes: int) -> tuple[
     temporary, batch, size, counts = [], [], 0, dict.fromkeys(STATUSES, 0)
 
     def flush() -> None:
-        path = folder / f".building-{len(temporary):05d}.parquet"
+        path = folder / f".building-{len(temporary):05d}.tmp"
         pq.write_table(pa.Table.from_pylist(batch, schema=schema), path)
         temporary.append(path)
 
@@ -200,7 +200,13 @@ def update_readme(out: Path, shards: list[Path], counts: dict[str, int]) -> None
     }
     info = {
         "config_name": CONFIG_NAME,
-        "splits": [{"name": "train", "num_examples": sum(counts.values())}],
+        "splits": [
+            {
+                "name": "train",
+                "num_bytes": sum(c["num_bytes"] for c in checksums.values()),
+                "num_examples": sum(counts.values()),
+            }
+        ],
         "download_checksums": checksums,
     }
     infos = meta.get("dataset_info") or []

@@ -85,8 +85,12 @@ def _with_caption(row: dict, caption: dict | None) -> dict:
 
 
 def _empty_row(pair_id: str) -> dict:
+    """A row knowing only its pair id (`<PMID>_<fig id>`), which already names the article and the figure."""
     row = dict.fromkeys(ROW_KEYS)
+    head, _, tail = pair_id.partition("_")
     row.update(pair_id=pair_id, mentions=[], status="missing")
+    if head.isdigit() and tail:
+        row.update(pmid=head, fig_id=tail)
     return row
 
 

@@ -1,0 +1,148 @@
+"""`vital build figures` and `open_figures`: the contract's columns, loadable with datasets, readable by pair id."""
+
+import hashlib
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasets import load_dataset
+from PIL import Image
+
+from tests.conftest import shared_fixture
+from tests.fakes.pmc_server import FakePmc, populate
+from vital_hub.figures.cli import build_main
+from vital_hub.figures.pipeline import FetchConfig, run_fetch
+from vital_hub.figures.store import open_figures
+
+CONTRACT_COLUMNS = {
+    "pair_id",
+    "pmcid",
+    "pmid",
+    "fig_id",
+    "fig_label",
+    "caption",
+    "mentions",
+    "domain",
+    "image",
+    "licence",
+    "source_url",
+    "sha256",
+    "status",
+}
+FLAGS = {"chest_xray": False, "mri": True, "ct_scan": False, "histology": False, "gross": False}
+
+
+@pytest.fixture(scope="module")
+def fetched(tmp_path_factory):
+    """A finished fetch folder: 6 figures fetched, one record whose article does not exist."""
+    root = tmp_path_factory.mktemp("fetched")
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=3, figures_per_article=2)
+        records = [*scenario.records, {"pmcid": "PMC4242", "file": "x.jpg", "pair_id": "4242_F1"}]
+        urls = root / "urls.jsonl"
+        urls.write_text("".join(json.dumps(r) + "\n" for r in records))
+        out = root / "out"
+        run_fetch(FetchConfig(urls=str(urls), out=str(out), base_url=pmc.url, legacy_base_url=pmc.url, progress=False))
+    first = scenario.records[0]["pair_id"]
+    captions = {
+        "mri": [
+            {
+                "pair_id": first,
+                "pmid": int(first.split("_")[0]),
+                "fig_id": "F0",
+                "fig_label": "Figure 1",
+                "fig_caption": "Axial T2 image.",
+                "in_text_mention": [{"tokens": "As shown in Fig. 1 ,", "entities": []}, "  second mention "],
+                "domain": FLAGS,
+            }
+        ]
+    }
+    captions_path = root / "captions.json"
+    captions_path.write_text(json.dumps(captions))
+    return out, captions_path, scenario, first
+
+
+def test_build_figures_writes_a_loadable_config_with_the_contract_columns(fetched, tmp_path):
+    out, captions, scenario, first = fetched
+    repo = tmp_path / "repo"
+    assert build_main(["--index", str(out), "--out", str(repo), "--captions", str(captions)]) == 0
+    rows = load_dataset(str(repo), "figures", split="train", cache_dir=str(tmp_path / "cache"))
+    assert set(rows.column_names) == CONTRACT_COLUMNS and len(rows) == 7
+    by_id = {row["pair_id"]: row for row in rows}
+    for pair_id, data in scenario.expected.items():
+        row = by_id[pair_id]
+        assert row["status"] == "ok" and row["image"].size == (64, 48)
+        assert row["pmcid"].startswith("PMC") and row["sha256"] == hashlib.sha256(data).hexdigest()
+    assert by_id["4242_F1"]["status"] == "missing" and by_id["4242_F1"]["image"] is None
+    assert by_id["4242_F1"]["sha256"] is None and by_id["4242_F1"]["pmid"] == "4242"
+    captioned = by_id[first]
+    assert (captioned["fig_label"], captioned["caption"]) == ("Figure 1", "Axial T2 image.")
+    assert captioned["mentions"] == ["As shown in Fig. 1 ,", "second mention"]
+    assert captioned["domain"] == FLAGS and captioned["licence"] == "CC BY"
+    assert captioned["source_url"].endswith(".jpg")
+
+
+def test_rebuild_in_place_is_seen_by_the_datasets_cache_and_keeps_other_configs(fetched, tmp_path):
+    out, captions, scenario, first = fetched
+    repo = tmp_path / "repo"
+    (repo / "data" / "80k").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a"]}), repo / "data" / "80k" / "train.parquet")
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: 80k\n  data_files:\n  - split: train\n    path: data/80k/*.parquet\n---\n# Card\n"
+    )
+    assert build_main(["--index", str(out), "--out", str(repo)]) == 0
+    cache = str(tmp_path / "cache")
+    assert (
+        load_dataset(str(repo), "figures", split="train", cache_dir=cache).filter(lambda r: r["pair_id"] == first)[0][
+            "caption"
+        ]
+        is None
+    )
+    assert build_main(["--index", str(out), "--out", str(repo), "--captions", str(captions)]) == 0
+    reloaded = load_dataset(str(repo), "figures", split="train", cache_dir=cache)
+    assert reloaded.filter(lambda r: r["pair_id"] == first)[0]["caption"] == "Axial T2 image."
+    readme = (repo / "README.md").read_text()
+    assert "config_name: 80k" in readme and "# Card" in readme and readme.count("config_name: figures") == 2
+
+
+def test_build_refuses_an_unfinished_fetch(fetched, tmp_path, capsys):
+    out, _, _, _ = fetched
+    marker = out / "index" / "shard-00000-of-00001.done"
+    marker.unlink()
+    try:
+        assert build_main(["--index", str(out), "--out", str(tmp_path / "r")]) == 2
+        assert "unfinished fetch shards" in capsys.readouterr().err
+        assert build_main(["--index", str(out), "--out", str(tmp_path / "r"), "--allow-incomplete"]) == 0
+    finally:
+        marker.write_text("complete\n")
+
+
+def test_open_figures_reads_a_repo_folder_and_a_fetch_folder_alike(fetched, tmp_path):
+    out, captions, scenario, first = fetched
+    repo = tmp_path / "repo"
+    build_main(["--index", str(out), "--out", str(repo), "--shard-mb", "0.000001"])
+    assert len(list((repo / "data" / "figures").glob("*.parquet"))) == 7
+    for store in (open_figures(repo, captions=captions), open_figures(out, captions=captions)):
+        assert store.pair_ids() == sorted([*scenario.expected, "4242_F1"])
+        row = store.get(first)
+        assert row["image"] == scenario.expected[first] and row["status"] == "ok"
+        assert row["caption"] == "Axial T2 image." and row["domain"] == FLAGS
+        assert store.get("4242_F1")["image"] is None and store.get("nope") is None
+
+
+def test_open_figures_on_the_real_qa50_folder_drops_empty_and_cut_off_files():
+    folder = shared_fixture("llava_med", "qa50_images")
+    qa = shared_fixture("llava_med", "llava_med_eval_qa50_qa.jsonl")
+    captions = {}
+    for line in qa.read_text().splitlines():
+        record = json.loads(line)
+        captions.setdefault(record["pair_id"], record)
+    store = open_figures(folder, captions=captions)
+    assert len(store) == 50
+    statuses = {pair_id: store.get(pair_id)["status"] for pair_id in store.pair_ids()}
+    assert sum(s == "ok" for s in statuses.values()) == 29
+    assert sum(s == "missing" for s in statuses.values()) == 19 and sum(s == "corrupt" for s in statuses.values()) == 2
+    row = store.get("18063892_F3")
+    assert Image.open(io.BytesIO(row["image"])).size[0] > 0 and row["caption"] and row["domain"]["histology"]
