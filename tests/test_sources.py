@@ -166,6 +166,15 @@ def test_hub_files_come_through_hf_endpoint_and_are_locked(tmp_path):
         assert read_lock(tmp_path / "src" / LOCK_NAME)[name]["sha256"] == sha(first)
         assert sorted(p.name for p in (tmp_path / "src").iterdir()) == [name, LOCK_NAME]  # staging removed
 
+        absent = subprocess.run(
+            [*command[:5], "BioMed-VITAL-instructions-80K.json", *command[6:]], env=env, capture_output=True, text=True
+        )
+        assert absent.returncode == 1
+        assert "error: BioMed-VITAL-instructions-80K.json: cannot download BioMed-VITAL-instructions-80K.json" in (
+            absent.stderr
+        )
+        assert "no such file in the repo" in absent.stderr
+
         hub.add_files(sources.HUB_REPO, {name: first.replace(b'"1"', b'"2"')}, message="replace the file")
         (tmp_path / "src" / name).unlink()
         refetched = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)

@@ -219,17 +219,37 @@ def download_file(
     """Download one repo file into `local_dir` (same relative path) and return it. An interrupted download
     resumes from the partial file huggingface_hub keeps under `local_dir/.cache`."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
 
-    path = hf_hub_download(
-        repo_id=check_repo_id(repo_id),
-        filename=filename,
-        repo_type=repo_type,
-        revision=revision,
-        local_dir=local_dir,
-        endpoint=hub_endpoint(),
-        token=find_token() or False,
-    )
+    endpoint, token = hub_endpoint(), find_token()
+    try:
+        path = hf_hub_download(
+            repo_id=check_repo_id(repo_id),
+            filename=filename,
+            repo_type=repo_type,
+            revision=revision,
+            local_dir=local_dir,
+            endpoint=endpoint,
+            token=token or False,
+        )
+    except (HfHubHTTPError, OSError) as err:  # not found, refused, offline, connection dropped
+        where = repo_url(repo_id, repo_type, endpoint)
+        raise HubError(f"cannot download {filename} from {where}: {_download_failure(err, token)}") from None
     return Path(path)
+
+
+def _download_failure(err: Exception, token: str | None) -> str:
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(err, RevisionNotFoundError):
+        return "no such revision"
+    if isinstance(err, EntryNotFoundError):
+        return "no such file in the repo"
+    if isinstance(err, RepositoryNotFoundError):
+        return "no such repo, or it is private or gated and HF_TOKEN does not give access"
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    detail = " ".join(lines[:2]) if lines else type(err).__name__
+    return f"{redact(detail, token)}; re-run the same command to resume"
 
 
 def download_repo(

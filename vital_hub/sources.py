@@ -341,10 +341,13 @@ def _total_size(response, have: int) -> int | None:
 
 def download_from_hub(source: SourceFile, final: Path, revision: str | None = None) -> Path:
     """Download a Hub file into a staging folder beside `final` (huggingface_hub resumes it there)."""
-    from vital_hub.hub import download_file
+    from vital_hub.hub import HubError, download_file
 
     staging = final.parent / HUB_STAGING
-    return download_file(HUB_REPO, source.path, staging, repo_type="dataset", revision=revision)
+    try:
+        return download_file(HUB_REPO, source.path, staging, repo_type="dataset", revision=revision)
+    except HubError as err:
+        raise SourceError(f"{final.name}: {err}") from None
 
 
 @dataclass
