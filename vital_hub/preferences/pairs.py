@@ -56,6 +56,11 @@ def by_item(latest: dict[tuple[str, str], dict]) -> dict[str, dict[str, dict]]:
     return dict(items)
 
 
+def in_judging_order(items: dict[str, dict[str, dict]]) -> list[tuple[str, dict[str, dict]]]:
+    """Items by the time of their first current judgement, so "the first N pairs" means what clinicians did first."""
+    return sorted(items.items(), key=lambda kv: (min(r.get("time") or "" for r in kv[1].values()), kv[0]))
+
+
 def item_outcome(verdicts: dict[str, str], aggregate: str) -> str:
     """One verdict for an item judged by several annotators ('disagreement' when the rule finds none)."""
     values = list(verdicts.values())
@@ -79,7 +84,7 @@ def clinician_pairs(
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregate!r}; known: {list(AGGREGATIONS)}")
     pairs, outcomes = [], []
-    for item_id, judged in by_item(latest_judgements(records)).items():
+    for item_id, judged in in_judging_order(by_item(latest_judgements(records))):
         verdicts = {name: verdict_of(record, use_better) for name, record in judged.items()}
         if aggregate == "each":
             groups = [([name], verdict) for name, verdict in verdicts.items()]

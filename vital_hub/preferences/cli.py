@@ -1,0 +1,332 @@
+"""`vital preferences sample|build|pairs|agreement|mix` and `vital judge rubric`.
+
+Every command's options are a dataclass: defaults there, then a YAML file (`--config F.yaml`, unknown keys
+rejected), then the command line. Entry points only parse, call the library and report.
+
+    vital preferences sample --candidates cands/ --images figs/ --k 60 --seed 0 --out items.jsonl
+    vital annotate serve --items items.jsonl --out annotations/ --annotator dr_lee
+    vital preferences build --annotations annotations/ --out prefs/
+    vital judge rubric --candidates cands/ --images figs/ --model gpt-4o --out judge/
+    vital preferences pairs --scores judge/ --n 30000 --seed 0 --out prefs/
+    vital preferences agreement --scores judge/ --repo prefs/
+    vital preferences mix --repo prefs/ --clinician-weight 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from vital_hub.io import atomic_path, write_json_atomic
+
+# ---------------------------------------------------------------- dataclass -> argparse
+
+
+def _kind(annotation: str):
+    """The argparse type of a field annotation written as a string ('int | None' -> int)."""
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("list", list)):
+        if name in annotation.replace("None", ""):
+            return kind
+    return str
+
+
+def parse_config(cls, argv: list[str], prog: str, description: str):
+    """An instance of `cls` from its defaults, then `--config` YAML, then command-line options."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help="YAML file of options (command-line options override it)")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for f in fields.values():
+        kind, flag = _kind(str(f.type)), "--" + f.name.replace("_", "-")
+        options = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        elif kind is list:
+            parser.add_argument(flag, nargs="+", **options)
+        else:
+            parser.add_argument(flag, type=kind, **options)
+    args = parser.parse_args(argv)
+    values = {}
+    if args.config:
+        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        unknown = sorted(set(loaded) - set(fields))
+        if unknown:
+            parser.error(f"{args.config}: unknown keys {unknown}; known: {sorted(fields)}")
+        values.update(loaded)
+    values.update({name: value for name, value in vars(args).items() if name in fields and value is not None})
+    missing = [
+        "--" + name.replace("_", "-")
+        for name, f in fields.items()
+        if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+
+
+def help_of(text: str, **extra):
+    return field(metadata={"help": text}, **extra)
+
+
+# ---------------------------------------------------------------- configs
+
+
+@dataclass
+class SampleConfig:
+    candidates: str = help_of("candidates folder or Hub repo id (dual-answer mode), or an items JSON/JSONL file")
+    out: str = help_of("items JSONL file to write (the app's --items)")
+    k: int = help_of("how many items to show clinicians", default=60)
+    seed: int = help_of("k-means seed", default=0)
+    clusters: int | None = help_of("k-means clusters (default: k, one item per cluster)", default=None)
+    encoder: str = help_of("clip | tiny-clip | hashing", default="clip")
+    encoder_model: str | None = help_of("model id of the clip encoder", default=None)
+    image_weight: float = help_of("weight of the image part against the text part", default=1.0)
+    images: str | None = help_of("folder of <pair_id>.jpg figures", default=None)
+    figures: str | None = help_of("figures dataset to look pictures up by pair_id", default=None)
+    embed_images: bool = help_of("write each figure into the items file (base64) instead of a path", default=False)
+
+
+@dataclass
+class BuildConfig:
+    annotations: str = help_of("folder of annotator logs (<annotator>.jsonl) written by the app")
+    out: str = help_of("preferences repo folder (config clinician, plus mixed when model pairs exist)")
+    aggregate: str = help_of("several annotators on one item: unanimous | majority | each", default="unanimous")
+    use_better: bool = help_of("a 'which is better' pick turns a tie (both acceptable) into a pair", default=False)
+    test_fraction: float = help_of("share of clinician pairs held out (stable per item)", default=0.0)
+    seed: int = help_of("seed of the held-out split", default=0)
+    max_pairs: int | None = help_of("keep only the first N pairs in judging order (the paper used 50)", default=None)
+    clinician_weight: float = help_of("weight w of clinician pairs in the mixed config", default=100.0)
+    embed_images: bool = help_of("embed each pair's figure (needs --images or --figures)", default=False)
+    images: str | None = help_of("folder of <pair_id>.jpg figures", default=None)
+    figures: str | None = help_of("figures dataset to look pictures up by pair_id", default=None)
+
+
+@dataclass
+class PairsConfig:
+    scores: list = help_of("judge output folder(s) or scores.jsonl file(s)")
+    out: str = help_of("preferences repo folder (config model, plus mixed when clinician pairs exist)")
+    n: int = help_of("number of pairs (train + test)", default=30000)
+    seed: int = help_of("seed of the split and the pair draw", default=0)
+    test_fraction: float = help_of("share held out, per score level", default=0.2)
+    pairing: str = help_of("across (any two items, paper) | same-question", default="across")
+    clinician_weight: float = help_of("weight w of clinician pairs in the mixed config", default=100.0)
+    embed_images: bool = help_of("embed the chosen side's figure (needs --images or --figures)", default=False)
+    images: str | None = help_of("folder of <pair_id>.jpg figures", default=None)
+    figures: str | None = help_of("figures dataset to look pictures up by pair_id", default=None)
+
+
+@dataclass
+class AgreementConfig:
+    scores: list = help_of("judge output folder(s) or scores.jsonl file(s)")
+    repo: str | None = help_of("preferences repo whose clinician config to compare with", default=None)
+    annotations: str | None = help_of("or: annotator logs to build the clinician pairs from", default=None)
+    aggregate: str = help_of("with --annotations: unanimous | majority | each", default="unanimous")
+
+
+@dataclass
+class MixConfig:
+    repo: str = help_of("preferences repo folder holding configs clinician and model")
+    clinician_weight: float = help_of("weight w of clinician pairs", default=100.0)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def sample_command(config: SampleConfig) -> int:
+    from vital_hub.preferences.items import ImageResolver, load_items
+    from vital_hub.preferences.sample import DEFAULT_CLIP, diverse_sample, get_encoder, plot_sample
+
+    items = load_items(config.candidates)
+    options = {"model_id": config.encoder_model or DEFAULT_CLIP} if config.encoder == "clip" else {}
+    if config.encoder == "tiny-clip":
+        options["seed"] = config.seed
+    resolver = ImageResolver(config.images, config.figures)
+    sample = diverse_sample(
+        items,
+        config.k,
+        config.seed,
+        get_encoder(config.encoder, **options),
+        resolver,
+        config.clusters,
+        config.image_weight,
+    )
+    out = Path(config.out)
+    with atomic_path(out) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for item in sample.chosen:
+                handle.write(json.dumps(item_record(item, resolver, config.embed_images), ensure_ascii=False) + "\n")
+    stem = out.with_suffix("")
+    write_json_atomic(f"{stem}.sample.json", sample.summary)
+    plot_sample(sample, f"{stem}.sample.png")
+    print(f"chose {len(sample.chosen)} of {len(items)} items from {sample.summary['clusters']} clusters -> {out}")
+    return 0
+
+
+def item_record(item, resolver, embed: bool) -> dict:
+    """An items-file line: the picture as a resolvable path, or embedded as base64."""
+    record = item.public()
+    data = resolver.bytes_for(item)
+    record["image"] = None
+    if data is not None and embed:
+        record["image_base64"] = base64.b64encode(data).decode("ascii")
+    elif data is not None:
+        record["image"] = str(_image_path(item, resolver) or item.image)
+    return record
+
+
+def _image_path(item, resolver) -> Path | None:
+    names = [Path(item.image).name] if item.image else []
+    for candidate in ([Path(item.image)] if item.image else []) + [
+        resolver.images_dir / name for name in [*names, f"{item.pair_id}.jpg"] if resolver.images_dir
+    ]:
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def build_command(config: BuildConfig) -> int:
+    from vital_hub.preferences.pairs import annotator_statistics, clinician_pairs
+    from vital_hub.preferences.repo import write_config, write_stats
+    from vital_hub.preferences.store import read_judgements
+
+    records = read_judgements(config.annotations)
+    pairs, outcomes = clinician_pairs(records, config.aggregate, config.use_better, config.test_fraction, config.seed)
+    pairs = pairs[: config.max_pairs] if config.max_pairs is not None else pairs
+    if config.embed_images:
+        embed_images(pairs, config.images, config.figures)
+    counts = write_config(config.out, "clinician", pairs)
+    write_stats(config.out, "clinician_outcomes.jsonl", outcomes)
+    stats = annotator_statistics(records, config.use_better)
+    write_stats(config.out, "annotators.json", stats)
+    outcome_counts = _count(o["outcome"] for o in outcomes)
+    print(
+        f"clinician pairs: {counts}; item outcomes: {outcome_counts}; "
+        f"mean item agreement: {stats['mean_item_agreement']}"
+    )
+    refresh_mixed(config.out, config.clinician_weight)
+    return 0
+
+
+def pairs_command(config: PairsConfig) -> int:
+    from vital_hub.preferences.judge import read_scores
+    from vital_hub.preferences.pairs import model_pairs
+    from vital_hub.preferences.repo import write_config
+
+    scores = [row for path in config.scores for row in read_scores(path)]
+    pairs = model_pairs(scores, config.n, config.seed, config.test_fraction, config.pairing)
+    if len(pairs) < config.n:
+        print(f"warning: only {len(pairs)} distinct pairs could be drawn (asked for {config.n})", file=sys.stderr)
+    if config.embed_images:
+        embed_images(pairs, config.images, config.figures)
+    counts = write_config(config.out, "model", pairs)
+    print(f"model pairs: {counts} from {len(scores)} judged answers")
+    refresh_mixed(config.out, config.clinician_weight)
+    return 0
+
+
+def agreement_command(config: AgreementConfig) -> int:
+    from vital_hub.preferences.judge import read_scores
+    from vital_hub.preferences.pairs import clinician_pairs, judge_agreement
+    from vital_hub.preferences.repo import read_config, write_stats
+    from vital_hub.preferences.store import read_judgements
+
+    if (config.repo is None) == (config.annotations is None):
+        raise SystemExit("vital preferences agreement: give exactly one of --repo or --annotations")
+    if config.repo is not None:
+        pairs = read_config(config.repo, "clinician")
+    else:
+        pairs = clinician_pairs(read_judgements(config.annotations), config.aggregate)[0]
+    scores = [row for path in config.scores for row in read_scores(path)]
+    result = judge_agreement(pairs, scores)
+    print(json.dumps(result, indent=2))
+    if config.repo is not None:
+        write_stats(config.repo, "judge_agreement.json", result)
+    return 0
+
+
+def mix_command(config: MixConfig) -> int:
+    if not refresh_mixed(config.repo, config.clinician_weight):
+        raise SystemExit(f"{config.repo} needs both configs clinician and model to mix")
+    return 0
+
+
+def refresh_mixed(repo: str, clinician_weight: float) -> bool:
+    """Rewrite `mixed` whenever both kinds of pairs exist, so it never lags behind either."""
+    from vital_hub.preferences.pairs import mixed_pairs
+    from vital_hub.preferences.repo import has_config, read_config, write_config
+
+    if not (has_config(repo, "clinician") and has_config(repo, "model")):
+        return False
+    counts = write_config(
+        repo, "mixed", mixed_pairs(read_config(repo, "clinician"), read_config(repo, "model"), clinician_weight)
+    )
+    print(f"mixed pairs (clinician weight {clinician_weight:g}): {counts}")
+    return True
+
+
+def embed_images(pairs: list[dict], images: str | None, figures: str | None) -> None:
+    """Put the (chosen side's) figure into each row; rows whose figure cannot be found keep None."""
+    from vital_hub.preferences.items import ImageResolver, Item
+
+    if not images and not figures:
+        raise SystemExit("--embed-images needs --images or --figures")
+    resolver = ImageResolver(images, figures)
+    cache: dict[str, bytes | None] = {}
+    for row in pairs:
+        pair_id = row["pair_id"]
+        if pair_id not in cache:
+            cache[pair_id] = resolver.bytes_for(Item(pair_id, pair_id, "", "", ""))
+        row["image"] = {"bytes": cache[pair_id], "path": f"{pair_id}.jpg"} if cache[pair_id] else None
+
+
+def _count(values) -> dict:
+    counts: dict = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+SUBCOMMANDS = {
+    "sample": (SampleConfig, sample_command, "pick a diverse set of items for clinicians (k-means)"),
+    "build": (BuildConfig, build_command, "clinician judgements -> config clinician (+ annotator statistics)"),
+    "pairs": (PairsConfig, pairs_command, "rubric-judge scores -> config model (pairs across score levels)"),
+    "agreement": (AgreementConfig, agreement_command, "how often the judge agrees with clinician pairs"),
+    "mix": (MixConfig, mix_command, "rewrite config mixed with another clinician weight"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        lines = [f"  {name:<10} {text}" for name, (_, _, text) in SUBCOMMANDS.items()]
+        print("usage: vital preferences COMMAND [OPTIONS]\n\ncommands:\n" + "\n".join(lines), file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    cls, command, text = SUBCOMMANDS[argv[0]]
+    return command(parse_config(cls, argv[1:], f"vital preferences {argv[0]}", text))
+
+
+def judge_main(argv: list[str] | None = None) -> int:
+    """`vital judge rubric ...`: score every (question, answer) with the rubric judge."""
+    from vital_hub.preferences.judge import JudgeConfig, run_judge
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "rubric":
+        print(
+            "usage: vital judge rubric --candidates SRC --model NAME --out DIR [options] (see --help)", file=sys.stderr
+        )
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    config = parse_config(JudgeConfig, argv[1:], "vital judge rubric", "score answers 0-10 with a rubric judge")
+    summary = run_judge(config)
+    print(json.dumps(summary, indent=2))
+    if summary["waiting_in_batch_jobs"]:
+        print(f"{summary['waiting_in_batch_jobs']} answers wait in Batch API jobs: re-run this command to collect")
+    return 0
