@@ -139,6 +139,9 @@ def test_build_push_then_load_by_repo_id_matches_local_folder(tmp_path, hub, tok
     assert f"{hub.endpoint}/datasets/biomed-vital/instructions/commit/" in pushed.stdout
     assert "load: datasets.load_dataset('biomed-vital/instructions', '80k')" in pushed.stdout
 
+    with urllib.request.urlopen(f"{hub.endpoint}/api/datasets/biomed-vital/instructions") as public:
+        assert json.load(public)["private"] is False  # no --private: readable without a token
+
     local_files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
     remote_files = hub.list_files("biomed-vital/instructions")
     assert sorted(remote_files) == local_files

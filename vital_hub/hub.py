@@ -112,17 +112,18 @@ def push_folder(
     folder: str | Path,
     repo_id: str,
     repo_type: str = "dataset",
-    private: bool = False,
+    private: bool | None = None,
     revision: str | None = None,
     commit_message: str | None = None,
 ) -> str:
     """Create the repo if needed (and the branch, for a revision other than main), upload the folder, and return
-    the commit URL. Re-running after an interruption is the resume: objects already on the Hub are skipped."""
+    the commit URL. Re-running after an interruption is the resume: objects already on the Hub are skipped.
+    `private=None` leaves a new repo's visibility to the namespace default; an existing repo keeps its own."""
     plan = plan_push(folder, repo_id, repo_type, revision)
     return _push(plan, private=private, commit_message=commit_message or f"Upload {plan.folder.name} with vital push")
 
 
-def _push(plan: PushPlan, private: bool, commit_message: str) -> str:
+def _push(plan: PushPlan, private: bool | None, commit_message: str) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -326,7 +327,7 @@ def push_main(argv: list[str]) -> int:
             flush=True,
         )
         message = args.commit_message or f"Upload {plan.folder.name} with vital push"
-        commit_url = _push(plan, private=args.private, commit_message=message)
+        commit_url = _push(plan, private=True if args.private else None, commit_message=message)
     except HubError as err:
         print(f"vital push: error: {err}", file=sys.stderr)
         return 1
