@@ -150,34 +150,39 @@ def test_cli_fetches_the_real_qa50_file_and_verifies_it(tmp_path, capsys, monkey
     assert "ok          llava_med_eval_qa50_qa.jsonl  sha256 matches (registry)" in capsys.readouterr().out
 
 
-def test_hub_files_come_through_hf_endpoint_and_are_locked(tmp_path):
+@pytest.fixture
+def fake_hub(tmp_path):
+    with running_hub(tmp_path / "fake_hub") as server:
+        yield server
+
+
+def test_hub_files_come_through_hf_endpoint_and_are_locked(tmp_path, fake_hub):
     """The BioMed-VITAL files come from the Hub dataset repo; their checksums are unknown until first fetched."""
     name = "BioMed-VITAL-instructions-60K.json"
     first = json.dumps([{"id": "1", "conversations": []}]).encode()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_XET="1", PYTHONPATH=str(REPO_ROOT))
     command = [sys.executable, "-m", "vital_hub.cli", "sources", "fetch", name, "--dir", str(tmp_path / "src")]
-    with running_hub(tmp_path / "store") as hub:
-        hub.add_files(sources.HUB_REPO, {name: first, "README.md": b"# released files\n"})
-        env["HF_ENDPOINT"] = hub.endpoint
-        fetched = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-        assert fetched.returncode == 0, fetched.stderr[-2000:]
-        assert (tmp_path / "src" / name).read_bytes() == first
-        assert read_lock(tmp_path / "src" / LOCK_NAME)[name]["sha256"] == sha(first)
-        assert sorted(p.name for p in (tmp_path / "src").iterdir()) == [name, LOCK_NAME]  # staging removed
+    fake_hub.add_files(sources.HUB_REPO, {name: first, "README.md": b"# released files\n"})
+    env["HF_ENDPOINT"] = fake_hub.endpoint
+    fetched = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    assert (tmp_path / "src" / name).read_bytes() == first
+    assert read_lock(tmp_path / "src" / LOCK_NAME)[name]["sha256"] == sha(first)
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == [name, LOCK_NAME]  # staging removed
 
-        absent = subprocess.run(
-            [*command[:5], "BioMed-VITAL-instructions-80K.json", *command[6:]], env=env, capture_output=True, text=True
-        )
-        assert absent.returncode == 1
-        assert "error: BioMed-VITAL-instructions-80K.json: cannot download BioMed-VITAL-instructions-80K.json" in (
-            absent.stderr
-        )
-        assert "no such file in the repo" in absent.stderr
+    absent = subprocess.run(
+        [*command[:5], "BioMed-VITAL-instructions-80K.json", *command[6:]], env=env, capture_output=True, text=True
+    )
+    assert absent.returncode == 1
+    assert "error: BioMed-VITAL-instructions-80K.json: cannot download BioMed-VITAL-instructions-80K.json" in (
+        absent.stderr
+    )
+    assert "no such file in the repo" in absent.stderr
 
-        hub.add_files(sources.HUB_REPO, {name: first.replace(b'"1"', b'"2"')}, message="replace the file")
-        (tmp_path / "src" / name).unlink()
-        refetched = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    fake_hub.add_files(sources.HUB_REPO, {name: first.replace(b'"1"', b'"2"')}, message="replace the file")
+    (tmp_path / "src" / name).unlink()
+    refetched = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert refetched.returncode == 1
     assert f"{name}: sha256 mismatch: expected {sha(first)}" in refetched.stderr
     assert sorted(p.name for p in (tmp_path / "src").iterdir()) == [LOCK_NAME]  # nothing unverified left
