@@ -354,3 +354,46 @@ def test_every_selector_recipe_parses():
         script_args, training_args, model_args = parser.parse_args_and_config(["--config", str(recipe), *overrides])
         assert script_args.loss_type in ("hinge", "bradley_terry"), recipe
         assert training_args.output_dir, recipe
+
+
+def test_two_processes_select_what_one_selects(tmp_path, tokenizer):
+    """Shards, not processes, define the work: torchrun with 2 CPU processes gives the single process's top k."""
+    import os
+    import shutil
+    import subprocess
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    selector = save_selector(tiny_selector("biomedclip", tokenizer), tokenizer, tmp_path / "selector")
+    images = write_figures(tmp_path / "figures", PAIR_IDS)
+    candidates = write_candidates(tmp_path / "candidates", candidate_rows(PAIR_IDS, samples=3))
+    single, _ = run_select(tmp_path, selector, candidates, images, tmp_path / "one", "--top", "7")
+    args = [
+        "--selector",
+        str(selector),
+        "--candidates",
+        str(candidates),
+        "--images",
+        str(images),
+        "--top",
+        "7",
+        "--out",
+        str(tmp_path / "two"),
+        "--shard-size",
+        "5",
+        "--batch-size",
+        "3",
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "vital_hub.cli", "select", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[rank 1] scored" in result.stdout
+    assert pq.read_table(tmp_path / "two" / "selected.parquet").to_pylist() == single

@@ -419,11 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_percent is not None and not 0 < args.top_percent <= 100:
         raise SystemExit("--top-percent must be in (0, 100]")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
     from accelerate import PartialState
 
     from vital_hub.selector.data import FigureImages
 
-    state = PartialState()
+    # Without a GPU, several processes (torchrun, accelerate launch --cpu) talk over gloo.
+    state = PartialState(cpu=not torch.cuda.is_available())
     ref = resolve_selector(args.selector, args.revision)
     model, tokenizer = load_selector(ref, state.device, args.dtype)
     if model.config.uses_images and not (args.images or args.figures):

@@ -1,0 +1,394 @@
+"""Benchmark: scoring candidates with a BiomedCLIP-sized selector, `vital select`'s pipeline vs the paper's loop.
+
+Builds, in --workdir, synthetic JPEG figures (~512 px, a few thousand reused by many candidates, as several
+candidates share one figure), a candidates dataset of ~170-word texts, and a selector with BiomedCLIP's shape
+(ViT-B/16 at 224 + BERT-base at 256 tokens + the 1024-512-512-512-1 head, random weights). Then, in one run:
+
+  (a) paper     the released filter loop: batch 100, fp32, images decoded and preprocessed in the main process,
+                texts padded to the 256-token context (open_clip's tokenizer does);
+  (b) ceiling   the model alone on batches already on the GPU (bf16 backbone, same batch size and texts);
+  (c) select    `vital_hub.selector.select.score_shards`, what `vital select` runs: worker processes decode
+                (JPEG draft mode) and tokenise, uint8 pinned batches, bf16 backbone, fp32 head.
+
+and prints pairs/s, the speed-up over (a) and the share of (b). On one GPU:
+
+    python benchmarks/score_candidates.py --workdir /tmp/bench --candidates 50000
+    python benchmarks/score_candidates.py --tiny        # CPU smoke run of the same code at toy size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
+def write_jpeg(task: tuple[Path, int, int]) -> int:
+    """A smooth, noisy, blob-filled picture (compresses and decodes like a real figure, unlike a flat colour)."""
+    from PIL import Image
+
+    path, seed, size = task
+    rng = np.random.default_rng(seed)
+    height = int(size * rng.uniform(0.75, 1.0))
+    y, x = np.mgrid[0:height, 0:size].astype(np.float32)
+    image = np.zeros((height, size, 3), np.float32) + rng.uniform(20, 120, 3)
+    for _ in range(6):
+        cy, cx, radius = rng.uniform(0, height), rng.uniform(0, size), rng.uniform(size / 20, size / 4)
+        blob = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * radius**2))[..., None]
+        image += blob * rng.uniform(-80, 160, 3)
+    image += rng.normal(0, 12, image.shape)
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
+    return path.stat().st_size
+
+
+def vocabulary(size: int, rng: random.Random) -> list[str]:
+    syllables = [
+        "ra",
+        "di",
+        "o",
+        "lo",
+        "gy",
+        "car",
+        "ci",
+        "no",
+        "ma",
+        "pul",
+        "mo",
+        "na",
+        "ry",
+        "he",
+        "pa",
+        "tic",
+        "le",
+        "sion",
+        "cor",
+        "tex",
+        "neu",
+        "ro",
+        "ve",
+        "nous",
+        "my",
+        "o",
+        "car",
+        "di",
+        "al",
+        "fi",
+        "bro",
+    ]
+    words = set()
+    while len(words) < size:
+        words.add("".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))))
+    return sorted(words)
+
+
+def sentence(words: list[str], n: int, rng: random.Random) -> str:
+    return " ".join(rng.choice(words) for _ in range(n)) + "."
+
+
+def build_workdir(workdir: Path, args) -> dict:
+    """Figures, candidates (full and small) and a saved random-weight selector, reused when already built."""
+    manifest_path = workdir / "manifest.json"
+    wanted = {key: getattr(args, key) for key in ("candidates", "distinct_images", "image_px", "tiny", "small")}
+    if manifest_path.exists() and json.loads(manifest_path.read_text()).get("params") == wanted:
+        return json.loads(manifest_path.read_text())
+    shutil.rmtree(workdir, ignore_errors=True)
+    images = workdir / "figures"
+    images.mkdir(parents=True)
+    rng = random.Random(0)
+    pair_ids = [f"{30000000 + i}_F{1 + i % 7}" for i in range(args.distinct_images)]
+    started = time.perf_counter()
+    with Pool(os.cpu_count()) as pool:
+        sizes = pool.map(write_jpeg, [(images / f"{p}.jpg", i, args.image_px) for i, p in enumerate(pair_ids)])
+    print(
+        f"wrote {len(pair_ids)} JPEGs ({np.mean(sizes) / 1024:.0f} KiB mean) in {time.perf_counter() - started:.1f}s"
+    )
+
+    words = vocabulary(3000, rng)
+    write_candidates(workdir / "candidates", pair_ids, words, args.candidates, rng)
+    write_candidates(workdir / "candidates_small", pair_ids, words, min(args.small, args.candidates), rng)
+    save_selector(workdir / "selector", words, args.tiny)
+    manifest = {"params": wanted, "mean_jpeg_bytes": float(np.mean(sizes))}
+    manifest_path.write_text(json.dumps(manifest))
+    return manifest
+
+
+def write_candidates(folder: Path, pair_ids: list[str], words: list[str], n: int, rng: random.Random) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for index in range(n):
+        pair_id = pair_ids[index % len(pair_ids)]
+        rows.append(
+            {
+                "candidate_id": f"{pair_id}#{index // len(pair_ids)}",
+                "pair_id": pair_id,
+                "sample": index // len(pair_ids),
+                "image": f"{pair_id}.jpg",
+                "caption": sentence(words, 60, rng),
+                "mentions": [sentence(words, 40, rng)],
+                "domain": {
+                    "chest_xray": index % 5 == 0,
+                    "mri": index % 5 == 1,
+                    "ct_scan": index % 5 == 2,
+                    "histology": index % 5 == 3,
+                    "gross": index % 5 == 4,
+                },
+                "conversations": [
+                    {"from": "human", "value": sentence(words, 15, rng)[:-1] + "?\n<image>"},
+                    {"from": "gpt", "value": sentence(words, 55, rng)},
+                ],
+                "status": "ok",
+            }
+        )
+    target = folder / "data" / "candidates"
+    target.mkdir(parents=True)
+    per_shard = 10000
+    for shard in range(math.ceil(n / per_shard)):
+        part = rows[shard * per_shard : (shard + 1) * per_shard]
+        pq.write_table(pa.Table.from_pylist(part), target / f"part-{shard:05d}.parquet")
+
+
+def save_selector(folder: Path, words: list[str], tiny: bool) -> None:
+    """BiomedCLIP's shape with random weights (or a toy one), and a WordPiece tokenizer over the synthetic words."""
+    import torch
+    from transformers import BertConfig, BertTokenizerFast, VisionTextDualEncoderConfig, ViTConfig
+
+    from vital_hub.selector.modeling import SelectorConfig, SelectorModel
+
+    vocab = SPECIALS + words + list("abcdefghijklmnopqrstuvwxyz.,?") + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab += [f"[unused{i}]" for i in range(30522 - len(vocab))]
+    folder.mkdir(parents=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    if tiny:
+        layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+        vision = ViTConfig(image_size=224, patch_size=16, layer_norm_eps=1e-6, **layers)
+        text = BertConfig(vocab_size=len(vocab), max_position_embeddings=512, **layers)
+        head = [32, 32, 32]
+    else:
+        vision = ViTConfig(image_size=224, patch_size=16, layer_norm_eps=1e-6)  # ViT-B/16 defaults
+        text = BertConfig(vocab_size=len(vocab), max_position_embeddings=512)  # BERT-base defaults
+        head = [512, 512, 512]
+    backbone = VisionTextDualEncoderConfig.from_vision_text_configs(
+        vision, text, projection_dim=512 if not tiny else 32
+    )
+    torch.manual_seed(0)
+    model = SelectorModel(
+        SelectorConfig(
+            backbone="biomedclip",
+            backbone_config=backbone,
+            head_hidden_sizes=head,
+            text_max_length=256,
+            image_size=224,
+        )
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+# ---------------------------------------------------------------- the three measurements
+
+
+def paper_loop(model, tokenizer, rows, images: Path, device, batch_size: int = 100) -> tuple[float, list[float]]:
+    """The released filter: main-process PIL decoding, full-size decode, fp32, fixed 256-token padding."""
+    import torch
+    from PIL import Image
+
+    from vital_hub.selector.text import candidate_text
+
+    mean = np.array(model.config.image_mean, np.float32)
+    std = np.array(model.config.image_std, np.float32)
+    size = model.config.image_size
+
+    def preprocess(path):
+        image = Image.open(path).convert("RGB")
+        scale = size / min(image.size)
+        image = image.resize(
+            (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.BICUBIC
+        )
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        array = (np.asarray(image.crop((left, top, left + size, top + size)), np.float32) / 255.0 - mean) / std
+        return torch.from_numpy(array.transpose(2, 0, 1))
+
+    scores = []
+    torch.cuda.synchronize() if device.type == "cuda" else None
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            pixels = torch.stack([preprocess(images / f"{r['pair_id']}.jpg") for r in batch]).to(device)
+            tokens = tokenizer(
+                [candidate_text(r) for r in batch],
+                padding="max_length",
+                truncation=True,
+                max_length=256,
+                return_tensors="pt",
+            ).to(device)
+            out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+            scores += out.logits.squeeze(-1).tolist()
+    return time.perf_counter() - started, scores
+
+
+def model_alone(model, batches, repeats: int) -> float:
+    """Seconds per pass over batches already on the device."""
+    import torch
+
+    def run():
+        with torch.inference_mode():
+            for batch in batches:
+                model(**batch)
+
+    run()  # warm-up
+    if batches[0]["input_ids"].is_cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    if batches[0]["input_ids"].is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeats
+
+
+def ready_batches(model, tokenizer, rows, images, batch_size: int, count: int, device) -> list[dict]:
+    from vital_hub.selector.select import CandidateBatches, plan_batches
+
+    plan = plan_batches([(0, range(min(len(rows), batch_size * count)))], batch_size)
+    dataset = CandidateBatches(rows, plan, images, tokenizer, model.config)
+    return [{k: v.to(device) for k, v in dataset[i][2].items()} for i in range(len(plan))]
+
+
+def pipeline(model, tokenizer, rows, images, batch_size: int, workers: int, shard_size: int) -> float:
+    from vital_hub.selector.select import score_shards
+
+    shards = [
+        (s, range(s * shard_size, min(len(rows), (s + 1) * shard_size)))
+        for s in range(math.ceil(len(rows) / shard_size))
+    ]
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        scored = score_shards(
+            model, tokenizer, rows, shards, images, Path(scratch), batch_size, workers, progress=False
+        )
+        seconds = time.perf_counter() - started
+    assert scored == len(rows)
+    return seconds
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "vital-score-bench"))
+    parser.add_argument("--candidates", type=int, default=50000)
+    parser.add_argument("--distinct-images", type=int, default=3000)
+    parser.add_argument("--image-px", type=int, default=512)
+    parser.add_argument("--baseline-candidates", type=int, default=3000)
+    parser.add_argument("--small", type=int, default=8000, help="size of candidates_small (multi-GPU check)")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    parser.add_argument("--shard-size", type=int, default=8192)
+    parser.add_argument("--ceiling-batches", type=int, default=6)
+    parser.add_argument("--tiny", action="store_true", help="toy sizes, CPU: checks the benchmark runs")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.candidates, args.distinct_images, args.image_px = 300, 40, 256
+        args.baseline_candidates, args.small, args.batch_size = 100, 120, 32
+        args.shard_size, args.ceiling_batches, args.workers = 64, 2, min(args.workers, 2)
+    return args
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parse_args(argv)
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from vital_hub.selector.data import FigureImages
+    from vital_hub.selector.select import SelectorRef, load_candidates, load_selector
+
+    workdir = Path(args.workdir)
+    manifest = build_workdir(workdir, args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    card = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU"
+    rows, _ = load_candidates([str(workdir / "candidates")])
+    rows.sort(key=lambda r: r["candidate_id"])
+    images = FigureImages(workdir / "figures")
+    ref = SelectorRef(workdir / "selector", "bench", "random")
+
+    tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    baseline_rows = rows[: args.baseline_candidates]
+    paper_model = AutoModel.from_pretrained(ref.path, dtype=torch.float32).to(device).eval()
+    paper_loop(paper_model, tokenizer, baseline_rows[:100], workdir / "figures", device)  # warm-up
+    paper_seconds, _ = paper_loop(paper_model, tokenizer, baseline_rows, workdir / "figures", device)
+    del paper_model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    model, tokenizer = load_selector(ref, device)
+    precision_name = "bf16 + fp32 head" if model.backbone_dtype() == torch.bfloat16 else "fp32"
+    batches = ready_batches(model, tokenizer, rows, images, args.batch_size, args.ceiling_batches, device)
+    tokens = float(np.mean([b["attention_mask"].sum(1).float().mean().item() for b in batches]))
+    ceiling_seconds = model_alone(model, batches, repeats=3)
+    ceiling_pairs = sum(len(b["input_ids"]) for b in batches)
+    del batches
+    pipeline_seconds = pipeline(model, tokenizer, rows, images, args.batch_size, args.workers, args.shard_size)
+
+    results = {
+        "card": card,
+        "cpu_cores": os.cpu_count(),
+        "workers": args.workers,
+        "mean_text_tokens": round(tokens, 1),
+        "mean_jpeg_kib": round(manifest["mean_jpeg_bytes"] / 1024, 1),
+        "paper_pairs_per_s": len(baseline_rows) / paper_seconds,
+        "ceiling_pairs_per_s": ceiling_pairs / ceiling_seconds,
+        "select_pairs_per_s": len(rows) / pipeline_seconds,
+        "select_candidates": len(rows),
+        "select_seconds": pipeline_seconds,
+    }
+    paper, ceiling, ours = (results[k] for k in ("paper_pairs_per_s", "ceiling_pairs_per_s", "select_pairs_per_s"))
+    print(
+        f"\ncard: {card}, {os.cpu_count()} CPU cores, {args.workers} decode workers, "
+        f"texts {tokens:.0f} tokens on average, JPEGs {results['mean_jpeg_kib']} KiB ({args.image_px} px)"
+    )
+    print(
+        f"{'method':<10} {'candidates':>10} {'batch':>6} {'precision':>14} {'pairs/s':>9} {'vs paper':>9} "
+        f"{'of ceiling':>10}"
+    )
+    table = [
+        ("paper", len(baseline_rows), 100, "fp32", paper),
+        ("ceiling", ceiling_pairs, args.batch_size, precision_name, ceiling),
+        ("select", len(rows), args.batch_size, precision_name, ours),
+    ]
+    for name, n, batch, precision, rate in table:
+        print(
+            f"{name:<10} {n:>10} {batch:>6} {precision:>14} {rate:>9.1f} {rate / paper:>8.1f}x "
+            f"{100 * rate / ceiling:>9.0f}%"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
