@@ -218,7 +218,7 @@ class JudgeConfig:
     prompt_file: str | None = field(default=None, metadata={"help": "system prompt from this file (overrides)"})
     images: str | None = field(default=None, metadata={"help": "folder of <pair_id>.jpg figures"})
     figures: str | None = field(default=None, metadata={"help": "figures dataset to look pictures up by pair_id"})
-    with_images: bool = field(default=True, metadata={"help": "attach the figure (units without one fail)"})
+    send_images: bool = field(default=True, metadata={"help": "attach the figure (units without one fail)"})
     image_max_side: int = field(default=1024, metadata={"help": "downscale larger figures to this many pixels"})
     detail: str | None = field(default=None, metadata={"help": "image detail hint: low | high | auto"})
     rounds: str = field(default="all", metadata={"help": "single-answer candidates: first | all rounds"})
@@ -368,7 +368,7 @@ def check_run(out: Path, config: JudgeConfig, prompt_version: str) -> None:
 def run_judge(config: JudgeConfig) -> dict:
     """Judge every pending unit; returns the summary also written to summary.json."""
     from vital_hub.generation.client import ChatClient
-    from vital_hub.generation.prompts import ImageError, image_data_url
+    from vital_hub.generation.prompts import ImageError
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -388,30 +388,24 @@ def run_judge(config: JudgeConfig) -> dict:
             collect_once(client.config, Counter())
         for start in range(0, len(pending), config.chunk_size):
             chunk = pending[start : start + config.chunk_size]
-            rows, requests = [], []
+            rows, requests = {}, []
             for unit in chunk:
-                image_url = None
-                if config.with_images:
-                    try:
-                        image_url = image_data_url(resolver.bytes_for(unit.as_item()), config.image_max_side)
-                    except ImageError as err:
-                        rows.append(score_row(unit, config.model, prompt_version, error=f"figure: {err}"))
-                        continue
-                requests.append(
-                    (
-                        unit,
-                        build_request(
-                            unit, system_prompt, image_url, config.max_tokens, config.temperature, config.detail
-                        ),
-                    )
-                )
-            if config.backend == "batch":
+                try:
+                    request = request_for(unit, config, system_prompt, resolver)
+                except ImageError as err:
+                    rows[unit.score_id] = score_row(unit, config.model, prompt_version, error=f"figure: {err}")
+                    continue
+                requests.append((unit, request))
+            if not requests:
+                answered = []
+            elif config.backend == "batch":
                 answered, still_waiting = batch_answers(client, requests, out)
                 waiting += still_waiting
             else:
                 answered = zip(requests, client.chat_many([r for _, r in requests], desc="rubric judge"), strict=True)
-            rows += [score_row(unit, config.model, prompt_version, result) for (unit, _), result in answered]
-            log.append(rows)
+            for (unit, _), result in answered:
+                rows[unit.score_id] = score_row(unit, config.model, prompt_version, result)
+            log.append([rows[unit.score_id] for unit in chunk if unit.score_id in rows])
     finally:
         client.close()
     summary = summarise([log.rows[u.score_id] for u in units if u.score_id in log.rows], len(units), waiting)
@@ -419,6 +413,16 @@ def run_judge(config: JudgeConfig) -> dict:
     write_json_atomic(out / "summary.json", summary)
     plot_scores([log.rows[u.score_id] for u in units if u.score_id in log.rows], out / "score_histogram.png")
     return summary
+
+
+def request_for(unit: JudgeUnit, config: JudgeConfig, system_prompt: str, resolver: ImageResolver) -> dict:
+    """The chat request of one unit; ImageError when its figure is needed but missing or unreadable."""
+    from vital_hub.generation.prompts import image_data_url
+
+    image_url = None
+    if config.send_images:
+        image_url = image_data_url(resolver.bytes_for(unit.as_item()), config.image_max_side)
+    return build_request(unit, system_prompt, image_url, config.max_tokens, config.temperature, config.detail)
 
 
 def batch_answers(client, requests: list[tuple[JudgeUnit, dict]], out: Path):

@@ -1,0 +1,299 @@
+"""The rubric judge: score parsing, a run against a real local OpenAI-compatible server, resume, then pairs,
+agreement with clinicians and the mixed config through the CLI."""
+
+import json
+import re
+
+import pytest
+
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.test_annotate_app import write_items
+from tests.test_preferences_sample import write_candidates
+from vital_hub.preferences.cli import judge_main
+from vital_hub.preferences.cli import main as preferences_main
+from vital_hub.preferences.judge import JudgeConfig, load_units, parse_rubric_score, read_scores, run_judge
+from vital_hub.preferences.repo import read_config
+from vital_hub.preferences.store import JudgementStore
+
+
+@pytest.mark.parametrize(
+    "reply, score",
+    [
+        ("Score: 7/10", 7.0),
+        ("7 8", 7.0),
+        ("7.5", 7.5),
+        ("", None),
+        ("   \n  ", None),
+        (None, None),
+        ("I'm sorry, but I can't help with assessing this image.", None),
+        ("I cannot score 2 images at once.", None),
+        ("8\nThe answer is accurate but misses the second lesion.", 8.0),
+        ("**Score:** 9\nClear.", 9.0),
+        ("Here is my assessment.\nScore: 6\nReasons...", 6.0),
+        ("10/10", 10.0),
+        ("0", 0.0),
+        ("11", None),
+        ("-2", None),
+        ("Overall: good\nfinal score 3 of ten", None),
+    ],
+)
+def test_parse_rubric_score(reply, score):
+    assert parse_rubric_score(reply) == score
+
+
+REPLIES = {
+    "A0": "Score: 7/10\nSolid.",
+    "A1": "7 8",
+    "A2": "7.5",
+    "A3": "",
+    "B0": "2\nWrong organ.",
+    "B1": "I'm sorry, I can't help with that.",
+    "B2": "Score: 3",
+    "B3": "4",
+}
+
+
+def scripted_reply(body: dict) -> str:
+    """Replies keyed by the answer's label (A0..B3) in the user text."""
+    user = body["messages"][1]["content"][0]["text"]
+    label = re.search(r"Answer:\nAnswer ([AB]\d)", user).group(1)
+    return REPLIES[label]
+
+
+def test_judge_run_records_scores_failures_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    items = write_items(tmp_path / "items", count=5)
+    prompt = tmp_path / "rubric.txt"
+    prompt.write_text("Score the pair from 0 to 10.")
+    out = tmp_path / "judge"
+    with FakeOpenAIServer(reply=scripted_reply, faults={"chat": ["500", "400"]}) as server:
+        config = JudgeConfig(
+            candidates=str(items),
+            out=str(out),
+            model="judge-model",
+            base_url=server.url,
+            prompt_file=str(prompt),
+            concurrency=1,
+            max_retries=2,
+        )
+        summary = run_judge(config)
+        rows = {row["score_id"]: row for row in read_scores(out)}
+        assert len(rows) == 10
+        # item 4 has no figure: recorded as an error, never sent
+        assert rows["30004_F1#q0#a"]["status"] == "error" and "figure" in rows["30004_F1#q0#a"]["error"]
+        errors = [r for r in rows.values() if r["status"] == "error" and "figure" not in r["error"]]
+        assert len(errors) == 1 and "400" in errors[0]["error"]
+        assert summary["errors"] == 3 and summary["units"] == 10
+        first_chat = server.chat_log(status=None)
+        sent = server.chat_log()
+        assert len(first_chat) == 9 and len(sent) == 7  # a 500 retried, a 400 not
+        assert first_chat[0]["status"] == 500
+
+        summary = run_judge(config)
+        rows = {row["score_id"]: row for row in read_scores(out)}
+        assert len(server.chat_log()) == 8  # only the request that got the 400 was sent again
+        assert summary["errors"] == 2 and summary["scored"] + summary["unparsed"] == 8
+    expected = {
+        "30000_F1#q0#a": 7.0,
+        "30001_F1#q0#a": 7.0,
+        "30002_F1#q0#a": 7.5,
+        "30003_F1#q0#a": None,
+        "30000_F1#q0#b": 2.0,
+        "30001_F1#q0#b": None,
+        "30002_F1#q0#b": 3.0,
+        "30003_F1#q0#b": 4.0,
+    }
+    assert {k: rows[k]["score"] for k in expected} == expected
+    assert rows["30003_F1#q0#a"]["status"] == "unparsed" and rows["30003_F1#q0#a"]["raw_text"] == ""
+    assert rows["30001_F1#q0#b"]["status"] == "unparsed"
+    assert rows["30000_F1#q0#a"]["item_id"] == "30000_F1#q0" and rows["30000_F1#q0#a"]["side"] == "a"
+    assert json.loads((out / "run.json").read_text())["prompt_version"].startswith("file:")
+    assert (out / "score_histogram.png").exists()
+    assert "test-key" not in (out / "run.json").read_text()
+
+    with pytest.raises(SystemExit, match="model 'judge-model'"):
+        run_judge(JudgeConfig(candidates=str(items), out=str(out), model="other", base_url="http://127.0.0.1:9"))
+
+
+def test_judge_request_carries_rubric_context_and_image(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    items = write_items(tmp_path / "items", count=2)
+    seen = []
+
+    def reply(body):
+        seen.append(body)
+        return "6"
+
+    with FakeOpenAIServer(reply=reply) as server:
+        assert (
+            judge_main(
+                [
+                    "rubric",
+                    "--candidates",
+                    str(items),
+                    "--out",
+                    str(tmp_path / "j"),
+                    "--model",
+                    "m",
+                    "--base-url",
+                    server.url,
+                    "--max-tokens",
+                    "64",
+                    "--temperature",
+                    "0",
+                ]
+            )
+            == 0
+        )
+    body = seen[0]
+    assert body["model"] == "m" and body["max_tokens"] == 64 and body["temperature"] == 0
+    system, user = body["messages"]
+    assert system["role"] == "system" and "0 (unusable) to 10 (excellent)" in system["content"]
+    text = user["content"][0]["text"]
+    assert text.startswith("Figure Caption:\nFigure 0: axial CT") and "Figure Context:\n\t- As shown" in text
+    assert "Question:\nQuestion number 0" in text and "Answer:\nAnswer A0" in text
+    assert user["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_units_from_candidates_cover_dual_and_single_answer_rows(tmp_path):
+    cands = write_candidates(tmp_path / "cands")
+    units = load_units(str(cands), rounds="all")
+    assert len(units) == 9 * 2 * 2 + 2
+    single = [u for u in units if u.candidate_id == "single_F1#0"]
+    assert [(u.score_id, u.question, u.answer) for u in single] == [
+        ("single_F1#0#r0", "What is shown?", "A CT."),
+        ("single_F1#0#r1", "Any lesion?", "Yes."),
+    ]
+    assert len(load_units(str(cands), rounds="first")) == 9 * 2 * 2 + 1
+
+
+def test_pairs_agreement_and_mixed_from_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    items = write_items(tmp_path / "items", count=5)
+    with FakeOpenAIServer(reply=scripted_reply) as server:
+        judge_main(
+            [
+                "rubric",
+                "--candidates",
+                str(items),
+                "--out",
+                str(tmp_path / "judge"),
+                "--model",
+                "m",
+                "--base-url",
+                server.url,
+                "--no-send-images",
+                "--limit",
+                "8",
+            ]
+        )
+    assert len(read_scores(tmp_path / "judge")) == 8
+
+    annotations = tmp_path / "annotations"
+    store = JudgementStore(annotations, "dr_a")
+    verdicts = [(True, False), (True, False), (False, True), (True, True)]
+    for i, (good_a, good_b) in enumerate(verdicts):
+        item = json.loads((items).read_text().splitlines()[i])
+        store.append(
+            {
+                **{
+                    k: item[k]
+                    for k in ("item_id", "pair_id", "question", "answer_a", "answer_b", "caption", "mentions")
+                },
+                "acceptable_a": good_a,
+                "acceptable_b": good_b,
+                "better": None,
+                "comment": "",
+            }
+        )
+    JudgementStore(annotations, "dr_b").append({**store.latest["30000_F1#q0"], "acceptable_b": True})
+
+    repo = tmp_path / "prefs"
+    assert preferences_main(["build", "--annotations", str(annotations), "--out", str(repo)]) == 0
+    clinician = read_config(repo, "clinician")
+    assert [p["pair_key"] for p in clinician] == ["clinician:30001_F1#q0", "clinician:30002_F1#q0"]
+    stats = json.loads((repo / "stats" / "annotators.json").read_text())
+    assert stats["annotator_pairs"][0]["overlap"] == 1 and stats["mean_item_agreement"] == 0.0
+    outcomes = [json.loads(line) for line in (repo / "stats" / "clinician_outcomes.jsonl").read_text().splitlines()]
+    assert {o["item_id"]: o["outcome"] for o in outcomes}["30000_F1#q0"] == "disagreement"
+    assert {o["item_id"]: o["outcome"] for o in outcomes}["30003_F1#q0"] == "tie"
+    assert not (repo / "data" / "mixed").exists()
+
+    assert (
+        preferences_main(
+            [
+                "pairs",
+                "--scores",
+                str(tmp_path / "judge"),
+                "--n",
+                "6",
+                "--seed",
+                "1",
+                "--test-fraction",
+                "0",
+                "--out",
+                str(repo),
+                "--clinician-weight",
+                "10",
+            ]
+        )
+        == 0
+    )
+    model = read_config(repo, "model")
+    assert 0 < len(model) <= 6 and all(p["chosen_score"] > p["rejected_score"] for p in model)
+    mixed = read_config(repo, "mixed")
+    assert len(mixed) == len(model) + 2
+    assert {(p["origin"], p["weight"]) for p in mixed} == {("clinician", 10.0), ("model", 1.0)}
+
+    assert preferences_main(["agreement", "--scores", str(tmp_path / "judge"), "--repo", str(repo)]) == 0
+    agreement = json.loads((repo / "stats" / "judge_agreement.json").read_text())
+    # item 1: A (7) over B (unparsed) -> missing; item 2: chosen B (3) vs A (7.5) -> judge disagrees
+    assert agreement == {
+        "pairs": 2,
+        "agree": 0,
+        "disagree": 1,
+        "tie": 0,
+        "missing": 1,
+        "agreement": 0.0,
+        "agreement_without_ties": 0.0,
+    }
+
+    assert preferences_main(["mix", "--repo", str(repo), "--clinician-weight", "300"]) == 0
+    assert {p["weight"] for p in read_config(repo, "mixed") if p["origin"] == "clinician"} == {300.0}
+    card = (repo / "README.md").read_text()
+    assert "config_name: mixed" in card and "download_checksums" in card
+
+
+def test_paper_prompt_file_is_accepted(tmp_path, monkeypatch):
+    from tests.conftest import shared_fixture
+
+    rubric = shared_fixture("biomed_vital", "prompts", "rubric_scoring.txt")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    items = write_items(tmp_path / "items", count=2)
+    seen = []
+    with FakeOpenAIServer(reply=lambda body: seen.append(body) or "8 7") as server:
+        run_judge(
+            JudgeConfig(
+                candidates=str(items), out=str(tmp_path / "j"), model="m", base_url=server.url, prompt_file=str(rubric)
+            )
+        )
+    assert seen[0]["messages"][0]["content"] == rubric.read_text().strip()
+    assert [r["score"] for r in read_scores(tmp_path / "j")] == [8.0, 8.0, None, None]
+
+
+def test_batch_backend_submits_then_collects_on_the_next_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    items = write_items(tmp_path / "items", count=3)
+    out = tmp_path / "judge"
+    with FakeOpenAIServer(reply=scripted_reply, batch_ready_after=1) as server:
+        config = JudgeConfig(candidates=str(items), out=str(out), model="m", base_url=server.url, backend="batch")
+        first = run_judge(config)
+        assert first["waiting_in_batch_jobs"] == 4 and first["scored"] == 0 and first["errors"] == 2
+        assert server.chat_log(status=None) == []
+        still = run_judge(config)  # the job is still in progress: nothing submitted twice
+        assert still["waiting_in_batch_jobs"] == 4
+        assert len([e for e in server.log if e["route"] == "batches"]) == 1
+        done = run_judge(config)
+    assert done["waiting_in_batch_jobs"] == 0 and done["scored"] == 3 and done["unparsed"] == 1
+    scores = {r["score_id"]: r["score"] for r in read_scores(out) if r["status"] != "error"}
+    assert scores == {"30000_F1#q0#a": 7.0, "30001_F1#q0#a": 7.0, "30000_F1#q0#b": 2.0, "30001_F1#q0#b": None}
