@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,10 +161,18 @@ def shard_path(out: Path, rank: int, world: int) -> Path:
 
 
 def answer_with_transformers(config: AnswerConfig) -> dict:
+    import torch
     from accelerate import PartialState
     from transformers import set_seed
 
-    state = PartialState()
+    # Without cpu=True accelerate ignores a torchrun/accelerate world on a machine with no GPU and every process
+    # would answer every question.
+    state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:
+        raise RuntimeError(
+            f"launched {launched} processes but accelerate sees {state.num_processes}; answers would repeat"
+        )
     out = Path(config.out)
     done = set(read_answers(out))
     for rank in range(state.num_processes):
