@@ -400,3 +400,42 @@ def test_access_rule():
     assert not guarded.allows("127.0.0.1", "localhost:7860", None, None)
     assert guarded.allows("10.0.0.5", "example.org", None, TOKEN)
     assert not guarded.allows("10.0.0.5", "example.org", TOKEN, None)  # the cookie holds a derived value
+
+
+def test_broken_real_downloads_are_reported_missing_not_shown():
+    from tests.conftest import shared_fixture
+    from vital_hub.preferences.items import Item
+
+    folder = shared_fixture("llava_med", "qa50_images")
+    resolver = ImageResolver(folder)
+    found = {p.stem: resolver.bytes_for(Item(p.stem, p.stem, "q", "a", "b")) for p in folder.glob("*.jpg")}
+    assert len(found) == 50
+    assert sum(data is not None for data in found.values()) == 29  # 19 empty files and 2 cut-off JPEGs refused
+
+
+def test_app_serves_a_candidates_folder_with_an_images_folder(tmp_path):
+    from starlette.testclient import TestClient
+
+    from tests.test_preferences_sample import write_candidates
+
+    cands = write_candidates(tmp_path / "cands", tmp_path / "figs")
+    annotation = Annotation(load_items(cands), str(tmp_path / "out"), "dr_a", ImageResolver(tmp_path / "figs"))
+    local = TestClient(create_app(annotation), base_url="http://127.0.0.1", client=("127.0.0.1", 40000))
+    assert local.get("/api/state").json()["total"] == 18
+    item = local.get("/api/item/0").json()
+    assert item["has_image"] and item["item"]["item_id"] == "xray0_F1#0#q0"
+    assert local.get("/api/image/0").headers["content-type"] == "image/png"
+    saved = local.post(
+        "/api/judgements",
+        json={
+            "index": 0,
+            "item_id": "xray0_F1#0#q0",
+            "acceptable_a": True,
+            "acceptable_b": False,
+            "better": "a",
+            "comment": " ok ",
+        },
+    )
+    assert saved.json() == {"saved_index": 0, "done": 1, "total": 18, "position": 1}
+    (record,) = log_lines(tmp_path / "out", "dr_a")
+    assert record["candidate_id"] == "xray0_F1#0" and record["comment"] == "ok" and record["index"] == 0
