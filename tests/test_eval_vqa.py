@@ -3,10 +3,15 @@
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import zipfile
 
 import pytest
 
+from tests.conftest import REPO_ROOT
+from tests.fakes.hub_server import running_hub
 from tests.fakes.judge_replies import pairwise_judge_reply
 from tests.fakes.openai_server import FakeOpenAIServer
 from vital_hub.cli import main as vital
@@ -229,3 +234,43 @@ def test_win_rate_both_orders_against_fake_judge(tmp_path, monkeypatch):
     assert summary["judgements"]["wins"] == 6 and summary["judgements"]["ties"] == 6
     details = json.loads((tmp_path / "out" / "winrate_details.json").read_text())
     assert [d["outcome_for_a"] for d in details] == ["tie", "tie", "win", "win", "win", "tie"]
+
+
+def test_loader_downloads_the_documented_repo_from_a_hub(fake_vqa_rad, tmp_path):
+    """`vital eval vqa-prepare --dataset vqa-rad` fetches flaviagiammarino/vqa-rad through vital_hub.hub."""
+    parquet = fake_vqa_rad / "data" / "test-00000-of-00001.parquet"
+    with running_hub(tmp_path / "hub") as hub:
+        hub.add_files(
+            "flaviagiammarino/vqa-rad",
+            {"data/test-00000-of-00001.parquet": parquet.read_bytes(), "README.md": b"# copy\n"},
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(
+            HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1", PYTHONPATH=str(REPO_ROOT)
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vital_hub.cli",
+                "eval",
+                "vqa-prepare",
+                "--dataset",
+                "vqa-rad",
+                "--out-dir",
+                str(tmp_path / "out"),
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "vqa-rad_test.manifest.json").read_text())
+    assert manifest["repo_id"] == "flaviagiammarino/vqa-rad"
+    assert (
+        manifest["files"]["data/test-00000-of-00001.parquet"]["sha256"]
+        == hashlib.sha256(parquet.read_bytes()).hexdigest()
+    )
+    assert manifest["counts"]["total"] == 4
