@@ -8,6 +8,9 @@ or a results JSON written by `vital eval`). It never holds tokens or environment
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,8 @@ import yaml
 
 from vital_hub.io import atomic_path
 
+# Trainer bookkeeping that is not part of the model repo.
+STAGING_SKIP = {"training_args.bin", "trainer_state.json"}
 HYPERPARAMETERS = (
     "learning_rate",
     "num_train_epochs",
@@ -162,21 +167,24 @@ def set_generation_eos(model, eos_ids: list[int], pad_id: int | None) -> None:
 
 
 def push_folder_to_hub(folder: str | Path, repo_id: str, private: bool | None, message: str) -> str:
-    """Upload the output folder (checkpoints excluded) through the project's one Hub client."""
-    ignore = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt"]
-    try:
-        from vital_hub.hub import push_folder
-    except ImportError:  # vital_hub.hub is another stage's module; use the Hub client directly until it exists
-        push_folder = None
-    if push_folder is not None:
-        return push_folder(
-            folder, repo_id, repo_type="model", private=private, ignore_patterns=ignore, message=message
-        )
-    from huggingface_hub import HfApi
+    """Upload the trained model (the top-level files of the output folder, not its checkpoints) through
+    `vital_hub.hub`, the project's one Hub client. The files are hard-linked into a staging folder beside the
+    output, so nothing large is copied."""
+    from vital_hub.hub import push_folder
 
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    commit = api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, repo_type="model", ignore_patterns=ignore, commit_message=message
-    )
-    return commit.oid
+    folder = Path(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-push-", dir=folder.parent))
+    try:
+        for path in folder.iterdir():
+            if path.is_file() and not path.name.startswith(".") and path.name not in STAGING_SKIP:
+                link_or_copy(path, staging / path.name)
+        return push_folder(staging, repo_id, repo_type="model", private=bool(private), commit_message=message)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, target)
