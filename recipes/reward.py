@@ -34,6 +34,13 @@ from vital_hub.selector.trainer import (
 )
 
 logger = logging.getLogger(__name__)
+SWEEP_COLUMNS = (
+    "eval_pairwise_accuracy",
+    "eval_model_pair_accuracy",
+    "eval_clinician_alignment",
+    "eval_clinician_auc",
+    "eval_loss",
+)
 
 
 def train_one(script_args, training_args, model_args, clinician_weight=None) -> dict:
@@ -112,7 +119,7 @@ def main(script_args, training_args, model_args):
     for weight in script_args.sweep_clinician_weights:
         training_args.output_dir = str(root / f"w{weight:g}")
         metrics = train_one(script_args, training_args, model_args, clinician_weight=weight)
-        rows.append({"clinician_weight": weight, **{k: v for k, v in metrics.items() if isinstance(v, float)}})
+        rows.append({"clinician_weight": weight, **{k: metrics[k] for k in SWEEP_COLUMNS if k in metrics}})
     table = write_sweep_table(rows, root)
     print(table.read_text())
     return rows

@@ -397,3 +397,53 @@ def test_two_processes_select_what_one_selects(tmp_path, tokenizer):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[rank 1] scored" in result.stdout
     assert pq.read_table(tmp_path / "two" / "selected.parquet").to_pylist() == single
+
+
+def test_reward_recipe_runs_a_clinician_weight_sweep_and_writes_cards(tmp_path, tokenizer, preferences):
+    """recipes/reward.py end to end on CPU: two weights, a table, a plot, and a loadable selector with a card."""
+    from transformers import AutoModel
+    from trl import RewardConfig, TrlParser
+
+    from vital_hub.selector.trainer import SelectorModelArguments, SelectorScriptArguments
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "recipes"))
+    import reward
+
+    repo, images = preferences
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    out = tmp_path / "sweep"
+    parser = TrlParser((SelectorScriptArguments, RewardConfig, SelectorModelArguments))
+    recipe = Path(__file__).parents[1] / "recipes" / "selector" / "config_smoke.yaml"
+    parsed = parser.parse_args_and_config(
+        [
+            "--config",
+            str(recipe),
+            "--bf16",
+            "false",
+            "--use_cpu",
+            "true",
+            "--dataset_name",
+            str(repo),
+            "--images_dir",
+            str(images),
+            "--tokenizer_name_or_path",
+            str(tmp_path / "tokenizer"),
+            "--output_dir",
+            str(out),
+            "--sweep_clinician_weights",
+            "1",
+            "100",
+            "--max_steps",
+            "2",
+        ]
+    )
+    rows = reward.main(*parsed)
+    assert [row["clinician_weight"] for row in rows] == [1.0, 100.0]
+    assert all(0.0 <= row["eval_clinician_auc"] <= 1.0 for row in rows)
+    table = (out / "sweep.md").read_text()
+    assert "eval_clinician_alignment" in table and len(table.strip().splitlines()) == 4
+    assert (out / "sweep.png").stat().st_size > 0 and (out / "sweep.csv").exists()
+    card = (out / "w100" / "README.md").read_text()
+    assert "library_name: transformers" in card and "| clinician pair weight | 100.0 |" in card
+    assert "eval_clinician_auc" in card and "| loss | hinge" in card
+    assert AutoModel.from_pretrained(out / "w100").config.backbone == "biomedclip"
