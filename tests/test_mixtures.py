@@ -66,6 +66,7 @@ def test_readme_yaml_lists_shards_and_checksums(sample):
     assert info["80k"]["download_checksums"][shard]["checksum"] == sha256_file(sample["repo"] / shard)
     assert info["150k"]["splits"][0]["num_examples"] == sample["manifest"]["configs"]["150k"]["rows"]
     assert "## Citation" in text and "load_dataset" in text
+    assert "&id" not in text and "*id" not in text  # no YAML anchors
 
 
 @pytest.mark.parametrize("config", ["60k", "80k", "150k", "210k"])
@@ -130,6 +131,16 @@ def test_rebuild_is_byte_identical(sample, tmp_path):
     for path in sorted(sample["repo"].rglob("*")):
         if path.is_file():
             assert path.read_bytes() == (tmp_path / "again" / path.relative_to(sample["repo"])).read_bytes(), path
+
+
+def test_shards_split_at_rows_per_shard(sample, tmp_path):
+    manifest = build(sample["sources"], tmp_path / "repo", rows_per_shard=25)
+    shards = manifest["components"]["biomed-vital-80k"]["shards"]
+    assert [s["rows"] for s in shards] == [25, 25, 25, 5]
+    assert shards[-1]["path"] == "data/biomed-vital-80k/train-00003-of-00004.parquet"
+    assert [r["id"] for r in read_config_rows(tmp_path / "repo", "80k")] == [
+        r["id"] for r in read_config_rows(sample["repo"], "80k")
+    ]
 
 
 def test_rerun_reuses_finished_components(sample, tmp_path):

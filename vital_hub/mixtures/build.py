@@ -338,7 +338,10 @@ class _ShardWriter:
     def add(self, record: dict, image: dict | None) -> None:
         self.batch.append(record, self.source, image)
         self.batch_bytes += len(image["bytes"]) if image else 0
-        if len(self.batch) >= self.options.batch_rows or self.batch_bytes >= self.options.max_batch_bytes:
+        rows_left_in_shard = self.options.rows_per_shard - self.shard_rows
+        if len(self.batch) >= min(self.options.batch_rows, rows_left_in_shard) or (
+            self.batch_bytes >= self.options.max_batch_bytes
+        ):
             self._flush()
 
     def _flush(self) -> None:

@@ -144,7 +144,14 @@ def card_text(plan: MixturePlan, manifest: dict) -> str:
     return "\n".join(lines)
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes repeated values (every config's features) in full: the Hub's YAML reader wants no anchors."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 def write_readme(out: Path, plan: MixturePlan, manifest: dict) -> None:
-    header = yaml.safe_dump(card_metadata(manifest), sort_keys=False, allow_unicode=True, width=1000)
+    header = yaml.dump(card_metadata(manifest), Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=1000)
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text(f"---\n{header}---\n\n{card_text(plan, manifest)}", encoding="utf-8")
