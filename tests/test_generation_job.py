@@ -168,6 +168,28 @@ def test_kill_9_then_rerun_completes_without_paying_twice(tmp_path, api_key):
     assert len(billed) - len(set(billed)) <= 4  # at most the requests in flight at the kill
 
 
+def test_sigterm_stops_gracefully_and_nothing_is_paid_twice(tmp_path, api_key):
+    images, captions, pair_ids = make_figures(tmp_path, 30)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with FakeOpenAIServer(latency_s=0.2) as server:
+        args = job_args(tmp_path, server.url, images, captions, "--concurrency", "6")
+        command = [sys.executable, "-m", "vital_hub.cli", "generate", *args]
+        process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(server.chat_log()) < 10 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 130 and b"run the same command again to resume" in output
+        assert not (tmp_path / "out" / "data").exists()
+        assert len(server.chat_log()) < 30
+        finished = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, timeout=120)
+        assert finished.returncode == 0
+        keys = [e["key"] for e in server.chat_log(None)]
+    assert len(keys) == len(set(keys)) == 30  # every request sent exactly once across stop and resume
+    assert [r["candidate_id"] for r in read_candidates(tmp_path / "out")] == [f"{p}#0" for p in pair_ids]
+
+
 def test_batch_backend_submit_collect_and_resume(tmp_path, api_key):
     images, captions, pair_ids = make_figures(tmp_path, 5, missing=(4,))
     with FakeOpenAIServer(batch_ready_after=1, faults={"content": ["pass", "403"]}) as server:

@@ -198,6 +198,7 @@ class FakeOpenAIServer:
     # -------------------------------------------------------------- routes
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        received = time.time()
         body = await request.json()
         key = request_key(body)
         fault = self._next_fault("chat")
@@ -211,27 +212,27 @@ class FakeOpenAIServer:
         if fault == "timeout":
             await asyncio.sleep(self.timeout_sleep_s)
         if fault == "429":
-            self._record("chat", request, 429, key=key)
+            self._record("chat", request, 429, received=received, key=key)
             return self._error(429, "Rate limit reached (fake)", retry_headers)
         if fault in ("400", "401", "403", "404", "500", "502", "503"):
-            self._record("chat", request, int(fault), key=key)
+            self._record("chat", request, int(fault), received=received, key=key)
             return self._error(int(fault), f"fake {fault}")
         if fault == "malformed":
-            self._record("chat", request, 200, key=key, fault=fault)
+            self._record("chat", request, 200, received=received, key=key, fault=fault)
             return web.Response(text='{"id": "x", "choices": [{"mess', content_type="application/json")
         if fault == "empty":
-            self._record("chat", request, 200, key=key, fault=fault)
+            self._record("chat", request, 200, received=received, key=key, fault=fault)
             return web.json_response({"id": "x", "object": "chat.completion", "choices": []})
         payload = json.dumps(self.completion(body)).encode()
         if fault == "truncated":
-            self._record("chat", request, 200, key=key, fault=fault)
+            self._record("chat", request, 200, received=received, key=key, fault=fault)
             response = web.StreamResponse(headers={"Content-Type": "application/json"})
             response.content_length = len(payload)
             await response.prepare(request)
             await response.write(payload[: len(payload) // 2])
             request.transport.close()
             return response
-        self._record("chat", request, 200, key=key, fault=fault)
+        self._record("chat", request, 200, received=received, key=key, fault=fault)
         return web.Response(body=payload, content_type="application/json")
 
     async def upload_file(self, request: web.Request) -> web.Response:

@@ -482,24 +482,37 @@ def run_job(config: GenerateConfig) -> dict:
 
 
 def run_online(job: Job, client: ChatClient) -> dict:
+    from vital_hub.generation.client import run_sync
+
     work = job.pending()
     writer = PartWriter(job.folder, job.config.flush_rows)
     total = sum(len(samples) for _, samples in work)
     already = len(job.order) * job.config.samples - total
     print(f"{len(job.order)} figures x {job.config.samples} samples: {already} done, {total} to generate")
-    from vital_hub.generation.client import run_sync
-
     try:
-        run_sync(generate_online(job, client, work, writer, total))
+        stopped = run_sync(generate_online(job, client, work, writer, total))
+    except asyncio.CancelledError:
+        stopped = True
     finally:
         writer.flush()
+    if stopped:
+        print(f"stopped: {sum(writer.status_counts.values())} rows kept; run the same command again to resume")
+        print(f"usage: {client.stats.summary()}")
+        return {"usage": client.stats.summary(), "this_run": dict(writer.status_counts), "interrupted": True}
     return finish(job, client, writer)
 
 
-async def generate_online(job: Job, client: ChatClient, work: list, writer: PartWriter, total: int) -> None:
-    """Figures are read and encoded in worker threads, a bounded window ahead of the requests in flight."""
+async def generate_online(job: Job, client: ChatClient, work: list, writer: PartWriter, total: int) -> bool:
+    """Send every pending request; returns True when stopped early by SIGINT/SIGTERM.
+
+    Figures are read and encoded in worker threads, a bounded window ahead of the requests in flight. The first
+    SIGINT or SIGTERM stops new requests and waits for those in flight, so none of them is paid for twice on
+    the re-run; a second one aborts at once.
+    """
     progress = ProgressBar(total, f"candidates ({job.config.model})", client.stats)
     window = asyncio.Semaphore(max(2, job.config.concurrency * 2))
+    stop = asyncio.Event()
+    restore = install_stop_handlers(stop, asyncio.current_task())
 
     async def one_figure(pair_id: str, samples: list[int]) -> None:
         try:
@@ -518,12 +531,40 @@ async def generate_online(job: Job, client: ChatClient, work: list, writer: Part
         async with asyncio.TaskGroup() as group:
             for pair_id, samples in work:
                 await window.acquire()
+                if stop.is_set():
+                    break
                 group.create_task(one_figure(pair_id, samples))
     except* Exception as failure:
         raise failure.exceptions[0] from None
     finally:
+        restore()
         progress.close()
         await client.aclose()
+    return stop.is_set()
+
+
+def install_stop_handlers(stop: asyncio.Event, task: asyncio.Task | None):
+    """First SIGINT/SIGTERM sets `stop`, the second cancels `task`; returns a function removing the handlers."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal() -> None:
+        if stop.is_set() and task is not None:
+            task.cancel()
+            return
+        stop.set()
+        print("\nstopping: waiting for the requests in flight (send the signal again to abort)", flush=True)
+
+    installed = []
+    for number in signals:
+        try:
+            loop.add_signal_handler(number, on_signal)
+            installed.append(number)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signal support
+            pass
+    return lambda: [loop.remove_signal_handler(number) for number in installed]
 
 
 def finish(job: Job, client: ChatClient, writer: PartWriter, waiting: int = 0) -> dict:

@@ -72,8 +72,8 @@ def candidates_main(argv: list[str]) -> int:
     required = [f.name for f in fields(GenerateConfig) if f.default is MISSING and f.name not in settings]
     if required:
         raise SystemExit(f"vital generate candidates: missing {', '.join('--' + r for r in required)}")
-    run_job(GenerateConfig.from_dict(settings))
-    return 0
+    summary = run_job(GenerateConfig.from_dict(settings))
+    return 130 if summary.get("interrupted") else 0
 
 
 def load_yaml(path: str) -> dict:
