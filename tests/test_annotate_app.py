@@ -439,3 +439,15 @@ def test_app_serves_a_candidates_folder_with_an_images_folder(tmp_path):
     assert saved.json() == {"saved_index": 0, "done": 1, "total": 18, "position": 1}
     (record,) = log_lines(tmp_path / "out", "dr_a")
     assert record["candidate_id"] == "xray0_F1#0" and record["comment"] == "ok" and record["index"] == 0
+
+
+def test_pictures_can_come_from_the_figure_store(tmp_path):
+    from tests.test_preferences_sample import write_candidates
+    from vital_hub.preferences.items import Item
+
+    write_candidates(tmp_path / "cands", tmp_path / "figs")
+    resolver = ImageResolver(figures=str(tmp_path / "figs"))
+    assert (
+        resolver.bytes_for(Item("x", "histo1_F1", "q", "a", "b")) == (tmp_path / "figs" / "histo1_F1.jpg").read_bytes()
+    )
+    assert resolver.bytes_for(Item("y", "unknown_F9", "q", "a", "b")) is None
