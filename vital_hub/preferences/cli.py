@@ -19,6 +19,7 @@ import base64
 import dataclasses
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,25 +173,15 @@ def sample_command(config: SampleConfig) -> int:
 
 
 def item_record(item, resolver, embed: bool) -> dict:
-    """An items-file line: the picture as a resolvable path, or embedded as base64."""
+    """An items-file line: the picture as an absolute path, or embedded as base64 (asked for, or no file)."""
     record = item.public()
-    data = resolver.bytes_for(item)
+    data, path = resolver.locate(item)
     record["image"] = None
-    if data is not None and embed:
+    if data is not None and (embed or path is None):
         record["image_base64"] = base64.b64encode(data).decode("ascii")
-    elif data is not None:
-        record["image"] = str(_image_path(item, resolver) or item.image)
+    elif path is not None:
+        record["image"] = str(path.resolve())
     return record
-
-
-def _image_path(item, resolver) -> Path | None:
-    names = [Path(item.image).name] if item.image else []
-    for candidate in ([Path(item.image)] if item.image else []) + [
-        resolver.images_dir / name for name in [*names, f"{item.pair_id}.jpg"] if resolver.images_dir
-    ]:
-        if candidate.is_file():
-            return candidate.resolve()
-    return None
 
 
 def build_command(config: BuildConfig) -> int:
@@ -207,7 +198,7 @@ def build_command(config: BuildConfig) -> int:
     write_stats(config.out, "clinician_outcomes.jsonl", outcomes)
     stats = annotator_statistics(records, config.use_better)
     write_stats(config.out, "annotators.json", stats)
-    outcome_counts = _count(o["outcome"] for o in outcomes)
+    outcome_counts = dict(Counter(o["outcome"] for o in outcomes))
     print(
         f"clinician pairs: {counts}; item outcomes: {outcome_counts}; "
         f"mean item agreement: {stats['mean_item_agreement']}"
@@ -286,13 +277,6 @@ def embed_images(pairs: list[dict], images: str | None, figures: str | None) -> 
         if pair_id not in cache:
             cache[pair_id] = resolver.bytes_for(Item(pair_id, pair_id, "", "", ""))
         row["image"] = {"bytes": cache[pair_id], "path": f"{pair_id}.jpg"} if cache[pair_id] else None
-
-
-def _count(values) -> dict:
-    counts: dict = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts
 
 
 SUBCOMMANDS = {

@@ -106,14 +106,15 @@ def items_from_candidate_row(row: dict) -> Iterator[Item]:
             question=dual["question"],
             answer_a=dual["answer_a"],
             answer_b=dual["answer_b"],
-            caption=_labelled_caption(row),
+            caption=labelled_caption(row),
             mentions=mention_texts(row.get("mentions")),
             image=row.get("image"),
             candidate_id=row["candidate_id"],
         )
 
 
-def _labelled_caption(row: dict) -> str:
+def labelled_caption(row: dict) -> str:
+    """`Figure 2: caption` from a candidate's label and caption (the label is not repeated)."""
     label, caption = (row.get("fig_label") or "").strip(), (row.get("caption") or "").strip()
     return f"{label}: {caption}" if label and caption and not caption.startswith(label) else caption
 
@@ -165,13 +166,17 @@ class ImageResolver:
         self._figures = None
 
     def bytes_for(self, item: Item) -> bytes | None:
-        for data in self._candidates(item):
-            if data and _decodes(data):
-                return data
-        return None
+        return self.locate(item)[0]
 
-    def _candidates(self, item: Item) -> Iterator[bytes | None]:
-        yield item.image_bytes
+    def locate(self, item: Item) -> tuple[bytes | None, Path | None]:
+        """The item's first picture that decodes, and its file (None when embedded or from the figure store)."""
+        for data, path in self._candidates(item):
+            if data and _decodes(data):
+                return data, path
+        return None, None
+
+    def _candidates(self, item: Item) -> Iterator[tuple[bytes | None, Path | None]]:
+        yield item.image_bytes, None
         paths = []
         if item.image:
             paths.append(Path(item.image))
@@ -181,11 +186,11 @@ class ImageResolver:
             paths.append(self.images_dir / f"{item.pair_id}.jpg")
         for path in paths:
             if path.is_file():
-                yield path.read_bytes()
+                yield path.read_bytes(), path
         if self.figures_path:
             row = self._figure_store().get(item.pair_id)
             image = (row or {}).get("image")
-            yield image.get("bytes") if isinstance(image, dict) else image
+            yield (image.get("bytes") if isinstance(image, dict) else image), None
 
     def _figure_store(self):
         if self._figures is None:

@@ -30,6 +30,7 @@ from vital_hub.preferences.items import (
     Item,
     items_from_candidate_row,
     iter_candidate_rows,
+    labelled_caption,
     load_items,
 )
 from vital_hub.schema import IMAGE_TOKEN, mention_texts
@@ -140,7 +141,6 @@ def units_of_conversation(row: dict, rounds: str) -> Iterator[JudgeUnit]:
         if rounds == "first" and number:
             break
         question = " ".join(turns[2 * number]["value"].replace(IMAGE_TOKEN, " ").split())
-        label, caption = (row.get("fig_label") or "").strip(), (row.get("caption") or "").strip()
         yield JudgeUnit(
             score_id=f"{row['candidate_id']}#r{number}",
             candidate_id=row["candidate_id"],
@@ -150,7 +150,7 @@ def units_of_conversation(row: dict, rounds: str) -> Iterator[JudgeUnit]:
             pair_id=row["pair_id"],
             question=question,
             answer=turns[2 * number + 1]["value"].strip(),
-            caption=f"{label}: {caption}" if label and caption and not caption.startswith(label) else caption,
+            caption=labelled_caption(row),
             mentions=mention_texts(row.get("mentions")),
             image=row.get("image"),
         )
