@@ -61,7 +61,7 @@ def test_api_key_is_never_written_to_the_cache(server, tmp_path, api_key):
 
 @pytest.mark.parametrize("fault", ["429", "500", "503", "timeout", "malformed", "empty", "truncated"])
 def test_retryable_faults_are_retried_until_answered(tmp_path, api_key, fault):
-    with FakeOpenAIServer(faults={"chat": [fault, fault]}, timeout_sleep_s=5) as fake:
+    with FakeOpenAIServer(faults={"chat": [fault, fault]}, timeout_sleep_s=1.5) as fake:
         client = client_for(fake, tmp_path, timeout_s=0.5)
         [result] = client.chat_many(requests(1))
     assert result.status == "ok" and result.text

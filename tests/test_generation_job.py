@@ -191,30 +191,36 @@ def test_sigterm_stops_gracefully_and_nothing_is_paid_twice(tmp_path, api_key):
 
 
 def test_batch_backend_submit_collect_and_resume(tmp_path, api_key):
-    images, captions, pair_ids = make_figures(tmp_path, 5, missing=(4,))
+    images, captions, pair_ids = make_figures(tmp_path, 6, missing=(4,))
+    data = json.loads(captions.read_text())
+    data["synthetic"][5]["fig_caption"] = "FAIL-IN-BATCH"  # the fake server fails this item inside its job
+    captions.write_text(json.dumps(data))
     with FakeOpenAIServer(batch_ready_after=1, faults={"content": ["pass", "403"]}) as server:
         args = job_args(tmp_path, server.url, images, captions, "--backend", "batch", "--batch-max-requests", "2")
         assert generate_main(args) == 0
         out = tmp_path / "out"
         inputs = sorted((out / "batches").glob("input-*.jsonl"))
-        assert [len(p.read_text().splitlines()) for p in inputs] == [2, 2]
+        assert [len(p.read_text().splitlines()) for p in inputs] == [2, 2, 1]
         line = json.loads(inputs[0].read_text().splitlines()[0])
         assert line["method"] == "POST" and line["url"] == "/v1/chat/completions" and line["body"]["model"] == "gpt-4o"
         assert not (out / "data").exists() and server.chat_log(None) == []
 
         assert generate_main(args) == 0  # nothing new is submitted while jobs wait
-        assert len([e for e in server.log if e["route"] == "batches"]) == 2
+        assert len([e for e in server.log if e["route"] == "batches"]) == 3
 
-        assert collect(out)["still_waiting_jobs"] == 2  # first look: in progress
+        assert collect(out)["still_waiting_jobs"] == 3  # first look: in progress
         with pytest.raises(FatalAPIError, match="download file-"):
             collect(out)  # job 1 stored, job 2's download refused: half collected
         counts = collect(out)
-        assert counts["collected_jobs"] == 1 and counts["stored"] == 2 and counts["still_waiting_jobs"] == 0
+        assert counts["collected_jobs"] == 2 and counts["stored"] == 2 and counts["still_waiting_jobs"] == 0
+        assert counts["failed_items"] == 1
         downloads = [e["file_id"] for e in server.log if e["route"] == "content" and e["status"] == 200]
-        assert len(downloads) == len(set(downloads)) == 2  # job 1's output was not fetched twice
+        assert len(downloads) == len(set(downloads)) == 4  # job 1's output was not fetched twice
+        assert len([e for e in server.log if e["route"] == "batches"]) == 3  # the failed item is not resubmitted
     rows = read_candidates(out)
     assert [r["candidate_id"] for r in rows] == [f"{p}#0" for p in pair_ids]
-    assert [r["status"] for r in rows] == ["ok"] * 4 + ["error"]
+    assert [r["status"] for r in rows] == ["ok"] * 4 + ["error"] * 2
+    assert rows[5]["error"] == "batch item failed: server_error: fake batch failure"
     assert rows[0]["cost_usd"] == pytest.approx(
         (rows[0]["prompt_tokens"] * 2.5 + rows[0]["completion_tokens"] * 10) / 2e6
     )

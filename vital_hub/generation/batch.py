@@ -6,7 +6,8 @@ not yet answered (and not already waiting in a submitted job) to JSONL files, up
 `vital generate collect --out DIR` later fetches finished jobs' output into the same request cache (custom_id
 is the request key), marks each job collected only once all of its replies are stored (so a collect that dies
 half-way simply fetches that job again, at no cost), then assembles the dataset from the cache. Items a job
-failed or expired are sent again by the next `candidates --backend batch`.
+answered with an error become `error` rows naming the error (`--retry-failed` submits them again); items of
+an expired or cancelled job are submitted again by the next run.
 """
 
 from __future__ import annotations
@@ -107,20 +108,26 @@ def submit(client: ChatClient, files: BatchFiles) -> list[str]:
 
 def run_batch_job(job, client: ChatClient) -> dict:
     """Rows for what is cached; new batch jobs for what is neither cached nor waiting; the dataset when done."""
-    from vital_hub.generation.candidates import PartWriter, finish, iter_cached_figures
+    from vital_hub.generation.candidates import PartWriter, finish
 
     cache = client.cache
+    if job.config.retry_failed:
+        print(f"{cache.clear_failures()} failed batch items will be submitted again")
     waiting_keys = {key for j in cache.batch_jobs(pending_only=True) for key in j["keys"]}
     writer = PartWriter(job.folder, job.config.flush_rows)
     files = BatchFiles(job.folder.root / "batches", job.config.model, job.config.batch_max_requests)
     waiting = 0
     try:
-        for row, request, key, stored in iter_cached_figures(job, job.pending(), cache):
+        for row, request in pending_requests(job):
+            key = client.key_of(request) if request is not None else None
+            stored = cache.get(key) if key is not None else None
             if request is None:
                 writer.add(row)
             elif stored is not None:
                 reply, source = stored
                 writer.add(job.rows.answered(row, client.result_from_reply(key, reply, batch=source == "batch")))
+            elif (failure := cache.failure(key)) is not None:
+                writer.add(job.rows.failed(row, f"batch item failed: {failure}"))
             elif key in waiting_keys:
                 waiting += 1
             else:
@@ -133,6 +140,12 @@ def run_batch_job(job, client: ChatClient) -> dict:
     if files.files:
         submit(client, files)
     return finish(job, client, writer, waiting=waiting)
+
+
+def pending_requests(job):
+    """(row, request or None) for every sample still to do, built figure by figure."""
+    for pair_id, samples in job.pending():
+        yield from job.requests_for(pair_id, samples)
 
 
 def collect(out: str | Path, poll: bool = False, poll_interval_s: float = 60.0) -> dict:
@@ -175,7 +188,7 @@ def collect_once(client_config: ClientConfig, counts: dict) -> int:
                 counts["stored"] += stored
                 counts["failed_items"] += failed
             if batch.error_file_id:
-                counts["failed_items"] += count_lines(api, batch.error_file_id)
+                counts["failed_items"] += store_errors(api, client, batch.error_file_id)
             client.cache.mark_batch(entry["batch_id"], batch.status, collected=True)
             counts["collected_jobs"] += 1
     finally:
@@ -196,10 +209,26 @@ def store_output(api, client: ChatClient, file_id: str) -> tuple[int, int]:
             client.cache.put(item["custom_id"], body, source="batch")
             stored += 1
         else:
+            client.cache.put_failure(item["custom_id"], item_error(item))
             failed += 1
     return stored, failed
 
 
-def count_lines(api, file_id: str) -> int:
+def store_errors(api, client: ChatClient, file_id: str) -> int:
     text = with_retries(lambda: api.files.content(file_id).text, f"download {file_id}")
-    return sum(1 for line in text.splitlines() if line.strip())
+    items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    for item in items:
+        client.cache.put_failure(item["custom_id"], item_error(item))
+    return len(items)
+
+
+def item_error(item: dict) -> str:
+    """The message of a failed batch item, from its `error` or its non-200 response body."""
+    error = item.get("error") or {}
+    if error.get("message"):
+        return f"{error.get('code') or 'error'}: {error['message']}"
+    response = item.get("response") or {}
+    body = response.get("body") or {}
+    inner = body.get("error") if isinstance(body, dict) else None
+    message = inner.get("message") if isinstance(inner, dict) else None
+    return f"HTTP {response.get('status_code')}: {message or 'no reply'}"

@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
     batch_id TEXT PRIMARY KEY, input_file_id TEXT NOT NULL, keys TEXT NOT NULL, status TEXT NOT NULL,
     collected INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batch_failures (key TEXT PRIMARY KEY, message TEXT NOT NULL, created REAL NOT NULL);
 """
 
 
@@ -95,6 +96,23 @@ class RequestCache:
                 "UPDATE batch_jobs SET status = ?, collected = ? WHERE batch_id = ?",
                 (status, int(collected), batch_id),
             )
+
+    def put_failure(self, key: str, message: str) -> None:
+        """A request a Batch API job answered with an error: kept so it is reported, not resubmitted forever."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO batch_failures (key, message, created) VALUES (?, ?, ?)",
+                (key, message, time.time()),
+            )
+
+    def failure(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT message FROM batch_failures WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def clear_failures(self) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM batch_failures").rowcount
 
     def close(self) -> None:
         with self._lock:

@@ -20,11 +20,9 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from vital_hub.generation.cache import RequestCache
 from vital_hub.generation.client import ChatClient, ChatResult, ClientConfig, ProgressBar
 from vital_hub.generation.figure_input import normalise_figure, open_figure_source
 from vital_hub.generation.parse import parse_reply
@@ -83,6 +81,7 @@ class GenerateConfig:
     demo_images: str | None = field(default=None, metadata={"help": "folder of demonstration images to attach"})
     send_seed: bool = field(default=True, metadata={"help": "send the request seed as the API `seed` parameter"})
     prices: str | None = field(default=None, metadata={"help": "price table file (YAML/JSON) over the defaults"})
+    retry_failed: bool = field(default=False, metadata={"help": "resubmit requests a Batch API job failed"})
     batch_max_requests: int = field(default=50_000, metadata={"help": "requests per Batch API job (OpenAI: 50,000)"})
     flush_rows: int = field(default=200, metadata={"help": "rows per work part written during the run"})
     shard_rows: int = field(default=20000, metadata={"help": "rows per parquet shard of the dataset"})
@@ -578,20 +577,3 @@ def finish(job: Job, client: ChatClient, writer: PartWriter, waiting: int = 0) -
     else:
         print(f"candidates: {summary['dataset']} -> {summary['path']}")
     return summary
-
-
-def iter_cached_figures(job: Job, work: Iterable[tuple[str, list[int]]], cache: RequestCache):
-    """(row, request, key, cached reply or None) for every pending sample, building requests in order."""
-    for pair_id, samples in work:
-        for row, request in job.requests_for(pair_id, samples):
-            if request is None:
-                yield row, None, None, None
-                continue
-            key = cache_key(job, request)
-            yield row, request, key, cache.get(key)
-
-
-def cache_key(job: Job, request: dict) -> str:
-    from vital_hub.generation.cache import request_key
-
-    return request_key({"model": job.config.model, **request})

@@ -98,7 +98,7 @@ class FatalAPIError(RuntimeError):
 class UsageStats:
     """Counters of one client; tokens and spend count requests sent in this process, not cache hits."""
 
-    sent: int = 0
+    sent: int = 0  # requests answered by the server in this process
     cached: int = 0
     errors: int = 0
     retries: int = 0
@@ -116,8 +116,6 @@ class UsageStats:
             self.cached += 1
             self.saved_usd += result.cost_usd or 0.0
             return
-        if result.prompt_tokens or result.completion_tokens:
-            self.sent += 1
         self.prompt_tokens += result.prompt_tokens
         self.completion_tokens += result.completion_tokens
         if result.cost_usd is None and (result.prompt_tokens or result.completion_tokens):
@@ -290,6 +288,7 @@ class ChatClient:
         if self.cache is not None:
             self.cache.put(key, reply, source="online")
         self._rejections = 0
+        self.stats.sent += 1
         return self._result(key, reply, cached=False)
 
     def _rejected(self, key: str, message: str) -> ChatResult:
