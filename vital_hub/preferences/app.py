@@ -17,6 +17,7 @@ Each annotator's judgements go to `<out>/<annotator>.jsonl`, appended and fsynce
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import hmac
 import html
@@ -38,6 +39,7 @@ from vital_hub.preferences.store import JudgementStore, check_annotator
 TOKEN_ENV = "VITAL_ANNOTATE_TOKEN"
 COOKIE = "vital_annotate"
 MIN_TOKEN_LENGTH = 8
+FAILED_LOGIN_DELAY_S = 1.0
 CSP = (
     "default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -167,6 +169,7 @@ def create_app(annotation: Annotation, token: str | None = None):
         supplied = (form.get("token") or [""])[0]
         target = safe_next((form.get("next") or ["/"])[0])
         if not hmac.compare_digest(session_value(supplied), session_value(token)):
+            await asyncio.sleep(FAILED_LOGIN_DELAY_S)  # guessing the token gets slow
             return HTMLResponse(login_page(target, "That token is not right."), status_code=401)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict")

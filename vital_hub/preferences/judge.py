@@ -210,7 +210,7 @@ def build_request(
 class JudgeConfig:
     candidates: str = field(metadata={"help": "items JSON/JSONL file, candidates folder or Hub repo id"})
     out: str = field(metadata={"help": "output folder (scores.jsonl, cache.sqlite, run.json, summary.json)"})
-    model: str = field(metadata={"help": "judge model name (a vision model unless --no-images)"})
+    model: str = field(metadata={"help": "judge model name (a vision model unless --no-send-images)"})
     base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server (else OPENAI_BASE_URL)"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the key"})
     azure_api_version: str | None = field(default=None, metadata={"help": "use Azure OpenAI with this version"})
