@@ -2,14 +2,14 @@
 
 A local fake of PMC (tests/fakes/pmc_server.py) serves every article twice: as bucket objects (2026 layout) and
 as a legacy tarball (the article's JATS, a PDF-sized filler and its figures). Each request waits `--delay-ms`
-first, standing in for the network. Three runs, each in its own subprocess so its peak RSS can be read:
+first, standing in for the network. Three runs, each in its own fresh subprocess that reports its peak RSS:
 
-- baseline: what LLaVA-Med's `download_images.py` did: for every record, download the article tarball, unpack
-  it to disk, copy the figure; one record after another (tarfile's "data" filter stands in for its extractall);
+- baseline: what LLaVA-Med's `download_images.py` did: download every record's article tarball, unpack every
+  tarball to disk, copy every figure; one after another (tarfile's "data" filter stands in for its extractall);
 - fetcher, bucket: `vital fetch figures` at `--concurrency`, through the 2026 bucket layout;
-- fetcher, legacy: the same with no bucket (every lookup 404s), so every figure comes from the tarballs.
+- fetcher, tarballs only: the same with no bucket (every lookup 404s), so every figure comes from a tarball.
 
-    .venv/bin/python benchmarks/fetch_figures.py                      # 2,000 figures, 50 ms, concurrency 32
+    .venv/bin/python benchmarks/fetch_figures.py                        # 2,000 figures, 50 ms, concurrency 32
     .venv/bin/python benchmarks/fetch_figures.py --baseline-figures 400 # baseline on a subset, extrapolated
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+FILLER_BYTES = 200_000  # stands in for the PDF and other files of a real package
 
 
 @dataclass
@@ -60,91 +61,119 @@ def baseline_worker(urls: Path, work: Path, legacy_base: str) -> None:
     images.mkdir(parents=True)
     for record in records:
         url = legacy_base + record["pmc_tar_url"].split("nih.gov", 1)[1]
-        urllib.request.urlretrieve(url, articles / os.path.basename(url))
+        urllib.request.urlretrieve(url, articles / url.rsplit("/", 1)[1])
     for record in records:
-        with tarfile.open(articles / os.path.basename(record["pmc_tar_url"])) as archive:
+        with tarfile.open(articles / record["pmc_tar_url"].rsplit("/", 1)[1]) as archive:
             for member in archive:
                 archive.extract(member, articles, filter="data")
     for record in records:
         shutil.copyfile(articles / record["image_file_path"], images / f"{record['pair_id']}.jpg")
 
 
-def run_measured(command: list[str]) -> tuple[float, float, str]:
-    """Wall seconds and peak RSS (MB) of one subprocess, read from its own rusage."""
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since its exec.
+
+    A child's ru_maxrss also counts the parent it was forked from (here the server, which holds every image and
+    tarball), so each measured process reports its own high-water mark, VmHWM, which starts anew at exec.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(kind: str, rss_file: str, rest: list[str]) -> int:
+    """Run one measured side in this fresh process, then write its peak RSS to `rss_file`."""
+    if kind == "baseline":
+        baseline_worker(Path(rest[0]), Path(rest[1]), rest[2])
+        code = 0
+    else:
+        from vital_hub.cli import main as vital_main
+
+        code = vital_main(rest)
+    Path(rss_file).write_text(f"{peak_rss_mb():.1f}")
+    return code
+
+
+def run_measured(kind: str, rest: list[str], rss_file: Path) -> tuple[float, float]:
+    """Wall seconds (process start to exit, imports included) and peak RSS in MB of one measured subprocess."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, str(rss_file), *rest]
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     seconds = time.monotonic() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{command[:4]} failed with {process.returncode}:\n{output}")
-    return seconds, usage.ru_maxrss / 1024, output
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} failed with {done.returncode}: {done.stdout}{done.stderr[-3000:]}")
+    return seconds, float(rss_file.read_text())
 
 
 def count_correct(folder: Path, expected: dict[str, bytes]) -> int:
+    """Figures whose file holds exactly the served bytes."""
     return sum(
         (folder / f"{pair_id}.jpg").is_file() and (folder / f"{pair_id}.jpg").read_bytes() == data
         for pair_id, data in expected.items()
     )
 
 
-def run_fetcher(name, pmc, urls, out, base_url, concurrency, rate, expected) -> Result:
-    command = [sys.executable, "-m", "vital_hub.cli", "fetch", "figures", "--urls", str(urls), "--out", str(out)]
-    command += ["--base-url", base_url, "--legacy-base-url", pmc.url, "--concurrency", str(concurrency)]
-    command += ["--rate-limit", str(rate), "--no-progress"]
+def run_fetcher(name: str, pmc, urls: Path, out: Path, base_url: str, args, expected: dict) -> Result:
+    argv = ["fetch", "figures", "--urls", str(urls), "--out", str(out), "--base-url", base_url, "--no-progress"]
+    argv += [
+        "--legacy-base-url",
+        pmc.url,
+        "--concurrency",
+        str(args.concurrency),
+        "--rate-limit",
+        str(args.rate_limit),
+    ]
     before = pmc.requests
-    seconds, rss, _ = run_measured(command)
+    seconds, rss = run_measured("fetch", argv, out.with_suffix(".rss"))
     stats = json.loads((out / "index" / "shard-00000-of-00001.stats.json").read_text())
-    return Result(
-        name,
-        len(expected),
-        count_correct(out, expected),
-        seconds,
-        pmc.requests - before,
-        stats["this_run"]["bytes"],
-        rss,
-    )
+    correct = count_correct(out, expected)
+    return Result(name, len(expected), correct, seconds, pmc.requests - before, stats["this_run"]["bytes"], rss)
 
 
-def run_baseline(pmc, records, work, expected, subset: int) -> Result:
+def run_baseline(pmc, records: list[dict], work: Path, expected: dict, subset: int) -> Result:
     chosen = records[:subset]
     urls = work / "baseline_urls.jsonl"
     urls.write_text("".join(json.dumps(r) + "\n" for r in chosen))
     before = pmc.requests
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--baseline-worker",
-        str(urls),
-        str(work / "baseline"),
-        pmc.url,
-    ]
-    seconds, rss, _ = run_measured(command)
+    seconds, rss = run_measured("baseline", [str(urls), str(work / "baseline"), pmc.url], work / "baseline.rss")
     wanted = {r["pair_id"]: expected[r["pair_id"]] for r in chosen}
     downloaded = sum(p.stat().st_size for p in (work / "baseline" / "pmc_articles").glob("*.tar.gz"))
-    note = "" if subset == len(records) else f"run on {subset} figures; rate extrapolated per figure"
-    return Result(
-        "LLaVA-Med sequential: tarball, extract, copy",
-        len(chosen),
-        count_correct(work / "baseline" / "images", wanted),
-        seconds,
-        pmc.requests - before,
-        downloaded,
-        rss,
-        note,
-    )
+    correct = count_correct(work / "baseline" / "images", wanted)
+    note = "" if subset == len(records) else f"ran on the first {subset} figures; figures/s extrapolates per figure"
+    name = "LLaVA-Med sequential: tarball, extract, copy"
+    # Each record downloads its article's tarball again; the files on disk hold one copy per article.
+    total_bytes = downloaded * len(chosen) // max(len({r["pmc_tar_url"] for r in chosen}), 1)
+    return Result(name, len(chosen), correct, seconds, pmc.requests - before, total_bytes, rss, note)
+
+
+WIDTHS = (52, 7, 4, 7, 9, 6, 8, 11)
+
+
+def table_row(cells) -> str:
+    """One markdown row: the first cell left-aligned, the numbers right-aligned."""
+    padded = [f"{c!s:<{w}}" if i == 0 else f"{c!s:>{w}}" for i, (c, w) in enumerate(zip(cells, WIDTHS, strict=True))]
+    return "| " + " | ".join(padded) + " |"
 
 
 def table(results: list[Result], baseline: Result, fetcher: Result) -> str:
-    header = f"| {'method':<46} | {'figures':>7} | {'lost':>4} | {'seconds':>7} | {'figures/s':>9} | {'MB/s':>6} | {'requests':>8} | {'peak RSS MB':>11} |"
-    lines = [header, "|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|"]
+    lines = [table_row(("method", "figures", "lost", "seconds", "figures/s", "MB/s", "requests", "peak RSS MB"))]
+    lines.append("|" + "|".join("-" * (w + 2) for w in WIDTHS) + "|")
     for r in results:
+        mb_per_s = r.bytes / r.seconds / 2**20
         lines.append(
-            f"| {r.name:<46} | {r.figures:>7} | {r.lost:>4} | {r.seconds:>7.1f} | {r.figures_per_s:>9.1f} | "
-            f"{r.bytes / r.seconds / 2**20:>6.2f} | {r.requests:>8} | {r.peak_rss_mb:>11.0f} |"
+            table_row(
+                (r.name, r.figures, r.lost, f"{r.seconds:.1f}", f"{r.figures_per_s:.1f}", f"{mb_per_s:.2f}")
+                + (r.requests, f"{r.peak_rss_mb:.0f}")
+            )
         )
-    lines.append(f"ratio fetcher (bucket) / baseline: {fetcher.figures_per_s / baseline.figures_per_s:.1f}x figures/s")
+    lines.append(
+        f"ratio, fetcher (bucket) / baseline: {fetcher.figures_per_s / baseline.figures_per_s:.1f}x figures/s"
+    )
     lines += [f"note: {r.name}: {r.note}" for r in results if r.note]
     return "\n".join(lines)
 
@@ -157,20 +186,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate-limit", type=float, default=1000.0, help="fetcher requests/s per host")
     parser.add_argument("--baseline-figures", type=int, default=None, help="run the baseline on the first N only")
-    parser.add_argument("--baseline-worker", nargs=3, metavar=("URLS", "WORK", "LEGACY_BASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.baseline_worker:
-        urls, work, base = args.baseline_worker
-        baseline_worker(Path(urls), Path(work), base)
-        return 0
 
     from tests.fakes.pmc_server import FakePmc, populate
 
     articles = args.figures // args.per_article
-    with (
-        tempfile.TemporaryDirectory(prefix="fetch_figures_bench_") as tmp,
-        FakePmc(delay_s=args.delay_ms / 1000) as pmc,
-    ):
+    with tempfile.TemporaryDirectory(prefix="fetch_figures_") as tmp, FakePmc(delay_s=args.delay_ms / 1000) as pmc:
         work = Path(tmp)
         scenario = populate(
             pmc,
@@ -178,44 +199,31 @@ def main() -> int:
             args.per_article,
             routes=("bucket",),
             tarballs_everywhere=True,
-            filler_bytes=200_000,
+            filler_bytes=FILLER_BYTES,
             size=(640, 480),
+            noise=0.35,
         )
         urls = work / "urls.jsonl"
         urls.write_text("".join(json.dumps(r) + "\n" for r in scenario.records))
-        image_mb = sum(map(len, scenario.expected.values())) / len(scenario.expected) / 1024
+        image_kb = sum(map(len, scenario.expected.values())) / len(scenario.expected) / 1024
+        tarball_kb = FILLER_BYTES / 1024 + args.per_article * image_kb
         print(
-            f"fetch_figures: {len(scenario.expected)} figures in {articles} articles ({image_mb:.0f} KB JPEGs, "
-            f"tarballs ~{200 + args.per_article * image_mb:.0f} KB), server adds {args.delay_ms:.0f} ms per request; "
-            f"fetcher concurrency {args.concurrency}, rate limit {args.rate_limit:.0f}/s per host",
+            f"fetch_figures: {len(scenario.expected)} figures in {articles} articles ({image_kb:.0f} KB JPEGs, "
+            f"tarballs ~{tarball_kb:.0f} KB), server adds {args.delay_ms:.0f} ms per request; fetcher concurrency "
+            f"{args.concurrency}, rate limit {args.rate_limit:.0f}/s per host; times include process start-up",
             flush=True,
         )
         subset = min(args.baseline_figures or len(scenario.records), len(scenario.records))
         baseline = run_baseline(pmc, scenario.records, work, scenario.expected, subset)
-        print(f"baseline done in {baseline.seconds:.1f} s", flush=True)
-        bucket = run_fetcher(
-            f"vital fetch figures, bucket, concurrency {args.concurrency}",
-            pmc,
-            urls,
-            work / "bucket",
-            pmc.url,
-            args.concurrency,
-            args.rate_limit,
-            scenario.expected,
-        )
-        legacy = run_fetcher(
-            f"vital fetch figures, tarballs only, concurrency {args.concurrency}",
-            pmc,
-            urls,
-            work / "legacy",
-            pmc.url + "/no-bucket",
-            args.concurrency,
-            args.rate_limit,
-            scenario.expected,
-        )
+        name = f"vital fetch figures, bucket, concurrency {args.concurrency}"
+        bucket = run_fetcher(name, pmc, urls, work / "bucket", pmc.url, args, scenario.expected)
+        name = f"vital fetch figures, tarballs only, concurrency {args.concurrency}"
+        legacy = run_fetcher(name, pmc, urls, work / "legacy", f"{pmc.url}/no-bucket", args, scenario.expected)
         print(table([baseline, bucket, legacy], baseline, bucket))
     return 0
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        sys.exit(worker(sys.argv[2], sys.argv[3], sys.argv[4:]))
     sys.exit(main())

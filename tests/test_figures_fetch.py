@@ -70,7 +70,7 @@ def test_statuses_missing_not_permitted_corrupt_and_error(tmp_path):
                 "PMC3", versions={1: {"other.jpg": make_jpeg(4)}, 2: {"m.jpg": make_jpeg(5)}}, bad_md5={"m.jpg"}
             )
         )
-        pmc.add(FakeArticle("PMC4", versions={1: {"down.jpg": make_jpeg(6)}}))
+        pmc.add(FakeArticle("PMC4", versions={1: {"down.jpg": make_jpeg(6), "big.jpg": b"\xff\xd8" + bytes(20_000)}}))
         pmc.throttle["/PMC4.1/down.jpg"] = 100
         records = [
             {"pmcid": "PMC1", "file": "ok.jpg", "pair_id": "1_F1"},
@@ -80,8 +80,12 @@ def test_statuses_missing_not_permitted_corrupt_and_error(tmp_path):
             {"pmcid": "PMC3", "file": "m.jpg", "pair_id": "3_F1"},
             {"pmcid": "PMC4", "file": "down.jpg", "pair_id": "4_F1"},
             {"pmcid": "PMC5", "file": "gone.jpg", "pair_id": "5_F1"},
+            {"pmcid": "PMC4", "file": "big.jpg", "pair_id": "4_F2"},
         ]
-        stats = run_fetch(config_for(pmc, write_urls(tmp_path / "u.jsonl", records), tmp_path / "out", max_retries=2))
+        config = config_for(
+            pmc, write_urls(tmp_path / "u.jsonl", records), tmp_path / "out", max_retries=2, max_image_mb=0.01
+        )
+        stats = run_fetch(config)
         hits = dict(pmc.hits)
     rows = read_rows(tmp_path / "out")
     status = {pair_id: row["status"] for pair_id, row in rows.items()}
@@ -93,7 +97,9 @@ def test_statuses_missing_not_permitted_corrupt_and_error(tmp_path):
         "3_F1": "corrupt",
         "4_F1": "error",
         "5_F1": "missing",
+        "4_F2": "corrupt",
     }
+    assert "body exceeds the cap" in rows["4_F2"]["error"]
     assert "not a decodable image" in rows["1_F2"]["error"]
     assert "does not match" in rows["3_F1"]["error"]
     assert "gave up after 3 attempts: HTTP 503" in rows["4_F1"]["error"]

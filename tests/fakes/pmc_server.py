@@ -11,6 +11,7 @@ memory by the test, from generated images or real figure files.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import json
@@ -29,8 +30,11 @@ from PIL import Image, ImageDraw
 S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
 
-def make_jpeg(seed: int, size: tuple[int, int] = (64, 48), fmt: str = "JPEG") -> bytes:
-    """A small image that differs per seed (coloured boxes), in any Pillow format."""
+def make_jpeg(seed: int, size: tuple[int, int] = (64, 48), fmt: str = "JPEG", noise: float = 0.0) -> bytes:
+    """An image that differs per seed (coloured boxes, plus grain when `noise` > 0), in any Pillow format.
+
+    Grain makes a 640x480 JPEG weigh about what a PMC figure does (tens of KB instead of a few).
+    """
     rng = random.Random(seed)
     image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
     draw = ImageDraw.Draw(image)
@@ -39,11 +43,20 @@ def make_jpeg(seed: int, size: tuple[int, int] = (64, 48), fmt: str = "JPEG") ->
         draw.rectangle(
             [x0, y0, x0 + size[0] // 3, y0 + size[1] // 3], fill=tuple(rng.randrange(256) for _ in range(3))
         )
+    if noise:
+        dx, dy = rng.randrange(size[0]), rng.randrange(size[1])
+        image = Image.blend(image, _grain(size).crop((dx, dy, dx + size[0], dy + size[1])), noise)
     if fmt == "PNG":
         image = image.convert("RGBA")
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=4)
+def _grain(size: tuple[int, int]) -> Image.Image:
+    """One noise field twice the image size; each image crops it at its own offset (cheaper than new noise)."""
+    return Image.effect_noise((size[0] * 2, size[1] * 2), 64).convert("RGB")
 
 
 def md5_hex(data: bytes) -> str:
@@ -319,6 +332,7 @@ def populate(
     filler_bytes: int = 0,
     first_id: int = 1000,
     size: tuple[int, int] = (64, 48),
+    noise: float = 0.0,
 ) -> Scenario:
     """Synthetic articles, each served by one route (round robin):
 
@@ -333,7 +347,7 @@ def populate(
         pmcid, pmid = f"PMC{first_id + number}", str(30_000_000 + first_id + number)
         route = routes[number % len(routes)]
         files = {
-            f"a{number}-g{f:03d}.jpg": make_jpeg(first_id * 7919 + number * 100 + f, size)
+            f"a{number}-g{f:03d}.jpg": make_jpeg(first_id * 7919 + number * 100 + f, size, noise=noise)
             for f in range(figures_per_article)
         }
         article = pmc.add(FakeArticle(pmcid, tar_path=FakePmc.tar_path_of(pmcid)))

@@ -21,6 +21,7 @@ from yarl import URL
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 CHUNK = 1 << 16
+ERROR_BODY_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ class HttpClient:
                     if response.status in (429, 503):
                         self.stats.throttled += 1
                     if response.status != 200:
-                        await response.read()
+                        await response.content.read(ERROR_BODY_BYTES)  # S3 error XML; never a whole hostile body
                         return Fetched(url=url, status=response.status), retry_after
                     data = await consume(response)
                     return Fetched(url=url, status=200, data=data, etag=response.headers.get("ETag")), None

@@ -266,6 +266,8 @@ class ArticleFetcher:
     def _note_failure(self, state: FigureState, label: str, fetched: Fetched) -> None:
         if fetched.status == 403:
             state.saw_forbidden = True
+        elif fetched.status == 200:  # an answer that came but broke a cap
+            state.saw_corrupt = True
         elif fetched.status not in (404, 410):
             state.saw_error = True
         state.notes.append(f"{label}: {fetched.describe()}")
@@ -533,7 +535,7 @@ def run_fetch(config: FetchConfig) -> dict:
     files = ShardFiles(out, shard)
     requests, duplicates = read_shard_requests(config.urls, shard)
     if files.done.exists() and not config.retry_failed and files.stats.exists():
-        return json.loads(files.stats.read_text())
+        return {**json.loads(files.stats.read_text()), "already_complete": True}
     out.mkdir(parents=True, exist_ok=True)
     files.folder.mkdir(parents=True, exist_ok=True)
     partial = out / PARTIAL_DIR / shard.name
@@ -588,8 +590,12 @@ def summary_table(stats: dict) -> str:
     """The end-of-run table: figures per status, then this run's speed and traffic."""
     run = stats["this_run"]
     total = max(stats["figures"], 1)
+    if stats.get("already_complete"):
+        head = f"{stats['shard']}: complete already, nothing fetched (--retry-failed retries failures); last run:"
+    else:
+        head = f"{stats['shard']}: {stats['figures']} figures ({run['fetched']} fetched now, {run['already_done']} already done)"
     lines = [
-        f"{stats['shard']}: {stats['figures']} figures ({run['fetched']} fetched now, {run['already_done']} already done)",
+        head,
         f"{'status':<14}{'figures':>10}{'share':>9}",
     ]
     for status, count in stats["counts"].items():
