@@ -53,6 +53,12 @@ def test_cache_answers_repeats_without_the_server(server, tmp_path, api_key):
     assert again[0].cost_usd is not None  # what the cached reply cost is kept
 
 
+def test_identical_requests_in_flight_are_sent_once(server, tmp_path, api_key):
+    results = client_for(server, tmp_path, concurrency=4).chat_many(requests(1) * 3)
+    assert len(server.chat_log()) == 1
+    assert [r.cached for r in results] == [False, True, True] and len({r.text for r in results}) == 1
+
+
 def test_api_key_is_never_written_to_the_cache(server, tmp_path, api_key):
     client_for(server, tmp_path).chat_many(requests(2))
     for path in tmp_path.glob("cache.sqlite*"):

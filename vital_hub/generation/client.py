@@ -17,6 +17,7 @@ never stored, cached or logged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import threading
@@ -165,6 +166,7 @@ class ChatClient:
         self.stats = UsageStats()
         self._bound: tuple[Any, Any, Limiter] | None = None  # (event loop, openai client, limiter)
         self._rejections = 0
+        self._in_flight: dict[str, asyncio.Future] = {}  # identical requests running now share one reply
 
     # ---------------------------------------------------------------- public API
 
@@ -181,8 +183,10 @@ class ChatClient:
         if stored is not None:
             reply, source = stored
             result = self._result(key, reply, cached=True, batch=source == "batch")
+        elif key in self._in_flight:
+            result = dataclasses.replace(await asyncio.shield(self._in_flight[key]), cached=True)
         else:
-            result = await self._send(key, body)
+            result = await self._send_once(key, body)
         self.stats.add(result)
         return result
 
@@ -228,6 +232,24 @@ class ChatClient:
             progress.close()
             await self.aclose()
         return results  # type: ignore[return-value]
+
+    async def _send_once(self, key: str, body: dict) -> ChatResult:
+        """Send `body`, letting identical requests that arrive meanwhile wait for this reply instead of paying."""
+        future = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            result = await self._send(key, body)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as err:
+            future.set_exception(err)
+            future.exception()  # retrieved here, so no "never retrieved" warning when nobody else waits
+            raise
+        finally:
+            self._in_flight.pop(key, None)
+        future.set_result(result)
+        return result
 
     def _resources(self):
         """The openai client and limiter of the running event loop (both are bound to the loop they start on)."""
