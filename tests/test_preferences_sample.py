@@ -268,3 +268,13 @@ def test_sample_config_rejects_unknown_keys(tmp_path, capsys):
     with pytest.raises(SystemExit):
         preferences_main(["sample", "--config", str(config)])
     assert "unknown keys ['kk']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("encoder", ["hashing", "tiny-clip"])
+def test_embedding_in_chunks_gives_the_same_vectors(encoder):
+    from vital_hub.preferences.sample import embed
+
+    items = grouped_items(4)
+    whole = embed(items, get_encoder(encoder), ImageResolver(), chunk=256)
+    chunked = embed(items, get_encoder(encoder), ImageResolver(), chunk=5)
+    assert whole.shape[0] == 12 and np.allclose(whole, chunked, atol=1e-5)

@@ -25,6 +25,7 @@ import numpy as np
 from vital_hub.preferences.items import ImageResolver, Item
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+EMBED_CHUNK = 256
 
 
 def item_text(item: Item) -> str:
@@ -231,12 +232,24 @@ class Sample:
     summary: dict
 
 
-def embed(items: list[Item], encoder, resolver: ImageResolver, image_weight: float = 1.0) -> np.ndarray:
-    """[image part, text part], each L2-normalised, the image part scaled by image_weight."""
-    images = [resolver.bytes_for(item) for item in items]
-    image_part = l2_normalise(np.asarray(encoder.encode_images(images), dtype=np.float64))
-    text_part = l2_normalise(np.asarray(encoder.encode_texts([item_text(i) for i in items]), dtype=np.float64))
-    return np.concatenate([image_part * image_weight, text_part], axis=1)
+def embed(
+    items: list[Item], encoder, resolver: ImageResolver, image_weight: float = 1.0, chunk: int = EMBED_CHUNK
+) -> np.ndarray:
+    """[image part, text part], each L2-normalised, the image part scaled by image_weight.
+
+    Pictures are read a chunk at a time, so memory holds one chunk of images, not the whole candidate set.
+    """
+    from tqdm.auto import tqdm
+
+    parts = []
+    for start in tqdm(range(0, len(items), chunk), desc="embedding items", unit="chunk", disable=len(items) <= chunk):
+        batch = items[start : start + chunk]
+        images = encoder.encode_images([resolver.bytes_for(item) for item in batch])
+        texts = encoder.encode_texts([item_text(item) for item in batch])
+        image_part = l2_normalise(np.asarray(images, dtype=np.float64))
+        text_part = l2_normalise(np.asarray(texts, dtype=np.float64))
+        parts.append(np.concatenate([image_part * image_weight, text_part], axis=1))
+    return np.concatenate(parts)
 
 
 def diverse_sample(
