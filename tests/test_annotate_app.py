@@ -295,17 +295,19 @@ def test_login_is_required_beyond_localhost(tmp_path, browser):
         assert not (out / "dr_a.jsonl").exists()
 
         page = browser.new_page()
-        page.goto(f"{base}/")
+        page.goto(f"{base}/?annotator=dr_c")
         page.wait_for_selector("input[name=token]")
         page.fill("input[name=token]", TOKEN)
         page.click("button[type=submit]")
         page.wait_for_selector("body[data-ready=true]", timeout=20000)
         expect_progress(page, "Item 1 of 5 · 0 judged")
+        assert page.inner_text("#annotator") == "dr_c"
         page.keyboard.press("1")
         page.keyboard.press("4")
         page.keyboard.press("Enter")
         expect_progress(page, "Item 2 of 5 · 1 judged")
-        assert [r["item_id"] for r in log_lines(out, "dr_a")] == ["30000_F1#q0"]
+        assert [r["item_id"] for r in log_lines(out, "dr_c")] == ["30000_F1#q0"]
+        assert not (out / "dr_a.jsonl").exists()
     finally:
         stop(proc)
 

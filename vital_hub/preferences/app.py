@@ -26,8 +26,9 @@ import os
 import socket
 import sys
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -40,6 +41,7 @@ TOKEN_ENV = "VITAL_ANNOTATE_TOKEN"
 COOKIE = "vital_annotate"
 MIN_TOKEN_LENGTH = 8
 FAILED_LOGIN_DELAY_S = 1.0
+IMAGE_CACHE_SIZE = 32
 CSP = (
     "default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -98,7 +100,7 @@ class Annotation:
         self.default_annotator = check_annotator(default_annotator)
         self.resolver = resolver
         self._stores: dict[str, JudgementStore] = {}
-        self._images: dict[int, bytes | None] = {}
+        self._images: OrderedDict[int, bytes | None] = OrderedDict()
         self._lock = threading.Lock()
 
     def store(self, annotator: str | None) -> JudgementStore:
@@ -112,10 +114,16 @@ class Annotation:
         return sum(item_id in store.latest for item_id in self.ids)
 
     def image(self, index: int) -> bytes | None:
+        """The item's picture; the last few are kept, as the page asks for the same one several times."""
         with self._lock:
-            if index not in self._images:
-                self._images[index] = self.resolver.bytes_for(self.items[index])
-            return self._images[index]
+            if index in self._images:
+                self._images.move_to_end(index)
+                return self._images[index]
+            data = self.resolver.bytes_for(self.items[index])
+            self._images[index] = data
+            if len(self._images) > IMAGE_CACHE_SIZE:
+                self._images.popitem(last=False)
+            return data
 
 
 def create_app(annotation: Annotation, token: str | None = None):
@@ -143,7 +151,8 @@ def create_app(annotation: Annotation, token: str | None = None):
         if not login_possible:
             return JSONResponse({"detail": "this server only answers local requests"}, status_code=403)
         if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
-            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+            here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(here, safe='/')}", status_code=303)
         return JSONResponse({"detail": "login required"}, status_code=401)
 
     def store_for(annotator: str | None) -> JudgementStore:
