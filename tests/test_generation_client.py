@@ -59,6 +59,14 @@ def test_identical_requests_in_flight_are_sent_once(server, tmp_path, api_key):
     assert [r.cached for r in results] == [False, True, True] and len({r.text for r in results}) == 1
 
 
+def test_azure_deployment_endpoint(server, tmp_path, api_key):
+    config = ClientConfig(model="my-gpt4o", base_url=server.root, azure_api_version="2024-10-21")
+    [result] = ChatClient(config).chat_many(requests(1))
+    [entry] = server.chat_log()
+    assert result.ok and entry["path"] == "/openai/deployments/my-gpt4o/chat/completions"
+    assert entry["query"] == {"api-version": "2024-10-21"}
+
+
 def test_api_key_is_never_written_to_the_cache(server, tmp_path, api_key):
     client_for(server, tmp_path).chat_many(requests(2))
     for path in tmp_path.glob("cache.sqlite*"):

@@ -76,6 +76,31 @@ def test_dataset_loads_as_the_candidates_config(tmp_path, api_key):
     assert dataset.num_rows == 3 and dataset[0]["status"] == "ok"
 
 
+def test_figures_dataset_input(tmp_path, api_key):
+    from vital_hub.figures.dataset import DATA_DIR, write_shards
+
+    images, _, pair_ids = make_figures(tmp_path, 4, missing=(1,))
+    rows = []
+    for number, pair_id in enumerate(pair_ids):
+        data = (images / f"{pair_id}.jpg").read_bytes()
+        rows.append(
+            {"pair_id": pair_id, "pmcid": None, "pmid": None, "fig_id": None, "fig_label": "Fig. 2",
+             "caption": f"Dataset caption {number}", "mentions": [f"mention {number}"], "domain": None,
+             "image": {"bytes": data, "path": None} if data else None, "licence": None, "source_url": None,
+             "sha256": None, "status": "ok" if data else "missing"}
+        )  # fmt: skip
+    write_shards(iter(rows), tmp_path / "repo" / DATA_DIR, shard_bytes=1000)
+    with FakeOpenAIServer() as server:
+        args = ["candidates", "--figures", str(tmp_path / "repo"), "--out", str(tmp_path / "out"), "--model", "m"]
+        assert generate_main([*args, "--base-url", server.url, "--min-rounds", "5"]) == 0
+        sent = [e["key"] for e in server.chat_log()]
+    candidates = read_candidates(tmp_path / "out")
+    assert [r["status"] for r in candidates] == ["ok", "error", "ok", "ok"] and len(sent) == 3
+    assert candidates[1]["error"] == "no usable image (figure status: missing)"
+    assert candidates[2]["caption"] == "Dataset caption 2" and candidates[2]["mentions"] == ["mention 2"]
+    assert candidates[2]["cost_usd"] is None  # model "m" is not in the price table
+
+
 def test_unparsable_and_dual_answer_replies(tmp_path, api_key):
     images, captions, _ = make_figures(tmp_path, 2)
     with FakeOpenAIServer(reply=lambda body: "I cannot help with this figure.") as server:

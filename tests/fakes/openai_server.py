@@ -79,6 +79,11 @@ class FakeOpenAIServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def root(self) -> str:
+        """The endpoint as Azure clients take it (they add /openai/deployments/<name>/...)."""
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self) -> FakeOpenAIServer:
         started = threading.Event()
         self._thread = threading.Thread(target=self._serve, args=(started,), daemon=True, name="fake-openai")
@@ -118,6 +123,7 @@ class FakeOpenAIServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=512 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)  # Azure OpenAI
         app.router.add_post("/v1/files", self.upload_file)
         app.router.add_get("/v1/files/{file_id}", self.file_info)
         app.router.add_get("/v1/files/{file_id}/content", self.file_content)
@@ -232,7 +238,7 @@ class FakeOpenAIServer:
             await response.write(payload[: len(payload) // 2])
             request.transport.close()
             return response
-        self._record("chat", request, 200, received=received, key=key, fault=fault)
+        self._record("chat", request, 200, received=received, key=key, fault=fault, query=dict(request.query))
         return web.Response(body=payload, content_type="application/json")
 
     async def upload_file(self, request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
@@ -381,6 +382,7 @@ class Job:
     source: object
     order: list[str]
     identity: dict
+    source_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def prepare(cls, config: GenerateConfig) -> Job:
@@ -444,7 +446,8 @@ class Job:
         return work
 
     def figure(self, pair_id: str) -> dict:
-        row = self.source.get(pair_id)
+        with self.source_lock:  # figure stores cache decoded row groups: one reader at a time
+            row = self.source.get(pair_id)
         return normalise_figure(row if row is not None else {"pair_id": pair_id})
 
     def requests_for(self, pair_id: str, samples: list[int]) -> list[tuple[dict, dict | None]]:
