@@ -75,6 +75,9 @@ class GenerateConfig:
     max_retries: int = field(default=6, metadata={"help": "retries of 429/5xx/timeouts/malformed replies"})
     timeout_s: float = field(default=120.0, metadata={"help": "seconds per request"})
     max_tokens: int = field(default=4096, metadata={"help": "completion budget per request (the paper: 4096)"})
+    max_tokens_field: str = field(
+        default="max_tokens", metadata={"help": "max_tokens | max_completion_tokens (OpenAI reasoning models)"}
+    )
     temperature: float | None = field(default=None, metadata={"help": "None: the server default (as the paper)"})
     top_p: float | None = field(default=None, metadata={"help": "None: the server default"})
     detail: str | None = field(default=None, metadata={"help": "image detail: low | high | auto (None: default)"})
@@ -129,6 +132,7 @@ class GenerateConfig:
             max_image_side=self.max_image_side,
             demo_images=self.demo_images,
             send_seed=self.send_seed,
+            max_tokens_field=self.max_tokens_field,
         )
 
 

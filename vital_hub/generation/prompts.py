@@ -28,6 +28,7 @@ from vital_hub.schema import DOMAINS, IMAGE_TOKEN, RecordError, conversation_of,
 # Bump when the way requests are laid out changes (it is part of the prompt version).
 LAYOUT_REVISION = "1"
 DETAILS = ("low", "high", "auto")
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")  # newer OpenAI reasoning models take only the second
 IMAGE_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
 
 CONVERSATION_SYSTEM = """\
@@ -256,16 +257,19 @@ class PromptOptions:
     max_image_side: int | None = None  # None: send the image as stored
     demo_images: str | None = None  # folder of demonstration images; None: text-only demonstrations, as the paper
     send_seed: bool = True  # pass the request seed as the API's `seed` (sampling reproducibility where supported)
+    max_tokens_field: str = "max_tokens"
 
     def __post_init__(self):
         if self.detail is not None and self.detail not in DETAILS:
             raise ValueError(f"detail must be one of {DETAILS}, got {self.detail!r}")
+        if self.max_tokens_field not in TOKEN_LIMIT_FIELDS:
+            raise ValueError(f"max_tokens_field must be one of {TOKEN_LIMIT_FIELDS}, got {self.max_tokens_field!r}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, got {self.max_tokens}")
 
     def sampling(self) -> dict:
         """The sampling parameters sent with every request (recorded per candidate)."""
-        params = {"max_tokens": self.max_tokens}
+        params = {self.max_tokens_field: self.max_tokens}
         if self.temperature is not None:
             params["temperature"] = self.temperature
         if self.top_p is not None:
