@@ -72,28 +72,14 @@ def write_items(folder: Path, count: int = 5) -> Path:
     return path
 
 
-def start_server(items: Path, out: Path, annotator: str = "dr_a", host: str = "127.0.0.1", token: str | None = None):
-    env = dict(os.environ)
+def start_server(items, out: Path, annotator="dr_a", host="127.0.0.1", token=None, env=None, extra=()):
+    """`vital annotate serve` in a subprocess on a free port; returns (process, port) once it listens."""
+    env = dict(os.environ if env is None else env)
     env.pop("VITAL_ANNOTATE_TOKEN", None)
     if token:
         env["VITAL_ANNOTATE_TOKEN"] = token
-    command = [
-        sys.executable,
-        "-m",
-        "vital_hub.cli",
-        "annotate",
-        "serve",
-        "--items",
-        str(items),
-        "--out",
-        str(out),
-        "--annotator",
-        annotator,
-        "--host",
-        host,
-        "--port",
-        "0",
-    ]
+    command = [sys.executable, "-m", "vital_hub.cli", "annotate", "serve", "--items", str(items), "--out", str(out),
+               "--annotator", annotator, "--host", host, "--port", "0", *extra]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -453,3 +439,30 @@ def test_pictures_can_come_from_the_figure_store(tmp_path):
         resolver.bytes_for(Item("x", "histo1_F1", "q", "a", "b")) == (tmp_path / "figs" / "histo1_F1.jpg").read_bytes()
     )
     assert resolver.bytes_for(Item("y", "unknown_F9", "q", "a", "b")) is None
+
+
+def test_items_from_a_candidates_repo_on_the_hub(tmp_path):
+    from tests.conftest import REPO_ROOT
+    from tests.fakes.hub_server import running_hub
+    from tests.test_preferences_sample import write_candidates
+
+    cands = write_candidates(tmp_path / "cands", tmp_path / "figs")
+    card = (
+        "---\nconfigs:\n- config_name: candidates\n  data_files:\n  - split: train\n"
+        "    path: data/candidates/*.parquet\n---\n# candidates\n"
+    )
+    shard = "data/candidates/train-00000-of-00001.parquet"
+    with running_hub(tmp_path / "hub") as hub:
+        hub.add_files("org/cands", {"README.md": card.encode(), shard: (cands / shard).read_bytes()})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(
+            HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1", PYTHONPATH=str(REPO_ROOT)
+        )
+        proc, port = start_server("org/cands", tmp_path / "out", env=env, extra=("--images", str(tmp_path / "figs")))
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
+                assert client.get("/api/state").json()["total"] == 18
+                item = client.get("/api/item/2").json()
+                assert item["item"]["item_id"] == "xray1_F1#0#q0" and item["has_image"]
+        finally:
+            stop(proc)
