@@ -210,7 +210,7 @@ def test_win_rate_both_orders_against_fake_judge(tmp_path, monkeypatch):
     )
     # A finds the truth in 5 questions, B in 2 (both in 0 and 1): A wins 3, ties 3 (both right twice, both wrong once).
     a_texts = ["the left lung", "liver", "yes", "no", "kidney", "brain"]
-    b_texts = ["left lung", "liver", "maybe", "unsure", "spleen", "lungs"]
+    b_texts = ["left lung", "the liver", "maybe", "unsure", "spleen", "lungs"]
     for name, texts in (("a", a_texts), ("b", b_texts)):
         (tmp_path / f"{name}.jsonl").write_text(
             "".join(json.dumps({"question_id": i, "text": t}) + "\n" for i, t in enumerate(texts))

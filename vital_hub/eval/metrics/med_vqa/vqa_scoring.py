@@ -14,7 +14,8 @@ LLaVA-Med compatibility (`llava-med`), as its evaluation scripts behave:
   times as the *prediction* repeats it, so "lung lung" against "left lung" scores 2/3;
 - closed questions: a hit when the normalised ground truth is a substring of the normalised prediction, so "no"
   matches "nodule" and "yes" matches "eyes". One script (`run_eval.py`) also wants "yes" or "no" somewhere in
-  the prediction (`closed_rule="substring-yes-no"`).
+  the prediction (`closed_rule="substring-yes-no"`). That script also forgets to count a miss when the
+  prediction does say yes or no, which shrinks the denominator; the batch script fixed this and so do we.
 
 Strict (`strict`): the same normalisation with the defects removed (punctuation always becomes a space except thousands separators, which go, periods
 other than decimal points always go, contractions matched in lower case), open recall with each ground-truth
