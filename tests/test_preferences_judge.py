@@ -297,3 +297,91 @@ def test_batch_backend_submits_then_collects_on_the_next_run(tmp_path, monkeypat
     assert done["waiting_in_batch_jobs"] == 0 and done["scored"] == 3 and done["unparsed"] == 1
     scores = {r["score_id"]: r["score"] for r in read_scores(out) if r["status"] != "error"}
     assert scores == {"30000_F1#q0#a": 7.0, "30001_F1#q0#a": 7.0, "30000_F1#q0#b": 2.0, "30001_F1#q0#b": None}
+
+
+def test_whole_stage_on_generated_dual_answer_candidates(tmp_path, monkeypatch):
+    """generate (dual-answer) -> sample -> judge -> pairs, each through its command, against the fake server."""
+    from tests.generation_support import make_demonstrations, make_figures
+    from vital_hub.generation.cli import main as generate_main
+    from vital_hub.preferences.items import load_items
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    images, captions, pair_ids = make_figures(tmp_path, 6, missing=(5,))
+    cands = tmp_path / "cands"
+    with FakeOpenAIServer() as server:
+        assert (
+            generate_main(
+                [
+                    "candidates",
+                    "--figures",
+                    str(images),
+                    "--captions",
+                    str(captions),
+                    "--out",
+                    str(cands),
+                    "--model",
+                    "gpt-4o",
+                    "--base-url",
+                    server.url,
+                    "--mode",
+                    "dual-answer",
+                    "--demos",
+                    str(make_demonstrations(tmp_path / "demos.json")),
+                ]
+            )
+            == 0
+        )
+    items = tmp_path / "items.jsonl"
+    assert (
+        preferences_main(
+            [
+                "sample",
+                "--candidates",
+                str(cands),
+                "--images",
+                str(images),
+                "--k",
+                "4",
+                "--encoder",
+                "hashing",
+                "--out",
+                str(items),
+            ]
+        )
+        == 0
+    )
+    chosen = load_items(items)
+    assert len(chosen) == 4 and {i.pair_id for i in chosen} <= set(pair_ids[:5])
+    assert all(i.image and i.question and i.answer_b for i in chosen)
+
+    def varied(body):
+        answer = body["messages"][1]["content"][0]["text"].rsplit("Answer:\n", 1)[1]
+        return f"Score: {len(answer) % 11}/10"
+
+    with FakeOpenAIServer(reply=varied) as server:
+        assert (
+            judge_main(
+                [
+                    "rubric",
+                    "--candidates",
+                    str(cands),
+                    "--images",
+                    str(images),
+                    "--out",
+                    str(tmp_path / "judge"),
+                    "--model",
+                    "judge",
+                    "--base-url",
+                    server.url,
+                ]
+            )
+            == 0
+        )
+    scores = read_scores(tmp_path / "judge")
+    assert len(scores) == 5 * 4 * 2 and all(s["status"] == "ok" for s in scores)
+    assert (
+        preferences_main(["pairs", "--scores", str(tmp_path / "judge"), "--n", "20", "--out", str(tmp_path / "prefs")])
+        == 0
+    )
+    model = read_config(tmp_path / "prefs", "model")
+    assert 0 < len(model) <= 20 and all(p["chosen_score"] > p["rejected_score"] for p in model)
