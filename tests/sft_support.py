@@ -37,6 +37,8 @@ def tiny_recipe(path: Path, model_dir: Path, repo: Path, output_dir: Path, **ove
         "bf16": False,
         "use_cpu": True,
         "gradient_checkpointing": False,
+        "train_sampling_strategy": "group_by_length",
+        "remove_unused_columns": False,
         "learning_rate": 1.0e-3,
         "per_device_train_batch_size": 4,
         "max_steps": 2,

@@ -43,7 +43,8 @@ def test_one_config_loads_with_missing_images_skipped(repo, tmp_path, caplog):
     assert 0 < len(train) < 80, "the sample has broken figures, which the build stores as null"
     assert present_count(train) == len(train)
     assert "skipping" in caplog.text and "of 80 rows" in caplog.text
-    assert set(train.column_names) == {"id", "source", "images", "messages"}
+    assert set(train.column_names) == {"id", "source", "images", "messages", "length"}
+    assert train[0]["length"] == sum(len(p["text"] or "") for m in train[0]["messages"] for p in m["content"])
     assert isinstance(train[0]["images"][0]["bytes"], bytes), "images stay encoded until the collator"
 
 

@@ -29,6 +29,7 @@ import yaml
 logger = logging.getLogger(__name__)
 
 KEPT_COLUMNS = ("id", "source", "images", "messages")
+LENGTH_COLUMN = "length"
 MISSING_IMAGE_POLICIES = ("skip", "text", "error")
 
 
@@ -166,10 +167,25 @@ def load_mixture(
     for source, part in zip(mixture.datasets, parts, strict=True):
         logger.info("%s (%s, %s): %d rows", source.id, source.config, source.split, len(part))
     counts = [len(part) for part in parts]
+    dataset = with_length_column(dataset)
     if not mixture.test_split_size:
         return {"train": dataset}, counts
     split = dataset.train_test_split(test_size=mixture.test_split_size, seed=mixture.seed)
     return {"train": split["train"], "test": split["test"]}, counts
+
+
+def with_length_column(dataset):
+    """Add `length` (characters of text, a proxy for tokens) for `train_sampling_strategy: group_by_length`.
+
+    Batches of similar length waste little on padding; every row holds one image, so its tokens add the same to
+    every row and are left out. Only the messages column is read, and the new column is appended without
+    rewriting the images.
+    """
+    lengths = [
+        sum(len(part["text"] or "") for message in messages for part in message["content"])
+        for messages in dataset["messages"]
+    ]
+    return dataset.add_column(LENGTH_COLUMN, lengths)
 
 
 def resolved_revision(source: DatasetSource) -> str | None:

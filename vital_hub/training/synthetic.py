@@ -72,7 +72,7 @@ def get_template(name: str) -> str:
     return TEMPLATES[name]
 
 
-def build_tokenizer(vocab_size: int = 600, adds_bos: bool = True):
+def build_tokenizer(vocab_size: int = 2000, adds_bos: bool = True):
     """A fast byte-level BPE tokenizer with offsets; with `adds_bos` it prepends `<s>` like Llama's."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
