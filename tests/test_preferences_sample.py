@@ -137,6 +137,7 @@ def test_clip_encoder_loads_a_checkpoint_by_id(tmp_path):
     assert texts.shape == (4, 16) and np.allclose(texts[0], texts[2]) and not np.allclose(texts[0], texts[1])
     images = encoder.encode_images([picture((200, 0, 0), 0), None, picture((0, 0, 200), 1)])
     assert images.shape == (3, 16) and not images[1].any() and not np.allclose(images[0], images[2])
+    assert encoder.encode_images([None, None]).shape == (2, 16)
     sample = diverse_sample(grouped_items(3), 3, 0, encoder, ImageResolver())
     assert len({i.item_id for i in sample.chosen}) == 3
 

@@ -115,13 +115,17 @@ class ClipEncoder:
         import torch
 
         present = [i for i, data in enumerate(images) if data is not None]
-        dim = self.model.config.projection_dim
-        result = np.zeros((len(images), dim), dtype=np.float32)
+        features = []
         for start in range(0, len(present), self.batch_size):
             rows = present[start : start + self.batch_size]
             batch = self.processor(images=[decode_rgb(images[i]) for i in rows], return_tensors="pt")
             with torch.no_grad():
-                result[rows] = as_array(self.model.get_image_features(**batch.to(self.device)))
+                features.append(as_array(self.model.get_image_features(**batch.to(self.device))))
+        # The width comes from the model's output, so checkpoints without `projection_dim` (SigLIP) work too.
+        width = features[0].shape[1] if features else self.encode_texts([""]).shape[1]
+        result = np.zeros((len(images), width), dtype=np.float32)
+        if features:
+            result[present] = np.concatenate(features)
         return result
 
 
