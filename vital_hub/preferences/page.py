@@ -138,7 +138,7 @@ async function api(path, options) {
   const url = state.annotator ? `${path}${sep}annotator=${encodeURIComponent(state.annotator)}` : path;
   const response = await fetch(url, Object.assign({ credentials: "same-origin" }, options || {}));
   if (response.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); }
-  const body = await response.json();
+  const body = await response.json().catch(() => ({ detail: `server answered ${response.status}` }));
   if (!response.ok) throw new Error(body.detail || response.statusText);
   return body;
 }
