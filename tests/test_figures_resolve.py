@@ -179,6 +179,6 @@ def test_journal_cuts_a_torn_last_line_before_appending(tmp_path):
     path.write_bytes(b'{"pair_id": "a", "status": "ok"}\n{"pair_id": "b", "sta')
     journal = Journal(path)
     assert journal.load() == {"a": {"pair_id": "a", "status": "ok"}}
-    journal.append({"pair_id": "c", "status": "missing"})
+    journal.append([{"pair_id": "c", "status": "missing"}, {"pair_id": "d", "status": "ok"}])
     journal.close()
-    assert set(Journal(path).load()) == {"a", "c"}
+    assert set(Journal(path).load()) == {"a", "c", "d"}

@@ -109,7 +109,7 @@ class Journal:
 
     def __init__(self, path: Path):
         self.path = path
-        self.handle = None
+        self.fd: int | None = None
 
     def load(self) -> dict[str, dict]:
         """Rows by pair id, after cutting a torn last line (a kill during a write) off the file."""
@@ -126,18 +126,22 @@ class Journal:
             rows[row["pair_id"]] = row
         return rows
 
-    def append(self, row: dict) -> None:
-        if self.handle is None:
+    def append(self, rows: list[dict]) -> None:
+        """All rows of one article in a single unbuffered write, so a kill leaves the article whole or absent
+        (bar a torn last line, which `load` cuts off)."""
+        if self.fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open(self.path, "ab")
-        self.handle.write((json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode())
-        self.handle.flush()
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        data = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode()
+        written = 0
+        while written < len(data):
+            written += os.write(self.fd, data[written:])
 
     def close(self) -> None:
-        if self.handle is not None:
-            os.fsync(self.handle.fileno())
-            self.handle.close()
-            self.handle = None
+        if self.fd is not None:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
 
 
 def write_index(rows: list[dict], path: Path) -> None:

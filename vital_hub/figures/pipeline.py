@@ -204,6 +204,7 @@ class ArticleFetcher:
                         state.saw_forbidden = True
                         state.notes.append(f"v{version}: no media files (not permitted by the licence)")
                 continue
+            tries = []
             for state in states:
                 media = metadata.media.get(state.request.file)
                 if state.done or (media is not None and media.url in state.tried):
@@ -211,7 +212,8 @@ class ArticleFetcher:
                 if media is None:
                     state.notes.append(f"metadata v{version}: file not listed")
                     continue
-                await self._try_url(state, media.url, "metadata", f"metadata v{version}", media.md5)
+                tries.append(self._try_url(state, media.url, "metadata", f"metadata v{version}", media.md5))
+            await asyncio.gather(*tries)
 
     async def _from_jats(self, article: ArticleDocuments, states: list[FigureState]) -> None:
         for version in await article.versions():
@@ -224,6 +226,7 @@ class ArticleFetcher:
             if graphics is None:
                 continue
             names = sorted(metadata.media)
+            tries = []
             for state in states:
                 if state.done:
                     continue
@@ -233,7 +236,8 @@ class ArticleFetcher:
                     continue
                 media = metadata.media[name]
                 if media.url not in state.tried:
-                    await self._try_url(state, media.url, "jats", f"jats v{version}", media.md5)
+                    tries.append(self._try_url(state, media.url, "jats", f"jats v{version}", media.md5))
+            await asyncio.gather(*tries)
 
     @staticmethod
     def _jats_match(request: FigureRequest, graphics: dict[str, list[str]], names: list[str]) -> str | None:
@@ -517,8 +521,8 @@ async def fetch_articles(config: FetchConfig, todo: list[FigureRequest], out: Pa
                 except Exception as err:  # a bug must not stop 700k figures: record it per figure and go on
                     error = f"internal error: {type(err).__name__}: {err}"
                     rows = [base_row(request, "error", None, None, error=error) for request in requests]
+                journal.append(rows)
                 for row in rows:
-                    journal.append(row)
                     samples.add(row)
                 progress.advance(len(requests), client.stats.bytes)
 
