@@ -232,6 +232,12 @@ def test_annotate_three_items_with_mouse_and_keys_then_reload_and_survive_a_kill
         expect_progress(page, "Item 5 of 5 · 4 judged")
         proc.kill()
         proc.wait()
+        # a save the dead server never confirmed is reported as not saved, never as saved
+        page.keyboard.press("1")
+        page.keyboard.press("4")
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_have_text(re.compile("^Not saved"))
+        expect(page.locator("#status")).to_have_class("error")
     finally:
         stop(proc)
 
