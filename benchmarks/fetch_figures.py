@@ -11,6 +11,7 @@ first, standing in for the network. Three runs, each in its own fresh subprocess
 
     .venv/bin/python benchmarks/fetch_figures.py                        # 2,000 figures, 50 ms, concurrency 32
     .venv/bin/python benchmarks/fetch_figures.py --baseline-figures 400 # baseline on a subset, extrapolated
+    .venv/bin/python benchmarks/fetch_figures.py --plot /tmp/fetch_figures.png
 """
 
 from __future__ import annotations
@@ -178,6 +179,24 @@ def table(results: list[Result], baseline: Result, fetcher: Result) -> str:
     return "\n".join(lines)
 
 
+def plot(results: list[Result], path: Path) -> None:
+    """A bar chart of figures/s per method, for people who would rather see than read the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 3))
+    names = [r.name.replace(", concurrency", "\nconcurrency") for r in results]
+    bars = axis.barh(names, [r.figures_per_s for r in results], color=["#999999", "#2a7ab9", "#7ab92a"])
+    axis.bar_label(bars, fmt="%.1f figures/s", padding=3)
+    axis.invert_yaxis()
+    axis.set_xlabel("figures per second (higher is better)")
+    axis.set_xlim(0, max(r.figures_per_s for r in results) * 1.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--figures", type=int, default=2000)
@@ -186,6 +205,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate-limit", type=float, default=1000.0, help="fetcher requests/s per host")
     parser.add_argument("--baseline-figures", type=int, default=None, help="run the baseline on the first N only")
+    parser.add_argument("--plot", type=Path, default=None, help="also save a bar chart of figures/s (PNG)")
     args = parser.parse_args()
 
     from tests.fakes.pmc_server import FakePmc, populate
@@ -220,6 +240,9 @@ def main() -> int:
         name = f"vital fetch figures, tarballs only, concurrency {args.concurrency}"
         legacy = run_fetcher(name, pmc, urls, work / "legacy", f"{pmc.url}/no-bucket", args, scenario.expected)
         print(table([baseline, bucket, legacy], baseline, bucket))
+    if args.plot:
+        plot([baseline, bucket, legacy], args.plot)
+        print(f"plot: {args.plot}")
     return 0
 
 

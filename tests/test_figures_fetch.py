@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import shared_fixture
-from tests.fakes.pmc_server import FakeArticle, FakePmc, make_jpeg, populate
+from tests.fakes.pmc_server import FakeArticle, FakePmc, TarEntry, make_jpeg, populate, tar_gz
 from vital_hub.figures.cli import fetch_main, load_fetch_config
 from vital_hub.figures.pipeline import FetchConfig, run_fetch
 
@@ -220,8 +220,6 @@ def qa50_fake(pmc):
             article.versions.setdefault(1, {})[f"{stem}.jpg"] = data
             article.figures[record["pair_id"].split("_", 1)[1]] = stem
         else:
-            from tests.fakes.pmc_server import TarEntry, tar_gz
-
             article.tarball = tar_gz(
                 [TarEntry(f"{pmcid}/{pmcid}.nxml", b"<article/>"), TarEntry(f"{pmcid}/{name}", data)]
             )
@@ -257,3 +255,29 @@ def _decodes(path):
         return True
     except Exception:
         return False
+
+
+def test_png_is_converted_and_a_deprecated_tarball_path_is_tried(tmp_path):
+    png = make_jpeg(11, (40, 30), fmt="PNG")
+    with FakePmc() as pmc:
+        pmc.add(FakeArticle("PMC7", versions={1: {"g1.png": png}}))
+        moved = pmc.add(FakeArticle("PMC8", tar_path=FakePmc.tar_path_of("PMC8")))
+        record = pmc.legacy_record(moved, "a.jpg", "8_F1")
+        moved.tar_path = moved.tar_path.replace("/oa_package/", "/deprecated/oa_package/")
+        moved.tarball = tar_gz([TarEntry("PMC8/a.jpg", make_jpeg(12))])
+        records = [{"pmcid": "PMC7", "file": "g1.png", "pair_id": "7_F1"}, record]
+        urls = write_urls(tmp_path / "u.jsonl", records)
+        run_fetch(config_for(pmc, urls, tmp_path / "off", legacy=False))
+        run_fetch(config_for(pmc, urls, tmp_path / "out"))
+    rows = read_rows(tmp_path / "out")
+    assert (rows["7_F1"]["format"], rows["7_F1"]["status"]) == ("PNG", "ok")
+    with Image.open(tmp_path / "out" / "7_F1.jpg") as converted:
+        assert (converted.format, converted.size) == ("JPEG", (40, 30))
+    assert (
+        rows["8_F1"]["source_url"]
+        .split("#")[0]
+        .endswith("/pub/pmc/deprecated/oa_package/" + moved.tar_path.split("oa_package/")[1])
+    )
+    assert (tmp_path / "out" / "8_F1.jpg").read_bytes() == make_jpeg(12)
+    skipped = read_rows(tmp_path / "off")["8_F1"]
+    assert skipped["status"] == "missing" and "tarballs not tried" in skipped["error"]

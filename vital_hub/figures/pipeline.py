@@ -172,6 +172,8 @@ class ArticleFetcher:
         for state in states:
             if not state.done and not state.request.tar_url:
                 state.notes.append("legacy: the record names no tarball")
+            elif not state.done and not self.config.legacy:
+                state.notes.append("legacy: tarballs not tried (--no-legacy)")
         if licence_task is not None:
             await licence_task
         licence, retracted = article.licence()
