@@ -268,15 +268,22 @@ def model_alone(model, batches, repeats: int) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def ready_batches(model, tokenizer, rows, images, batch_size: int, count: int, device) -> list[dict]:
-    from vital_hub.selector.select import CandidateBatches, plan_batches
+def ready_batches(model, tokenizer, rows, images, batch_size: int, count: int, chunk_size: int, device) -> list:
+    """The pipeline's own batches (same chunks, same padding), prepared once and moved to the device."""
+    from vital_hub.selector.select import CandidateChunks, merge_chunks, plan_chunks
 
-    plan = plan_batches([(0, range(min(len(rows), batch_size * count)))], batch_size)
-    dataset = CandidateBatches(rows, plan, images, tokenizer, model.config)
-    return [{k: v.to(device) for k, v in dataset[i][2].items()} for i in range(len(plan))]
+    plan = plan_chunks([(0, range(min(len(rows), batch_size * count)))], batch_size, chunk_size)
+    dataset = CandidateChunks(rows, plan, images, tokenizer, model.config)
+    batches, parts = [], []
+    for index, chunk in enumerate(plan):
+        parts.append({k: v.to(device) for k, v in dataset[index][1].items()})
+        if chunk.ends_batch:
+            batches.append(merge_chunks(parts))
+            parts = []
+    return batches
 
 
-def pipeline(model, tokenizer, rows, images, batch_size: int, workers: int, shard_size: int) -> float:
+def pipeline(model, tokenizer, rows, images, batch_size: int, workers: int, shard_size: int, chunk: int) -> float:
     from vital_hub.selector.select import score_shards
 
     shards = [
@@ -305,8 +312,9 @@ def parse_args(argv=None):
     parser.add_argument("--baseline-candidates", type=int, default=3000)
     parser.add_argument("--small", type=int, default=8000, help="size of candidates_small (multi-GPU check)")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 3))
     parser.add_argument("--shard-size", type=int, default=8192)
+    parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--ceiling-batches", type=int, default=6)
     parser.add_argument("--tiny", action="store_true", help="toy sizes, CPU: checks the benchmark runs")
     parser.add_argument("--json", help="also write the results here")
@@ -315,6 +323,7 @@ def parse_args(argv=None):
         args.candidates, args.distinct_images, args.image_px = 300, 40, 256
         args.baseline_candidates, args.small, args.batch_size = 100, 120, 32
         args.shard_size, args.ceiling_batches, args.workers = 64, 2, min(args.workers, 2)
+        args.chunk_size = 8
     return args
 
 
@@ -347,12 +356,16 @@ def main(argv=None) -> int:
 
     model, tokenizer = load_selector(ref, device)
     precision_name = "bf16 + fp32 head" if model.backbone_dtype() == torch.bfloat16 else "fp32"
-    batches = ready_batches(model, tokenizer, rows, images, args.batch_size, args.ceiling_batches, device)
+    batches = ready_batches(
+        model, tokenizer, rows, images, args.batch_size, args.ceiling_batches, args.chunk_size, device
+    )
     tokens = float(np.mean([b["attention_mask"].sum(1).float().mean().item() for b in batches]))
     ceiling_seconds = model_alone(model, batches, repeats=3)
     ceiling_pairs = sum(len(b["input_ids"]) for b in batches)
     del batches
-    pipeline_seconds = pipeline(model, tokenizer, rows, images, args.batch_size, args.workers, args.shard_size)
+    pipeline_seconds = pipeline(
+        model, tokenizer, rows, images, args.batch_size, args.workers, args.shard_size, args.chunk_size
+    )
 
     results = {
         "card": card,

@@ -2,13 +2,14 @@
 
 Decoding is the bottleneck of scoring (a 512 px JPEG takes longer to decode and resize than the GPU takes to
 score it), so `decode_image` asks libjpeg for a reduced-size decode (PIL draft mode: the DCT scales by 1/2, 1/4
-or 1/8 while staying at least as large as the target) and returns uint8 pixels; the model normalises on its own
-device. Training and selection use this one function, so a selector sees the same pixels in both.
+or 1/8 while staying nearly as large as the target, see DRAFT_TOLERANCE) and returns uint8 pixels; the model
+normalises on its own device. Training and selection use this one function, so a selector sees the same pixels in both.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,23 @@ from PIL import Image
 
 from vital_hub.selector.text import selector_text
 
+# JPEG draft decoding may stop at a shorter side this much below the target, which is then upsampled a little:
+# a 512x384 figure decodes at 256x192 (1/2 scale, a quarter of the work) instead of in full. Resizing from the
+# smaller picture is also ~3x cheaper than from the full one, so this halves the CPU cost per figure.
+DRAFT_TOLERANCE = 0.8
+
 
 def decode_image(source: bytes | str | Path | Image.Image, size: int) -> torch.Tensor:
     """Encoded image (bytes, path or PIL image) -> uint8 tensor (3, size, size): shorter side resized to `size`
-    (bicubic) and centre-cropped, as open_clip's preprocessing does."""
+    (bicubic) and centre-cropped, as open_clip's preprocessing does, after a reduced-size JPEG decode."""
     image = (
         source
         if isinstance(source, Image.Image)
         else Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     )
     if image.format == "JPEG":
-        image.draft("RGB", (size, size))
+        floor = math.ceil(size * DRAFT_TOLERANCE)
+        image.draft("RGB", (floor, floor))
     image = image.convert("RGB")
     width, height = image.size
     scale = size / min(width, height)

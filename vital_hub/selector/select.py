@@ -118,48 +118,77 @@ def candidates_fingerprint(rows: list[dict]) -> str:
 # ---------------------------------------------------------------- scoring
 
 
-class CandidateBatches:
-    """Map-style dataset whose items are whole batches: a worker decodes the images and tokenises the texts of
-    one batch and hands back (shard, positions, tensors). Picklable, so it runs in worker processes."""
+class CandidateChunks:
+    """Map-style dataset whose items are chunks of a batch: a worker decodes the images and tokenises the texts of
+    one chunk and hands back (chunk plan, tensors, unreadable flags). Chunks much smaller than a batch keep the
+    first batch's latency low and spread each batch over many workers. Picklable, so it runs in workers."""
 
-    def __init__(self, rows, batches, images, tokenizer, config):
+    def __init__(self, rows, chunks, images, tokenizer, config):
         from vital_hub.selector.text import candidate_text
 
         self.texts = [candidate_text(r) for r in rows]
         self.pair_ids = [r["pair_id"] for r in rows]
-        self.batches, self.images, self.tokenizer, self.config = batches, images, tokenizer, config
+        self.chunks, self.images, self.tokenizer, self.config = chunks, images, tokenizer, config
 
     def __len__(self):
-        return len(self.batches)
+        return len(self.chunks)
 
     def __getitem__(self, index):
         import torch
 
         from vital_hub.selector.data import tokenize, try_decode
 
-        shard, positions = self.batches[index]
-        batch = tokenize(self.tokenizer, [self.texts[p] for p in positions], self.config)
-        missing = torch.zeros(len(positions), dtype=torch.bool)
+        chunk = self.chunks[index]
+        batch = tokenize(self.tokenizer, [self.texts[p] for p in chunk.positions], self.config)
+        missing = torch.zeros(len(chunk.positions), dtype=torch.bool)
         if self.config.uses_images:
             size = self.config.image_size
-            pixels = torch.zeros(len(positions), 3, size, size, dtype=torch.uint8)
-            for slot, position in enumerate(positions):
+            pixels = torch.zeros(len(chunk.positions), 3, size, size, dtype=torch.uint8)
+            for slot, position in enumerate(chunk.positions):
                 decoded = try_decode(self.images.get(self.pair_ids[position]), size)
                 if decoded is None:
                     missing[slot] = True
                 else:
                     pixels[slot] = decoded
             batch["pixel_values"] = pixels
-        return shard, positions, batch, missing
+        return chunk, batch, missing
 
 
-def plan_batches(shards: list[tuple[int, range]], batch_size: int) -> list[tuple[int, list[int]]]:
-    """Batches that never cross a shard boundary, in shard order."""
-    return [
-        (shard, list(positions[start : start + batch_size]))
-        for shard, positions in shards
-        for start in range(0, len(positions), batch_size)
-    ]
+@dataclass(frozen=True)
+class Chunk:
+    shard: int
+    positions: list[int]
+    ends_batch: bool
+    ends_shard: bool
+
+
+def plan_chunks(shards: list[tuple[int, range]], batch_size: int, chunk_size: int) -> list[Chunk]:
+    """Batches that never cross a shard boundary, cut into chunks, in shard order. Batch composition depends only
+    on the shard, so any number of processes computes exactly the same batches."""
+    chunks = []
+    for shard, positions in shards:
+        for start in range(0, len(positions), batch_size):
+            batch = list(positions[start : start + batch_size])
+            for offset in range(0, len(batch), chunk_size):
+                last_of_batch = offset + chunk_size >= len(batch)
+                last_of_shard = last_of_batch and start + batch_size >= len(positions)
+                chunks.append(Chunk(shard, batch[offset : offset + chunk_size], last_of_batch, last_of_shard))
+    return chunks
+
+
+def merge_chunks(parts: list[dict]):
+    """One model batch from chunks already on the device: token tensors padded to the longest, then stacked."""
+    import torch
+    import torch.nn.functional as F
+
+    longest = max(part["input_ids"].shape[1] for part in parts)
+    merged = {}
+    for key in parts[0]:
+        tensors = [part[key] for part in parts]
+        if key in ("input_ids", "attention_mask"):
+            tensors = [F.pad(t, (0, longest - t.shape[1])) for t in tensors]  # pad id 0, mask 0
+        merged[key] = torch.cat(tensors)
+    return merged
 
 
 def load_selector(ref: SelectorRef, device, dtype_name: str = "auto"):
@@ -187,57 +216,60 @@ def score_shards(
     out_scores: Path,
     batch_size: int,
     num_workers: int,
-    on_shard_done=None,
+    chunk_size: int = 64,
     progress: bool = True,
 ) -> int:
     """Score the given shards and write each as `<out_scores>/shard-NNNNN.parquet` plus its completion marker.
     Returns the number of candidates scored."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     device = next(model.parameters()).device
-    batches = plan_batches(shards, batch_size)
-    dataset = CandidateBatches(rows, batches, images, tokenizer, model.config)
+    chunks = plan_chunks(shards, batch_size, min(chunk_size, batch_size))
     loader = DataLoader(
-        dataset,
+        CandidateChunks(rows, chunks, images, tokenizer, model.config),
         batch_size=None,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers else None,
-        persistent_workers=False,
     )
-    expected = {shard: len(positions) for shard, positions in shards}
-    pending: dict[int, list] = {}
     scored = 0
-    bar = tqdm(total=sum(expected.values()), desc="scoring", unit="cand", disable=not progress)
+    batch_parts, positions, unreadable, scores = [], [], [], []
+    bar = tqdm(total=sum(len(c.positions) for c in chunks), desc="scoring", unit="cand", disable=not progress)
     with torch.inference_mode():
-        for shard, positions, batch, missing in loader:
-            inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            scores = model(**inputs).logits.squeeze(-1)
-            pending.setdefault(shard, []).append((positions, scores, missing))
-            bar.update(len(positions))
-            if sum(len(p) for p, _, _ in pending[shard]) == expected[shard]:
-                parts = pending.pop(shard)
-                ids = [rows[p]["candidate_id"] for part in parts for p in part[0]]
-                values = torch.cat([s.float() for _, s, _ in parts]).cpu().tolist()
-                unreadable = torch.cat([m for _, _, m in parts]).tolist()
-                table = pa.table(
-                    {
-                        "candidate_id": ids,
-                        "score": [None if bad else v for v, bad in zip(values, unreadable, strict=True)],
-                        "error": ["image missing or unreadable" if bad else None for bad in unreadable],
-                    },
-                    schema=_score_schema(),
-                )
-                write_shard(out_scores, shard, table, pq)
-                scored += len(ids)
-                if on_shard_done:
-                    on_shard_done(shard)
+        for chunk, tensors, missing in loader:
+            batch_parts.append({k: v.to(device, non_blocking=True) for k, v in tensors.items()})
+            positions += chunk.positions
+            unreadable += missing.tolist()
+            if chunk.ends_batch:
+                # Scores stay on the device until the shard ends: no synchronisation per batch.
+                scores.append(model(**merge_chunks(batch_parts)).logits.squeeze(-1))
+                batch_parts = []
+            bar.update(len(chunk.positions))
+            if chunk.ends_shard:
+                values = torch.cat(scores).float().cpu().tolist()
+                write_scores(out_scores, chunk.shard, [rows[p]["candidate_id"] for p in positions], values, unreadable)
+                scored += len(positions)
+                positions, unreadable, scores = [], [], []
     bar.close()
     return scored
+
+
+def write_scores(out_scores: Path, shard: int, ids: list[str], values: list[float], unreadable: list[bool]) -> None:
+    """One shard's scores (None where the figure was unreadable) as parquet, then its completion marker."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "candidate_id": ids,
+            "score": [None if bad else v for v, bad in zip(values, unreadable, strict=True)],
+            "error": ["image missing or unreadable" if bad else None for bad in unreadable],
+        },
+        schema=_score_schema(),
+    )
+    write_shard(out_scores, shard, table, pq)
 
 
 def shard_name(shard: int) -> str:
@@ -406,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--shard-size", type=int, default=8192, help="candidates per resumable work unit")
-    parser.add_argument("--num-workers", type=int, help="decoding processes per GPU (default: CPUs / GPUs - 1)")
+    parser.add_argument("--chunk-size", type=int, default=64, help="candidates a decoding worker prepares at once")
+    parser.add_argument("--num-workers", type=int, help="decoding processes per GPU (default: CPUs / GPUs - 2)")
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="backbone precision")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -456,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(s, r) for s, r in todo if not shard_done(scores_dir, s)]
     workers = args.num_workers
     if workers is None:
-        workers = max(1, (os.cpu_count() or 2) // state.num_processes - 1)
+        workers = max(1, (os.cpu_count() or 2) // state.num_processes - 2)  # leave the main process a core
     started = time.perf_counter()
     scored = 0
     if todo:
