@@ -3,7 +3,8 @@
 # trl + datasets for the last step). OUT (default .) receives bench.json and bench.log.
 #   1. benchmarks/score_candidates.py on one GPU: paper loop vs `vital select`'s pipeline vs the model alone;
 #   2. `vital select` on 1 GPU and under `accelerate launch` on 2 GPUs: the top k must be the same;
-#   3. recipes/reward.py on 2 GPUs for a few steps (smoke run of the trainer under accelerate, bf16).
+#   3. recipes/reward.py on 2 GPUs for a few steps (smoke run of the trainer under accelerate, bf16; SKIP_TRAIN=1
+#      leaves it out).
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-.}
 WORKERS=${WORKERS:-30}
@@ -28,6 +29,7 @@ diff = max(abs(a["score"] - b["score"]) for a, b in zip(one, two, strict=True))
 print(f"1 GPU vs 2 GPUs: top-{len(one)} identical: {same}; max score difference: {diff}")
 PY
 
+[ -n "$SKIP_TRAIN" ] && exit 0
 python3 - <<'PY' >/dev/null 2>&1
 import sys
 from pathlib import Path
