@@ -178,6 +178,8 @@ def answer_with_transformers(config: AnswerConfig) -> dict:
     for rank in range(state.num_processes):
         done |= set(read_answers(shard_path(out, rank, state.num_processes)))
     todo, skipped = pending_questions(config, done)
+    # Every process must split the same list: none may write before all have read what is already done.
+    state.wait_for_everyone()
     set_seed(config.seed)
     processor, model = load_model(config, state.device)
     written = 0
@@ -193,8 +195,10 @@ def answer_with_transformers(config: AnswerConfig) -> dict:
                 bar.update(len(batch))
             bar.close()
     state.wait_for_everyone()
-    if state.num_processes > 1 and state.is_main_process:
-        merge_shards(out, state.num_processes)
+    if state.num_processes > 1:
+        if state.is_main_process:
+            merge_shards(out, state.num_processes)
+        state.destroy_process_group()
     return {"answered": written, "skipped": len(skipped), "already_done": len(done), "failed": 0}
 
 
