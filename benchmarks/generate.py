@@ -132,16 +132,17 @@ def run_interrupted(data: Path, args, how: signal.Signals, name: str) -> dict:
         stopped_at = time.time()
         process.send_signal(how)
         process.wait()
+        time.sleep(args.latency + 0.5)  # let the server finish (and log) the replies it was still working on
         with sqlite3.connect(out / "cache.sqlite") as db:
             cached = {key for (key,) in db.execute("SELECT key FROM responses")}
-        before = server.log()
+        resumed_at = time.time()
         subprocess.run(command, env=ENV, check=True, capture_output=True)
-        after = server.log()[len(before) :]
+        log = [e for e in server.log() if e["route"] == "chat"]
     finally:
         server.close()
-    paid_before = {e["key"] for e in before if e["route"] == "chat" and e["status"] == 200 and e["time"] < stopped_at}
-    in_flight = {e["key"] for e in before if e["route"] == "chat" and e["status"] == 200} - paid_before
-    sent_after = {e["key"] for e in after if e["route"] == "chat"}
+    paid_before = {e["key"] for e in log if e["status"] == 200 and e["time"] < stopped_at}
+    in_flight = {e["key"] for e in log if e["received"] < stopped_at} - paid_before
+    sent_after = {e["key"] for e in log if e["received"] >= resumed_at}
     rows = [
         r
         for shard in sorted((out / "data" / "candidates").glob("*.parquet"))
