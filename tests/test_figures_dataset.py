@@ -146,3 +146,41 @@ def test_open_figures_on_the_real_qa50_folder_drops_empty_and_cut_off_files():
     assert sum(s == "missing" for s in statuses.values()) == 19 and sum(s == "corrupt" for s in statuses.values()) == 2
     row = store.get("18063892_F3")
     assert Image.open(io.BytesIO(row["image"])).size[0] > 0 and row["caption"] and row["domain"]["histology"]
+
+
+def test_captions_stream_record_by_record_and_name_a_bad_record(tmp_path):
+    from vital_hub.figures.dataset import load_captions
+
+    path = tmp_path / "captions.json"
+    path.write_text(
+        ' {"mri": [ {"pair_id": "1_F1", "fig_caption": "a", "extra": 1} , {"pair_id": "2_F1"}],\n "gross": []}'
+    )
+    assert load_captions(path) == {
+        "1_F1": {
+            "pair_id": "1_F1",
+            "pmid": None,
+            "fig_id": None,
+            "fig_label": None,
+            "fig_caption": "a",
+            "in_text_mention": None,
+            "domain": None,
+        },
+        "2_F1": {
+            "pair_id": "2_F1",
+            "pmid": None,
+            "fig_id": None,
+            "fig_label": None,
+            "fig_caption": None,
+            "in_text_mention": None,
+            "domain": None,
+        },
+    }
+    assert set(load_captions(path, wanted={"2_F1"})) == {"2_F1"}
+    path.write_text('[{"pair_id": "3_F1"}]')
+    assert set(load_captions(path)) == {"3_F1"}
+    path.write_text('{"mri": [{"pair_id": "1_F1"}, {"pmid": 5}]}')
+    with pytest.raises(ValueError, match="domain 'mri' record 1 has no string 'pair_id'"):
+        load_captions(path)
+    path.write_text('{"mri": [{"pair_id": "1_F1"}, {"pair_id": ')
+    with pytest.raises(ValueError, match="record 1 is not valid JSON"):
+        load_captions(path)

@@ -178,7 +178,12 @@ def test_journal_cuts_a_torn_last_line_before_appending(tmp_path):
     path = tmp_path / "j.jsonl"
     path.write_bytes(b'{"pair_id": "a", "status": "ok"}\n{"pair_id": "b", "sta')
     journal = Journal(path)
-    assert journal.load() == {"a": {"pair_id": "a", "status": "ok"}}
-    journal.append([{"pair_id": "c", "status": "missing"}, {"pair_id": "d", "status": "ok"}])
+    entries = journal.load()
+    assert list(entries) == ["a"] and journal.read(entries["a"]) == {"pair_id": "a", "status": "ok"}
+    journal.append([{"pair_id": "c", "status": "missing"}, {"pair_id": "a", "status": "error", "bytes": None}])
     journal.close()
-    assert set(Journal(path).load()) == {"a", "c", "d"}
+    reloaded = Journal(path)
+    entries = reloaded.load()
+    assert list(entries) == ["a", "c"] and entries["a"].status == "error"
+    assert reloaded.read(entries["c"]) == {"pair_id": "c", "status": "missing"}
+    reloaded.close()

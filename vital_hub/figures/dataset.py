@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from vital_hub.figures.index import INDEX_DIR, STATUSES, index_files, read_index
+from vital_hub.figures.index import INDEX_DIR, STATUSES, index_files, iter_index
 from vital_hub.io import atomic_path, sha256_file
 from vital_hub.schema import DOMAINS, mention_texts
 
@@ -64,23 +64,73 @@ class BuildOptions:
     allow_incomplete: bool = False
 
 
-def load_captions(path: str | Path) -> dict[str, dict]:
-    """pair_id -> caption record from `llava_med_instruct_fig_captions.json` (a dict {domain: [records]})."""
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
-    if isinstance(data, list):
-        groups = {"": data}
-    elif isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
-        groups = data
-    else:
-        raise ValueError(f"{path}: expected a dict {{domain: [records]}} or a list of caption records")
-    captions = {}
-    for domain, records in groups.items():
-        for index, record in enumerate(records):
-            if not isinstance(record, dict) or not isinstance(record.get("pair_id"), str):
-                raise ValueError(f"{path}: domain {domain!r} record {index} has no string 'pair_id'")
-            captions.setdefault(record["pair_id"], record)
+CAPTION_KEYS = ("pair_id", "pmid", "fig_id", "fig_label", "fig_caption", "in_text_mention", "domain")
+
+
+def load_captions(path: str | Path, wanted: set[str] | None = None) -> dict[str, dict]:
+    """pair_id -> caption record from `llava_med_instruct_fig_captions.json` (a dict {domain: [records]}).
+
+    Only the fields a figure row uses are kept, and only for `wanted` pair ids when given; the first record of a
+    pair id wins (a figure can be listed under two domains).
+    """
+    captions: dict[str, dict] = {}
+    for domain, index, record in iter_caption_records(path):
+        if not isinstance(record, dict) or not isinstance(record.get("pair_id"), str):
+            raise ValueError(f"{path}: domain {domain!r} record {index} has no string 'pair_id'")
+        pair_id = record["pair_id"]
+        if pair_id not in captions and (wanted is None or pair_id in wanted):
+            captions[pair_id] = {key: record.get(key) for key in CAPTION_KEYS}
     return captions
+
+
+def iter_caption_records(path: str | Path) -> Iterator[tuple[str, int, object]]:
+    """(domain, index, record) one record at a time from `{domain: [records]}` or a plain list.
+
+    The 169 MB captions file is held once as text and decoded record by record, instead of as a whole tree of
+    Python objects (several GB).
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    position = _skip_space(text, 0)
+    if text.startswith("[", position):
+        yield from _iter_list(path, text, position, decoder, "")
+        return
+    position = _expect(path, text, position, "{")
+    while not text.startswith("}", position):
+        domain, position = decoder.raw_decode(text, position)
+        position = _expect(path, text, _skip_space(text, position), ":")
+        position = yield from _iter_list(path, text, position, decoder, domain)
+        if text.startswith(",", position):
+            position = _skip_space(text, position + 1)
+
+
+def _iter_list(path, text: str, position: int, decoder, domain: str):
+    position = _expect(path, text, position, "[")
+    index = 0
+    while not text.startswith("]", position):
+        try:
+            record, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: domain {domain!r} record {index} is not valid JSON ({err.msg})") from err
+        yield domain, index, record
+        index += 1
+        position = _skip_space(text, position)
+        if text.startswith(",", position):
+            position = _skip_space(text, position + 1)
+    return _skip_space(text, position + 1)
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _expect(path, text: str, position: int, char: str) -> int:
+    if not text.startswith(char, position):
+        found = text[position : position + 20] or "end of file"
+        raise ValueError(f"{path}: expected {char!r} at character {position}, found {found!r}")
+    return _skip_space(text, position + 1)
 
 
 def domain_flags(value) -> dict | None:
@@ -141,15 +191,21 @@ def figure_row(index_row: dict, caption: dict | None, images: Path) -> dict:
 
 
 def iter_rows(options: BuildOptions) -> Iterator[dict]:
+    """Rows shard by shard, each in its input order: the same fetch always gives the same dataset."""
     index_dir = Path(options.index)
     shards = index_files(index_dir) if options.allow_incomplete else check_complete(index_dir)
     if not shards:
         raise FileNotFoundError(f"no index shards under {index_dir / INDEX_DIR}")
-    captions = load_captions(options.captions) if options.captions else {}
+    captions = {}
+    if options.captions:
+        wanted = {
+            pair_id for shard in shards for pair_id in pq.read_table(shard, columns=["pair_id"])["pair_id"].to_pylist()
+        }
+        captions = load_captions(options.captions, wanted)
     images = Path(options.images or options.index)
-    index_rows = sorted((row for shard in shards for row in read_index(shard)), key=lambda row: row["pair_id"])
-    for index_row in index_rows:
-        yield figure_row(index_row, captions.get(index_row["pair_id"]), images)
+    for shard in shards:
+        for index_row in iter_index(shard):
+            yield figure_row(index_row, captions.get(index_row["pair_id"]), images)
 
 
 def write_shards(rows: Iterator[dict], folder: Path, shard_bytes: int) -> tuple[list[Path], dict[str, int]]:

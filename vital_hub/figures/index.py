@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,27 +106,61 @@ class ShardFiles:
         return self._path(".done")
 
 
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """Where a figure's last journal line is, and the two facts resume needs, without keeping the row itself.
+
+    A shard of 740k figures would need about 2 GB as row dicts; entries keep it near 200 MB.
+    """
+
+    offset: int
+    length: int
+    status: str
+    bytes: int | None
+
+
 class Journal:
     """Append-only JSON lines of finished figures; the last line for a pair id wins."""
 
     def __init__(self, path: Path):
         self.path = path
         self.fd: int | None = None
+        self.reader = None
 
-    def load(self) -> dict[str, dict]:
-        """Rows by pair id, after cutting a torn last line (a kill during a write) off the file."""
+    def load(self) -> dict[str, JournalEntry]:
+        """Entries by pair id, after cutting a torn last line (a kill during a write) off the file."""
         if not self.path.exists():
             return {}
-        raw = self.path.read_bytes()
-        complete = raw[: raw.rfind(b"\n") + 1]
-        if len(complete) != len(raw):
-            with open(self.path, "r+b") as handle:
-                handle.truncate(len(complete))
-        rows = {}
-        for line in complete.splitlines():
-            row = json.loads(line)
-            rows[row["pair_id"]] = row
-        return rows
+        self._cut_torn_tail()
+        entries, offset = {}, 0
+        with open(self.path, "rb") as handle:
+            for line in handle:
+                row = json.loads(line)
+                entries[row["pair_id"]] = JournalEntry(offset, len(line), sys.intern(row["status"]), row.get("bytes"))
+                offset += len(line)
+        return entries
+
+    def _cut_torn_tail(self) -> None:
+        size = self.path.stat().st_size
+        with open(self.path, "r+b") as handle:
+            keep = size
+            while keep > 0:
+                step = min(keep, 1 << 16)
+                handle.seek(keep - step)
+                chunk = handle.read(step)
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    keep = keep - step + newline + 1
+                    break
+                keep -= step
+            if keep != size:
+                handle.truncate(keep)
+
+    def read(self, entry: JournalEntry) -> dict:
+        if self.reader is None:
+            self.reader = open(self.path, "rb")
+        self.reader.seek(entry.offset)
+        return json.loads(self.reader.read(entry.length))
 
     def append(self, rows: list[dict]) -> None:
         """All rows of one article in a single unbuffered write, so a kill leaves the article whole or absent
@@ -142,12 +178,27 @@ class Journal:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
 
 
-def write_index(rows: list[dict], path: Path) -> None:
-    table = pa.Table.from_pylist([{name: row.get(name) for name in INDEX_COLUMNS} for row in rows], INDEX_SCHEMA)
-    with atomic_path(path, suffix=".parquet") as tmp:
-        pq.write_table(table, tmp)
+def write_index(rows: Iterable[dict], path: Path, batch_rows: int = 50_000) -> None:
+    """The index parquet, written in batches so a large shard never sits in memory as one table."""
+    with atomic_path(path, suffix=".parquet") as tmp, pq.ParquetWriter(tmp, INDEX_SCHEMA) as writer:
+        batch = []
+        for row in rows:
+            batch.append({name: row.get(name) for name in INDEX_COLUMNS})
+            if len(batch) >= batch_rows:
+                writer.write_table(pa.Table.from_pylist(batch, INDEX_SCHEMA))
+                batch = []
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, INDEX_SCHEMA))
+
+
+def iter_index(path: Path, batch_rows: int = 50_000) -> Iterator[dict]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        yield from batch.to_pylist()
 
 
 def read_index(path: Path) -> list[dict]:
@@ -171,13 +222,6 @@ class ErrorSamples:
         bucket = self.samples.setdefault(row["status"], [])
         if len(bucket) < self.cap:
             bucket.append({"pair_id": row["pair_id"], "error": row.get("error")})
-
-
-def status_counts(rows: list[dict]) -> dict[str, int]:
-    counts = dict.fromkeys(STATUSES, 0)
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    return counts
 
 
 def write_stats(path: Path, stats: dict) -> None:

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from vital_hub.figures.download import Fetched, HttpClient, HttpOptions, etag_md5, md5_hex
 from vital_hub.figures.index import (
+    STATUSES,
     ErrorSamples,
     Journal,
+    JournalEntry,
     Shard,
     ShardFiles,
     mark_done,
-    status_counts,
     write_index,
     write_stats,
 )
@@ -331,7 +332,10 @@ class ArticleFetcher:
             scan = await asyncio.to_thread(self._scan_archive, path, wanted)
         finally:
             path.unlink(missing_ok=True)
-        self.rejected_members += [(fetched.url, name, reason) for name, reason in scan.unwanted_rejected]
+        room = REJECTED_MEMBER_SAMPLES - len(self.rejected_members)
+        self.rejected_members += [(fetched.url, name, reason) for name, reason in scan.unwanted_rejected][
+            : max(room, 0)
+        ]
         for state in states:
             await self._take_from_scan(state, scan, fetched.url)
 
@@ -419,16 +423,6 @@ class ArticleDocuments:
             return None
 
 
-@dataclass
-class ShardPlan:
-    """The figures of one shard, what is already done, and what this run fetches."""
-
-    requests: list[FigureRequest]
-    done_rows: dict[str, dict]
-    todo: list[FigureRequest]
-    duplicates: int
-
-
 def read_shard_requests(urls: str | Path, shard: Shard) -> tuple[list[FigureRequest], int]:
     """The shard's records in input order; a pair id seen twice keeps its first record."""
     seen: set[str] = set()
@@ -444,23 +438,23 @@ def read_shard_requests(urls: str | Path, shard: Shard) -> tuple[list[FigureRequ
     return kept, duplicates
 
 
-def plan_shard(requests: list[FigureRequest], journal_rows: dict[str, dict], out: Path, retry_failed: bool):
+def plan_shard(requests: list[FigureRequest], journal: dict[str, JournalEntry], out: Path, retry_failed: bool):
     """Skip figures already finished: ok ones whose file is still there whole, failures unless retrying them."""
-    done, todo = {}, []
+    done, todo = set(), []
     for request in requests:
-        row = journal_rows.get(request.pair_id)
-        if row is not None and row.get("pmcid") == request.pmcid and _still_done(row, out, retry_failed):
-            done[request.pair_id] = row
+        entry = journal.get(request.pair_id)
+        if entry is not None and _still_done(request, entry, out, retry_failed):
+            done.add(request.pair_id)
         else:
             todo.append(request)
     return done, todo
 
 
-def _still_done(row: dict, out: Path, retry_failed: bool) -> bool:
-    if row["status"] != "ok":
+def _still_done(request: FigureRequest, entry: JournalEntry, out: Path, retry_failed: bool) -> bool:
+    if entry.status != "ok":
         return not retry_failed
-    path = out / f"{row['pair_id']}.jpg"
-    return path.is_file() and path.stat().st_size == row.get("bytes")
+    path = out / request.image_name
+    return path.is_file() and path.stat().st_size == entry.bytes
 
 
 def group_by_article(requests: list[FigureRequest]) -> Iterator[tuple[str, list[FigureRequest]]]:
@@ -549,28 +543,37 @@ def run_fetch(config: FetchConfig) -> dict:
     partial.mkdir(parents=True, exist_ok=True)
     files.done.unlink(missing_ok=True)
     journal = Journal(files.journal)
-    done_rows, todo = plan_shard(requests, journal.load(), out, config.retry_failed)
+    already_done, todo = plan_shard(requests, journal.load(), out, config.retry_failed)
     started = time.monotonic()
     try:
         transfer, samples, rejected = asyncio.run(fetch_articles(config, todo, out, partial, journal))
     finally:
         journal.close()
     elapsed = time.monotonic() - started
-    finished = journal.load()
-    rows = [finished[request.pair_id] for request in requests]
-    write_index(rows, files.parquet)
-    for row in rows:
-        if row["pair_id"] in done_rows:
-            samples.add(row)
+    counts = dict.fromkeys(STATUSES, 0)
+
+    def rows_in_input_order() -> Iterator[dict]:
+        entries = journal.load()
+        for request in requests:
+            row = journal.read(entries[request.pair_id])
+            counts[row["status"]] += 1
+            if request.pair_id in already_done:
+                samples.add(row)
+            yield row
+
+    try:
+        write_index(rows_in_input_order(), files.parquet)
+    finally:
+        journal.close()
     stats = {
         "shard": shard.name,
         "urls": str(config.urls),
-        "figures": len(rows),
+        "figures": len(requests),
         "duplicates_skipped": duplicates,
-        "counts": status_counts(rows),
+        "counts": counts,
         "this_run": {
             "fetched": len(todo),
-            "already_done": len(done_rows),
+            "already_done": len(already_done),
             "elapsed_s": round(elapsed, 3),
             "figures_per_s": round(len(todo) / elapsed, 2) if elapsed > 0 else None,
             "bytes": transfer.bytes,
