@@ -32,7 +32,8 @@ def _config_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             kind = {"int": int, "float": float}.get(str(spec.type), str)
-            parser.add_argument(flag, type=kind, default=None, help=f"{help_text} (default: {default})")
+            shown = "required" if default == "" else f"default: {default}"
+            parser.add_argument(flag, type=kind, default=None, help=f"{help_text} ({shown})")
     return parser
 
 
