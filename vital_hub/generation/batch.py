@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ class BatchFiles:
 
     def __init__(self, folder: Path, model: str, max_lines: int = MAX_LINES):
         self.folder, self.model, self.max_lines = folder, model, min(max_lines, MAX_LINES)
-        self.stamp = time.strftime("%Y%m%d%H%M%S")
+        self.stamp = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"  # several writers a second
         self.files: list[tuple[Path, list[str]]] = []
         self._handle = None
         self._bytes = 0
