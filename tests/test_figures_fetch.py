@@ -227,11 +227,12 @@ def qa50_fake(pmc):
 
 
 def test_real_qa50_figures_through_every_route(tmp_path):
-    with FakePmc() as pmc:
+    with FakePmc(throttle_every=9) as pmc:  # every 9th request answers 503 Slow Down
         records, images, routes = qa50_fake(pmc)
         pmc.throttle[f"/{records[0]['image_file_path'].replace('/', '.1/')}"] = 1
         urls = write_urls(tmp_path / "qa50.jsonl", records)
-        stats = run_fetch(config_for(pmc, urls, tmp_path / "out"))
+        stats = run_fetch(config_for(pmc, urls, tmp_path / "out", max_retries=8))
+    assert stats["this_run"]["throttled"] >= stats["this_run"]["requests"] // 10
     rows = read_rows(tmp_path / "out")
     whole = {p.stem for p in images.glob("*.jpg") if _decodes(p)}
     assert len(whole) == 29 and stats["counts"]["ok"] == 29
@@ -281,3 +282,11 @@ def test_png_is_converted_and_a_deprecated_tarball_path_is_tried(tmp_path):
     assert (tmp_path / "out" / "8_F1.jpg").read_bytes() == make_jpeg(12)
     skipped = read_rows(tmp_path / "off")["8_F1"]
     assert skipped["status"] == "missing" and "tarballs not tried" in skipped["error"]
+
+
+def test_progress_bar_shows_figures_and_bytes_per_second(tmp_path, capsys):
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=3, figures_per_article=2, routes=("bucket",))
+        run_fetch(config_for(pmc, write_urls(tmp_path / "u.jsonl", scenario.records), tmp_path / "o", progress=True))
+    bar = capsys.readouterr().err
+    assert "6/6" in bar and "fig/s" in bar and "MB/s" in bar

@@ -1,10 +1,12 @@
 """The PMC layout without HTTP: record formats, bucket URLs, listings, metadata, JATS matching, shards, backoff."""
 
+import asyncio
 import json
+import time
 
 import pytest
 
-from vital_hub.figures.download import HttpOptions, backoff_delay, etag_md5, retry_after_seconds
+from vital_hub.figures.download import HostRateLimiter, HttpOptions, backoff_delay, etag_md5, retry_after_seconds
 from vital_hub.figures.index import Journal, Shard
 from vital_hub.figures.resolve import (
     BucketLayout,
@@ -187,3 +189,20 @@ def test_journal_cuts_a_torn_last_line_before_appending(tmp_path):
     assert list(entries) == ["a", "c"] and entries["a"].status == "error"
     assert reloaded.read(entries["c"]) == {"pair_id": "c", "status": "missing"}
     reloaded.close()
+
+
+def test_host_rate_limiter_spaces_requests_and_pauses_a_host():
+    async def timed() -> tuple[float, float]:
+        limiter = HostRateLimiter(rate=50)
+        started = time.monotonic()
+        for _ in range(6):
+            await limiter.wait("bucket")
+        await limiter.wait("other-host")  # another host is not held back
+        spaced = time.monotonic() - started
+        limiter.pause("bucket", 0.2)
+        started = time.monotonic()
+        await limiter.wait("bucket")
+        return spaced, time.monotonic() - started
+
+    spaced, paused = asyncio.run(timed())
+    assert spaced >= 5 / 50 and paused >= 0.19
