@@ -71,6 +71,7 @@ def test_statuses_missing_not_permitted_corrupt_and_error(tmp_path):
             )
         )
         pmc.add(FakeArticle("PMC4", versions={1: {"down.jpg": make_jpeg(6), "big.jpg": b"\xff\xd8" + bytes(20_000)}}))
+        pmc.add(FakeArticle("PMC6", versions={1: {"b.jpg": make_jpeg(7)}}, bad_md5={"b.jpg"}))
         pmc.throttle["/PMC4.1/down.jpg"] = 100
         records = [
             {"pmcid": "PMC1", "file": "ok.jpg", "pair_id": "1_F1"},
@@ -81,6 +82,7 @@ def test_statuses_missing_not_permitted_corrupt_and_error(tmp_path):
             {"pmcid": "PMC4", "file": "down.jpg", "pair_id": "4_F1"},
             {"pmcid": "PMC5", "file": "gone.jpg", "pair_id": "5_F1"},
             {"pmcid": "PMC4", "file": "big.jpg", "pair_id": "4_F2"},
+            {"pmcid": "PMC6", "file": "b.jpg", "pair_id": "6_F1"},
         ]
         config = config_for(
             pmc, write_urls(tmp_path / "u.jsonl", records), tmp_path / "out", max_retries=2, max_image_mb=0.01
@@ -98,7 +100,9 @@ def test_statuses_missing_not_permitted_corrupt_and_error(tmp_path):
         "4_F1": "error",
         "5_F1": "missing",
         "4_F2": "corrupt",
+        "6_F1": "corrupt",
     }
+    assert rows["6_F1"]["error"].startswith("bucket v1: md5 ")  # the bucket object checked against its metadata
     assert "body exceeds the cap" in rows["4_F2"]["error"]
     assert "not a decodable image" in rows["1_F2"]["error"]
     assert "does not match" in rows["3_F1"]["error"]

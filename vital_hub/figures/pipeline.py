@@ -187,8 +187,17 @@ class ArticleFetcher:
         return rows
 
     async def _from_bucket_v1(self, article: ArticleDocuments, state: FigureState) -> None:
+        """GET `PMC<id>.1/<file>`; its md5 is checked against version 1's metadata when that was read anyway (for
+        the licence, in parallel), else against the S3 ETag."""
         url = self.layout.file_url(article.pmcid, 1, state.request.file)
-        await self._try_url(state, url, "bucket", "bucket v1", expected_md5=None)
+        state.tried.add(url)
+        fetched = await self.client.get(url, self.limits.max_image_bytes)
+        expected = None
+        if fetched.ok and self.config.licence:
+            metadata = await article.metadata(1)
+            media = metadata.media.get(state.request.file) if metadata else None
+            expected = media.md5 if media else None
+        await self._accept(state, fetched, "bucket", "bucket v1", expected)
 
     async def _from_metadata(self, article: ArticleDocuments, states: list[FigureState]) -> None:
         versions = await article.versions()
@@ -259,6 +268,11 @@ class ArticleFetcher:
     async def _try_url(self, state: FigureState, url: str, source: str, label: str, expected_md5: str | None) -> None:
         state.tried.add(url)
         fetched = await self.client.get(url, self.limits.max_image_bytes)
+        await self._accept(state, fetched, source, label, expected_md5)
+
+    async def _accept(self, state: FigureState, fetched: Fetched, source: str, label: str, expected_md5) -> None:
+        """Keep a download whose md5 matches (the metadata's, else a plain-md5 ETag) and that decodes fully."""
+        url = fetched.url
         if not fetched.ok:
             self._note_failure(state, label, fetched)
             return
