@@ -270,7 +270,9 @@ class ArticleFetcher:
         fetched = await self.client.get(url, self.limits.max_image_bytes)
         await self._accept(state, fetched, source, label, expected_md5)
 
-    async def _accept(self, state: FigureState, fetched: Fetched, source: str, label: str, expected_md5) -> None:
+    async def _accept(
+        self, state: FigureState, fetched: Fetched, source: str, label: str, expected_md5: str | None
+    ) -> None:
         """Keep a download whose md5 matches (the metadata's, else a plain-md5 ETag) and that decodes fully."""
         url = fetched.url
         if not fetched.ok:
