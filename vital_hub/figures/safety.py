@@ -8,6 +8,7 @@ reason recorded, like links, devices, oversized members and decompression bombs.
 
 from __future__ import annotations
 
+import gzip
 import io
 import posixpath
 import tarfile
@@ -162,8 +163,6 @@ def read_wanted_members(fileobj, wanted: set[str], limits: Limits) -> ArchiveSca
     name `<file>`; the first safe member of a name wins. Unsafe members are recorded, never read. The pass
     stops as soon as every wanted name was read, or at the first sign of a bomb or a broken archive.
     """
-    import gzip
-
     scan = ArchiveScan(found={}, rejected={}, unwanted_rejected=[])
     reader = BudgetedReader(gzip.GzipFile(fileobj=fileobj, mode="rb"), limits.max_unpacked_bytes)
     try:

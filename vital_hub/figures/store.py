@@ -9,7 +9,6 @@ parquet image bytes are read lazily, one row group at a time.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 
 from vital_hub.figures.dataset import DATA_DIR, domain_flags, load_captions
 from vital_hub.figures.index import INDEX_DIR, index_files, read_index
+from vital_hub.figures.safety import Limits, Rejected, verify_image
 from vital_hub.schema import mention_texts
 
 ROW_KEYS = (
@@ -168,20 +168,17 @@ def _fetch_folder_store(folder: Path, captions: dict[str, dict]) -> FigureStore:
 
 
 def _plain_folder_store(folder: Path, captions: dict[str, dict]) -> FigureStore:
-    """Any visible `<pair_id>.jpg`; each is decoded on `get`, so an empty or cut-off file comes back as None."""
+    """Any visible `<pair_id>.jpg`, verified on `get` like a download: an empty or cut-off file comes back as None,
+    a non-JPEG one as converted JPEG bytes."""
     rows = {file.stem: _empty_row(file.stem) for file in folder.glob("*.jpg") if not file.name.startswith(".")}
 
     def image_of(pair_id: str, row: dict):
         data = (folder / f"{pair_id}.jpg").read_bytes()
         if not data:
             return None, "missing"
-        from PIL import Image
-
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-        except Exception:  # any decoding failure means the file is not a usable picture
+            return verify_image(data, Limits()).jpeg, "ok"
+        except Rejected:
             return None, "corrupt"
-        return data, "ok"
 
     return FigureStore(rows, image_of, captions)
