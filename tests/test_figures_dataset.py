@@ -3,6 +3,9 @@
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,7 +13,8 @@ import pytest
 from datasets import load_dataset
 from PIL import Image
 
-from tests.conftest import shared_fixture
+from tests.conftest import REPO_ROOT, shared_fixture
+from tests.fakes.hub_server import running_hub
 from tests.fakes.pmc_server import FakePmc, populate
 from vital_hub.figures.cli import build_main
 from vital_hub.figures.pipeline import FetchConfig, run_fetch
@@ -184,3 +188,24 @@ def test_captions_stream_record_by_record_and_name_a_bad_record(tmp_path):
     path.write_text('{"mri": [{"pair_id": "1_F1"}, {"pair_id": ')
     with pytest.raises(ValueError, match="record 1 is not valid JSON"):
         load_captions(path)
+
+
+def test_open_figures_downloads_a_hub_repo_id(fetched, tmp_path):
+    out, captions, scenario, first = fetched
+    repo = tmp_path / "repo"
+    build_main(["--index", str(out), "--out", str(repo)])
+    files = {p.relative_to(repo).as_posix(): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    script = (
+        "import json, sys; from vital_hub.figures.store import open_figures; "
+        "store = open_figures('lab/pmc-figures'); row = store.get(sys.argv[1]); "
+        "print(json.dumps([len(store), row['status'], len(row['image'])]))"
+    )
+    with running_hub(tmp_path / "hub") as hub:
+        hub.add_files("lab/pmc-figures", files)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1")
+        done = subprocess.run(
+            [sys.executable, "-c", script, first], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == [7, "ok", len(scenario.expected[first])]

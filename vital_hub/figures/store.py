@@ -120,10 +120,10 @@ def _caption_map(captions) -> dict[str, dict]:
 
 
 def _download_repo(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
+    """Only the card and the `figures` shards of a Hub dataset repo, through the one module that talks to the Hub."""
+    from vital_hub.hub import download_repo
 
-    folder = snapshot_download(repo_id, repo_type="dataset", allow_patterns=["README.md", f"{DATA_DIR.as_posix()}/*"])
-    return Path(folder)
+    return download_repo(repo_id, allow_patterns=["README.md", f"{DATA_DIR.as_posix()}/*"])
 
 
 def _parquet_store(files: list[Path], captions: dict[str, dict]) -> FigureStore:
