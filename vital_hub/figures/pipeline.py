@@ -9,6 +9,7 @@ and records the rest as unavailable. Re-running the same command is the resume.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -608,6 +609,9 @@ def run_fetch(config: FetchConfig) -> dict:
     }
     write_stats(files.stats, stats)
     mark_done(files.done)
+    for folder in (partial, partial.parent):
+        with contextlib.suppress(OSError):  # still in use by another shard, or not empty
+            folder.rmdir()
     return stats
 
 

@@ -41,7 +41,6 @@ class FigureRequest:
     pair_id: str
     pmcid: str
     file: str
-    index: int
     tar_url: str | None = None
 
     @property
@@ -86,7 +85,7 @@ def parse_record(record: object, where: Location) -> FigureRequest:
         pmcid, file = _legacy_fields(record, where, pair_id)
     else:
         raise where.error("neither 'image_file_path' (legacy format) nor 'pmcid' + 'file' (new format)", pair_id)
-    return FigureRequest(pair_id=pair_id, pmcid=pmcid, file=file, index=where.index or 0, tar_url=tar_url)
+    return FigureRequest(pair_id=pair_id, pmcid=pmcid, file=file, tar_url=tar_url)
 
 
 def _new_format_fields(record: dict, where: Location, pair_id: str) -> tuple[str, str]:
