@@ -147,7 +147,17 @@ def test_rerun_skips_finished_figures_and_retry_failed_retries_only_failures(tmp
         assert pmc.requests == before and again["counts"]["error"] == 1  # complete shard: nothing fetched
         (out / "index" / "shard-00000-of-00001.done").unlink()
         (out / f"{scenario.records[0]['pair_id']}.jpg").unlink()  # a lost file is fetched again
+        stale = [
+            out / f".{scenario.records[0]['pair_id']}.jpg.k1ll3d.tmp",
+            out / "index" / ".shard-00000-of-00001.parquet.k1ll3d.parquet.tmp",
+            out / ".partial" / "shard-00000-of-00001" / "0123.tar.gz",
+        ]
+        other_shard = out / "index" / ".shard-00001-of-00002.parquet.busy.parquet.tmp"
+        for path in [*stale, other_shard]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"half")
         resumed = run_fetch(config_for(pmc, urls, out, max_retries=1))
+        assert not any(path.exists() for path in stale) and other_shard.exists()
         assert resumed["this_run"]["fetched"] == 1 and resumed["this_run"]["already_done"] == 7
         pmc.throttle[flaky_path] = 0
         hits_before = dict(pmc.hits)

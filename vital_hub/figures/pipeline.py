@@ -481,19 +481,16 @@ def group_by_article(requests: list[FigureRequest]) -> Iterator[tuple[str, list[
     yield from groups.items()
 
 
-def remove_stale_temporaries(out: Path, requests: list[FigureRequest], partial: Path) -> int:
-    """Delete temporary files a killed run of THIS shard left; other shards may be writing beside us."""
+def remove_stale_temporaries(out: Path, requests: list[FigureRequest], partial: Path, files: ShardFiles) -> int:
+    """Delete temporary files a killed run of THIS shard left (images, tarballs, index files being written);
+    other shards may be writing beside us."""
     names = {request.image_name for request in requests}
-    removed = 0
-    for path in out.glob(".*.tmp"):
-        if path.name[1:].rsplit(".", 2)[0] in names:
-            path.unlink(missing_ok=True)
-            removed += 1
-    if partial.exists():
-        for path in partial.iterdir():
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    stale = [path for path in out.glob(".*.tmp") if path.name[1:].rsplit(".", 2)[0] in names]
+    stale += list(files.folder.glob(f".{files.shard.name}.*.tmp"))
+    stale += list(partial.iterdir()) if partial.exists() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 class Progress:
@@ -556,7 +553,7 @@ def run_fetch(config: FetchConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     files.folder.mkdir(parents=True, exist_ok=True)
     partial = out / PARTIAL_DIR / shard.name
-    remove_stale_temporaries(out, requests, partial)
+    remove_stale_temporaries(out, requests, partial, files)
     partial.mkdir(parents=True, exist_ok=True)
     files.done.unlink(missing_ok=True)
     journal = Journal(files.journal)
