@@ -44,6 +44,7 @@ class Case:
     mode: str  # "lora" or "full"
     variant: str  # "stock" or "ours"
     gpus: int
+    batch: int | None = None  # per GPU, when the default does not fit
 
 
 CASES = {
@@ -51,7 +52,9 @@ CASES = {
     "lora-ours-1gpu": Case("lora", "ours", 1),
     "lora-ours-2gpu": Case("lora", "ours", 2),
     "full-stock-2gpu": Case("full", "stock", 2),
-    "full-ours-2gpu": Case("full", "ours", 2),
+    # accelerate keeps fp32 master copies of trainable weights under FSDP2 mixed precision: without gradient
+    # checkpointing, 4 rows per GPU fit on 80 GB.
+    "full-ours-2gpu": Case("full", "ours", 2, batch=4),
 }
 FSDP2_CONFIG = {
     "compute_environment": "LOCAL_MACHINE",
@@ -70,6 +73,8 @@ FSDP2_CONFIG = {
         "fsdp_offload_params": False,
         "fsdp_reshard_after_forward": True,
         "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+        # LLaVA's _no_split_modules names CLIPTextEmbeddings, absent from a vision-only tower: name the layers.
+        "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer,CLIPEncoderLayer",
     },
 }
 
@@ -127,7 +132,6 @@ def build_trainer(case: Case, args, output_dir: str):
         report_to="none",
         seed=0,
         use_cpu=device == "cpu",
-        ddp_find_unused_parameters=False,
     )
     if case.variant == "stock":
         training_args = SFTConfig(**common)  # gradient checkpointing on, TRL's collator, random order
@@ -141,6 +145,7 @@ def build_trainer(case: Case, args, output_dir: str):
         dataloader_persistent_workers=args.workers > 0,
         train_sampling_strategy="group_by_length",
         remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
     )
     peft_config = None
     if case.mode == "lora":
@@ -225,6 +230,10 @@ def run_case(case_name: str, args, batch_size: int, scratch: Path, fsdp_config: 
         case_name, argparse.Namespace(**{**vars(args), "batch_size": batch_size}), result, fsdp_config
     )
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}:{os.environ.get('PYTHONPATH', '')}", "NCCL_NVLS_ENABLE": "0"}
+    if CASES[case_name].gpus == 1:
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[
+            0
+        ]  # else Trainer picks DataParallel
     started = time.perf_counter()
     try:
         process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.case_timeout)
@@ -233,6 +242,9 @@ def run_case(case_name: str, args, batch_size: int, scratch: Path, fsdp_config: 
     wall = time.perf_counter() - started
     if process.returncode != 0 or not result.exists():
         everything = f"{process.stdout}\n{process.stderr}"
+        if args.log_dir:
+            Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(args.log_dir) / f"{case_name}.log").write_text(everything)
         error = f"rc {process.returncode} after {wall:.0f} s"
         return {
             "case": case_name,
@@ -251,7 +263,7 @@ def run_cases(args) -> list[dict]:
         fsdp_config = Path(scratch) / "fsdp2.yaml"
         fsdp_config.write_text(yaml.safe_dump({**FSDP2_CONFIG, "num_processes": 2}))
         for case_name in args.cases:
-            batch_size = args.batch_size
+            batch_size = CASES[case_name].batch or args.batch_size
             while True:
                 outcome = run_case(case_name, args, batch_size, Path(scratch), fsdp_config)
                 if outcome.get("oom") and batch_size > 1:
@@ -333,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=6, help="DataLoader workers per GPU (ours)")
     parser.add_argument("--case-timeout", type=int, default=300)
     parser.add_argument("--json", help="write all results here")
+    parser.add_argument("--log-dir", help="keep the full output of failed cases here")
     parser.add_argument("--compare-curves", nargs=2, metavar="TRAINER_STATE")
     parser.add_argument("--plot", help="PNG for --compare-curves")
     parser.add_argument("--worker", choices=list(CASES), help=argparse.SUPPRESS)
