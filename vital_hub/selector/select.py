@@ -510,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({len(mine) - len(todo)} of {len(mine)} shards were already done)"
     )
     state.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     if not state.is_main_process:
         return 0
     unfinished = [s for s in range(n_shards) if not shard_done(scores_dir, s)]
