@@ -199,10 +199,13 @@ def test_cli_fetch_prints_a_summary_and_accepts_yaml_with_overrides(tmp_path, ca
     config = load_fetch_config(["--config", str(yaml_path), "--urls", "u", "--out", "o", "--concurrency", "5"])
     assert (config.concurrency, config.backoff_base, config.base_url) == (5, 0.01, pmc.url)
     yaml_path.write_text("concurency: 3\n")
-    with pytest.raises(SystemExit, match="unknown option"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
         load_fetch_config(["--config", str(yaml_path), "--urls", "u", "--out", "o"])
-    with pytest.raises(SystemExit, match="--shard"):
+    assert "unknown keys ['concurency']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         load_fetch_config(["--urls", "u", "--out", "o", "--shard", "3/3"])
+    assert "--shard" in capsys.readouterr().err
 
 
 def test_cli_fetch_rejects_a_bad_record_before_downloading(tmp_path, capsys):

@@ -10,70 +10,9 @@ import argparse
 import dataclasses
 import json
 import sys
-import types
-import typing
 from pathlib import Path
 
-import yaml
-
-
-def _field_type(tp):
-    """The plain type of a field annotation (`str | None` -> str), and whether it is a list."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        tp = next(arg for arg in typing.get_args(tp) if arg is not type(None))
-        origin = typing.get_origin(tp)
-    if origin is list:
-        return typing.get_args(tp)[0], True
-    return tp, False
-
-
-def dataclass_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", help="YAML file with these options (flags override it)")
-    hints = typing.get_type_hints(cls)
-    for item in dataclasses.fields(cls):
-        flag = "--" + item.name.replace("_", "-")
-        kind, is_list = _field_type(hints[item.name])
-        required = item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
-        default = None if required else item.default if item.default is not dataclasses.MISSING else "[]"
-        help_text = item.metadata.get("help", "") + ("" if required else f" (default: {default})")
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        elif is_list:
-            parser.add_argument(flag, nargs="*", type=kind, help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, help=help_text + (" [required]" if required else ""))
-    return parser
-
-
-def parse_config(cls, argv: list[str], prog: str, description: str):
-    """A `cls` instance from YAML (if `--config`) overridden by flags; errors name the missing or unknown keys."""
-    parser = dataclass_parser(cls, prog, description)
-    args = vars(parser.parse_args(argv))
-    values: dict = {}
-    config_file = args.pop("config", None)
-    if config_file:
-        loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
-        known = {item.name for item in dataclasses.fields(cls)}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            parser.error(f"{config_file}: unknown keys {unknown}; known: {sorted(known)}")
-        values.update(loaded)
-    values.update(args)
-    missing = [
-        "--" + item.name.replace("_", "-")
-        for item in dataclasses.fields(cls)
-        if item.name not in values
-        and item.default is dataclasses.MISSING
-        and item.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        parser.error(f"missing required options: {', '.join(missing)}")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as err:
-        parser.error(str(err))
+from vital_hub.config import parse_config
 
 
 def _print(data: dict) -> None:

@@ -8,55 +8,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import MISSING, fields
-from pathlib import Path
 
-import yaml
-
+from vital_hub.config import parse_config
 from vital_hub.schema import RecordError
-
-
-def _config_parser() -> argparse.ArgumentParser:
-    from vital_hub.figures.pipeline import FetchConfig
-
-    parser = argparse.ArgumentParser(
-        prog="vital fetch figures",
-        description="Download PMC figures (2026 bucket layout, legacy tarballs as fallback) as <pair_id>.jpg + index.",
-    )
-    parser.add_argument("--config", help="YAML file of options; flags given here override it")
-    for spec in fields(FetchConfig):
-        flag = "--" + spec.name.replace("_", "-")
-        help_text = spec.metadata.get("help", "")
-        default = spec.default if spec.default is not MISSING else None
-        if spec.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            kind = {"int": int, "float": float}.get(str(spec.type), str)
-            shown = "required" if default == "" else f"default: {default}"
-            parser.add_argument(flag, type=kind, default=None, help=f"{help_text} ({shown})")
-    return parser
 
 
 def load_fetch_config(argv: list[str]):
     """Defaults, then the YAML file, then the flags; unknown YAML keys are an error, not a silent no-op."""
     from vital_hub.figures.pipeline import FetchConfig
 
-    args = _config_parser().parse_args(argv)
-    values: dict = {}
-    if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        unknown = sorted(set(loaded) - set(FetchConfig.field_names()))
-        if unknown:
-            raise SystemExit(f"{args.config}: unknown option(s) {unknown}; known: {FetchConfig.field_names()}")
-        values.update(loaded)
-    values.update({name: value for name, value in vars(args).items() if name != "config" and value is not None})
-    for required in ("urls", "out"):
-        if not values.get(required):
-            raise SystemExit(f"vital fetch figures: --{required} is required")
-    try:
-        return FetchConfig(**values)
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"vital fetch figures: {err}") from err
+    description = "Download PMC figures (2026 bucket layout, legacy tarballs as fallback) as <pair_id>.jpg + index."
+    return parse_config(FetchConfig, argv, "vital fetch figures", description)
 
 
 def fetch_main(argv: list[str]) -> int:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vital_hub.figures.download import Fetched, HttpClient, HttpOptions, etag_md5, md5_hex
@@ -54,8 +54,8 @@ REJECTED_MEMBER_SAMPLES = 20
 class FetchConfig:
     """Everything `vital fetch figures` needs; YAML (`--config`) then command-line flags override the defaults."""
 
-    urls: str = field(default="", metadata={"help": "JSONL of image URL records (legacy or new format)"})
-    out: str = field(default="", metadata={"help": "folder for <pair_id>.jpg files and index/"})
+    urls: str = field(metadata={"help": "JSONL of image URL records (legacy or new format)"})
+    out: str = field(metadata={"help": "folder for <pair_id>.jpg files and index/"})
     base_url: str = field(default="https://pmc-oa-opendata.s3.amazonaws.com", metadata={"help": "bucket root"})
     legacy_base_url: str | None = field(
         default=None, metadata={"help": "replaces scheme and host of pmc_tar_url (a mirror or a local server)"}
@@ -82,10 +82,6 @@ class FetchConfig:
             raise ValueError("concurrency must be at least 1")
         if self.max_retries < 0:
             raise ValueError("max_retries cannot be negative")
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
     def limits(self) -> Limits:
         return Limits(

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
-import typing
-from dataclasses import MISSING, fields
-from pathlib import Path
 
+from vital_hub.config import parse_config
 from vital_hub.generation.client import FatalAPIError
 
 COMMANDS = ("candidates", "collect", "reference-answers")
@@ -35,54 +32,14 @@ def main(argv: list[str]) -> int:
         return 1
 
 
-def scalar_type(annotation) -> type:
-    """`int | None` -> int: the type argparse converts a flag's value to."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
-
-
-def candidates_parser() -> argparse.ArgumentParser:
-    from vital_hub.generation.candidates import GenerateConfig
-
-    parser = argparse.ArgumentParser(
-        prog="vital generate candidates", description="generate candidate instruction data for figures"
-    )
-    parser.add_argument("--config", help="YAML file of settings (flags override it)")
-    hints = typing.get_type_hints(GenerateConfig)
-    for spec in fields(GenerateConfig):
-        flag = "--" + spec.name.replace("_", "-")
-        kind = scalar_type(hints[spec.name])
-        help_text = spec.metadata.get("help", "")
-        if kind is bool:
-            parser.add_argument(
-                flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        else:
-            parser.add_argument(flag, dest=spec.name, type=kind, default=None, help=help_text)
-    return parser
-
-
 def candidates_main(argv: list[str]) -> int:
     from vital_hub.generation.candidates import GenerateConfig, run_job
 
-    args = candidates_parser().parse_args(argv)
-    settings = load_yaml(args.config) if args.config else {}
-    settings.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
-    required = [f.name for f in fields(GenerateConfig) if f.default is MISSING and f.name not in settings]
-    if required:
-        raise SystemExit(f"vital generate candidates: missing {', '.join('--' + r for r in required)}")
-    summary = run_job(GenerateConfig.from_dict(settings))
+    config = parse_config(
+        GenerateConfig, argv, "vital generate candidates", "generate candidate instruction data for figures"
+    )
+    summary = run_job(config)
     return 130 if summary.get("interrupted") else 0
-
-
-def load_yaml(path: str) -> dict:
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise SystemExit(f"{path}: expected a mapping of settings")
-    return {key.replace("-", "_"): value for key, value in data.items()}
 
 
 def collect_main(argv: list[str]) -> int:

@@ -14,129 +14,77 @@ rejected), then the command line. Entry points only parse, call the library and 
 
 from __future__ import annotations
 
-import argparse
 import base64
-import dataclasses
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from vital_hub.config import help_field, parse_config
 from vital_hub.io import atomic_path, write_json_atomic
-
-# ---------------------------------------------------------------- dataclass -> argparse
-
-
-def _kind(annotation: str):
-    """The argparse type of a field annotation written as a string ('int | None' -> int)."""
-    for name, kind in (("bool", bool), ("int", int), ("float", float), ("list", list)):
-        if name in annotation.replace("None", ""):
-            return kind
-    return str
-
-
-def parse_config(cls, argv: list[str], prog: str, description: str):
-    """An instance of `cls` from its defaults, then `--config` YAML, then command-line options."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", help="YAML file of options (command-line options override it)")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for f in fields.values():
-        kind, flag = _kind(str(f.type)), "--" + f.name.replace("_", "-")
-        options = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
-        elif kind is list:
-            parser.add_argument(flag, nargs="+", **options)
-        else:
-            parser.add_argument(flag, type=kind, **options)
-    args = parser.parse_args(argv)
-    values = {}
-    if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        unknown = sorted(set(loaded) - set(fields))
-        if unknown:
-            parser.error(f"{args.config}: unknown keys {unknown}; known: {sorted(fields)}")
-        values.update(loaded)
-    values.update({name: value for name, value in vars(args).items() if name in fields and value is not None})
-    missing = [
-        "--" + name.replace("_", "-")
-        for name, f in fields.items()
-        if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        parser.error(f"the following arguments are required: {', '.join(missing)}")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as err:
-        parser.error(str(err))
-
-
-def help_of(text: str, **extra):
-    return field(metadata={"help": text}, **extra)
-
 
 # ---------------------------------------------------------------- configs
 
 
 @dataclass
 class SampleConfig:
-    candidates: str = help_of("candidates folder or Hub repo id (dual-answer mode), or an items JSON/JSONL file")
-    out: str = help_of("items JSONL file to write (the app's --items)")
-    k: int = help_of("how many items to show clinicians", default=60)
-    seed: int = help_of("k-means seed", default=0)
-    clusters: int | None = help_of("k-means clusters (default: k, one item per cluster)", default=None)
-    encoder: str = help_of("clip | tiny-clip | hashing", default="clip")
-    encoder_model: str | None = help_of("model id of the clip encoder", default=None)
-    image_weight: float = help_of("weight of the image part against the text part", default=1.0)
-    images: str | None = help_of("folder of <pair_id>.jpg figures", default=None)
-    figures: str | None = help_of("figures dataset to look pictures up by pair_id", default=None)
-    embed_images: bool = help_of("write each figure into the items file (base64) instead of a path", default=False)
+    candidates: str = help_field("candidates folder or Hub repo id (dual-answer mode), or an items JSON/JSONL file")
+    out: str = help_field("items JSONL file to write (the app's --items)")
+    k: int = help_field("how many items to show clinicians", default=60)
+    seed: int = help_field("k-means seed", default=0)
+    clusters: int | None = help_field("k-means clusters (default: k, one item per cluster)", default=None)
+    encoder: str = help_field("clip | tiny-clip | hashing", default="clip")
+    encoder_model: str | None = help_field("model id of the clip encoder", default=None)
+    image_weight: float = help_field("weight of the image part against the text part", default=1.0)
+    images: str | None = help_field("folder of <pair_id>.jpg figures", default=None)
+    figures: str | None = help_field("figures dataset to look pictures up by pair_id", default=None)
+    embed_images: bool = help_field("write each figure into the items file (base64) instead of a path", default=False)
 
 
 @dataclass
 class BuildConfig:
-    annotations: str = help_of("folder of annotator logs (<annotator>.jsonl) written by the app")
-    out: str = help_of("preferences repo folder (config clinician, plus mixed when model pairs exist)")
-    aggregate: str = help_of("several annotators on one item: unanimous | majority | each", default="unanimous")
-    use_better: bool = help_of("a 'which is better' pick turns a tie (both acceptable) into a pair", default=False)
-    test_fraction: float = help_of("share of clinician pairs held out (stable per item)", default=0.0)
-    seed: int = help_of("seed of the held-out split", default=0)
-    max_pairs: int | None = help_of("keep only the first N pairs in judging order (the paper used 50)", default=None)
-    clinician_weight: float = help_of("weight w of clinician pairs in the mixed config", default=100.0)
-    embed_images: bool = help_of("embed each pair's figure (needs --images or --figures)", default=False)
-    images: str | None = help_of("folder of <pair_id>.jpg figures", default=None)
-    figures: str | None = help_of("figures dataset to look pictures up by pair_id", default=None)
+    annotations: str = help_field("folder of annotator logs (<annotator>.jsonl) written by the app")
+    out: str = help_field("preferences repo folder (config clinician, plus mixed when model pairs exist)")
+    aggregate: str = help_field("several annotators on one item: unanimous | majority | each", default="unanimous")
+    use_better: bool = help_field("a 'which is better' pick turns a tie (both acceptable) into a pair", default=False)
+    test_fraction: float = help_field("share of clinician pairs held out (stable per item)", default=0.0)
+    seed: int = help_field("seed of the held-out split", default=0)
+    max_pairs: int | None = help_field(
+        "keep only the first N pairs in judging order (the paper used 50)", default=None
+    )
+    clinician_weight: float = help_field("weight w of clinician pairs in the mixed config", default=100.0)
+    embed_images: bool = help_field("embed each pair's figure (needs --images or --figures)", default=False)
+    images: str | None = help_field("folder of <pair_id>.jpg figures", default=None)
+    figures: str | None = help_field("figures dataset to look pictures up by pair_id", default=None)
 
 
 @dataclass
 class PairsConfig:
-    scores: list = help_of("judge output folder(s) or scores.jsonl file(s)")
-    out: str = help_of("preferences repo folder (config model, plus mixed when clinician pairs exist)")
-    n: int = help_of("number of pairs (train + test)", default=30000)
-    seed: int = help_of("seed of the split and the pair draw", default=0)
-    test_fraction: float = help_of("share held out, per score level", default=0.2)
-    pairing: str = help_of("across (any two items, paper) | same-question", default="across")
-    clinician_weight: float = help_of("weight w of clinician pairs in the mixed config", default=100.0)
-    embed_images: bool = help_of("embed the chosen side's figure (needs --images or --figures)", default=False)
-    images: str | None = help_of("folder of <pair_id>.jpg figures", default=None)
-    figures: str | None = help_of("figures dataset to look pictures up by pair_id", default=None)
+    scores: list = help_field("judge output folder(s) or scores.jsonl file(s)")
+    out: str = help_field("preferences repo folder (config model, plus mixed when clinician pairs exist)")
+    n: int = help_field("number of pairs (train + test)", default=30000)
+    seed: int = help_field("seed of the split and the pair draw", default=0)
+    test_fraction: float = help_field("share held out, per score level", default=0.2)
+    pairing: str = help_field("across (any two items, paper) | same-question", default="across")
+    clinician_weight: float = help_field("weight w of clinician pairs in the mixed config", default=100.0)
+    embed_images: bool = help_field("embed the chosen side's figure (needs --images or --figures)", default=False)
+    images: str | None = help_field("folder of <pair_id>.jpg figures", default=None)
+    figures: str | None = help_field("figures dataset to look pictures up by pair_id", default=None)
 
 
 @dataclass
 class AgreementConfig:
-    scores: list = help_of("judge output folder(s) or scores.jsonl file(s)")
-    repo: str | None = help_of("preferences repo whose clinician config to compare with", default=None)
-    annotations: str | None = help_of("or: annotator logs to build the clinician pairs from", default=None)
-    aggregate: str = help_of("with --annotations: unanimous | majority | each", default="unanimous")
+    scores: list = help_field("judge output folder(s) or scores.jsonl file(s)")
+    repo: str | None = help_field("preferences repo whose clinician config to compare with", default=None)
+    annotations: str | None = help_field("or: annotator logs to build the clinician pairs from", default=None)
+    aggregate: str = help_field("with --annotations: unanimous | majority | each", default="unanimous")
 
 
 @dataclass
 class MixConfig:
-    repo: str = help_of("preferences repo folder holding configs clinician and model")
-    clinician_weight: float = help_of("weight w of clinician pairs", default=100.0)
+    repo: str = help_field("preferences repo folder holding configs clinician and model")
+    clinician_weight: float = help_field("weight w of clinician pairs", default=100.0)
 
 
 # ---------------------------------------------------------------- commands
