@@ -177,8 +177,7 @@ def save_selector(folder: Path, words: list[str], tiny: bool) -> None:
     vocab = SPECIALS + words + list("abcdefghijklmnopqrstuvwxyz.,?") + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
     vocab += [f"[unused{i}]" for i in range(30522 - len(vocab))]
     folder.mkdir(parents=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(dict.fromkeys(vocab))})
     if tiny:
         layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
         vision = ViTConfig(image_size=224, patch_size=16, layer_norm_eps=1e-6, **layers)

@@ -21,9 +21,7 @@ def tiny_tokenizer(folder: Path):
 
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,:?!-()/'\"<>#")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + letters + [f"##{c}" for c in letters]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    return BertTokenizerFast(vocab={token: index for index, token in enumerate(dict.fromkeys(vocab))})
 
 
 def tiny_backbone_config(kind: str, vocab_size: int, image_size: int = 32):

@@ -451,3 +451,36 @@ def test_reward_recipe_runs_a_clinician_weight_sweep_and_writes_cards(tmp_path, 
     assert "library_name: transformers" in card and "| clinician pair weight | 100.0 |" in card
     assert "eval_clinician_auc" in card and "| loss | hinge" in card
     assert AutoModel.from_pretrained(out / "w100").config.backbone == "biomedclip"
+
+
+def test_select_reads_figures_through_the_figure_store(tmp_path, tokenizer):
+    """`--figures` goes through vital_hub.figures.store.open_figures (here: a plain folder of <pair_id>.jpg)."""
+    pytest.importorskip("vital_hub.figures.store")
+    selector = save_selector(tiny_selector("clip", tokenizer), tokenizer, tmp_path / "selector")
+    figures = write_figures(tmp_path / "figures", PAIR_IDS)
+    (figures / f"{PAIR_IDS[3]}.jpg").write_bytes(b"")
+    candidates = write_candidates(tmp_path / "candidates", candidate_rows(PAIR_IDS, samples=1))
+    selected, _ = run_select(
+        tmp_path, selector, candidates, None, tmp_path / "out", "--top", "10", "--figures", str(figures)
+    )
+    summary = json.loads((tmp_path / "out" / "selection.json").read_text())
+    assert summary["scored"] == 5 and summary["unreadable_images"] == 1
+    assert len(selected) == 5 and not any(r["candidate_id"].startswith(PAIR_IDS[3]) for r in selected)
+
+
+def test_preference_collator_shapes_and_embedded_images(tokenizer):
+    from selector_helpers import jpeg_bytes
+
+    from vital_hub.selector.data import PreferenceCollator
+
+    model = tiny_selector("clip", tokenizer)
+    rows = preference_rows(PAIR_IDS, n_model=2, n_clinician=0)
+    for row in rows:
+        row["image"] = {"bytes": jpeg_bytes(1), "path": None}
+    same = [{**rows[0], "rejected_pair_id": rows[0]["pair_id"]}, {**rows[1], "rejected_pair_id": None}]
+    batch = PreferenceCollator(tokenizer, model.config)(same)
+    assert batch["input_ids"].shape[0] == 4 and batch["pixel_values"].shape == (2, 3, 32, 32)
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["weight"].tolist() == [1.0, 1.0]
+    assert tokenizer.decode(batch["input_ids"][2], skip_special_tokens=True).startswith(same[0]["caption"][:5])
+    with pytest.raises(ValueError, match="no readable image"):  # the other figure is not embedded, no folder given
+        PreferenceCollator(tokenizer, model.config)([{**rows[1], "rejected_pair_id": PAIR_IDS[4]}])
