@@ -4,57 +4,65 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from vital_hub.config import help_field, parse_config
+from vital_hub.mixtures.spec import DEFAULT_LLAVA_MED_60K_FILE
 from vital_hub.schema import RecordError
 
 
-def build_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="vital build instructions",
-        description="Build the instructions dataset repo (60k/80k/150k/210k and YAML mixtures) from the source files.",
+@dataclass
+class InstructionsBuildConfig:
+    sources: str = help_field("folder holding the source files under their released names")
+    out: str = help_field("repo folder to write (README.md, manifest.json, data/)")
+    images: str | None = help_field("folder of <pair_id>.jpg figures to embed", default=None)
+    require_images: bool = help_field("fail on a missing or broken figure instead of storing null", default=False)
+    allow_unverified: bool = help_field("accept a source whose checksum does not match", default=False)
+    mixtures: str | None = help_field("YAML with extra components and mixtures", default=None)
+    configs: list[str] | None = help_field("build only these configs", default=None)
+    llava_med_60k_file: str = help_field(
+        "which LLaVA-Med 60K file is llava-med-60k", default=DEFAULT_LLAVA_MED_60K_FILE
     )
-    parser.add_argument(
-        "--sources", required=True, type=Path, help="folder holding the source files under their released names"
-    )
-    parser.add_argument(
-        "--out", required=True, type=Path, help="repo folder to write (README.md, manifest.json, data/)"
-    )
-    parser.add_argument("--images", type=Path, help="folder of <pair_id>.jpg figures to embed")
-    parser.add_argument(
-        "--require-images", action="store_true", help="fail on a missing or broken figure instead of storing null"
-    )
-    parser.add_argument(
-        "--allow-unverified", action="store_true", help="accept a source whose checksum does not match"
-    )
-    parser.add_argument("--mixtures", type=Path, help="YAML with extra components and mixtures")
-    parser.add_argument("--configs", nargs="+", help="build only these configs")
-    parser.add_argument(
-        "--llava-med-60k-file", default=None, help="which LLaVA-Med 60K file is component llava-med-60k"
-    )
-    parser.add_argument("--rows-per-shard", type=int, default=50_000)
-    args = parser.parse_args(argv)
+    rows_per_shard: int = help_field("rows per parquet shard", default=50_000)
+    workers: int = help_field("components built side by side", default=os.cpu_count() or 1)
 
-    from vital_hub.mixtures.build import BuildOptions, build_repo
-    from vital_hub.mixtures.spec import DEFAULT_LLAVA_MED_60K_FILE, load_plan
+    def plan(self):
+        from vital_hub.mixtures.spec import load_plan
 
-    try:
-        plan = load_plan(args.mixtures, args.llava_med_60k_file or DEFAULT_LLAVA_MED_60K_FILE, args.configs)
+        return load_plan(self.mixtures, self.llava_med_60k_file, self.configs)
+
+    def build(self, plan) -> dict:
+        from vital_hub.mixtures.build import BuildOptions, build_repo
+
         options = BuildOptions(
-            sources=args.sources,
-            out=args.out,
-            images=args.images,
-            require_images=args.require_images,
-            allow_unverified=args.allow_unverified,
-            rows_per_shard=args.rows_per_shard,
+            sources=Path(self.sources),
+            out=Path(self.out),
+            images=self.images,
+            require_images=self.require_images,
+            allow_unverified=self.allow_unverified,
+            rows_per_shard=self.rows_per_shard,
+            workers=self.workers,
         )
-        manifest = build_repo(plan, options)
+        return build_repo(plan, options)
+
+
+def build_main(argv: list[str]) -> int:
+    config = parse_config(
+        InstructionsBuildConfig,
+        argv,
+        "vital build instructions",
+        "Build the instructions dataset repo (60k/80k/150k/210k and YAML mixtures) from the source files.",
+    )
+    try:
+        manifest = config.build(config.plan())
     except (RecordError, ValueError, FileNotFoundError, KeyError) as err:
         print(f"vital build instructions: error: {err}", file=sys.stderr)
         return 1
     print_summary(manifest)
-    print(f"\nwrote {args.out} (push it with: vital push --repo {args.out} --to ORG/NAME)")
+    print(f"\nwrote {config.out} (push it with: vital push --repo {config.out} --to ORG/NAME)")
     return 0
 
 
