@@ -229,8 +229,11 @@ class SelectorModel(PreTrainedModel):
                 image = image.repeat(text.shape[0] // image.shape[0], 1)
             if self.config.normalize_features:
                 text, image = F.normalize(text, dim=-1), F.normalize(image, dim=-1)
-            head_dtype = self.head[0].weight.dtype
-            logits = self.head(torch.cat([text, image], dim=-1).to(head_dtype))
+            features = torch.cat([text, image], dim=-1)
+            # The head runs in its own dtype (fp32 unless the whole model was cast), also under bf16 autocast:
+            # a bf16 sigmoid output has ~1/256 resolution near 0.5 and would turn close scores into ties.
+            with torch.autocast(device_type=features.device.type, enabled=False):
+                logits = self.head(features.to(self.head[0].weight.dtype))
         if self.config.output_sigmoid:
             logits = torch.sigmoid(logits)
         return SequenceClassifierOutput(logits=logits)
