@@ -1,0 +1,37 @@
+import subprocess
+import sys
+
+import pytest
+
+from vital_hub.cli import COMMANDS, find_command, load, main
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c.words))
+def test_every_command_resolves_to_a_callable(command):
+    assert callable(load(command))
+
+
+def test_longest_prefix_wins():
+    command, rest = find_command(["build", "figures", "--out", "x"])
+    assert command.target == "vital_hub.figures.cli:build_main" and rest == ["--out", "x"]
+    assert find_command(["nope"]) is None
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(" ".join(c.words) in text for c in COMMANDS)
+
+
+def test_unknown_command_is_an_error(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "words", [["build", "instructions"], ["fetch", "figures"], ["push"], ["verify"], ["export", "llava"]]
+)
+def test_subcommand_help_runs_in_a_fresh_process(words):
+    run = subprocess.run([sys.executable, "-m", "vital_hub.cli", *words, "--help"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "usage:" in run.stdout
