@@ -7,7 +7,8 @@ Full fine-tune of LLaVA-1.5-7B on 8 GPUs (FSDP2; DeepSpeed ZeRO-2/3 and DDP conf
 
 LoRA on one GPU:
 
-    accelerate launch --num_processes 1 recipes/sft.py --config recipes/llava-1.5-7b/sft/config_lora.yaml
+    CUDA_VISIBLE_DEVICES=0 accelerate launch --num_processes 1 recipes/sft.py \
+        --config recipes/llava-1.5-7b/sft/config_lora.yaml
 
 Every field of the YAML can be overridden on the command line (`--learning_rate 1e-5 --dataset_config 60k`).
 Running the same command again resumes from the last checkpoint in `output_dir`. The loss is on assistant tokens
