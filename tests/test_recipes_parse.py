@@ -129,3 +129,22 @@ def test_every_accelerate_config_is_there():
         "deepspeed_zero3",
         "fsdp2",
     }
+
+
+def test_an_inline_mixture_in_a_recipe_parses(tmp_path):
+    from vital_hub.training.data import mixture_of
+
+    recipe = tmp_path / "sft" / "config_mixture.yaml"
+    recipe.parent.mkdir()
+    base = (RECIPES / "llava-1.5-7b/sft/config_full.yaml").read_text()
+    base = base.replace("dataset_name: biomed-vital/instructions\ndataset_config: 80k\n", "")
+    mixture = (
+        "dataset_mixture:\n  datasets:\n    - {id: org/a, config: 80k, weight: 0.5}\n    - {id: org/b}\n  seed: 7\n"
+    )
+    recipe.write_text(base + mixture)
+    script_args, _, _ = parse(recipe)
+    parsed = mixture_of(
+        script_args.dataset_name, script_args.dataset_config, dataset_mixture=script_args.dataset_mixture
+    )
+    assert [(d.id, d.config, d.weight) for d in parsed.datasets] == [("org/a", "80k", 0.5), ("org/b", None, 1.0)]
+    assert parsed.seed == 7
