@@ -23,13 +23,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vital_hub.eval.records import EvalQuestion, ImageCheck, JsonlAppender, load_image, load_questions, read_answers
+from vital_hub.generation.client import ServerOptions
 
 MISSING_IMAGE_POLICIES = ("text-only", "skip")
 DEFAULT_PROMPT_TEMPLATE = "USER: {image}{question} ASSISTANT:"
 
 
 @dataclass
-class AnswerConfig:
+class AnswerConfig(ServerOptions):
     questions: str = field(metadata={"help": "eval questions: qa50 JSONL or LLaVA-Med VQA records (JSON/JSONL)"})
     out: str = field(metadata={"help": "answers JSONL, appended; re-running resumes"})
     model: str = field(metadata={"help": "model folder or Hub id (transformers) or served model name (openai)"})
@@ -46,9 +47,6 @@ class AnswerConfig:
         default=None, metadata={"help": "used when the processor has no chat template; {image} and {question}"}
     )
     system_prompt: str | None = field(default=None, metadata={"help": "system message for chat templates"})
-    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server (openai backend)"})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "env var holding the API key"})
-    concurrency: int = field(default=16, metadata={"help": "parallel requests (openai backend)"})
     cache_path: str | None = field(default=None, metadata={"help": "SQLite request cache (openai backend)"})
     image_detail: str = field(default="auto", metadata={"help": "image_url detail: low | high | auto"})
     limit: int | None = field(default=None, metadata={"help": "answer only the first N questions"})
@@ -240,20 +238,12 @@ def server_request(config: AnswerConfig, item: Pending) -> dict:
 
 
 def answer_with_server(config: AnswerConfig) -> dict:
-    from vital_hub.generation.client import ChatClient, ClientConfig
+    from vital_hub.generation.client import ChatClient
 
     out = Path(config.out)
     done = set(read_answers(out))
     todo, skipped = pending_questions(config, done)
-    client = ChatClient(
-        ClientConfig(
-            model=config.model,
-            base_url=config.base_url,
-            api_key_env=config.api_key_env,
-            concurrency=config.concurrency,
-            cache_path=config.cache_path,
-        )
-    )
+    client = ChatClient(config.client_config(config.model, config.cache_path))
     answered, failures = 0, []
     chunk = max(config.concurrency * 4, config.batch_size)  # checkpoint every few rounds of requests
     try:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from vital_hub.eval.records import EvalQuestion, JsonlAppender, load_image, load_questions, read_answers
 from vital_hub.eval.stats import bootstrap_ci, mean
+from vital_hub.generation.client import ServerOptions
 from vital_hub.io import write_json_atomic
 from vital_hub.schema import first_domain
 
@@ -111,13 +112,11 @@ def parse_two_scores(text: str | None) -> ScorePair:
 
 
 @dataclass
-class ChatJudgeConfig:
+class ChatJudgeConfig(ServerOptions):
     questions: str = field(metadata={"help": "qa50 question file (llava_med_eval_qa50_qa.jsonl)"})
     answers: str = field(metadata={"help": "the model's answers JSONL"})
     out_dir: str = field(metadata={"help": "folder for judgements.jsonl and chat_summary.json"})
     judge_model: str = field(default="gpt-4o", metadata={"help": "judge model name on the server"})
-    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server of the judge"})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "env var holding the judge's API key"})
     prompt_file: str | None = field(default=None, metadata={"help": "judge instruction text (e.g. the paper's)"})
     reference_answers: str | None = field(
         default=None, metadata={"help": "answers JSONL used as reference instead of the file's gpt4_answer"}
@@ -130,7 +129,6 @@ class ChatJudgeConfig:
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
     max_tokens: int = field(default=1024, metadata={"help": "judge reply length limit"})
     temperature: float = field(default=0.0, metadata={"help": "judge temperature"})
-    concurrency: int = field(default=16, metadata={"help": "parallel judge requests"})
     cache_path: str | None = field(
         default=None, metadata={"help": "SQLite cache (default: out_dir/judge_cache.sqlite)"}
     )
@@ -202,7 +200,7 @@ def reference_text(question: EvalQuestion, references: dict[str, dict] | None) -
 
 def run_chat_judge(config: ChatJudgeConfig) -> dict:
     """Judge every answered question (both orders with `swap`), then write and return the summary."""
-    from vital_hub.generation.client import ChatClient, ClientConfig
+    from vital_hub.generation.client import ChatClient
 
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,13 +227,7 @@ def run_chat_judge(config: ChatJudgeConfig) -> dict:
             requests.append(judge_request(question, first, second, instruction, config, image))
     if requests:
         client = ChatClient(
-            ClientConfig(
-                model=config.judge_model,
-                base_url=config.base_url,
-                api_key_env=config.api_key_env,
-                concurrency=config.concurrency,
-                cache_path=config.cache_path or str(out_dir / "judge_cache.sqlite"),
-            )
+            config.client_config(config.judge_model, config.cache_path or str(out_dir / "judge_cache.sqlite"))
         )
         try:
             results = client.chat_many(requests, desc="judge qa50")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vital_hub.eval.records import EvalQuestion, JsonlAppender, load_questions, read_answers
 from vital_hub.eval.stats import bootstrap_ci
+from vital_hub.generation.client import ServerOptions
 from vital_hub.io import write_json_atomic
 
 DEFAULT_INSTRUCTION = (
@@ -63,7 +64,7 @@ def outcome_for_a(label: str, order: str) -> str:
 
 
 @dataclass
-class WinRateConfig:
+class WinRateConfig(ServerOptions):
     questions: str = field(metadata={"help": "questions with ground truth (VQA records or qa50)"})
     answers_a: str = field(metadata={"help": "answers JSONL of model A (the model whose win rate is reported)"})
     answers_b: str = field(metadata={"help": "answers JSONL of model B (the baseline)"})
@@ -71,15 +72,12 @@ class WinRateConfig:
     name_a: str = field(default="A", metadata={"help": "label of model A in the summary"})
     name_b: str = field(default="B", metadata={"help": "label of model B in the summary"})
     judge_model: str = field(default="gpt-4o", metadata={"help": "judge model name on the server"})
-    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server of the judge"})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "env var holding the judge's API key"})
     prompt_file: str | None = field(default=None, metadata={"help": "judge instruction (e.g. the paper's)"})
     both_orders: bool = field(default=True, metadata={"help": "judge A-first and B-first"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples (0: none)"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
     max_tokens: int = field(default=1024, metadata={"help": "judge reply length limit"})
     temperature: float = field(default=0.0, metadata={"help": "judge temperature"})
-    concurrency: int = field(default=16, metadata={"help": "parallel judge requests"})
     cache_path: str | None = field(
         default=None, metadata={"help": "SQLite cache (default: out_dir/judge_cache.sqlite)"}
     )
@@ -130,7 +128,7 @@ def read_pairwise(path: Path) -> dict[str, dict]:
 
 def run_winrate(config: WinRateConfig) -> dict:
     """Judge every question both models answered (in both orders), then write and return the summary."""
-    from vital_hub.generation.client import ChatClient, ClientConfig
+    from vital_hub.generation.client import ChatClient
 
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,13 +150,7 @@ def run_winrate(config: WinRateConfig) -> dict:
                 requests.append(pairwise_request(question, first, second, instruction, config))
     if requests:
         client = ChatClient(
-            ClientConfig(
-                model=config.judge_model,
-                base_url=config.base_url,
-                api_key_env=config.api_key_env,
-                concurrency=config.concurrency,
-                cache_path=config.cache_path or str(out_dir / "judge_cache.sqlite"),
-            )
+            config.client_config(config.judge_model, config.cache_path or str(out_dir / "judge_cache.sqlite"))
         )
         try:
             results = client.chat_many(requests, desc="judge win rate")

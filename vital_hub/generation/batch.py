@@ -157,7 +157,7 @@ def collect(out: str | Path, poll: bool = False, poll_interval_s: float = 60.0) 
     if not folder.run_json.exists():
         raise SystemExit(f"{folder.root} has no run.json: start the job with `vital generate candidates` first")
     config = GenerateConfig.from_dict(json.loads(folder.run_json.read_text(encoding="utf-8"))["config"])
-    client_config = config.client_config(str(folder.cache_path))
+    client_config = config.client_config(config.model, str(folder.cache_path))
     counts = {"collected_jobs": 0, "stored": 0, "failed_items": 0, "still_waiting_jobs": 0}
     while True:
         pending = collect_once(client_config, counts)

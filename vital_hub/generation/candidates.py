@@ -24,7 +24,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from vital_hub.generation.client import ChatClient, ChatResult, ClientConfig, ProgressBar
+from vital_hub.generation.client import ChatClient, ChatResult, ProgressBar, ServerOptions
 from vital_hub.generation.figure_input import normalise_figure, open_figure_source
 from vital_hub.generation.parse import parse_reply
 from vital_hub.generation.pricing import load_prices
@@ -53,7 +53,7 @@ IDENTITY_FIELDS = (
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(ServerOptions):
     figures: str = field(metadata={"help": "figures dataset (Hub repo id or folder) or a folder of <pair_id>.jpg"})
     out: str = field(metadata={"help": "output folder (dataset + cache + work files)"})
     model: str = field(metadata={"help": "model (Azure: deployment) name"})
@@ -66,14 +66,6 @@ class GenerateConfig:
     min_rounds: int = field(default=3, metadata={"help": "fewer complete rounds than this -> status unparsed"})
     limit: int | None = field(default=None, metadata={"help": "only the first N figures"})
     backend: str = field(default="online", metadata={"help": "online | batch (OpenAI Batch API)"})
-    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint (else OPENAI_BASE_URL)"})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the key"})
-    azure_api_version: str | None = field(default=None, metadata={"help": "set to use Azure OpenAI"})
-    concurrency: int = field(default=16, metadata={"help": "requests in flight"})
-    requests_per_minute: float | None = field(default=None, metadata={"help": "client-side request rate limit"})
-    tokens_per_minute: float | None = field(default=None, metadata={"help": "client-side token rate limit"})
-    max_retries: int = field(default=6, metadata={"help": "retries of 429/5xx/timeouts/malformed replies"})
-    timeout_s: float = field(default=120.0, metadata={"help": "seconds per request"})
     max_tokens: int = field(default=4096, metadata={"help": "completion budget per request (the paper: 4096)"})
     max_tokens_field: str = field(
         default="max_tokens", metadata={"help": "max_tokens | max_completion_tokens (OpenAI reasoning models)"}
@@ -108,20 +100,6 @@ class GenerateConfig:
         if unknown:
             raise ValueError(f"unknown generation settings {unknown}; known: {sorted(known)}")
         return cls(**data)
-
-    def client_config(self, cache_path: str | None) -> ClientConfig:
-        return ClientConfig(
-            model=self.model,
-            base_url=self.base_url,
-            api_key_env=self.api_key_env,
-            azure_api_version=self.azure_api_version,
-            concurrency=self.concurrency,
-            requests_per_minute=self.requests_per_minute,
-            tokens_per_minute=self.tokens_per_minute,
-            max_retries=self.max_retries,
-            timeout_s=self.timeout_s,
-            cache_path=cache_path,
-        )
 
     def prompt_options(self) -> PromptOptions:
         return PromptOptions(
@@ -476,7 +454,7 @@ def run_job(config: GenerateConfig) -> dict:
     """Run (or resume) a job; returns a summary dict (also printed)."""
     job = Job.prepare(config)
     prices = load_prices(config.prices) if config.prices else None
-    client = ChatClient(config.client_config(str(job.folder.cache_path)), prices)
+    client = ChatClient(config.client_config(config.model, str(job.folder.cache_path)), prices)
     try:
         if config.backend == "batch":
             from vital_hub.generation.batch import run_batch_job

@@ -26,6 +26,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from vital_hub.config import help_field
 from vital_hub.generation.cache import RequestCache, request_key
 from vital_hub.generation.limits import Limiter, estimate_tokens
 from vital_hub.generation.pricing import PriceTable
@@ -72,6 +73,25 @@ class ClientConfig:
                 raise ValueError(f"{name} must be positive or None, got {value}")
         if self.azure_api_version and not self.base_url:
             raise ValueError("an Azure client needs base_url (the resource endpoint)")
+
+
+@dataclass(kw_only=True)
+class ServerOptions:
+    """How to reach an OpenAI-compatible server and how hard to press it: the options shared by every command
+    that calls one (generation, the rubric judge, the eval judges and answering through a server)."""
+
+    base_url: str | None = help_field("OpenAI-compatible endpoint (else OPENAI_BASE_URL, else OpenAI)", default=None)
+    api_key_env: str = help_field("environment variable holding the API key", default="OPENAI_API_KEY")
+    azure_api_version: str | None = help_field("use Azure OpenAI with this API version", default=None)
+    concurrency: int = help_field("requests in flight", default=16)
+    requests_per_minute: float | None = help_field("client-side request rate limit", default=None)
+    tokens_per_minute: float | None = help_field("client-side token rate limit", default=None)
+    max_retries: int = help_field("retries of 429/5xx/timeouts/malformed replies", default=6)
+    timeout_s: float = help_field("seconds per request", default=120.0)
+
+    def client_config(self, model: str, cache_path: str | None) -> ClientConfig:
+        shared = {item.name: getattr(self, item.name) for item in dataclasses.fields(ServerOptions)}
+        return ClientConfig(model=model, cache_path=cache_path, **shared)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vital_hub.generation.client import ServerOptions
 from vital_hub.io import write_json_atomic
 from vital_hub.preferences.items import (
     ImageResolver,
@@ -207,13 +208,10 @@ def build_request(
 
 
 @dataclass
-class JudgeConfig:
+class JudgeConfig(ServerOptions):
     candidates: str = field(metadata={"help": "items JSON/JSONL file, candidates folder or Hub repo id"})
     out: str = field(metadata={"help": "output folder (scores.jsonl, cache.sqlite, run.json, summary.json)"})
     model: str = field(metadata={"help": "judge model name (a vision model unless --no-send-images)"})
-    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server (else OPENAI_BASE_URL)"})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "environment variable holding the key"})
-    azure_api_version: str | None = field(default=None, metadata={"help": "use Azure OpenAI with this version"})
     prompt: str = field(default="vital-rubric-v1", metadata={"help": f"rubric prompt: {sorted(RUBRIC_PROMPTS)}"})
     prompt_file: str | None = field(default=None, metadata={"help": "system prompt from this file (overrides)"})
     images: str | None = field(default=None, metadata={"help": "folder of <pair_id>.jpg figures"})
@@ -224,11 +222,6 @@ class JudgeConfig:
     rounds: str = field(default="all", metadata={"help": "single-answer candidates: first | all rounds"})
     max_tokens: int = field(default=512, metadata={"help": "reply length limit"})
     temperature: float | None = field(default=None, metadata={"help": "sampling temperature (server default)"})
-    concurrency: int = field(default=16, metadata={"help": "requests in flight"})
-    requests_per_minute: float | None = field(default=None, metadata={"help": "client-side request rate limit"})
-    tokens_per_minute: float | None = field(default=None, metadata={"help": "client-side token rate limit"})
-    max_retries: int = field(default=6, metadata={"help": "retries of a retryable failure"})
-    timeout_s: float = field(default=120.0, metadata={"help": "per-request timeout"})
     backend: str = field(default="online", metadata={"help": "online | batch (Batch API; re-run to collect)"})
     chunk_size: int = field(default=256, metadata={"help": "units answered before their scores are written"})
     limit: int | None = field(default=None, metadata={"help": "judge only the first N units (a dry run)"})
@@ -250,22 +243,6 @@ class JudgeConfig:
             return text, f"file:{_short_hash(text)}"
         text = get_rubric_prompt(self.prompt)
         return text, f"{self.prompt}:{_short_hash(text)}"
-
-    def client_config(self):
-        from vital_hub.generation.client import ClientConfig
-
-        return ClientConfig(
-            model=self.model,
-            base_url=self.base_url,
-            api_key_env=self.api_key_env,
-            azure_api_version=self.azure_api_version,
-            concurrency=self.concurrency,
-            requests_per_minute=self.requests_per_minute,
-            tokens_per_minute=self.tokens_per_minute,
-            max_retries=self.max_retries,
-            timeout_s=self.timeout_s,
-            cache_path=str(Path(self.out) / "cache.sqlite"),
-        )
 
 
 def _short_hash(text: str) -> str:
@@ -379,7 +356,7 @@ def run_judge(config: JudgeConfig) -> dict:
     done = log.finished()
     pending = [unit for unit in units if unit.score_id not in done]
     resolver = ImageResolver(config.images, config.figures)
-    client = ChatClient(config.client_config())
+    client = ChatClient(config.client_config(config.model, str(Path(config.out) / "cache.sqlite")))
     waiting = 0
     try:
         if config.backend == "batch":
