@@ -440,10 +440,18 @@ def test_pictures_can_come_from_the_figure_store(tmp_path):
     from vital_hub.preferences.items import Item
 
     write_candidates(tmp_path / "cands", tmp_path / "figs")
+    import io
+
+    from PIL import Image
+
     resolver = ImageResolver(figures=str(tmp_path / "figs"))
-    assert (
-        resolver.bytes_for(Item("x", "histo1_F1", "q", "a", "b")) == (tmp_path / "figs" / "histo1_F1.jpg").read_bytes()
-    )
+    served = resolver.bytes_for(Item("x", "histo1_F1", "q", "a", "b"))
+    # The store serves every figure as JPEG (these test files hold PNG bytes): same picture, JPEG-encoded.
+    assert served[:2] == b"\xff\xd8"
+    with Image.open(io.BytesIO(served)) as got, Image.open(tmp_path / "figs" / "histo1_F1.jpg") as original:
+        assert got.size == original.size
+        served_pixel, original_pixel = got.convert("RGB").getpixel((5, 5)), original.convert("RGB").getpixel((5, 5))
+        assert max(abs(a - b) for a, b in zip(served_pixel, original_pixel, strict=True)) < 12
     assert resolver.bytes_for(Item("y", "unknown_F9", "q", "a", "b")) is None
 
 
