@@ -380,3 +380,35 @@ def test_cli_build_rejects_a_wrong_checksum(tmp_path):
     manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
     assert manifest["components"]["llava-med-10k"]["source"]["verified"] is False
     assert manifest["configs"]["ten"]["rows"] == 0
+
+
+def test_real_demonstrations_as_a_component_build_and_verify(tmp_path):
+    demos = shared_fixture("biomed_vital", "clinician_demonstrations.json")
+    records = []
+    for _, demo in iter_json_records(demos):
+        record = {k: v for k, v in demo.items() if k != "imgs"}
+        record["image"] = demo["imgs"]
+        records.append(record)
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "demos.json").write_text(json.dumps(records))
+    spec = tmp_path / "mix.yaml"
+    spec.write_text(
+        "components:\n  demos: {file: demos.json}\nmixtures:\n  - {name: demos, components: [{name: demos}]}\nonly: [demos]\n"
+    )
+    with pytest.raises(RecordError) as err:  # ids 34 and 49 have two answers in a row
+        build(sources, tmp_path / "repo", plan=load_plan(spec))
+    assert "record 33" in str(err.value) and "id 34" in str(err.value) and "do not alternate" in str(err.value)
+
+    valid = [r for r in records if r["id"] not in (34, 49)]
+    (sources / "demos.json").write_text(json.dumps(valid))
+    manifest = build(sources, tmp_path / "repo", plan=load_plan(spec))
+    assert manifest["configs"]["demos"]["rows"] == 56
+    report = verify_released(tmp_path / "repo", "demos", sources / "demos.json", progress=False)
+    assert report["verdict"] == "identical" and report["identical_in_place"] == 56
+    reordered = tmp_path / "reordered.json"
+    reordered.write_text(json.dumps(valid[::-1]))
+    assert (
+        verify_released(tmp_path / "repo", "demos", reordered, progress=False)["verdict"]
+        == "same records, different order"
+    )
