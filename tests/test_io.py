@@ -66,3 +66,16 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
     with atomic_path(final) as tmp:
         tmp.write_text("whole")
     assert final.read_text() == "whole"
+
+
+def test_jsonl_log_skips_only_a_torn_last_line(tmp_path):
+    from vital_hub.io import iter_jsonl_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"a": 1}\n\n{"a": 2}\n{"a": ', encoding="utf-8")
+    with pytest.warns(UserWarning, match="unfinished last line"):
+        assert list(iter_jsonl_log(log)) == [(1, {"a": 1}), (3, {"a": 2})]
+    log.write_text('{"a": 1}\n{"a": \n{"a": 3}\n', encoding="utf-8")
+    with pytest.raises(RecordError, match="line 2 is not valid JSON") as err:
+        list(iter_jsonl_log(log))
+    assert "log.jsonl" in str(err.value)

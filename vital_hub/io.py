@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,27 @@ def _iter_array(path: Path, handle, buffer: str) -> Iterator[tuple[Location, Any
 def _truncated(last_id: Any, detail: str | None = None) -> str:
     after = f" after id {last_id!r}" if last_id is not None else ""
     return f"file is truncated or malformed{after}" + (f" ({detail})" if detail else "")
+
+
+def iter_jsonl_log(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, record) of an append-only JSONL log, such as the judgements or answers a job writes as it goes.
+
+    A last line without its newline is what a crash leaves of an unfinished write: it is skipped with a warning,
+    and the job redoes that work. Any other line that is not JSON is an error naming the file and the line.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline
+    if torn.strip():
+        warnings.warn(f"{path}: ignoring an unfinished last line left by an interrupted run", stacklevel=2)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RecordError(f"line {number} is not valid JSON ({err.msg})", file=str(path)) from err
 
 
 def sha256_file(path: str | Path) -> str:

@@ -23,7 +23,15 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vital_hub.eval.records import EvalQuestion, JsonlAppender, load_image, load_questions, read_answers
+from vital_hub.eval.records import (
+    EvalQuestion,
+    JsonlAppender,
+    judgement_key,
+    load_image,
+    load_questions,
+    read_answers,
+    read_finished_judgements,
+)
 from vital_hub.eval.stats import bootstrap_ci, mean
 from vital_hub.generation.client import ServerOptions
 from vital_hub.io import write_json_atomic
@@ -168,29 +176,6 @@ def judge_request(
     }
 
 
-def judgement_key(question_id, order: str) -> str:
-    return f"{question_id}|{order}"
-
-
-def read_judgements(path: Path) -> dict[str, dict]:
-    """Finished judgements by (question, order); errors are left out so that a re-run retries them."""
-    import json
-
-    rows: dict[str, dict] = {}
-    if not path.exists():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from an interrupted run
-        if row.get("status") != "error":
-            rows[judgement_key(row["question_id"], row["order"])] = row
-        else:
-            rows.pop(judgement_key(row["question_id"], row["order"]), None)
-    return rows
-
-
 def reference_text(question: EvalQuestion, references: dict[str, dict] | None) -> str | None:
     if references is None:
         return question.reference
@@ -209,7 +194,7 @@ def run_chat_judge(config: ChatJudgeConfig) -> dict:
     references = read_answers(config.reference_answers) if config.reference_answers else None
     instruction = judge_instruction(config.prompt_file)
     judgements_path = out_dir / "judgements.jsonl"
-    done = read_judgements(judgements_path)
+    done = read_finished_judgements(judgements_path)
     orders = ORDERS if config.swap else ORDERS[:1]
     jobs, requests = [], []
     for question in questions:
@@ -236,7 +221,7 @@ def run_chat_judge(config: ChatJudgeConfig) -> dict:
         with JsonlAppender(judgements_path) as writer:
             for (question, order), result in zip(jobs, results, strict=True):
                 writer.write(judgement_row(question, order, result, config.judge_model))
-    summary, rows = summarize_chat(questions, answers, read_judgements(judgements_path), config, references)
+    summary, rows = summarize_chat(questions, answers, read_finished_judgements(judgements_path), config, references)
     summary["judge"] = {
         "model": config.judge_model,
         "instruction_sha256": hashlib.sha256(instruction.encode()).hexdigest(),

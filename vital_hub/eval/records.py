@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vital_hub.io import iter_json_records
+from vital_hub.io import iter_json_records, iter_jsonl_log
 from vital_hub.schema import IMAGE_TOKEN, Location, RecordError, conversation_of, mention_texts
 
 IMAGE_STATUSES = ("ok", "no_image", "absent", "empty", "corrupt")
@@ -113,10 +113,14 @@ def load_questions(path: str | Path) -> list[EvalQuestion]:
 
 def read_answers(path: str | Path) -> dict[str, dict]:
     """Answers by question id (as text); later lines win, a torn last line is ignored."""
-    path = Path(path)
     answers: dict[str, dict] = {}
-    if not path.exists():
+    if not Path(path).exists():
         return answers
+    for number, answer in iter_jsonl_log(path):
+        if not isinstance(answer, dict) or "question_id" not in answer:
+            raise RecordError(f"line {number} has no 'question_id'", file=str(path))
+        answers[str(answer["question_id"])] = answer
+    return answers
     lines = path.read_text(encoding="utf-8").split("\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -199,3 +203,22 @@ def load_image(folder: str | Path | None, name: str | None) -> ImageCheck:
             return ImageCheck(opened.convert("RGB"), "ok")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         return ImageCheck(None, "corrupt", f"{path}: {err}")
+
+
+def judgement_key(question_id, order: str) -> str:
+    return f"{question_id}|{order}"
+
+
+def read_finished_judgements(path: Path) -> dict[str, dict]:
+    """A judge log's finished judgements by (question, order); a later error row undoes an earlier success, so
+    that a re-run asks again."""
+    rows: dict[str, dict] = {}
+    if not path.exists():
+        return rows
+    for _, row in iter_jsonl_log(path):
+        key = judgement_key(row["question_id"], row["order"])
+        if row.get("status") == "error":
+            rows.pop(key, None)
+        else:
+            rows[key] = row
+    return rows

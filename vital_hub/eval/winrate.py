@@ -11,13 +11,19 @@ as position-inconsistent).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vital_hub.eval.records import EvalQuestion, JsonlAppender, load_questions, read_answers
+from vital_hub.eval.records import (
+    EvalQuestion,
+    JsonlAppender,
+    judgement_key,
+    load_questions,
+    read_answers,
+    read_finished_judgements,
+)
 from vital_hub.eval.stats import bootstrap_ci
 from vital_hub.generation.client import ServerOptions
 from vital_hub.io import write_json_atomic
@@ -105,27 +111,6 @@ def pairwise_request(question: EvalQuestion, first: str, second: str, instructio
     }
 
 
-def _key(question_id, order: str) -> str:
-    return f"{question_id}|{order}"
-
-
-def read_pairwise(path: Path) -> dict[str, dict]:
-    rows: dict[str, dict] = {}
-    if not path.exists():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # torn last line of an interrupted run
-        key = _key(row["question_id"], row["order"])
-        if row["status"] == "error":
-            rows.pop(key, None)
-        else:
-            rows[key] = row
-    return rows
-
-
 def run_winrate(config: WinRateConfig) -> dict:
     """Judge every question both models answered (in both orders), then write and return the summary."""
     from vital_hub.generation.client import ChatClient
@@ -136,7 +121,7 @@ def run_winrate(config: WinRateConfig) -> dict:
     answers_a, answers_b = read_answers(config.answers_a), read_answers(config.answers_b)
     instruction = instruction_text(config.prompt_file)
     path = out_dir / "winrate_judgements.jsonl"
-    done = read_pairwise(path)
+    done = read_finished_judgements(path)
     orders = ORDERS if config.both_orders else ORDERS[:1]
     jobs, requests = [], []
     for question in questions:
@@ -144,7 +129,7 @@ def run_winrate(config: WinRateConfig) -> dict:
         if not a or not b or not question.reference:
             continue
         for order in orders:
-            if _key(question.question_id, order) not in done:
+            if judgement_key(question.question_id, order) not in done:
                 first, second = (a, b) if order == "ab" else (b, a)
                 jobs.append((question, order))
                 requests.append(pairwise_request(question, first, second, instruction, config))
@@ -173,7 +158,7 @@ def run_winrate(config: WinRateConfig) -> dict:
                         "outcome_for_a": outcome,
                     }
                 )
-    summary, details = summarize_winrate(questions, answers_a, answers_b, read_pairwise(path), config)
+    summary, details = summarize_winrate(questions, answers_a, answers_b, read_finished_judgements(path), config)
     summary["judge"] = {
         "model": config.judge_model,
         "instruction_sha256": hashlib.sha256(instruction.encode()).hexdigest(),
@@ -213,7 +198,7 @@ def summarize_winrate(questions, answers_a, answers_b, judgements, config: WinRa
     orders = ORDERS if config.both_orders else ORDERS[:1]
     per_judgement, statuses, per_question, consistent, details = Counter(), Counter(), Counter(), 0, []
     for question in questions:
-        rows = [judgements.get(_key(question.question_id, order)) for order in orders]
+        rows = [judgements.get(judgement_key(question.question_id, order)) for order in orders]
         for row in rows:
             statuses[row["status"] if row else "not_judged"] += 1
             if row and row["status"] == "ok":

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vital_hub.io import iter_jsonl_log
 from vital_hub.schema import RecordError
 
 log = logging.getLogger(__name__)
@@ -115,20 +116,8 @@ def _fsync_dir(path: Path) -> None:
 
 def read_log(path: str | Path) -> Iterator[dict]:
     """Judgements of one log in write order; an unfinished last line (a crash mid-write) is skipped."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
-    torn = lines.pop()  # "" when the file ends with a newline
-    if torn.strip():
-        log.warning("%s: ignoring an unfinished last line left by a crash", path)
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"line {index + 1} is not valid JSON ({err.msg})", file=str(path), index=index) from err
-        yield validate_judgement(record, file=str(path), index=index)
+    for number, record in iter_jsonl_log(path):
+        yield validate_judgement(record, file=str(path), index=number - 1)
 
 
 def read_judgements(annotations_dir: str | Path) -> list[dict]:
