@@ -412,3 +412,23 @@ def test_real_demonstrations_as_a_component_build_and_verify(tmp_path):
         verify_released(tmp_path / "repo", "demos", reordered, progress=False)["verdict"]
         == "same records, different order"
     )
+
+
+def test_same_figures_elsewhere_give_the_same_manifest_and_new_figures_rebuild(sample, tmp_path):
+    import os
+    import shutil
+
+    copy = tmp_path / "images"
+    shutil.copytree(sample["images"], copy)
+    for path in copy.iterdir():
+        os.utime(path, (1, 1))
+    manifest = build(sample["sources"], tmp_path / "repo", copy)
+    assert (tmp_path / "repo" / "manifest.json").read_bytes() == (sample["repo"] / "manifest.json").read_bytes()
+
+    missing = sample["broken"]["missing"][0]
+    broken = {name for names in sample["broken"].values() for name in names}
+    good = next(path for path in sorted(copy.glob("*.jpg")) if path.stem not in broken)
+    (copy / f"{missing}.jpg").write_bytes(good.read_bytes())
+    again = build(sample["sources"], tmp_path / "repo", copy)
+    present = sum(c["images"]["present"] for c in again["components"].values())
+    assert present == sum(c["images"]["present"] for c in manifest["components"].values()) + 1

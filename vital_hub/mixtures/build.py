@@ -54,6 +54,7 @@ class BuildOptions:
     max_batch_bytes: int = 64 << 20
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     show_progress: bool = True
+    images_fingerprint: str | None = field(init=False, default=None)
 
     def __post_init__(self):
         self.sources, self.out = Path(self.sources), Path(self.out)
@@ -62,6 +63,7 @@ class BuildOptions:
             raise FileNotFoundError(f"--images {self.images} is not a folder")
         if self.rows_per_shard < 1 or self.batch_rows < 1:
             raise ValueError("rows_per_shard and batch_rows must be positive")
+        self.images_fingerprint = _images_fingerprint(self.images)
 
 
 @dataclass
@@ -124,7 +126,7 @@ def build_repo(plan: MixturePlan, options: BuildOptions, check_source: SourceChe
         "builder": "vital-hub",
         "builder_version": __version__,
         "components": {name: result.as_dict() for name, result in results.items()},
-        "configs": {name: config for name, config in configs.items()},
+        "configs": configs,
     }
     from vital_hub.mixtures.card import write_readme
 
@@ -177,7 +179,7 @@ def _inputs_key(component: Component, source: dict, options: BuildOptions) -> st
         "builder_version": __version__,
         "component": [component.name, component.file_name],
         "source_sha256": source["sha256"],
-        "images": _images_fingerprint(options.images),
+        "images": options.images_fingerprint,
         "require_images": options.require_images,
         "rows_per_shard": options.rows_per_shard,
         "max_shard_bytes": options.max_shard_bytes,
@@ -188,15 +190,16 @@ def _inputs_key(component: Component, source: dict, options: BuildOptions) -> st
 
 
 def _images_fingerprint(images: Path | None) -> str | None:
-    """A cheap summary of the images folder (names, sizes, mtimes) so that added figures trigger a rebuild."""
+    """A cheap summary of the images folder (file names and sizes), computed once per build, so that added or
+    re-fetched figures make components rebuild. No mtimes: the same figures copied elsewhere give the same
+    manifest. The figures' content itself is covered by each component's `rows_sha256`."""
     if images is None:
         return None
     digest = hashlib.sha256()
     with os.scandir(images) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
             if entry.is_file():
-                stat = entry.stat()
-                digest.update(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                digest.update(f"{entry.name}\0{entry.stat().st_size}\n".encode())
     return digest.hexdigest()
 
 
