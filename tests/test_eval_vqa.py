@@ -162,8 +162,11 @@ def test_vqa_score_cli(fake_vqa_rad, tmp_path, capsys):
     assert json.loads(out.read_text())["open_recall"] == pytest.approx(100 / 3)
 
     answers.write_text(json.dumps({"question_id": ids[0], "text": "yes"}) + "\n")
-    with pytest.raises(ValueError, match="3 questions have no answer"):
-        vital(["eval", "vqa-score", "--questions", str(questions), "--answers", str(answers), "--out", str(out)])
+    capsys.readouterr()
+    assert (
+        vital(["eval", "vqa-score", "--questions", str(questions), "--answers", str(answers), "--out", str(out)]) == 1
+    )
+    assert "3 questions have no answer" in capsys.readouterr().err
     args = ["--questions", str(questions), "--answers", str(answers), "--out", str(out), "--allow-missing"]
     assert vital(["eval", "vqa-score", *args]) == 0
     assert json.loads(out.read_text())["counts"]["missing_answers"] == 3
@@ -274,3 +277,36 @@ def test_loader_downloads_the_documented_repo_from_a_hub(fake_vqa_rad, tmp_path)
         == hashlib.sha256(parquet.read_bytes()).hexdigest()
     )
     assert manifest["counts"]["total"] == 4
+
+
+def test_vqa_score_reports_bad_input_in_one_line(tmp_path, capsys):
+    from vital_hub.eval.cli import main as eval_main
+
+    questions = tmp_path / "q.json"
+    questions.write_text(
+        '[{"id": 1, "image": "a.jpg", "answer_type": "OPEN",'
+        ' "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]'
+    )
+    answers = tmp_path / "a.jsonl"
+    answers.write_text('{"question_id": 1, "text": "a"}\n{bad\n{"question_id": 2, "text": "b"}\n')
+    code = eval_main(
+        ["vqa-score", "--questions", str(questions), "--answers", str(answers), "--out", str(tmp_path / "o.json")]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "a.jsonl" in err and "line 2 is not valid JSON" in err
+    assert (
+        eval_main(
+            [
+                "vqa-score",
+                "--questions",
+                str(tmp_path / "nope.json"),
+                "--answers",
+                str(answers),
+                "--out",
+                str(tmp_path / "o.json"),
+            ]
+        )
+        == 1
+    )
+    assert "nope.json" in capsys.readouterr().err
