@@ -35,3 +35,14 @@ def test_subcommand_help_runs_in_a_fresh_process(words):
     run = subprocess.run([sys.executable, "-m", "vital_hub.cli", *words, "--help"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "usage:" in run.stdout
+
+
+def test_input_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    args = ["preferences", "build", "--annotations", str(tmp_path / "none"), "--out", str(tmp_path / "prefs")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vital preferences: error:") and str(tmp_path / "none") in err
+    assert "Traceback" not in err
+    monkeypatch.setenv("VITAL_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match="none"):
+        main(args)

@@ -280,8 +280,6 @@ def test_loader_downloads_the_documented_repo_from_a_hub(fake_vqa_rad, tmp_path)
 
 
 def test_vqa_score_reports_bad_input_in_one_line(tmp_path, capsys):
-    from vital_hub.eval.cli import main as eval_main
-
     questions = tmp_path / "q.json"
     questions.write_text(
         '[{"id": 1, "image": "a.jpg", "answer_type": "OPEN",'
@@ -289,24 +287,10 @@ def test_vqa_score_reports_bad_input_in_one_line(tmp_path, capsys):
     )
     answers = tmp_path / "a.jsonl"
     answers.write_text('{"question_id": 1, "text": "a"}\n{bad\n{"question_id": 2, "text": "b"}\n')
-    code = eval_main(
-        ["vqa-score", "--questions", str(questions), "--answers", str(answers), "--out", str(tmp_path / "o.json")]
-    )
-    assert code == 1
+    out = str(tmp_path / "o.json")
+    assert vital(["eval", "vqa-score", "--questions", str(questions), "--answers", str(answers), "--out", out]) == 1
     err = capsys.readouterr().err
-    assert "a.jsonl" in err and "line 2 is not valid JSON" in err
-    assert (
-        eval_main(
-            [
-                "vqa-score",
-                "--questions",
-                str(tmp_path / "nope.json"),
-                "--answers",
-                str(answers),
-                "--out",
-                str(tmp_path / "o.json"),
-            ]
-        )
-        == 1
-    )
+    assert err.startswith("vital eval: error:") and "a.jsonl" in err and "line 2 is not valid JSON" in err
+    missing = str(tmp_path / "nope.json")
+    assert vital(["eval", "vqa-score", "--questions", missing, "--answers", str(answers), "--out", out]) == 1
     assert "nope.json" in capsys.readouterr().err

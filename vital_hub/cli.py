@@ -8,6 +8,7 @@ A command module exposes a function `main(argv: list[str]) -> int | None` that p
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -36,6 +37,15 @@ COMMANDS: tuple[Command, ...] = (
     Command(("select",), "vital_hub.selector.select:main", "train", "score candidates and keep the top ones"),
     Command(("eval",), "vital_hub.eval.cli:main", "eval", "answer, judge and score evaluation sets"),
 )
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the input or the service is wrong", reported without a traceback (VITAL_DEBUG=1 shows it).
+    ValueError covers RecordError and the Hub client's validation errors; OSError covers missing files and
+    HTTP failures."""
+    from vital_hub.hub import HubError
+
+    return (ValueError, OSError, HubError)
 
 
 def find_command(argv: list[str]) -> tuple[Command, list[str]] | None:
@@ -83,7 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vital: unknown command {' '.join(argv[:2])!r}\n\n{usage()}", file=sys.stderr)
         return 2
     command, rest = found
-    return int(load(command)(rest) or 0)
+    try:
+        return int(load(command)(rest) or 0)
+    except _input_errors() as err:
+        if os.environ.get("VITAL_DEBUG"):
+            raise
+        # Bad input or an unreachable service: one line naming the file, record or repo and the reason.
+        # Every stage writes finished work as it goes, so re-running the same command resumes.
+        print(f"vital {' '.join(command.words)}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from vital_hub.config import parse_config
-from vital_hub.schema import RecordError
 
 
 def _print(data: dict) -> None:
@@ -128,9 +127,4 @@ def main(argv: list[str]) -> int:
     if argv[0] not in SUBCOMMANDS:
         print(f"vital eval: unknown subcommand {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    try:
-        return SUBCOMMANDS[argv[0]][0](argv[1:])
-    except (FileNotFoundError, RecordError, ValueError) as err:
-        # Bad input: one line naming the file (and record) and the reason; finished work is already on disk.
-        print(f"vital eval {argv[0]}: error: {err}", file=sys.stderr)
-        return 1
+    return SUBCOMMANDS[argv[0]][0](argv[1:])
