@@ -289,4 +289,6 @@ def test_helpers(tmp_path):
     with pytest.raises(HubError, match="not a Hub repo id"):
         resolve_dataset(str(tmp_path / "missing" / "deeper"))
     assert check_repo_id("biomed-vital/instructions")
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        check_repo_id(str(tmp_path / "figures"))
     assert redact("Bearer hf_abc failed", "hf_abc") == "Bearer <token> failed"

@@ -72,6 +72,9 @@ def repo_url(repo_id: str, repo_type: str = "dataset", endpoint: str | None = No
 
 
 def check_repo_id(repo_id: str) -> str:
+    if repo_id.startswith(("/", ".", "~")) or os.sep + os.sep in repo_id or repo_id.count("/") > 1:
+        # Commands take "a local folder or a Hub repo id": this one was meant as a path, and it is not there.
+        raise FileNotFoundError(f"{repo_id}: no such file or folder (nor is it a Hub repo id ORG/NAME)")
     if not REPO_ID.match(repo_id):
         raise HubError(f"repo id {repo_id!r} must look like ORG/NAME (letters, digits, '.', '_', '-')")
     return repo_id
