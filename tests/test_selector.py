@@ -484,3 +484,38 @@ def test_preference_collator_shapes_and_embedded_images(tokenizer):
     assert tokenizer.decode(batch["input_ids"][2], skip_special_tokens=True).startswith(same[0]["caption"][:5])
     with pytest.raises(ValueError, match="no readable image"):  # the other figure is not embedded, no folder given
         PreferenceCollator(tokenizer, model.config)([{**rows[1], "rejected_pair_id": PAIR_IDS[4]}])
+
+
+def test_saved_selector_loads_where_vital_hub_is_not_installed(tmp_path, tokenizer):
+    import subprocess
+    import sys
+
+    model = tiny_selector("biomedclip", tokenizer)
+    folder = save_selector(model, tokenizer, tmp_path / "selector")
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "modeling.SelectorConfig",
+        "AutoModel": "modeling.SelectorModel",
+    }
+    inputs = tokenizer(["a caption Question: what is it? Answer: a lesion"], return_tensors="pt")
+    pixels = torch.zeros(
+        1,
+        3,
+        model.config.backbone_config.vision_config.image_size,
+        model.config.backbone_config.vision_config.image_size,
+    )
+    expected = model.eval()(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=pixels
+    ).logits
+    script = f"""
+import sys, torch
+sys.modules["vital_hub"] = None  # any import of vital_hub now fails
+from transformers import AutoModel
+model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+ids = torch.tensor({inputs["input_ids"].tolist()}); mask = torch.tensor({inputs["attention_mask"].tolist()})
+print(model(input_ids=ids, attention_mask=mask, pixel_values=torch.zeros({list(pixels.shape)})).logits.item())
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.strip().splitlines()[-1]) == pytest.approx(expected.item(), abs=1e-6)

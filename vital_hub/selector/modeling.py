@@ -242,3 +242,7 @@ class SelectorModel(PreTrainedModel):
 AutoConfig.register(SelectorConfig.model_type, SelectorConfig, exist_ok=True)
 AutoModel.register(SelectorConfig, SelectorModel, exist_ok=True)
 AutoModelForSequenceClassification.register(SelectorConfig, SelectorModel, exist_ok=True)
+# This file needs only torch and transformers, so save_pretrained ships it beside the weights: a selector on the
+# Hub loads with `AutoModel.from_pretrained(repo, trust_remote_code=True)` where vital-hub is not installed.
+SelectorConfig.register_for_auto_class()
+SelectorModel.register_for_auto_class("AutoModel")
