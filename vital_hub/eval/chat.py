@@ -23,9 +23,9 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vital_hub.eval.judging import judge_and_log
 from vital_hub.eval.records import (
     EvalQuestion,
-    JsonlAppender,
     judgement_key,
     load_image,
     load_questions,
@@ -185,7 +185,6 @@ def reference_text(question: EvalQuestion, references: dict[str, dict] | None) -
 
 def run_chat_judge(config: ChatJudgeConfig) -> dict:
     """Judge every answered question (both orders with `swap`), then write and return the summary."""
-    from vital_hub.generation.client import ChatClient
 
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,17 +209,14 @@ def run_chat_judge(config: ChatJudgeConfig) -> dict:
             first, second = (reference, answer["text"]) if order == "forward" else (answer["text"], reference)
             jobs.append((question, order))
             requests.append(judge_request(question, first, second, instruction, config, image))
-    if requests:
-        client = ChatClient(
-            config.client_config(config.judge_model, config.cache_path or str(out_dir / "judge_cache.sqlite"))
-        )
-        try:
-            results = client.chat_many(requests, desc="judge qa50")
-        finally:
-            client.close()
-        with JsonlAppender(judgements_path) as writer:
-            for (question, order), result in zip(jobs, results, strict=True):
-                writer.write(judgement_row(question, order, result, config.judge_model))
+    judge_and_log(
+        config,
+        jobs,
+        requests,
+        judgements_path,
+        "judge qa50",
+        lambda q, o, r: judgement_row(q, o, r, config.judge_model),
+    )
     summary, rows = summarize_chat(questions, answers, read_finished_judgements(judgements_path), config, references)
     summary["judge"] = {
         "model": config.judge_model,

@@ -16,9 +16,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vital_hub.eval.judging import judge_and_log
 from vital_hub.eval.records import (
     EvalQuestion,
-    JsonlAppender,
     judgement_key,
     load_questions,
     read_answers,
@@ -111,9 +111,23 @@ def pairwise_request(question: EvalQuestion, first: str, second: str, instructio
     }
 
 
+def verdict_row(question: EvalQuestion, order: str, result) -> dict:
+    row = {"question_id": question.question_id, "order": order, "raw": result.text}
+    if not result.ok:
+        return {**row, "status": "error", "reason": result.error}
+    verdict = parse_verdict(result.text)
+    outcome = outcome_for_a(verdict.label, order) if verdict.status == "ok" else None
+    return {
+        **row,
+        "status": verdict.status,
+        "reason": verdict.reason,
+        "verdict": verdict.label,
+        "outcome_for_a": outcome,
+    }
+
+
 def run_winrate(config: WinRateConfig) -> dict:
     """Judge every question both models answered (in both orders), then write and return the summary."""
-    from vital_hub.generation.client import ChatClient
 
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,31 +147,7 @@ def run_winrate(config: WinRateConfig) -> dict:
                 first, second = (a, b) if order == "ab" else (b, a)
                 jobs.append((question, order))
                 requests.append(pairwise_request(question, first, second, instruction, config))
-    if requests:
-        client = ChatClient(
-            config.client_config(config.judge_model, config.cache_path or str(out_dir / "judge_cache.sqlite"))
-        )
-        try:
-            results = client.chat_many(requests, desc="judge win rate")
-        finally:
-            client.close()
-        with JsonlAppender(path) as writer:
-            for (question, order), result in zip(jobs, results, strict=True):
-                row = {"question_id": question.question_id, "order": order, "raw": result.text}
-                if not result.ok:
-                    writer.write({**row, "status": "error", "reason": result.error})
-                    continue
-                verdict = parse_verdict(result.text)
-                outcome = outcome_for_a(verdict.label, order) if verdict.status == "ok" else None
-                writer.write(
-                    {
-                        **row,
-                        "status": verdict.status,
-                        "reason": verdict.reason,
-                        "verdict": verdict.label,
-                        "outcome_for_a": outcome,
-                    }
-                )
+    judge_and_log(config, jobs, requests, path, "judge win rate", verdict_row)
     summary, details = summarize_winrate(questions, answers_a, answers_b, read_finished_judgements(path), config)
     summary["judge"] = {
         "model": config.judge_model,
