@@ -48,6 +48,16 @@ def test_scan_reads_wanted_members_only_and_rejects_the_rest_with_reasons():
     assert scan.stopped and "past the archive cap" in scan.stopped
 
 
+def test_many_wanted_members_cannot_add_up_past_the_held_cap():
+    members = [TarEntry(f"PMC1/f{i}.jpg", make_jpeg(i)) for i in range(6)]
+    cap = sum(len(entry.data) for entry in members[:3])
+    scan = read_wanted_members(
+        io.BytesIO(tar_gz(members)), {f"f{i}.jpg" for i in range(6)}, Limits(max_held_bytes=cap)
+    )
+    assert sorted(scan.found) == ["f0.jpg", "f1.jpg", "f2.jpg"] and scan.held_bytes == cap
+    assert all("would hold more than" in scan.rejected[f"f{i}.jpg"] for i in range(3, 6))
+
+
 def test_gzip_bomb_stops_at_the_unpacked_cap():
     bomb = tar_gz([TarEntry("PMC1/zeros.bin", b"\0" * (8 << 20)), TarEntry("PMC1/a.jpg", make_jpeg(3))])
     assert len(bomb) < 100_000

@@ -74,6 +74,7 @@ class FetchConfig:
     max_pixels: int = field(default=120_000_000, metadata={"help": "largest image accepted, in pixels"})
     max_archive_mb: float = field(default=2048.0, metadata={"help": "largest tarball downloaded"})
     max_unpacked_mb: float = field(default=4096.0, metadata={"help": "most bytes unpacked from one tarball"})
+    max_held_mb: float = field(default=512.0, metadata={"help": "most bytes of wanted figures kept from one tarball"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self):
@@ -89,6 +90,7 @@ class FetchConfig:
             max_pixels=self.max_pixels,
             max_archive_bytes=int(self.max_archive_mb * MiB),
             max_unpacked_bytes=int(self.max_unpacked_mb * MiB),
+            max_held_bytes=int(self.max_held_mb * MiB),
         )
 
     def http_options(self) -> HttpOptions:

@@ -38,6 +38,8 @@ class Limits:
     max_pixels: int = 120_000_000
     max_archive_bytes: int = 2048 * MiB
     max_unpacked_bytes: int = 4096 * MiB
+    # Wanted members are held in memory until the pass ends: many of them in one hostile archive must not add up.
+    max_held_bytes: int = 512 * MiB
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class ArchiveScan:
     rejected: dict[str, str]
     unwanted_rejected: list[tuple[str, str]]
     stopped: str | None = None
+    held_bytes: int = 0
 
 
 def read_wanted_members(fileobj, wanted: set[str], limits: Limits) -> ArchiveScan:
@@ -190,6 +193,13 @@ def _take_member(archive, member, wanted, limits, reader, scan) -> None:
     # The next header read first skips (decompresses) this member's data: budget exactly that much.
     padded = -(-member.size // TAR_BLOCK) * TAR_BLOCK
     reader.grant(padded + TAR_HEADER_BUDGET)
+    if (
+        not reason
+        and base in wanted
+        and base not in scan.found
+        and scan.held_bytes + member.size > limits.max_held_bytes
+    ):
+        reason = f"member {member.name!r} would hold more than {limits.max_held_bytes} bytes from one archive"
     if reason:
         if base in wanted and base not in scan.found:
             scan.rejected[base] = reason
@@ -199,5 +209,6 @@ def _take_member(archive, member, wanted, limits, reader, scan) -> None:
     if base in wanted and base not in scan.found:
         handle = archive.extractfile(member)
         scan.found[base] = handle.read(member.size) if handle else b""
+        scan.held_bytes += len(scan.found[base])
         scan.rejected.pop(base, None)
         reader.grant(padded + TAR_HEADER_BUDGET)
