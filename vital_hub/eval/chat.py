@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vital_hub.eval.judging import judge_and_log
+from vital_hub.eval.judging import JudgeOptions, judge_and_log
 from vital_hub.eval.records import (
     EvalQuestion,
     judgement_key,
@@ -33,7 +33,6 @@ from vital_hub.eval.records import (
     read_finished_judgements,
 )
 from vital_hub.eval.stats import bootstrap_ci, mean
-from vital_hub.generation.client import ServerOptions
 from vital_hub.io import write_json_atomic
 from vital_hub.schema import first_domain
 
@@ -120,12 +119,10 @@ def parse_two_scores(text: str | None) -> ScorePair:
 
 
 @dataclass
-class ChatJudgeConfig(ServerOptions):
+class ChatJudgeConfig(JudgeOptions):
     questions: str = field(metadata={"help": "qa50 question file (llava_med_eval_qa50_qa.jsonl)"})
     answers: str = field(metadata={"help": "the model's answers JSONL"})
     out_dir: str = field(metadata={"help": "folder for judgements.jsonl and chat_summary.json"})
-    judge_model: str = field(default="gpt-4o", metadata={"help": "judge model name on the server"})
-    prompt_file: str | None = field(default=None, metadata={"help": "judge instruction text (e.g. the paper's)"})
     reference_answers: str | None = field(
         default=None, metadata={"help": "answers JSONL used as reference instead of the file's gpt4_answer"}
     )
@@ -133,26 +130,10 @@ class ChatJudgeConfig(ServerOptions):
     zero_reference: str = field(default="exclude", metadata={"help": "exclude | floor (reference score 0)"})
     attach_image: bool = field(default=False, metadata={"help": "show the judge the figure (vision judges)"})
     image_folder: str | None = field(default=None, metadata={"help": "qa50 images, for attach_image"})
-    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the intervals (0: none)"})
-    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
-    max_tokens: int = field(default=1024, metadata={"help": "judge reply length limit"})
-    temperature: float = field(default=0.0, metadata={"help": "judge temperature"})
-    cache_path: str | None = field(
-        default=None, metadata={"help": "SQLite cache (default: out_dir/judge_cache.sqlite)"}
-    )
 
     def __post_init__(self):
         if self.zero_reference not in ZERO_REFERENCE_POLICIES:
             raise ValueError(f"zero_reference must be one of {ZERO_REFERENCE_POLICIES}, got {self.zero_reference!r}")
-
-
-def judge_instruction(prompt_file: str | None) -> str:
-    if prompt_file is None:
-        return DEFAULT_INSTRUCTION
-    text = Path(prompt_file).read_text(encoding="utf-8").strip()
-    if not text:
-        raise ValueError(f"{prompt_file}: the judge prompt file is empty")
-    return text
 
 
 def judge_request(
@@ -191,7 +172,7 @@ def run_chat_judge(config: ChatJudgeConfig) -> dict:
     questions = load_questions(config.questions)
     answers = read_answers(config.answers)
     references = read_answers(config.reference_answers) if config.reference_answers else None
-    instruction = judge_instruction(config.prompt_file)
+    instruction = config.instruction(DEFAULT_INSTRUCTION)
     judgements_path = out_dir / "judgements.jsonl"
     done = read_finished_judgements(judgements_path)
     orders = ORDERS if config.swap else ORDERS[:1]

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vital_hub.eval.judging import judge_and_log
+from vital_hub.eval.judging import JudgeOptions, judge_and_log
 from vital_hub.eval.records import (
     EvalQuestion,
     judgement_key,
@@ -25,7 +25,6 @@ from vital_hub.eval.records import (
     read_finished_judgements,
 )
 from vital_hub.eval.stats import bootstrap_ci
-from vital_hub.generation.client import ServerOptions
 from vital_hub.io import write_json_atomic
 
 DEFAULT_INSTRUCTION = (
@@ -70,32 +69,14 @@ def outcome_for_a(label: str, order: str) -> str:
 
 
 @dataclass
-class WinRateConfig(ServerOptions):
+class WinRateConfig(JudgeOptions):
     questions: str = field(metadata={"help": "questions with ground truth (VQA records or qa50)"})
     answers_a: str = field(metadata={"help": "answers JSONL of model A (the model whose win rate is reported)"})
     answers_b: str = field(metadata={"help": "answers JSONL of model B (the baseline)"})
     out_dir: str = field(metadata={"help": "folder for winrate_judgements.jsonl and winrate_summary.json"})
     name_a: str = field(default="A", metadata={"help": "label of model A in the summary"})
     name_b: str = field(default="B", metadata={"help": "label of model B in the summary"})
-    judge_model: str = field(default="gpt-4o", metadata={"help": "judge model name on the server"})
-    prompt_file: str | None = field(default=None, metadata={"help": "judge instruction (e.g. the paper's)"})
     both_orders: bool = field(default=True, metadata={"help": "judge A-first and B-first"})
-    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples (0: none)"})
-    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
-    max_tokens: int = field(default=1024, metadata={"help": "judge reply length limit"})
-    temperature: float = field(default=0.0, metadata={"help": "judge temperature"})
-    cache_path: str | None = field(
-        default=None, metadata={"help": "SQLite cache (default: out_dir/judge_cache.sqlite)"}
-    )
-
-
-def instruction_text(prompt_file: str | None) -> str:
-    if prompt_file is None:
-        return DEFAULT_INSTRUCTION
-    text = Path(prompt_file).read_text(encoding="utf-8").strip()
-    if not text:
-        raise ValueError(f"{prompt_file}: the judge prompt file is empty")
-    return text
 
 
 def pairwise_request(question: EvalQuestion, first: str, second: str, instruction: str, config: WinRateConfig) -> dict:
@@ -133,7 +114,7 @@ def run_winrate(config: WinRateConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     questions = load_questions(config.questions)
     answers_a, answers_b = read_answers(config.answers_a), read_answers(config.answers_b)
-    instruction = instruction_text(config.prompt_file)
+    instruction = config.instruction(DEFAULT_INSTRUCTION)
     path = out_dir / "winrate_judgements.jsonl"
     done = read_finished_judgements(path)
     orders = ORDERS if config.both_orders else ORDERS[:1]
