@@ -22,6 +22,11 @@ SOURCE_NAMES = {
 }
 
 
+def run_vital(*args: str) -> subprocess.CompletedProcess:
+    """The `vital` command in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "vital_hub.cli", *args], capture_output=True, text=True)
+
+
 def build(sources, out, images=None, plan=None, **options):
     options.setdefault("show_progress", False)
     options.setdefault("workers", 1)
@@ -270,58 +275,11 @@ def test_real_qa50_as_a_component_round_trips(tmp_path):
 
 def test_cli_build_export_verify(sample, tmp_path):
     out = tmp_path / "exported.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vital_hub.cli",
-            "export",
-            "llava",
-            "--repo",
-            str(sample["repo"]),
-            "--config",
-            "80k",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    run = run_vital("export", "llava", "--repo", str(sample["repo"]), "--config", "80k", "--out", str(out))
     assert run.returncode == 0, run.stderr
-    verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vital_hub.cli",
-            "verify",
-            "--repo",
-            str(sample["repo"]),
-            "--config",
-            "80k",
-            "--released",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    verify = run_vital("verify", "--repo", str(sample["repo"]), "--config", "80k", "--released", str(out))
     assert verify.returncode == 0 and '"verdict": "identical"' in verify.stdout
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vital_hub.cli",
-            "export",
-            "llava",
-            "--repo",
-            str(sample["repo"]),
-            "--config",
-            "nope",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    missing = run_vital("export", "llava", "--repo", str(sample["repo"]), "--config", "nope", "--out", str(out))
     assert missing.returncode == 1 and "no config or component 'nope'" in missing.stderr
 
 
@@ -337,44 +295,23 @@ def test_cli_build_rejects_a_wrong_checksum(tmp_path):
     (sources / "llava_med_instruct_10k.json").write_text("[]")
     spec = tmp_path / "mix.yaml"
     spec.write_text("only: [ten]\nmixtures:\n  - {name: ten, components: [{name: llava-med-10k}]}\n")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vital_hub.cli",
-            "build",
-            "instructions",
-            "--sources",
-            str(sources),
-            "--out",
-            str(tmp_path / "repo"),
-            "--mixtures",
-            str(spec),
-        ],
-        capture_output=True,
-        text=True,
+    run = run_vital(
+        "build", "instructions", "--sources", str(sources), "--out", str(tmp_path / "repo"), "--mixtures", str(spec)
     )
     assert run.returncode == 1
     assert "llava_med_instruct_10k.json" in run.stderr and "sha256 mismatch" in run.stderr
     assert "84f75c2b83404fe7dd1631212b4ad73228a0dad77bb819ab29c511a535a279c8" in run.stderr
     assert not (tmp_path / "repo" / "README.md").exists()
-    allowed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vital_hub.cli",
-            "build",
-            "instructions",
-            "--sources",
-            str(sources),
-            "--out",
-            str(tmp_path / "repo"),
-            "--mixtures",
-            str(spec),
-            "--allow-unverified",
-        ],
-        capture_output=True,
-        text=True,
+    allowed = run_vital(
+        "build",
+        "instructions",
+        "--sources",
+        str(sources),
+        "--out",
+        str(tmp_path / "repo"),
+        "--mixtures",
+        str(spec),
+        "--allow-unverified",
     )
     assert allowed.returncode == 0, allowed.stderr
     manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
