@@ -307,24 +307,10 @@ def test_login_is_required_beyond_localhost(tmp_path, browser):
 def test_refuses_to_listen_beyond_localhost_without_a_token(tmp_path):
     items = write_items(tmp_path / "items")
     env = {k: v for k, v in os.environ.items() if k != "VITAL_ANNOTATE_TOKEN"}
+    command = [sys.executable, "-m", "vital_hub.cli", "annotate", "serve", "--items", str(items),
+               "--out", str(tmp_path / "out"), "--annotator", "dr_a", "--host", "0.0.0.0", "--port", "0"]  # fmt: skip
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vital_hub.cli",
-            "annotate",
-            "serve",
-            "--items",
-            str(items),
-            "--out",
-            str(tmp_path / "out"),
-            "--annotator",
-            "dr_a",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "0",
-        ],
+        command,
         capture_output=True,
         text=True,
         env=env,
@@ -332,23 +318,7 @@ def test_refuses_to_listen_beyond_localhost_without_a_token(tmp_path):
     )
     assert result.returncode == 2 and "refusing to listen on 0.0.0.0 without a login" in result.stderr
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vital_hub.cli",
-            "annotate",
-            "serve",
-            "--items",
-            str(items),
-            "--out",
-            str(tmp_path / "out"),
-            "--annotator",
-            "dr_a",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "0",
-        ],
+        command,
         capture_output=True,
         text=True,
         env=dict(env, VITAL_ANNOTATE_TOKEN="short"),

@@ -24,6 +24,8 @@ from vital_hub.selector.losses import bradley_terry, get_loss, pairwise_hinge, p
 from vital_hub.selector.text import candidate_text, first_round, selector_text  # noqa: E402
 
 PAIR_IDS = [f"3000{i}_F{i}" for i in range(6)]
+# Tiny shards, batches and chunks, so that a handful of candidates exercises sharding, batching and resume.
+SMALL_SCORING = ["--shard-size", "5", "--batch-size", "3", "--chunk-size", "2", "--num-workers", "0", "--no-progress"]
 CHOSEN, REJECTED = torch.tensor([0.9, 0.2]), torch.tensor([0.1, 0.6])
 
 
@@ -232,15 +234,7 @@ def run_select(tmp_path, selector, candidates, images, out, *extra):
         str(candidates),
         "--out",
         str(out),
-        "--shard-size",
-        "5",
-        "--batch-size",
-        "3",
-        "--chunk-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--no-progress",
+        *SMALL_SCORING,
         *extra,
     ]
     if images is not None:
@@ -380,15 +374,7 @@ def test_two_processes_select_what_one_selects(tmp_path, tokenizer):
         "7",
         "--out",
         str(tmp_path / "two"),
-        "--shard-size",
-        "5",
-        "--batch-size",
-        "3",
-        "--chunk-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--no-progress",
+        *SMALL_SCORING,
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     result = subprocess.run(
