@@ -8,15 +8,23 @@ run, one process group per case:
   included), gradient checkpointing on, everything trainable (full) or LoRA r16 on all linear layers, data
   processed in the training process, random order.
 - ours: what `recipes/sft.py` does: assistant-only labels (TRL's fused LM head then scores only those positions),
-  vision tower frozen, no gradient checkpointing, DataLoader workers, length-grouped batches; LoRA r16 on the
-  language model with the projector trained in full.
+  vision tower frozen, no gradient checkpointing, DataLoader workers, length-grouped batches padded to a multiple
+  of 64 (few shapes, so cuDNN attention plans are reused), the caching allocator with expandable segments, and
+  with `--compile` the MLP and RMSNorm modules compiled; LoRA r16 on the language model with the projector
+  trained in full.
+
+Full fine-tunes run under FSDP2 with `--precision mixed` (accelerate's bf16 mixed precision: fp32 master weights,
+16 bytes a parameter) or `--precision bf16` (bf16 weights and optimizer states, as the issue's stock reference).
 
 Tokens are the non-padding input tokens (image tokens included), counted by TRL for both. Model FLOPs use the
 6N rule over all parameters (as the issue's reference numbers do), so MFU = 6 N tokens/s / peak; a frozen vision
-tower does less work than 6N counts, which the `trainable` column shows.
+tower does less work than 6N counts, which the `trainable` column shows. `--profile-dir` profiles one extra step
+per case and writes where its GPU time went (busy time by kernel kind, the top kernels, a Chrome trace).
 
     python benchmarks/sft_throughput.py                          # every case, then the table
-    python benchmarks/sft_throughput.py --cases lora-stock-1gpu lora-ours-1gpu --steps 6
+    python benchmarks/sft_throughput.py --cases full-ours-2gpu full-stock-2gpu --precision bf16 --compile \
+        --steps 30 --warmup 10
+    python benchmarks/sft_throughput.py --cases full-ours-4gpu full-stock-4gpu --compile --steps 30 --warmup 10
     python benchmarks/sft_throughput.py --compare-curves one_gpu/trainer_state.json two_gpu/trainer_state.json
 """
 
@@ -44,7 +52,14 @@ class Case:
     mode: str  # "lora" or "full"
     variant: str  # "stock" or "ours"
     gpus: int
-    batch: int | None = None  # per GPU, when the default does not fit
+
+    def default_batch(self, precision: str, requested: int) -> int:
+        """Rows per GPU. Without gradient checkpointing, a full fine-tune with fp32 master weights sharded over
+        2 GPUs (16 bytes a parameter, 56 GB a GPU) leaves room for 4 rows on 80 GB; bf16 weights and optimizer
+        (8 bytes a parameter) or 4 GPUs leave room for 8."""
+        if self.mode == "full" and self.variant == "ours" and precision == "mixed" and self.gpus < 4:
+            return min(requested, 4)
+        return requested
 
 
 CASES = {
@@ -52,10 +67,13 @@ CASES = {
     "lora-ours-1gpu": Case("lora", "ours", 1),
     "lora-ours-2gpu": Case("lora", "ours", 2),
     "full-stock-2gpu": Case("full", "stock", 2),
-    # accelerate keeps fp32 master copies of trainable weights under FSDP2 mixed precision: without gradient
-    # checkpointing, 4 rows per GPU fit on 80 GB.
-    "full-ours-2gpu": Case("full", "ours", 2, batch=4),
+    "full-ours-2gpu": Case("full", "ours", 2),
+    "full-stock-4gpu": Case("full", "stock", 4),
+    "full-ours-4gpu": Case("full", "ours", 4),
 }
+# What recipes/sft.py sets up besides its YAML: the caching allocator with expandable segments.
+OURS_ENVIRONMENT = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+PAD_TO_MULTIPLE_OF = 64  # as the recipe YAMLs
 FSDP2_CONFIG = {
     "compute_environment": "LOCAL_MACHINE",
     "distributed_type": "FSDP",
@@ -109,6 +127,7 @@ def build_trainer(case: Case, args, output_dir: str):
 
     from vital_hub.training.collator import VisionSFTCollator
     from vital_hub.training.freeze import set_trainable
+    from vital_hub.training.model import compile_pointwise_modules
     from vital_hub.training.synthetic import SIZES, build_processor, llava_config
 
     vision = SIZES[args.size][0]
@@ -119,14 +138,18 @@ def build_trainer(case: Case, args, output_dir: str):
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
     n_params = sum(p.numel() for p in model.parameters())  # before any adapter is added
-    rows = build_rows(args.steps * args.batch_size * case.gpus + 8, seed=1)
+    steps = args.steps + (1 if args.profile_dir else 0)
+    rows = build_rows(steps * args.batch_size * case.gpus + 8, seed=1)
+    # "bf16": weights and optimizer states in bf16 (no autocast; FSDP2 keeps the bf16 dtype); "mixed": accelerate's
+    # bf16 mixed precision, which under FSDP2 upcasts the trainable weights to fp32 masters.
+    pure_bf16 = case.mode == "full" and args.precision == "bf16"
     common = dict(
         output_dir=output_dir,
         per_device_train_batch_size=args.batch_size,
-        max_steps=args.steps,
+        max_steps=steps,
         max_length=2048,
         learning_rate=1e-5,
-        bf16=True,
+        bf16=not pure_bf16,
         save_strategy="no",
         logging_steps=10_000,
         report_to="none",
@@ -146,6 +169,7 @@ def build_trainer(case: Case, args, output_dir: str):
         train_sampling_strategy="group_by_length",
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,
+        pad_to_multiple_of=PAD_TO_MULTIPLE_OF,
     )
     peft_config = None
     if case.mode == "lora":
@@ -153,10 +177,104 @@ def build_trainer(case: Case, args, output_dir: str):
                                  modules_to_save=["multi_modal_projector"])  # fmt: skip
     else:
         set_trainable(model, "full", freeze_vision_tower=True)
-    collator = VisionSFTCollator(processor, max_length=2048, max_image_side=1024)
+    if args.compile:
+        compile_pointwise_modules(model)
+    collator = VisionSFTCollator(
+        processor, max_length=2048, max_image_side=1024, pad_to_multiple_of=PAD_TO_MULTIPLE_OF
+    )
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=our_dataset(rows), processing_class=processor,
                          data_collator=collator, peft_config=peft_config)  # fmt: skip
     return trainer, n_params
+
+
+def allocator_stats() -> dict:
+    """Peak reserved memory and how often the caching allocator had to free its cache and retry (a sign of
+    running at the memory edge, which costs far more than the allocations themselves)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    stats = torch.cuda.memory_stats()
+    return {"peak_reserved_gb": stats["reserved_bytes.all.peak"] / 2**30, "alloc_retries": stats["num_alloc_retries"]}
+
+
+KERNEL_KINDS = (  # first match wins: name fragments of the kernels each kind launches
+    ("communication", ("nccl",)),
+    ("matmul", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")),
+    ("attention", ("fmha", "flash", "attention", "efficient")),
+    ("optimizer", ("multi_tensor", "foreach", "adam")),
+    ("copy/cast", ("copy", "memcpy", "memset", "cast", "to_copy")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, parts in KERNEL_KINDS if any(part in lowered for part in parts)), "other")
+
+
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def summarize_profile(profile, step_seconds: float, out_dir: Path) -> str:
+    """Where one step's GPU time goes: busy time by kernel kind, compute/communication overlap, the top kernels."""
+    from torch.autograd import DeviceType
+
+    kernels = [e for e in profile.events() if e.device_type == DeviceType.CUDA]
+    by_kind: dict[str, list[tuple[float, float]]] = {}
+    for event in kernels:
+        by_kind.setdefault(kernel_kind(event.name), []).append((event.time_range.start, event.time_range.end))
+    step_us = step_seconds * 1e6
+    compute = [span for kind, spans in by_kind.items() if kind != "communication" for span in spans]
+    lines = [f"profiled step: {step_seconds:.3f} s wall, {len(kernels)} kernels"]
+    lines.append(f"GPU busy with compute kernels: {100 * busy_time(compute) / step_us:.1f}% of the step")
+    lines.append(
+        f"GPU busy with any kernel: {100 * busy_time(compute + by_kind.get('communication', [])) / step_us:.1f}%"
+    )
+    for kind, spans in sorted(by_kind.items(), key=lambda item: -sum(e - s for s, e in item[1])):
+        lines.append(f"  {kind:<14}{sum(e - s for s, e in spans) / 1e3:>10.1f} ms  ({len(spans)} kernels)")
+    lines.append(
+        profile.key_averages().table(sort_by="self_device_time_total", row_limit=35, max_name_column_width=70)
+    )
+    text = "\n".join(lines)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.txt").write_text(text)
+    profile.export_chrome_trace(str(out_dir / "trace.json"))
+    return text
+
+
+def step_profiler(profile_step: int, out_dir: Path):
+    """A Trainer callback that profiles one optimizer step (the step after `profile_step` done) on the main process."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    class StepProfiler(TrainerCallback):
+        def __init__(self):
+            self.profile, self.started = None, 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == profile_step and state.is_world_process_zero:
+                torch.cuda.synchronize()
+                self.profile = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                self.profile.__enter__()
+                self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.profile is not None:
+                torch.cuda.synchronize()
+                seconds = time.perf_counter() - self.started
+                self.profile.__exit__(None, None, None)
+                print(summarize_profile(self.profile, seconds, out_dir), flush=True)
+                self.profile = None
+
+    return StepProfiler()
 
 
 def peak_flops(device_name: str) -> float | None:
@@ -179,10 +297,16 @@ def run_worker(case_name: str, args) -> None:
                 marks.append((state.global_step, time.perf_counter(), trainer._total_train_tokens))
 
         trainer.add_callback(Meter())
+        profiler = None
+        if args.profile_dir:
+            profiler = step_profiler(args.steps, Path(args.profile_dir) / case_name)
+            trainer.add_callback(profiler)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)  # before sharding
         trainer.train()
         if not trainer.accelerator.is_main_process:
             return
+        if profiler:
+            marks = marks[:-1]  # the profiled extra step is not timed
         (_, start, tokens_start), (last_step, end, tokens_end) = marks[args.warmup - 1], marks[-1]
         tokens_per_s = (tokens_end - tokens_start) / (end - start)
         per_gpu = tokens_per_s / case.gpus
@@ -203,6 +327,8 @@ def run_worker(case_name: str, args) -> None:
             "params": n_params,
             "trainable": trainable,
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            "step_seconds": [round(b[1] - a[1], 3) for a, b in zip(marks, marks[1:], strict=False)],
+            **allocator_stats(),
         }
         with open(args.result, "w", encoding="utf-8") as handle:
             json.dump(result, handle)
@@ -216,10 +342,13 @@ def launch_command(case_name: str, args, result: Path, fsdp_config: Path) -> lis
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(case.gpus)]
     if case.gpus > 1:
         launcher += ["--config_file", str(fsdp_config)] if case.mode == "full" else ["--multi_gpu"]
-    launcher += ["--mixed_precision", "bf16", "--num_machines", "1", "--dynamo_backend", "no"]
+    mixed_precision = "no" if case.mode == "full" and args.precision == "bf16" else "bf16"
+    launcher += ["--mixed_precision", mixed_precision, "--num_machines", "1", "--dynamo_backend", "no"]
     worker = [__file__, "--worker", case_name, "--result", str(result), "--size", args.size]
     worker += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
-    worker += ["--workers", str(args.workers)]
+    worker += ["--workers", str(args.workers), "--precision", args.precision]
+    worker += ["--profile-dir", args.profile_dir] if args.profile_dir else []
+    worker += ["--compile"] if args.compile else []
     return launcher + worker
 
 
@@ -230,10 +359,10 @@ def run_case(case_name: str, args, batch_size: int, scratch: Path, fsdp_config: 
         case_name, argparse.Namespace(**{**vars(args), "batch_size": batch_size}), result, fsdp_config
     )
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}:{os.environ.get('PYTHONPATH', '')}", "NCCL_NVLS_ENABLE": "0"}
-    if CASES[case_name].gpus == 1:
-        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[
-            0
-        ]  # else Trainer picks DataParallel
+    if CASES[case_name].variant == "ours":
+        env.update(OURS_ENVIRONMENT)
+    if CASES[case_name].gpus == 1:  # else Trainer picks DataParallel
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     started = time.perf_counter()
     try:
         process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.case_timeout)
@@ -261,9 +390,13 @@ def run_cases(args) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         fsdp_config = Path(scratch) / "fsdp2.yaml"
-        fsdp_config.write_text(yaml.safe_dump({**FSDP2_CONFIG, "num_processes": 2}))
+        fsdp = {**FSDP2_CONFIG, "mixed_precision": "no" if args.precision == "bf16" else "bf16"}
+        fsdp["fsdp_config"] = {**fsdp["fsdp_config"], "fsdp_reshard_after_forward": args.reshard_after_forward}
+        fsdp_config.write_text(yaml.safe_dump(fsdp))
         for case_name in args.cases:
-            batch_size = CASES[case_name].batch or args.batch_size
+            batch_size = args.case_batch.get(case_name) or CASES[case_name].default_batch(
+                args.precision, args.batch_size
+            )
             while True:
                 outcome = run_case(case_name, args, batch_size, Path(scratch), fsdp_config)
                 if outcome.get("oom") and batch_size > 1:
@@ -294,7 +427,7 @@ def print_table(results: list[dict]) -> None:
         print(f"{r['case']:<17}{r['device'][:23]:<24}{r['batch_per_gpu']:>6}{r['tokens_per_s_per_gpu']:>10.0f}{r['model_tflops_per_gpu']:>9.0f}"
               f"{mfu:>7}{memory:>9}{r['tokens_per_sample']:>8.0f}")  # fmt: skip
     print()
-    for mode, gpus in (("lora", 1), ("full", 2)):
+    for mode, gpus in (("lora", 1), ("full", 2), ("full", 4)):
         ours, stock = by_name.get(f"{mode}-ours-{gpus}gpu"), by_name.get(f"{mode}-stock-{gpus}gpu")
         if ours and stock:
             ratio = ours["tokens_per_s_per_gpu"] / stock["tokens_per_s_per_gpu"]
@@ -343,6 +476,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=4, help="steps left out of the timing")
     parser.add_argument("--batch-size", type=int, default=8, help="per GPU (the stock reference used 8)")
     parser.add_argument("--workers", type=int, default=6, help="DataLoader workers per GPU (ours)")
+    parser.add_argument(
+        "--precision",
+        choices=["mixed", "bf16"],
+        default="mixed",
+        help="full fine-tunes: bf16 compute over fp32 master weights, or bf16 weights and optimizer",
+    )
+    parser.add_argument(
+        "--reshard-after-forward",
+        type=lambda v: v.lower() == "true",
+        default=True,
+        help="FSDP2: free gathered weights after each layer's forward (true) or keep them (false)",
+    )
+    parser.add_argument("--compile", action="store_true", help="ours: compile the MLP and RMSNorm modules")
+    parser.add_argument("--case-batch", nargs="*", default=[], metavar="CASE=N", help="per-GPU batch of one case")
+    parser.add_argument("--profile-dir", help="profile one extra step per case; summaries and traces go here")
     parser.add_argument("--case-timeout", type=int, default=300)
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--log-dir", help="keep the full output of failed cases here")
@@ -351,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.case_batch = {name: int(size) for name, size in (item.split("=") for item in args.case_batch)}
     if args.compare_curves:
         compare_curves(args.compare_curves, args.plot)
         return 0

@@ -19,6 +19,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+# Batches change shape every step; without expandable segments the caching allocator fragments, and near the
+# memory limit it frees its cache and retries mid-backward (a device-wide sync measured at 0.16-1.3 s on an H100).
+# Set before torch starts; a value from the environment wins.
+if "PYTORCH_ALLOC_CONF" not in os.environ:
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
 import datasets
 import transformers
 from transformers import set_seed
@@ -39,7 +45,7 @@ from vital_hub.training.collator import VisionSFTCollator
 from vital_hub.training.data import load_mixture, mixture_of, model_messages, resolved_revision
 from vital_hub.training.freeze import set_trainable
 from vital_hub.training.masking import render_with_targets
-from vital_hub.training.model import load_model, load_processor
+from vital_hub.training.model import compile_pointwise_modules, load_model, load_processor
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +77,13 @@ class SFTScriptArguments:
         metadata={"help": "'full': projector + language model train; 'projector': projector only (alignment)."},
     )
     freeze_vision_tower: bool = field(default=True, metadata={"help": "Keep the vision tower frozen (LLaVA)."})
+    compile_pointwise_modules: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the language model's MLP and RMSNorm modules: fused elementwise kernels and "
+            "less activation memory (GPU with Triton)."
+        },
+    )
     init_random_weights: bool = field(
         default=False,
         metadata={"help": "Build the model from its config with random weights (smoke runs and benchmarks)."},
@@ -122,6 +135,8 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     if peft_config is None:
         for part, counts in set_trainable(model, script_args.stage, script_args.freeze_vision_tower).items():
             logger.info("%s: %s", part, counts)
+    if script_args.compile_pointwise_modules:
+        logger.info("Compiling %d MLP and RMSNorm modules", len(compile_pointwise_modules(model)))
 
     ################
     # Train

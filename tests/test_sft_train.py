@@ -179,3 +179,37 @@ def test_recipe_trains_saves_a_card_resumes_and_pushes(recipe_run, tmp_path, pro
     assert {"README.md", "config.json", "model.safetensors", "generation_config.json"} <= set(files)
     assert not any(path.startswith("checkpoint-") for path in files)
     assert token not in (output / "README.md").read_text()
+
+
+def test_compiled_pointwise_modules_match_eager_and_share_one_graph_per_class(processor):
+    import copy
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from transformers import LlavaForConditionalGeneration
+
+    from vital_hub.training.model import compile_pointwise_modules
+
+    config = llava_config("tiny", processor)
+    config.text_config.num_hidden_layers = 6
+    torch.manual_seed(0)
+    eager = LlavaForConditionalGeneration(config)
+    compiled = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    counters.clear()
+    names = compile_pointwise_modules(compiled, backend="aot_eager")  # no C compiler needed on CPU
+    # every decoder layer's MLP and both norms, plus the final norm; nothing in the vision tower
+    assert len(names) == 6 * 3 + 1 and not any("vision_tower" in name for name in names)
+    assert "model.language_model.layers.5.mlp" in names and "model.language_model.norm" in names
+
+    input_ids = torch.randint(10, 200, (2, 24))
+    outputs = [model(input_ids=input_ids).logits for model in (eager, compiled)]
+    torch.testing.assert_close(outputs[1], outputs[0])
+    for output in outputs:
+        output.float().pow(2).mean().backward()
+    weight = "model.language_model.layers.3.mlp.gate_proj.weight"
+    grads = [dict(model.named_parameters())[weight].grad for model in (eager, compiled)]
+    torch.testing.assert_close(grads[1], grads[0])
+    # one graph for the MLP class and one for the norm class, reused by all six layers (not one per layer, which
+    # would hit dynamo's recompile limit on a 32-layer model and fall back to eager)
+    assert counters["stats"]["unique_graphs"] == 2

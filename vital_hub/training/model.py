@@ -47,3 +47,26 @@ def load_model(model_args, init_random_weights: bool = False):
         )
     model.config.use_cache = False
     return model
+
+
+FUSED_MODULE_SUFFIXES = ("MLP", "RMSNorm")
+
+
+def compile_pointwise_modules(model, backend: str = "inductor") -> list[str]:
+    """Compile the forward of the language model's MLP and RMSNorm modules; returns their names.
+
+    Eager, these are chains of elementwise kernels (casts to fp32, SiLU, products), each saving its own output
+    for backward; compiled, each becomes a few fused kernels that keep less for backward (on LLaVA-1.5-7B
+    about a third of the activation memory) while the matrix products stay with cuBLAS. Only `forward` is
+    compiled, so the hooks that FSDP, DDP or PEFT hang on the modules still run eagerly, and every layer
+    shares one compiled graph per module class. The vision tower is left alone (frozen, run without grad).
+    """
+    import torch
+
+    compiled = []
+    for name, module in model.named_modules():
+        if "vision_tower" in name or not type(module).__name__.endswith(FUSED_MODULE_SUFFIXES):
+            continue
+        module.forward = torch.compile(module.forward, backend=backend)
+        compiled.append(name)
+    return compiled
