@@ -21,7 +21,7 @@ Tokens are the non-padding input tokens (image tokens included), counted by TRL 
 tower does less work than 6N counts, which the `trainable` column shows. `--profile-dir` profiles one extra step
 per case and writes where its GPU time went (busy time by kernel kind, the top kernels, a Chrome trace).
 
-    python benchmarks/sft_throughput.py                          # every case, then the table
+    python benchmarks/sft_throughput.py                          # every case the GPUs here fit, then the table
     python benchmarks/sft_throughput.py --cases full-ours-2gpu full-stock-2gpu --precision bf16 --compile \
         --steps 30 --warmup 10
     python benchmarks/sft_throughput.py --cases full-ours-4gpu full-stock-4gpu --compile --steps 30 --warmup 10
@@ -391,7 +391,6 @@ def run_cases(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as scratch:
         fsdp_config = Path(scratch) / "fsdp2.yaml"
         fsdp = {**FSDP2_CONFIG, "mixed_precision": "no" if args.precision == "bf16" else "bf16"}
-        fsdp["fsdp_config"] = {**fsdp["fsdp_config"], "fsdp_reshard_after_forward": args.reshard_after_forward}
         fsdp_config.write_text(yaml.safe_dump(fsdp))
         for case_name in args.cases:
             batch_size = args.case_batch.get(case_name) or CASES[case_name].default_batch(
@@ -470,7 +469,7 @@ def compare_curves(paths: list[str], plot: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), help="default: every case this machine's GPUs fit")
     parser.add_argument("--size", default="7b", help="model size from vital_hub.training.synthetic.SIZES")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per case")
     parser.add_argument("--warmup", type=int, default=4, help="steps left out of the timing")
@@ -481,12 +480,6 @@ def main(argv: list[str] | None = None) -> int:
         choices=["mixed", "bf16"],
         default="mixed",
         help="full fine-tunes: bf16 compute over fp32 master weights, or bf16 weights and optimizer",
-    )
-    parser.add_argument(
-        "--reshard-after-forward",
-        type=lambda v: v.lower() == "true",
-        default=True,
-        help="FSDP2: free gathered weights after each layer's forward (true) or keep them (false)",
     )
     parser.add_argument("--compile", action="store_true", help="ours: compile the MLP and RMSNorm modules")
     parser.add_argument("--case-batch", nargs="*", default=[], metavar="CASE=N", help="per-GPU batch of one case")
@@ -506,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         run_worker(args.worker, args)
         return 0
+    if not args.cases:
+        import torch
+
+        gpus = max(torch.cuda.device_count(), 1)
+        args.cases = [name for name, case in CASES.items() if case.gpus <= gpus]
     results = run_cases(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
