@@ -57,52 +57,12 @@ def collect_main(argv: list[str]) -> int:
 
 
 def reference_main(argv: list[str]) -> int:
-    from vital_hub.generation.client import ChatClient
-    from vital_hub.generation.pricing import load_prices
-    from vital_hub.generation.reference import ReferenceConfig, reference_client_config, regenerate_reference_answers
+    from vital_hub.generation.reference import ReferenceConfig, regenerate_reference_answers
 
-    parser = argparse.ArgumentParser(
-        prog="vital generate reference-answers", description="regenerate the qa50 reference answers"
+    config = parse_config(
+        ReferenceConfig, argv, "vital generate reference-answers", "regenerate the qa50 reference answers"
     )
-    parser.add_argument("--questions", required=True, help="llava_med_eval_qa50_qa.jsonl")
-    parser.add_argument("--images", help="folder of <pair_id>.jpg figures (missing/corrupt ones go text-only)")
-    parser.add_argument("--out", required=True, help="output JSONL (same records, new gpt4_answer)")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--base-url")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY")
-    parser.add_argument("--azure-api-version")
-    parser.add_argument("--prompt-file", help="system prompt file replacing the built-in one")
-    parser.add_argument("--max-tokens", type=int, default=1024)
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--detail", choices=("low", "high", "auto"))
-    parser.add_argument("--max-image-side", type=int)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--requests-per-minute", type=float)
-    parser.add_argument("--tokens-per-minute", type=float)
-    parser.add_argument("--cache", help="SQLite request cache (default: <out>.cache.sqlite)")
-    parser.add_argument("--prices", help="price table file (YAML/JSON)")
-    args = parser.parse_args(argv)
-    client_config = reference_client_config(
-        args.model,
-        args.cache or f"{args.out}.cache.sqlite",
-        base_url=args.base_url,
-        api_key_env=args.api_key_env,
-        azure_api_version=args.azure_api_version,
-        concurrency=args.concurrency,
-        requests_per_minute=args.requests_per_minute,
-        tokens_per_minute=args.tokens_per_minute,
-    )
-    client = ChatClient(client_config, load_prices(args.prices) if args.prices else None)
-    config = ReferenceConfig(
-        questions=args.questions,
-        out=args.out,
-        images=args.images,
-        prompt_file=args.prompt_file,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        detail=args.detail,
-        max_image_side=args.max_image_side,
-    )
+    client = config.client()
     try:
         counts = regenerate_reference_answers(config, client)
     finally:

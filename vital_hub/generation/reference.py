@@ -12,7 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from vital_hub.generation.client import ChatClient, ClientConfig
+from vital_hub.config import help_field
+from vital_hub.generation.client import ChatClient, ServerOptions
+from vital_hub.generation.pricing import load_prices
 from vital_hub.generation.prompts import (
     PromptOptions,
     figure_context,
@@ -24,16 +26,37 @@ from vital_hub.io import atomic_path, iter_json_records
 from vital_hub.schema import mention_texts
 
 
-@dataclass
-class ReferenceConfig:
-    questions: str
-    out: str
-    images: str | None = None
-    prompt_file: str | None = None
-    max_tokens: int = 1024
-    temperature: float | None = None
-    detail: str | None = None
-    max_image_side: int | None = None
+@dataclass(kw_only=True)
+class ReferenceConfig(ServerOptions):
+    questions: str = help_field("llava_med_eval_qa50_qa.jsonl")
+    out: str = help_field("output JSONL (same records, new gpt4_answer)")
+    model: str = help_field("model (Azure: deployment) name")
+    images: str | None = help_field(
+        "folder of <pair_id>.jpg figures (missing/corrupt ones go text-only)", default=None
+    )
+    prompt_file: str | None = help_field("system prompt file replacing the built-in one", default=None)
+    max_tokens: int = help_field("completion budget per request", default=1024)
+    temperature: float | None = help_field("None: the server default", default=None)
+    detail: str | None = help_field("image detail: low | high | auto (None: default)", default=None)
+    max_image_side: int | None = help_field("downscale images larger than this (px)", default=None)
+    cache: str | None = help_field("SQLite request cache (default: <out>.cache.sqlite)", default=None)
+    prices: str | None = help_field("price table file (YAML/JSON) over the defaults", default=None)
+
+    def __post_init__(self):
+        self.prompt_options()  # rejects a bad detail or max_tokens before anything is sent
+
+    def prompt_options(self) -> PromptOptions:
+        return PromptOptions(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            detail=self.detail,
+            max_image_side=self.max_image_side,
+            send_seed=False,
+        )
+
+    def client(self) -> ChatClient:
+        prices = load_prices(self.prices) if self.prices else None
+        return ChatClient(self.client_config(self.model, self.cache or f"{self.out}.cache.sqlite"), prices)
 
 
 def regenerate_reference_answers(config: ReferenceConfig, client: ChatClient) -> dict[str, int]:
@@ -42,13 +65,7 @@ def regenerate_reference_answers(config: ReferenceConfig, client: ChatClient) ->
         if config.prompt_file
         else get_prompt_set("reference-answer")
     )
-    options = PromptOptions(
-        max_tokens=config.max_tokens,
-        temperature=config.temperature,
-        detail=config.detail,
-        max_image_side=config.max_image_side,
-        send_seed=False,
-    )
+    options = config.prompt_options()
     records = [record for _, record in iter_json_records(config.questions)]
     requests, attached = [], []
     for record in records:
@@ -86,7 +103,3 @@ def read_image(folder: str | None, record: dict) -> bytes | None:
     name = record.get("image") or f"{record.get('pair_id')}.jpg"
     path = Path(folder) / name
     return path.read_bytes() if path.is_file() else None
-
-
-def reference_client_config(model: str, cache_path: str | None, **overrides) -> ClientConfig:
-    return ClientConfig(model=model, cache_path=cache_path, **{k: v for k, v in overrides.items() if v is not None})
