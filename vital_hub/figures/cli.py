@@ -6,7 +6,6 @@ vital build figures --index figures/ --out hub/figures-repo --captions llava_med
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from vital_hub.config import parse_config
@@ -40,24 +39,8 @@ def fetch_main(argv: list[str]) -> int:
 def build_main(argv: list[str]) -> int:
     from vital_hub.figures.dataset import BuildOptions, build_figures
 
-    parser = argparse.ArgumentParser(
-        prog="vital build figures", description="Turn a fetch folder into the Hub dataset config `figures`."
-    )
-    parser.add_argument("--index", required=True, help="the --out folder of `vital fetch figures`")
-    parser.add_argument("--out", required=True, help="dataset repo folder to write (README.md + data/figures/)")
-    parser.add_argument("--captions", help="llava_med_instruct_fig_captions.json ({domain: [records]})")
-    parser.add_argument("--images", help="folder of <pair_id>.jpg (default: the --index folder)")
-    parser.add_argument("--shard-mb", type=float, default=256.0, help="target parquet shard size in MB")
-    parser.add_argument("--allow-incomplete", action="store_true", help="build even if a fetch shard is unfinished")
-    args = parser.parse_args(argv)
-    options = BuildOptions(
-        index=args.index,
-        out=args.out,
-        captions=args.captions,
-        images=args.images,
-        shard_mb=args.shard_mb,
-        allow_incomplete=args.allow_incomplete,
-    )
+    description = "Turn a fetch folder into the Hub dataset config `figures`."
+    options = parse_config(BuildOptions, argv, "vital build figures", description)
     try:
         report = build_figures(options)
     except (ValueError, FileNotFoundError, RecordError) as err:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from vital_hub.config import help_field
 from vital_hub.figures.index import INDEX_DIR, STATUSES, index_files, iter_index
 from vital_hub.io import atomic_path, sha256_file
 from vital_hub.schema import DOMAINS, mention_texts
@@ -56,12 +57,12 @@ def figures_features():
 
 @dataclass(frozen=True)
 class BuildOptions:
-    index: str
-    out: str
-    captions: str | None = None
-    images: str | None = None
-    shard_mb: float = 256.0
-    allow_incomplete: bool = False
+    index: str = help_field("the --out folder of `vital fetch figures`")
+    out: str = help_field("dataset repo folder to write (README.md + data/figures/)")
+    captions: str | None = help_field("llava_med_instruct_fig_captions.json ({domain: [records]})", default=None)
+    images: str | None = help_field("folder of <pair_id>.jpg (default: the --index folder)", default=None)
+    shard_mb: float = help_field("target parquet shard size in MB", default=256.0)
+    allow_incomplete: bool = help_field("build even if a fetch shard is unfinished", default=False)
 
 
 CAPTION_KEYS = ("pair_id", "pmid", "fig_id", "fig_label", "fig_caption", "in_text_mention", "domain")
