@@ -12,6 +12,7 @@ import email.utils
 import hashlib
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -192,30 +193,25 @@ class HttpClient:
         key = str(status)
         self.stats.by_status[key] = self.stats.by_status.get(key, 0) + 1
 
-    async def _read_body(self, response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    async def _capped_chunks(self, response: aiohttp.ClientResponse, max_bytes: int) -> AsyncIterator[bytes]:
+        """The body's chunks; more than `max_bytes` (announced or sent) raises TooLarge before it is all read."""
         if response.content_length is not None and response.content_length > max_bytes:
             raise TooLarge(f"Content-Length {response.content_length} > {max_bytes}")
-        chunks, size = [], 0
+        size = 0
         async for chunk in response.content.iter_chunked(CHUNK):
             size += len(chunk)
             if size > max_bytes:
                 raise TooLarge(f"more than {max_bytes} bytes")
-            chunks.append(chunk)
+            yield chunk
         self.stats.bytes += size
-        return b"".join(chunks)
+
+    async def _read_body(self, response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+        return b"".join([chunk async for chunk in self._capped_chunks(response, max_bytes)])
 
     async def _write_body(self, response: aiohttp.ClientResponse, path: Path, max_bytes: int) -> None:
-        if response.content_length is not None and response.content_length > max_bytes:
-            raise TooLarge(f"Content-Length {response.content_length} > {max_bytes}")
-        size = 0
         with open(path, "wb") as handle:
-            async for chunk in response.content.iter_chunked(CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise TooLarge(f"more than {max_bytes} bytes")
+            async for chunk in self._capped_chunks(response, max_bytes):
                 handle.write(chunk)
-        self.stats.bytes += size
-        return None
 
 
 def md5_hex(data: bytes) -> str:
