@@ -1,5 +1,6 @@
 """Hostile downloads: traversal, links, devices, lying sizes, decompression and pixel bombs, broken images."""
 
+import asyncio
 import io
 import json
 import tarfile
@@ -8,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.fakes.http_files import serving_files
 from tests.fakes.pmc_server import FakeArticle, FakePmc, TarEntry, make_jpeg, pixel_bomb_png, tar_gz
+from vital_hub.figures.download import HttpClient, HttpOptions
 from vital_hub.figures.pipeline import FetchConfig, run_fetch
 from vital_hub.figures.safety import Limits, Rejected, read_wanted_members, verify_image
 
@@ -129,3 +132,25 @@ def test_hostile_tarball_end_to_end_records_reasons_and_writes_nothing_outside_o
     assert sorted(p.name for p in (tmp_path / "sandbox").iterdir()) == ["out"]
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["900_F0.jpg"]
     assert not list(tmp_path.rglob("evil.jpg")) and not list(tmp_path.rglob("passwd"))
+
+
+@pytest.mark.parametrize("announce_length", [True, False], ids=["announced", "unannounced"])
+def test_a_body_over_the_byte_cap_is_refused_in_memory_and_on_disk(tmp_path, announce_length):
+    small, large = b"x" * 64, b"y" * 4096
+    expected = "Content-Length 4096 > 1000" if announce_length else "more than 1000 bytes"
+
+    async def fetch_all(base: str):
+        async with HttpClient(HttpOptions(max_retries=0)) as client:
+            fits = await client.get(f"{base}/small", max_bytes=1000)
+            too_big = await client.get(f"{base}/large", max_bytes=1000)
+            to_file = await client.get_to_file(f"{base}/large", tmp_path / "large.bin", max_bytes=1000)
+            return fits, too_big, to_file, client.stats.bytes
+
+    with serving_files({"/small": small, "/large": large}, announce_length=announce_length) as server:
+        fits, too_big, to_file, counted = asyncio.run(fetch_all(server.base_url))
+    assert fits.ok and fits.data == small
+    for refused in (too_big, to_file):
+        assert not refused.ok and refused.data is None
+        assert refused.error == f"body exceeds the cap: {expected}"
+    assert (tmp_path / "large.bin").stat().st_size <= 1000 + (1 << 16)  # at most one chunk past the cap
+    assert counted == len(small)  # refused bodies are not counted as transferred

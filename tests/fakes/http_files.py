@@ -2,7 +2,9 @@
 
 It serves `files` ({url path: bytes}) with Range support (206 + Content-Range) that can be switched off, and can
 cut the first response for a path after `cut_after` bytes (the connection closes early, as a dropped download
-does) so tests can check that a re-run resumes. It records each request's path and Range header.
+does) so tests can check that a re-run resumes. With `announce_length=False` it sends bodies without a
+Content-Length (read until the connection closes), as a hostile server may. It records each request's path and
+Range header.
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ class FileHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
+        if self.server.announce_length:
+            self.send_header("Content-Length", str(len(body)))
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
@@ -73,10 +79,11 @@ class FileHandler(BaseHTTPRequestHandler):
 class FileServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, files: dict[str, bytes], ranges: bool = True):
+    def __init__(self, files: dict[str, bytes], ranges: bool = True, announce_length: bool = True):
         super().__init__(("127.0.0.1", 0), FileHandler)
         self.files = files
         self.ranges = ranges
+        self.announce_length = announce_length
         self.cut_after: dict[str, int] = {}
         self.requests: list[tuple[str, str | None]] = []
 
@@ -87,8 +94,8 @@ class FileServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serving_files(files: dict[str, bytes], ranges: bool = True) -> Iterator[FileServer]:
-    server = FileServer(files, ranges=ranges)
+def serving_files(files: dict[str, bytes], ranges: bool = True, announce_length: bool = True) -> Iterator[FileServer]:
+    server = FileServer(files, ranges=ranges, announce_length=announce_length)
     thread = threading.Thread(target=server.serve_forever, name="fake-files", daemon=True)
     thread.start()
     try:
