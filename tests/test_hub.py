@@ -292,3 +292,27 @@ def test_helpers(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         check_repo_id(str(tmp_path / "figures"))
     assert redact("Bearer hf_abc failed", "hf_abc") == "Bearer <token> failed"
+
+
+def test_failed_downloads_say_what_is_missing_and_never_show_the_token(tmp_path, hub, token):
+    script = textwrap.dedent(
+        """
+        import sys
+        from vital_hub.hub import HubError, download_file, download_repo
+        for call in (
+            lambda: download_repo("biomed-vital/absent", repo_type="model", local_dir=sys.argv[1]),
+            lambda: download_file("biomed-vital/absent", "config.json", sys.argv[1], repo_type="model"),
+        ):
+            try:
+                call()
+            except HubError as err:
+                print(err)
+        """
+    )
+    result = run_python(["-c", script, str(tmp_path / "out")], hub_env(hub.endpoint, tmp_path / "hf_home", token))
+    assert result.returncode == 0, result.stderr[-3000:]
+    repo_error, file_error = result.stdout.strip().splitlines()
+    assert repo_error.startswith(f"cannot download {hub.endpoint}/biomed-vital/absent: ")
+    assert file_error.startswith(f"cannot download config.json from {hub.endpoint}/biomed-vital/absent: ")
+    for message in (repo_error, file_error):
+        assert "no such repo" in message and token not in message

@@ -266,16 +266,22 @@ def download_repo(
     """Download (or reuse from the cache) a repo snapshot and return its folder; used for model folders such as
     selector checkpoints, which datasets does not load."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
 
-    folder = snapshot_download(
-        repo_id=check_repo_id(repo_id),
-        repo_type=repo_type,
-        revision=revision,
-        local_dir=local_dir,
-        allow_patterns=allow_patterns,
-        endpoint=hub_endpoint(),
-        token=find_token() or False,
-    )
+    endpoint, token = hub_endpoint(), find_token()
+    try:
+        folder = snapshot_download(
+            repo_id=check_repo_id(repo_id),
+            repo_type=repo_type,
+            revision=revision,
+            local_dir=local_dir,
+            allow_patterns=allow_patterns,
+            endpoint=endpoint,
+            token=token or False,
+        )
+    except (HfHubHTTPError, OSError) as err:  # not found, refused, offline, connection dropped
+        where = repo_url(repo_id, repo_type, endpoint)
+        raise HubError(f"cannot download {where}: {_download_failure(err, token)}") from None
     return Path(folder)
 
 
