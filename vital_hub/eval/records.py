@@ -121,20 +121,6 @@ def read_answers(path: str | Path) -> dict[str, dict]:
             raise RecordError(f"line {number} has no 'question_id'", file=str(path))
         answers[str(answer["question_id"])] = answer
     return answers
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            answer = json.loads(line)
-        except json.JSONDecodeError as err:
-            if number == len(lines):  # no newline after it: the write was cut off
-                break
-            raise RecordError(f"line {number} is not valid JSON ({err.msg})", file=str(path)) from err
-        if not isinstance(answer, dict) or "question_id" not in answer:
-            raise RecordError(f"line {number} has no 'question_id'", file=str(path))
-        answers[str(answer["question_id"])] = answer
-    return answers
 
 
 def repair_tail(path: Path) -> None:
