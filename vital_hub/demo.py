@@ -17,12 +17,6 @@ from pathlib import Path
 
 from vital_hub.schema import DOMAINS
 
-SAMPLE_SIZES = {
-    "BioMed-VITAL-instructions-60K.json": 60,
-    "BioMed-VITAL-instructions-80K.json": 80,
-    "llava_med_instruct_10k.json": 20,
-    "llava_med_instruct_60k.json": 60,
-}
 CAPTIONS_FILE = "llava_med_instruct_fig_captions.json"
 FINDINGS = {
     "chest_xray": [

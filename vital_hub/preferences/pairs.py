@@ -21,7 +21,6 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-ORIGINS = ("clinician", "model")
 AGGREGATIONS = ("unanimous", "majority", "each")
 PAIRINGS = ("across", "same-question")
 PAIRED_VERDICTS = ("a", "b")
