@@ -192,6 +192,20 @@ def test_truncated_source_fails_with_file_and_record(sample, tmp_path):
     assert "llava_med_instruct_10k.json" in str(err.value) and "truncated" in str(err.value)
 
 
+def test_a_record_that_is_not_an_object_fails_with_file_and_record(sample, tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for name in SOURCE_NAMES.values():
+        (sources / name).write_bytes((sample["sources"] / name).read_bytes())
+    records = json.loads((sources / SOURCE_NAMES["llava-med-10k"]).read_text())
+    (sources / SOURCE_NAMES["llava-med-10k"]).write_text(json.dumps(records[:3] + [[1, 2]] + records[3:]))
+    with pytest.raises(RecordError) as err:
+        build(sources, tmp_path / "repo")
+    message = str(err.value)
+    assert SOURCE_NAMES["llava-med-10k"] in message and "record 3" in message
+    assert "a record must be a JSON object, got list" in message
+
+
 def test_require_images_fails_on_first_broken_figure(sample, tmp_path):
     with pytest.raises(RecordError, match="--require-images"):
         build(sample["sources"], tmp_path / "repo", sample["images"], require_images=True)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -273,16 +274,19 @@ def _records(
     path: Path, options: BuildOptions, stats: ImageStats | None, missing
 ) -> Iterator[tuple[dict, dict | None]]:
     """Validated records of a source file, each with its figure when an images folder is given."""
-    for where, record in check_unique_ids(iter_json_records(path)):
-        validate_llava(record, where)
+    for where, record in check_unique_ids(_validated(iter_json_records(path))):
         image = None if options.images is None else _load_image(record, where, options, stats, missing)
         yield record, image
 
 
+def _validated(records: Iterator[tuple[Location, Any]]) -> Iterator[tuple[Location, dict]]:
+    for where, record in records:
+        validate_llava(record, where)
+        yield where, record
+
+
 def _load_image(record, where: Location, options: BuildOptions, stats: ImageStats, missing) -> dict | None:
     """The figure as {bytes, path}, or None (logged) when it is missing, empty or does not decode."""
-    if not isinstance(record, dict) or not isinstance(record.get("image"), str):
-        return None  # validation of the record reports this with its location
     name = os.path.basename(record["image"])
     file = options.images / name
     problem = None
