@@ -383,3 +383,14 @@ def test_same_figures_elsewhere_give_the_same_manifest_and_new_figures_rebuild(s
     again = build(sample["sources"], tmp_path / "repo", copy)
     present = sum(c["images"]["present"] for c in again["components"].values())
     assert present == sum(c["images"]["present"] for c in manifest["components"].values()) + 1
+
+
+def test_unknown_configs_in_only_are_named_from_the_yaml_and_from_the_flag(tmp_path):
+    spec = tmp_path / "mix.yaml"
+    spec.write_text("mixtures:\n  - {name: ten, components: [{name: llava-med-10k}]}\nonly: [ten, tne]\n")
+    with pytest.raises(ValueError, match=r"mix\.yaml: unknown configs \['tne'\]; known: \["):
+        load_plan(spec)
+    with pytest.raises(ValueError, match=r"^unknown configs \['81k'\]; known: \["):
+        load_plan(only_configs=["80k", "81k"])
+    spec.write_text("mixtures:\n  - {name: ten, components: [{name: llava-med-10k}]}\nonly: [ten, 80k]\n")
+    assert list(load_plan(spec, only_configs=["ten"]).mixtures) == ["ten"]

@@ -146,17 +146,24 @@ def load_plan(
     """
     plan = MixturePlan(components=builtin_components(llava_med_60k_file))
     if yaml_path is not None:
-        _extend_plan(plan, Path(yaml_path))
+        yaml_only = _extend_plan(plan, Path(yaml_path))
+        if yaml_only:
+            _keep_only(plan, yaml_only, f"{yaml_path}: ")
     if only_configs:
-        unknown = sorted(set(only_configs) - set(plan.mixtures))
-        if unknown:
-            raise ValueError(f"unknown configs {unknown}; known: {sorted(plan.mixtures)}")
-        plan.mixtures = {name: plan.mixtures[name] for name in only_configs}
+        _keep_only(plan, only_configs)
     plan.validate()
     return plan
 
 
-def _extend_plan(plan: MixturePlan, path: Path) -> None:
+def _keep_only(plan: MixturePlan, names: list[str], where: str = "") -> None:
+    unknown = sorted(set(names) - set(plan.mixtures))
+    if unknown:
+        raise ValueError(f"{where}unknown configs {unknown}; known: {sorted(plan.mixtures)}")
+    plan.mixtures = {name: plan.mixtures[name] for name in names}
+
+
+def _extend_plan(plan: MixturePlan, path: Path) -> list[str] | None:
+    """Add the YAML's components and mixtures to `plan`; returns its `only` list (None when absent)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -181,5 +188,4 @@ def _extend_plan(plan: MixturePlan, path: Path) -> None:
         parts = tuple(Part(p["name"], float(p.get("fraction", 1.0))) for p in spec.get("components") or [])
         mixture = Mixture(str(spec["name"]), parts, spec.get("description", ""), int(spec.get("seed", 0)))
         plan.mixtures[mixture.name] = mixture
-    if data.get("only"):
-        plan.mixtures = {name: plan.mixtures[name] for name in data["only"]}
+    return data.get("only")
