@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,21 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def download_checksums(root: str | Path, files: Iterable[Path]) -> dict[str, dict]:
+    """`dataset_info.download_checksums` of a repo card: each file's path under `root`, size and sha256.
+
+    datasets keys its cache of a local repo folder on the card, so a card that changes whenever a shard does
+    keeps it from serving rows of an older build.
+    """
+    return {
+        Path(path).relative_to(root).as_posix(): {
+            "num_bytes": Path(path).stat().st_size,
+            "checksum": sha256_file(path),
+        }
+        for path in files
+    }
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vital_hub.io import atomic_path, sha256_file, write_json_atomic
+from vital_hub.io import atomic_path, download_checksums, write_json_atomic
 
 SECTION_START = "<!-- vital-eval:start -->"
 SECTION_END = "<!-- vital-eval:end -->"
@@ -366,8 +366,7 @@ def write_details_dataset(parts: dict, folder: Path, model_id: str) -> dict[str,
             pq.write_table(pa.Table.from_pylist(_rows_for_parquet(rows)), tmp)
         configs.append({"config_name": name, "data_files": [{"split": "test", "path": f"data/{name}/*.parquet"}]})
         # A content-dependent field, so that datasets never serves a stale cache of an older report.
-        checksum = {relative: {"num_bytes": target.stat().st_size, "checksum": sha256_file(target)}}
-        infos.append({"config_name": name, "download_checksums": checksum})
+        infos.append({"config_name": name, "download_checksums": download_checksums(folder, [target])})
         counts[name] = len(rows)
     header = yaml.safe_dump({"configs": configs, "dataset_info": infos}, sort_keys=False)
     body = (

@@ -22,7 +22,7 @@ import yaml
 
 from vital_hub.config import help_field
 from vital_hub.figures.index import INDEX_DIR, STATUSES, index_files, iter_index
-from vital_hub.io import atomic_path, sha256_file
+from vital_hub.io import atomic_path, download_checksums
 from vital_hub.schema import DOMAINS, mention_texts
 
 CONFIG_NAME = "figures"
@@ -251,10 +251,7 @@ def update_readme(out: Path, shards: list[Path], counts: dict[str, int]) -> None
         "data_files": [{"split": "train", "path": f"{DATA_DIR.as_posix()}/*.parquet"}],
     }
     meta["configs"] = [c for c in meta.get("configs") or [] if c.get("config_name") != CONFIG_NAME] + [config]
-    checksums = {
-        path.relative_to(out).as_posix(): {"num_bytes": path.stat().st_size, "checksum": sha256_file(path)}
-        for path in shards
-    }
+    checksums = download_checksums(out, shards)
     info = {
         "config_name": CONFIG_NAME,
         "splits": [

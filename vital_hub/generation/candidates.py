@@ -38,7 +38,7 @@ from vital_hub.generation.prompts import (
     prompt_set_from_file,
     request_seed,
 )
-from vital_hub.io import atomic_path, sha256_file, write_json_atomic
+from vital_hub.io import atomic_path, download_checksums, sha256_file, write_json_atomic
 from vital_hub.schema import DOMAINS
 
 CONFIG_NAME = "candidates"
@@ -326,10 +326,7 @@ def write_readme(folder: OutputFolder, shards: list[Path]) -> None:
         if text.startswith("---\n") and "\n---\n" in text[4:]:
             head, body = text[4:].split("\n---\n", 1)
             meta = yaml.safe_load(head) or {}
-    checksums = {
-        str(path.relative_to(folder.root)): {"num_bytes": path.stat().st_size, "checksum": sha256_file(path)}
-        for path in shards
-    }
+    checksums = download_checksums(folder.root, shards)
     config = {"config_name": CONFIG_NAME, "data_files": [{"split": "train", "path": f"data/{CONFIG_NAME}/*.parquet"}]}
     info = {"config_name": CONFIG_NAME, "download_checksums": checksums}
     meta["configs"] = [c for c in meta.get("configs", []) if c.get("config_name") != CONFIG_NAME] + [config]

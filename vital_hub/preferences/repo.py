@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from vital_hub.io import atomic_path, sha256_file, write_json_atomic
+from vital_hub.io import atomic_path, download_checksums, write_json_atomic
 
 CONFIGS = ("clinician", "model", "mixed")
 SPLITS = ("train", "test")
@@ -119,10 +119,7 @@ def write_card(repo: Path) -> None:
         infos.append(
             {
                 "config_name": config,
-                "download_checksums": {
-                    str(path.relative_to(repo)): {"num_bytes": path.stat().st_size, "checksum": sha256_file(path)}
-                    for _, path in shards
-                },
+                "download_checksums": download_checksums(repo, [path for _, path in shards]),
             }
         )
         lines.append(f"- `{config}`: {CONFIG_DESCRIPTIONS[config]}")

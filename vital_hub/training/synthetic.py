@@ -18,7 +18,7 @@ import json
 import random
 from pathlib import Path
 
-from vital_hub.io import sha256_file
+from vital_hub.io import download_checksums
 from vital_hub.schema import llava_to_row, row_features
 
 WORDS = (
@@ -228,8 +228,7 @@ def write_instructions_repo(out: Path, configs: dict[str, list[dict]]) -> Path:
         Dataset.from_list(rows, features=row_features()).to_parquet(str(shard))
         relative = shard.relative_to(out).as_posix()
         yaml_configs.append({"config_name": name, "data_files": [{"split": "train", "path": relative}]})
-        checksum = {relative: {"num_bytes": shard.stat().st_size, "checksum": sha256_file(shard)}}
-        infos.append({"config_name": name, "download_checksums": checksum})
+        infos.append({"config_name": name, "download_checksums": download_checksums(out, [shard])})
     header = yaml.safe_dump({"configs": yaml_configs, "dataset_info": infos}, sort_keys=False)
     (out / "README.md").write_text(f"---\n{header}---\n\n# Synthetic instructions\n", encoding="utf-8")
     return out
