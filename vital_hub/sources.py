@@ -74,7 +74,7 @@ class SourceFile:
     def url(self, github_base: str | None = None) -> str:
         if self.origin == "hub":
             return f"hf://datasets/{HUB_REPO}/{self.path}"
-        return f"{(github_base or github_media_base()).rstrip('/')}/{self.path}"
+        return f"{github_media_base(github_base)}/{self.path}"
 
     @property
     def size_text(self) -> str:

@@ -131,7 +131,7 @@ def build_repo(plan: MixturePlan, options: BuildOptions, check_source: SourceChe
     }
     from vital_hub.mixtures.card import write_readme
 
-    write_readme(options.out, plan, manifest)
+    write_readme(options.out, manifest)
     write_json_atomic(options.out / MANIFEST, manifest)
     shutil.rmtree(options.out / SCRATCH, ignore_errors=True)
     return manifest
@@ -441,7 +441,7 @@ def _write_subset(mixture: Mixture, component: str, fraction: float, result: Com
     keep = round(result.rows * fraction)
     chosen = sorted(random.Random(f"{mixture.seed}:{mixture.name}:{component}").sample(range(result.rows), keep))
     tables = [pq.read_table(out / s["path"]) for s in result.shards]
-    table = pa.concat_tables(tables).take(pa.array(chosen, type=pa.int64())) if tables else None
+    table = pa.concat_tables(tables).take(pa.array(chosen, type=pa.int64()))  # a component has >= 1 shard
     final = out / "data" / mixture.name / f"{component}-{fraction:g}.parquet"
     with atomic_path(final) as tmp:
         pq.write_table(table, tmp, compression=COMPRESSION, row_group_size=2_000)

@@ -7,7 +7,6 @@ from pathlib import Path
 import yaml
 
 from vital_hub.io import atomic_path
-from vital_hub.mixtures.spec import MixturePlan
 from vital_hub.schema import row_features
 
 CITATION = """@inproceedings{cui2024biomedical,
@@ -60,7 +59,7 @@ def card_metadata(manifest: dict) -> dict:
     }
 
 
-def card_text(plan: MixturePlan, manifest: dict) -> str:
+def card_text(manifest: dict) -> str:
     components = manifest["components"]
     lines = [
         "# BioMed-VITAL instruction mixtures",
@@ -151,7 +150,7 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
-def write_readme(out: Path, plan: MixturePlan, manifest: dict) -> None:
+def write_readme(out: Path, manifest: dict) -> None:
     header = yaml.dump(card_metadata(manifest), Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=1000)
     with atomic_path(out / "README.md") as tmp:
-        tmp.write_text(f"---\n{header}---\n\n{card_text(plan, manifest)}", encoding="utf-8")
+        tmp.write_text(f"---\n{header}---\n\n{card_text(manifest)}", encoding="utf-8")
