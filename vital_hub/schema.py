@@ -139,10 +139,16 @@ def content_to_text(content: list[dict]) -> str:
     return "".join(IMAGE_TOKEN if part["type"] == "image" else part["text"] for part in content)
 
 
+def extra_json(record: dict) -> str | None:
+    """The record's keys the row does not model, as canonical JSON (None when there are none), so export can
+    give them back."""
+    extra = {k: v for k, v in record.items() if k not in MODELED_KEYS}
+    return json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None
+
+
 def llava_to_row(record: dict, source: str, image: Any = None, where: Location = Location()) -> dict:
     """A validated LLaVA record as a Hub/TRL row; `image` is whatever goes in `images[0]` (bytes dict or None)."""
     validate_llava(record, where)
-    extra = {k: v for k, v in record.items() if k not in MODELED_KEYS}
     domain = record.get("domain")
     return {
         "id": str(record["id"]),
@@ -151,7 +157,7 @@ def llava_to_row(record: dict, source: str, image: Any = None, where: Location =
         "domain": None if domain is None else {name: domain.get(name) for name in DOMAINS},
         "domain_keys": None if domain is None else list(domain),
         "source": source,
-        "extra": json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None,
+        "extra": extra_json(record),
         "id_is_int": isinstance(record["id"], int),
         "images": [image],
         "messages": [
@@ -264,8 +270,7 @@ class RowBatchBuilder:
         columns["id"].append(str(record["id"]))
         columns["image_id"].append(image_id_of(record["image"]))
         columns["image_file"].append(record["image"])
-        extra = {k: v for k, v in record.items() if k not in MODELED_KEYS}
-        columns["extra"].append(json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None)
+        columns["extra"].append(extra_json(record))
         columns["id_is_int"].append(isinstance(record["id"], int))
         self._sources.append(source)
         domain = record.get("domain")
