@@ -110,13 +110,10 @@ def build_rows(count: int, seed: int):
 
 
 def our_dataset(rows):
-    from datasets import Image, List
+    """The rows as `recipes/sft.py` hands them to the trainer (vital_hub.training.data.load_mixture)."""
+    from vital_hub.training.data import training_columns, with_length_column
 
-    from vital_hub.training.data import with_length_column
-
-    return with_length_column(
-        rows.select_columns(["id", "images", "messages"]).cast_column("images", List(Image(decode=False)))
-    )
+    return with_length_column(training_columns(rows))
 
 
 def build_trainer(case: Case, args, output_dir: str):

@@ -137,16 +137,24 @@ def handle_missing_images(dataset, policy: str, name: str):
     return dataset.select([i for i in range(len(dataset)) if i not in drop])
 
 
+def training_columns(dataset):
+    """Instruction rows cut to the columns training reads, with images left undecoded (the collator decodes
+    them in DataLoader workers)."""
+    from datasets import Image, List
+
+    dataset = dataset.select_columns([c for c in KEPT_COLUMNS if c in dataset.column_names])
+    return dataset.cast_column("images", List(Image(decode=False)))
+
+
 def load_source(source: DatasetSource, seed: int, missing_images: str, cache_dir: str | None = None):
     """One source's rows: the columns training reads, images undecoded, the weight applied."""
-    from datasets import Image, List, load_dataset
+    from datasets import load_dataset
 
     dataset = load_dataset(source.id, source.config, split=source.split, revision=source.revision, cache_dir=cache_dir)
     absent = [c for c in ("images", "messages") if c not in dataset.column_names]
     if absent:
         raise ValueError(f"{source.id} ({source.config}): no column {absent}; expected instruction rows")
-    dataset = dataset.select_columns([c for c in KEPT_COLUMNS if c in dataset.column_names])
-    dataset = dataset.cast_column("images", List(Image(decode=False)))
+    dataset = training_columns(dataset)
     dataset = handle_missing_images(dataset, missing_images, f"{source.id} ({source.config})")
     if source.weight < 1:
         keep = round(len(dataset) * source.weight)
