@@ -316,3 +316,21 @@ def test_failed_downloads_say_what_is_missing_and_never_show_the_token(tmp_path,
     assert file_error.startswith(f"cannot download config.json from {hub.endpoint}/biomed-vital/absent: ")
     for message in (repo_error, file_error):
         assert "no such repo" in message and token not in message
+
+
+def test_the_push_plan_counts_exactly_the_files_the_upload_sends(tmp_path):
+    folder = tmp_path / "repo"
+    kept = ["README.md", "data/a/train-00000-of-00001.parquet", "docs/.hidden-note.md"]
+    dropped = [
+        "data/a/.train-00000.parquet.x1y2.tmp",  # an atomic write in flight
+        ".README.md.tmp",
+        "__pycache__/m.cpython-312.pyc",
+        "src/__pycache__/m.cpython-312.pyc",
+        ".cache/huggingface/download/x.lock",
+        ".git/HEAD",
+    ]
+    for name in kept + dropped:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"12345")
+    plan = plan_push(folder, "biomed-vital/x", "dataset", None)
+    assert plan.files == len(kept) and plan.bytes == 5 * len(kept)

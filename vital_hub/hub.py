@@ -25,7 +25,7 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # Temporary names that atomic writes leave while a build runs, and caches that never belong in a repo.
 RESUME_HINT = "re-run the same command to resume; files already uploaded are skipped"
-IGNORE_PATTERNS = ["**/.*.tmp", ".*.tmp", "**/__pycache__/**", ".cache/**"]
+IGNORE_PATTERNS = ["**/.*.tmp", ".*.tmp", "__pycache__/**", "**/__pycache__/**", ".cache/**"]
 
 
 class HubError(RuntimeError):
@@ -86,7 +86,7 @@ def plan_push(folder: str | Path, repo_id: str, repo_type: str, revision: str | 
         raise HubError(f"{folder}: not a folder (expected a repo folder, e.g. the --out of `vital build`)")
     if repo_type not in REPO_TYPES:
         raise HubError(f"repo type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
-    files = [p for p in folder.rglob("*") if p.is_file() and not _ignored(p.relative_to(folder))]
+    files = _files_to_upload(folder)
     if not files:
         raise HubError(f"{folder}: no files to push")
     if repo_type == "dataset" and not (folder / "README.md").exists():
@@ -102,13 +102,13 @@ def plan_push(folder: str | Path, repo_id: str, repo_type: str, revision: str | 
     )
 
 
-def _ignored(relative: Path) -> bool:
-    parts = relative.parts
-    return (
-        any(part.startswith(".") and part.endswith(".tmp") for part in parts)
-        or "__pycache__" in parts
-        or parts[0] in (".git", ".cache")
-    )
+def _files_to_upload(folder: Path) -> list[Path]:
+    """The files `upload_folder` sends: the same ignore patterns, its defaults (.git, its cache) included."""
+    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+    files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    kept = filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS)
+    return [files[name] for name in kept]
 
 
 def push_folder(
@@ -123,13 +123,14 @@ def push_folder(
     the commit URL. Re-running after an interruption is the resume: objects already on the Hub are skipped.
     `private=None` leaves a new repo's visibility to the namespace default; an existing repo keeps its own."""
     plan = plan_push(folder, repo_id, repo_type, revision)
-    return _push(plan, private=private, commit_message=commit_message or f"Upload {plan.folder.name} with vital push")
+    return _push(plan, private=private, commit_message=commit_message)
 
 
-def _push(plan: PushPlan, private: bool | None, commit_message: str) -> str:
+def _push(plan: PushPlan, private: bool | None, commit_message: str | None) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
+    commit_message = commit_message or f"Upload {plan.folder.name} with vital push"
     token = find_token()
     if token is None and not is_local_endpoint(plan.endpoint):
         raise HubError(
@@ -335,8 +336,7 @@ def push_main(argv: list[str]) -> int:
             f"to {plan.url} (branch {plan.revision})",
             flush=True,
         )
-        message = args.commit_message or f"Upload {plan.folder.name} with vital push"
-        commit_url = _push(plan, private=True if args.private else None, commit_message=message)
+        commit_url = _push(plan, private=True if args.private else None, commit_message=args.commit_message)
     except HubError as err:
         print(f"vital push: error: {err}", file=sys.stderr)
         return 1
