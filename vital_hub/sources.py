@@ -248,17 +248,8 @@ def check_source_file(path: str | Path, allow_unverified: bool = False, lock_pat
     lock_path = Path(lock_path) if lock_path else path.parent / LOCK_NAME
     expected, where = expected_checksum(path.name, read_lock(lock_path), lock_path)
     sha256, size = sha256_and_size(path)
-    source = SOURCES.get(path.name)
-    problem = None
-    if expected is not None and sha256 != expected:
-        problem = ChecksumMismatch(path, expected, sha256, where)
-    elif source is not None and source.size is not None and size != source.size:
-        problem = SourceError(f"{path}: {size:,} bytes, expected {source.size:,} (registry)")
-    if problem is not None:
-        if not allow_unverified:
-            raise problem
-        print(f"warning: {problem} (used anyway: --allow-unverified)", file=sys.stderr)
-    return {"size": size, "sha256": sha256, "verified": expected is not None and problem is None}
+    matched = _verify(path, sha256, size, SOURCES.get(path.name), expected, where, allow_unverified, "used anyway")
+    return {"size": size, "sha256": sha256, "verified": expected is not None and matched}
 
 
 # ---- downloads
@@ -401,17 +392,20 @@ def _remove_staging(final: Path, source: SourceFile) -> None:
         shutil.rmtree(final.parent / HUB_STAGING, ignore_errors=True)
 
 
-def _verify(final, sha256, size, source, expected, where, allow_unverified) -> None:
+def _verify(path, sha256, size, source, expected, where, allow_unverified, accepted_as="kept") -> bool:
+    """True when the file matches its known checksum and registry size (`source` may be None: not registered).
+    A mismatch raises, or with `allow_unverified` is reported as accepted and returns False."""
     problem = None
     if expected is not None and sha256 != expected:
-        problem = ChecksumMismatch(final, expected, sha256, where)
-    elif source.size is not None and size != source.size:
-        problem = SourceError(f"{final}: {size:,} bytes, expected {source.size:,} (registry)")
+        problem = ChecksumMismatch(path, expected, sha256, where)
+    elif source is not None and source.size is not None and size != source.size:
+        problem = SourceError(f"{path}: {size:,} bytes, expected {source.size:,} (registry)")
     if problem is None:
-        return
+        return True
     if not allow_unverified:
         raise problem
-    print(f"warning: {problem} (kept: --allow-unverified)", file=sys.stderr)
+    print(f"warning: {problem} ({accepted_as}: --allow-unverified)", file=sys.stderr)
+    return False
 
 
 def _record(lock_path: Path, source: SourceFile, sha256: str, size: int, expected: str | None, allow: bool) -> None:
