@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-IMAGE_TOKEN = "<image>"
+from vital_hub.schema import IMAGE_TOKEN
 
 
 def strip_image_token(question: str) -> str:
