@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vital_hub.io import atomic_path, download_checksums, write_json_atomic
+from vital_hub.io import atomic_path, download_checksums, iter_json_records, write_json_atomic
 
 SECTION_START = "<!-- vital-eval:start -->"
 SECTION_END = "<!-- vital-eval:end -->"
@@ -58,9 +58,7 @@ def load_parts(config: ReportConfig) -> dict:
         details_file = result.get("details_file")
         details = []
         if details_file and Path(details_file).exists():
-            details = [
-                json.loads(line) for line in Path(details_file).read_text(encoding="utf-8").splitlines() if line
-            ]
+            details = [record for _, record in iter_json_records(details_file)]
         parts["vqa"][result.get("dataset") or Path(path).stem] = {"summary": result, "details": details}
     for folder in config.winrate:
         folder = Path(folder)
