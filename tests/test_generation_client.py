@@ -6,8 +6,9 @@ import time
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer
+from vital_hub.generation.batch import with_retries
 from vital_hub.generation.cache import RequestCache, request_key
-from vital_hub.generation.client import ChatClient, ClientConfig, FatalAPIError
+from vital_hub.generation.client import ChatClient, ClientConfig, FatalAPIError, is_retryable, make_openai
 from vital_hub.generation.limits import Limiter, TokenBucket, estimate_tokens, image_tokens
 from vital_hub.generation.pricing import Price, PriceTable, load_prices
 
@@ -208,3 +209,31 @@ def test_price_table_prefixes_batch_discount_and_files(tmp_path):
     path.write_text("bad: {input: 1}\n")
     with pytest.raises(ValueError, match="price of 'bad' must give input_per_million"):
         load_prices(path)
+
+
+@pytest.mark.parametrize(("fault", "retried"), [("409", True), ("429", True), ("503", True), ("400", False)])
+def test_batch_control_calls_follow_the_chat_retry_rules(tmp_path, api_key, fault, retried):
+    assert is_retryable(int(fault)) is retried
+    with FakeOpenAIServer(faults={"files": [fault]}) as fake:
+        api = make_openai(ClientConfig(model="gpt-4o", base_url=fake.url), asynchronous=False)
+
+        def upload():
+            return api.files.create(file=("input.jsonl", b"{}\n"), purpose="batch")
+
+        if retried:
+            assert with_retries(upload, "upload input.jsonl").id
+        else:
+            with pytest.raises(FatalAPIError, match=f"upload input.jsonl failed: HTTP {fault}: fake {fault}"):
+                with_retries(upload, "upload input.jsonl")
+        assert [e["status"] for e in fake.log if e["route"] == "files"] == [int(fault), 200][: 1 + retried]
+
+
+def test_token_estimate_only_with_a_token_limit(server, tmp_path, api_key, monkeypatch):
+    import vital_hub.generation.client as client_module
+
+    estimated = []
+    monkeypatch.setattr(client_module, "estimate_tokens", lambda body: estimated.append(body) or estimate_tokens(body))
+    client_for(server, tmp_path).chat_many(requests(2))
+    assert estimated == []
+    client_for(server, tmp_path, tokens_per_minute=1_000_000).chat_many(requests(2, tag="t"))
+    assert len(estimated) == 2

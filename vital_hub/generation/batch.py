@@ -25,6 +25,7 @@ from vital_hub.generation.client import (
     FatalAPIError,
     backoff_s,
     error_message,
+    is_retryable,
     make_openai,
     retry_after,
 )
@@ -43,7 +44,7 @@ def with_retries(call: Callable[[], Any], what: str, attempts: int = 6) -> Any:
         try:
             return call()
         except openai.APIStatusError as err:
-            if err.status_code in (401, 403, 404) or (err.status_code < 500 and err.status_code not in (408, 429)):
+            if not is_retryable(err.status_code):
                 raise FatalAPIError(f"{what} failed: HTTP {err.status_code}: {error_message(err)}") from None
             wait = retry_after(err.response.headers)
         except (openai.APITimeoutError, openai.APIConnectionError):

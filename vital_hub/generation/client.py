@@ -45,6 +45,11 @@ FATAL_STATUS = {
 RETRYABLE_STATUS = {408, 409, 429}
 
 
+def is_retryable(status: int) -> bool:
+    """Whether an HTTP error is worth retrying (408, 409, 429, 5xx): the rule of chat and batch calls alike."""
+    return status in RETRYABLE_STATUS or status >= 500
+
+
 @dataclass
 class ClientConfig:
     model: str
@@ -286,7 +291,7 @@ class ChatClient:
         import openai
 
         client, limiter = self._resources()
-        estimate = estimate_tokens(body)
+        estimate = estimate_tokens(body) if limiter.tokens else 0  # only the token bucket reads the estimate
         last_error = "not sent"
         for attempt in range(self.config.max_retries + 1):
             if attempt:
@@ -302,7 +307,7 @@ class ChatClient:
                     if status in FATAL_STATUS:
                         raise FatalAPIError(self._fatal_message(status, err)) from None
                     last_error = f"HTTP {status}: {error_message(err)}"
-                    if status not in RETRYABLE_STATUS and status < 500:
+                    if not is_retryable(status):
                         return self._rejected(key, last_error)
                     wait = retry_after(err.response.headers)
                     if status == 429 and wait is not None:
