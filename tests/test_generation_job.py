@@ -271,3 +271,29 @@ def test_reference_answers_on_qa50(tmp_path, api_key):
     assert all(r["gpt4_answer"] == "A concise answer." and r["reference_model"] == "gpt-4o" for r in records)
     assert [r["original_gpt4_answer"] for r in records] == [r["gpt4_answer"] for r in picked]
     assert [r["reference_image"] for r in records] == [True, True, False, False]
+
+
+def test_a_figure_image_is_encoded_once_for_all_its_samples(tmp_path, monkeypatch):
+    import vital_hub.generation.prompts as prompts
+    from vital_hub.generation.candidates import GenerateConfig, Job
+
+    images, captions, pair_ids = make_figures(tmp_path, 2, missing=(1,))
+    config = GenerateConfig(
+        figures=str(images), captions=str(captions), out=str(tmp_path / "out"), model="gpt-4o",
+        demos=str(make_demonstrations(tmp_path / "demos.json")), samples=3,
+    )  # fmt: skip
+    job = Job.prepare(config)
+    encoded = []
+    real = prompts.image_data_url
+    monkeypatch.setattr(
+        prompts, "image_data_url", lambda data, max_side=None: encoded.append(data) or real(data, max_side)
+    )
+    prepared = job.requests_for(pair_ids[0], [0, 1, 2])
+    assert len(encoded) == 1
+    figure = job.figure(pair_ids[0])
+    for (row, request), sample in zip(prepared, (0, 1, 2), strict=True):
+        assert request == job.builder.build(figure, row["seed"]) and row["sample"] == sample
+    assert len(encoded) == 4
+    failed = job.requests_for(pair_ids[1], [0, 1])
+    assert [request for _, request in failed] == [None, None] and len(encoded) == 4
+    assert {row["error"] for row, _ in failed} == {"no usable image (figure status: missing)"}

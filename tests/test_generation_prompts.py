@@ -190,3 +190,26 @@ def test_bad_demonstration_pool_names_the_record(tmp_path):
     path.write_text(json.dumps([{"id": 5, "domain": {}, "conversations": [{"from": "human", "value": "q"}]}]))
     with pytest.raises(RecordError, match="record 0.*id 5.*no modality flag"):
         load_demonstrations(path)
+
+
+def test_demonstration_images_are_encoded_once_per_file(tmp_path, monkeypatch):
+    import vital_hub.generation.prompts as prompts
+
+    pool = load_demonstrations(make_demonstrations(tmp_path / "demos.json", per_modality=1))
+    images = tmp_path / "demo_images"
+    images.mkdir()
+    for demo in pool[1:]:  # the first demonstration has no image file: it goes as text, and is not retried
+        (images / demo.image_file).write_bytes(jpeg_bytes())
+    options = PromptOptions(demo_images=str(images))
+    expected = [PromptBuilder(get_prompt_set("conversation"), pool, options).build(figure(), seed) for seed in (1, 2)]
+    encoded = []
+
+    def counting(data, max_side=None):
+        encoded.append(data)
+        return image_data_url(data, max_side)
+
+    monkeypatch.setattr(prompts, "image_data_url", counting)
+    builder = PromptBuilder(get_prompt_set("conversation"), pool, options)
+    assert [builder.build(figure(), seed) for seed in (1, 2)] == expected
+    assert len(encoded) == 2 + len(pool) - 1  # the query figure per request, each demonstration image once
+    assert all(request["messages"][1]["content"] == pool[0].context for request in expected)

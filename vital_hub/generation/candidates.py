@@ -427,23 +427,27 @@ class Job:
     def figure(self, pair_id: str) -> dict:
         with self.source_lock:  # figure stores cache decoded row groups: one reader at a time
             row = self.source.get(pair_id)
-        return normalise_figure(row if row is not None else {"pair_id": pair_id})
+        return normalise_figure(row)  # never None: `order` holds only the source's own pair ids
 
     def requests_for(self, pair_id: str, samples: list[int]) -> list[tuple[dict, dict | None]]:
-        """(base row, request or None when the image is unusable) per sample."""
+        """(base row, request or None when the image is unusable) per sample; the image is encoded once."""
         figure = self.figure(pair_id)
+        url = problem = None
+        if figure["image"] is None:
+            problem = f"no usable image (figure status: {figure.get('image_status') or 'missing'})"
+        else:
+            try:
+                url = self.builder.image_url(figure)
+            except ImageError as err:
+                problem = str(err)
         out = []
         for sample in samples:
             seed = request_seed(self.config.seed, pair_id, sample)
             row = self.rows.base(figure, sample, seed)
-            if figure["image"] is None:
-                status = figure.get("image_status") or "missing"
-                out.append((self.rows.failed(row, f"no usable image (figure status: {status})"), None))
-                continue
-            try:
-                out.append((row, self.builder.build(figure, seed)))
-            except ImageError as err:
-                out.append((self.rows.failed(row, str(err)), None))
+            if problem is None:
+                out.append((row, self.builder.build(figure, seed, url)))
+            else:
+                out.append((self.rows.failed(row, problem), None))
         return out
 
 

@@ -5,10 +5,7 @@ fetch folder or a folder of `<pair_id>.jpg` + a LLaVA-Med captions file), as the
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-
-from vital_hub.schema import mention_texts
 
 
 def open_figure_source(path: str, captions: str | None = None):
@@ -19,21 +16,13 @@ def open_figure_source(path: str, captions: str | None = None):
 
 
 def normalise_figure(row: dict[str, Any]) -> dict:
-    """A figure row in the shape prompts need (image as bytes or None)."""
-    image = row.get("image")
-    if isinstance(image, dict):
-        image = image.get("bytes")
-        if image is None and row["image"].get("path") and Path(row["image"]["path"]).is_file():
-            image = Path(row["image"]["path"]).read_bytes()
-    mentions = row.get("mentions")
-    if mentions is None:
-        mentions = mention_texts(row.get("in_text_mention"))
+    """A FigureStore row (every key of the figures contract, image as bytes or None) in the shape prompts need."""
     return {
-        "pair_id": str(row["pair_id"]),
-        "fig_label": row.get("fig_label"),
-        "caption": row.get("caption", row.get("fig_caption")),
-        "mentions": list(mentions),
-        "domain": row.get("domain"),
-        "image": bytes(image) if isinstance(image, bytes | bytearray) else None,
-        "image_status": row.get("status"),
+        "pair_id": row["pair_id"],
+        "fig_label": row["fig_label"],
+        "caption": row["caption"],
+        "mentions": list(row["mentions"] or []),  # a dataset shard may hold null
+        "domain": row["domain"],
+        "image": row["image"],
+        "image_status": row["status"],
     }

@@ -282,10 +282,19 @@ class PromptBuilder:
     prompt_set: PromptSet
     pool: list[Demonstration] = field(default_factory=list)
     options: PromptOptions = field(default_factory=PromptOptions)
+    # demonstration image file -> its data URL, or None when it is sent as text only (the pool is fixed for a run)
+    _demo_urls: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
 
-    def build(self, figure: dict, seed: int) -> dict:
-        """The chat.completions arguments (without model) for one figure; raises ImageError for a bad image."""
-        url = image_data_url(figure.get("image"), self.options.max_image_side)
+    def image_url(self, figure: dict) -> str:
+        """The data URL of the figure's image; raises ImageError for a bad image."""
+        return image_data_url(figure.get("image"), self.options.max_image_side)
+
+    def build(self, figure: dict, seed: int, url: str | None = None) -> dict:
+        """The chat.completions arguments (without model) for one figure; raises ImageError for a bad image.
+
+        `url` is the figure's `image_url` when the caller already has it (one per figure, shared by its samples).
+        """
+        url = url or self.image_url(figure)
         messages: list[dict] = [{"role": "system", "content": self.prompt_set.system}]
         for demo in sample_demonstrations(self.pool, random.Random(seed)):
             messages.append({"role": "user", "content": self._demo_content(demo)})
@@ -301,12 +310,19 @@ class PromptBuilder:
     def _demo_content(self, demo: Demonstration) -> str | list[dict]:
         if not self.options.demo_images:
             return demo.context
-        path = Path(self.options.demo_images) / demo.image_file
-        try:
-            url = image_data_url(path.read_bytes(), self.options.max_image_side)
-        except (OSError, ImageError):
+        if demo.image_file not in self._demo_urls:
+            self._demo_urls[demo.image_file] = self._demo_url(demo.image_file)
+        url = self._demo_urls[demo.image_file]
+        if url is None:
             return demo.context
         return [image_part(url, self.options.detail), {"type": "text", "text": demo.context}]
+
+    def _demo_url(self, image_file: str) -> str | None:
+        path = Path(self.options.demo_images) / image_file
+        try:
+            return image_data_url(path.read_bytes(), self.options.max_image_side)
+        except (OSError, ImageError):
+            return None
 
 
 def reference_answer_request(
