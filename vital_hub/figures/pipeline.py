@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vital_hub.config import help_field
 from vital_hub.figures.download import Fetched, HttpClient, HttpOptions, etag_md5, md5_hex
 from vital_hub.figures.index import (
     STATUSES,
@@ -30,6 +31,7 @@ from vital_hub.figures.index import (
     write_stats,
 )
 from vital_hub.figures.resolve import (
+    DEFAULT_BUCKET,
     ArticleMetadata,
     BucketLayout,
     FigureRequest,
@@ -52,37 +54,55 @@ REJECTED_MEMBER_SAMPLES = 20
 
 @dataclass
 class FetchConfig:
-    """Everything `vital fetch figures` needs; YAML (`--config`) then command-line flags override the defaults."""
+    """Everything `vital fetch figures` needs; YAML (`--config`) then command-line flags override the defaults.
 
-    urls: str = field(metadata={"help": "JSONL of image URL records (legacy or new format)"})
-    out: str = field(metadata={"help": "folder for <pair_id>.jpg files and index/"})
-    base_url: str = field(default="https://pmc-oa-opendata.s3.amazonaws.com", metadata={"help": "bucket root"})
-    legacy_base_url: str | None = field(
-        default=None, metadata={"help": "replaces scheme and host of pmc_tar_url (a mirror or a local server)"}
+    The HTTP and safety defaults are those of `HttpOptions` and `Limits`, in this command's units (MB, not bytes).
+    """
+
+    urls: str = help_field("JSONL of image URL records (legacy or new format)")
+    out: str = help_field("folder for <pair_id>.jpg files and index/")
+    base_url: str = help_field("bucket root", default=DEFAULT_BUCKET)
+    legacy_base_url: str | None = help_field(
+        "replaces scheme and host of pmc_tar_url (a mirror or a local server)", default=None
     )
-    concurrency: int = field(default=32, metadata={"help": "requests in flight at once (one connection pool)"})
-    rate_limit: float = field(default=100.0, metadata={"help": "requests per second per host (0 = unlimited)"})
-    max_retries: int = field(default=6, metadata={"help": "retries on 429, 5xx, timeouts and truncated bodies"})
-    backoff_base: float = field(default=0.5, metadata={"help": "first backoff in seconds (doubles, with jitter)"})
-    backoff_max: float = field(default=60.0, metadata={"help": "longest backoff in seconds"})
-    timeout: float = field(default=60.0, metadata={"help": "connect and read timeout in seconds"})
-    shard: str = field(default="0/1", metadata={"help": "I/N: fetch shard I (0-based) of N"})
-    retry_failed: bool = field(default=False, metadata={"help": "retry figures whose status is not ok"})
-    licence: bool = field(default=True, metadata={"help": "read article metadata for the licence of every figure"})
-    legacy: bool = field(default=True, metadata={"help": "fall back to legacy tarballs"})
-    max_image_mb: float = field(default=64.0, metadata={"help": "largest image file accepted"})
-    max_pixels: int = field(default=120_000_000, metadata={"help": "largest image accepted, in pixels"})
-    max_archive_mb: float = field(default=2048.0, metadata={"help": "largest tarball downloaded"})
-    max_unpacked_mb: float = field(default=4096.0, metadata={"help": "most bytes unpacked from one tarball"})
-    max_held_mb: float = field(default=512.0, metadata={"help": "most bytes of wanted figures kept from one tarball"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    concurrency: int = help_field("requests in flight at once (one connection pool)", default=HttpOptions.concurrency)
+    rate_limit: float = help_field(
+        "requests per second per host (0 = unlimited)", default=HttpOptions.requests_per_second_per_host
+    )
+    max_retries: int = help_field(
+        "retries on 429, 5xx, timeouts and truncated bodies", default=HttpOptions.max_retries
+    )
+    backoff_base: float = help_field(
+        "first backoff in seconds (doubles, with jitter)", default=HttpOptions.backoff_base_s
+    )
+    backoff_max: float = help_field("longest backoff in seconds", default=HttpOptions.backoff_max_s)
+    timeout: float = help_field("connect and read timeout in seconds", default=HttpOptions.timeout_s)
+    shard: str = help_field("I/N: fetch shard I (0-based) of N", default="0/1")
+    retry_failed: bool = help_field("retry figures whose status is not ok", default=False)
+    licence: bool = help_field("read article metadata for the licence of every figure", default=True)
+    legacy: bool = help_field("fall back to legacy tarballs", default=True)
+    max_image_mb: float = help_field("largest image file accepted", default=Limits.max_image_bytes / MiB)
+    max_pixels: int = help_field("largest image accepted, in pixels", default=Limits.max_pixels)
+    max_archive_mb: float = help_field("largest tarball downloaded", default=Limits.max_archive_bytes / MiB)
+    max_unpacked_mb: float = help_field(
+        "most bytes unpacked from one tarball", default=Limits.max_unpacked_bytes / MiB
+    )
+    max_held_mb: float = help_field(
+        "most bytes of wanted figures kept from one tarball", default=Limits.max_held_bytes / MiB
+    )
+    progress: bool = help_field("show a progress bar", default=True)
 
     def __post_init__(self):
-        Shard.parse(self.shard)
+        Shard.parse(self.shard)  # a bad --shard is an error here, before any work
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if self.max_retries < 0:
             raise ValueError("max_retries cannot be negative")
+
+    @property
+    def shard_spec(self) -> Shard:
+        """The `--shard I/N` option as a Shard (checked once in __post_init__)."""
+        return Shard.parse(self.shard)
 
     def limits(self) -> Limits:
         return Limits(
@@ -516,7 +536,7 @@ class Progress:
 async def fetch_articles(config: FetchConfig, todo: list[FigureRequest], out: Path, partial: Path, journal: Journal):
     """Fetch every article of `todo` with a bounded pool of article workers over one HTTP client."""
     samples = ErrorSamples()
-    shard = Shard.parse(config.shard)
+    shard = config.shard_spec
     progress = Progress(len(todo), config.progress, f"figures {shard.index}/{shard.count}")
     articles = group_by_article(todo)
     async with HttpClient(config.http_options()) as client:
@@ -543,11 +563,11 @@ async def fetch_articles(config: FetchConfig, todo: list[FigureRequest], out: Pa
 
 def run_fetch(config: FetchConfig) -> dict:
     """Fetch one shard to completion (or resume it) and return its stats; the index is written at the end."""
-    out, shard = Path(config.out), Shard.parse(config.shard)
+    out, shard = Path(config.out), config.shard_spec
     files = ShardFiles(out, shard)
-    requests, duplicates = read_shard_requests(config.urls, shard)
     if files.done.exists() and not config.retry_failed and files.stats.exists():
         return {**json.loads(files.stats.read_text()), "already_complete": True}
+    requests, duplicates = read_shard_requests(config.urls, shard)
     out.mkdir(parents=True, exist_ok=True)
     files.folder.mkdir(parents=True, exist_ok=True)
     partial = out / PARTIAL_DIR / shard.name
