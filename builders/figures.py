@@ -5,7 +5,9 @@
     python builders/figures.py --config builders/figures.yaml --push-to biomed-vital/figures
 
 Re-running the same command resumes the fetch (finished figures are skipped; `--retry-failed` retries failures),
-then rebuilds the `figures` config from the index.
+then rebuilds the `figures` config from the index. With `--shard`, the config is built (and pushed) only by the
+run that finds every shard of the split finished; the other runs fetch their shard, say which shards are still
+unfinished, and exit 0.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from vital_hub.config import help_field, parse_config
 from vital_hub.figures.pipeline import FetchConfig
@@ -40,8 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     print(summary_table(run_fetch(fetch)))
 
     # ---------------------------------------------------------------- build the config
-    from vital_hub.figures.dataset import BuildOptions, build_figures
+    from vital_hub.figures.dataset import BuildOptions, build_figures, unfinished_shards
 
+    unfinished = unfinished_shards(Path(artifact.out))
+    if unfinished:
+        names = ", ".join(unfinished[:10]) + (", ..." if len(unfinished) > 10 else "")
+        print(
+            f"figures config of {artifact.repo} not built yet: {len(unfinished)} fetch shard(s) unfinished "
+            f"({names}); the run that finishes the last of them builds (and pushes) it"
+        )
+        return 0
     print(build_figures(BuildOptions(index=artifact.out, out=artifact.repo, captions=artifact.captions)))
 
     # ---------------------------------------------------------------- publish

@@ -209,3 +209,28 @@ def test_open_figures_downloads_a_hub_repo_id(fetched, tmp_path):
         )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == [7, "ok", len(scenario.expected[first])]
+
+
+def test_shards_hold_several_row_groups_and_the_store_reads_them_out_of_order(fetched, tmp_path, monkeypatch):
+    import vital_hub.figures.dataset as dataset
+
+    out, captions, scenario, first = fetched
+    monkeypatch.setattr(dataset, "ROW_GROUP_ROWS", 2)
+    repo = tmp_path / "repo"
+    assert build_main(["--index", str(out), "--out", str(repo)]) == 0
+    (shard,) = (repo / "data" / "figures").glob("*.parquet")
+    assert pq.ParquetFile(shard).metadata.num_rows == 7 and pq.ParquetFile(shard).num_row_groups == 4
+    store = open_figures(repo, captions=captions)
+    for pair_id in sorted(scenario.expected, reverse=True):
+        assert store.get(pair_id)["image"] == scenario.expected[pair_id]
+    assert store.get("4242_F1")["image"] is None and store.get(first)["caption"] == "Axial T2 image."
+
+
+def test_open_figures_takes_a_loaded_captions_dict_with_the_file_rules(fetched, tmp_path):
+    out, captions, scenario, first = fetched
+    loaded = json.loads(captions.read_text())
+    loaded["gross"] = [{**loaded["mri"][0], "fig_caption": "listed again", "domain": "gross"}]
+    row = open_figures(out, captions=loaded).get(first)
+    assert row["caption"] == "Axial T2 image." and row["domain"] == FLAGS
+    with pytest.raises(ValueError, match="domain 'gross' record 1 has no string 'pair_id'"):
+        open_figures(out, captions={"gross": [loaded["mri"][0], {"pmid": 5}]})

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,9 @@ from vital_hub.schema import DOMAINS, mention_texts
 
 CONFIG_NAME = "figures"
 DATA_DIR = Path("data") / CONFIG_NAME
+# Rows per parquet row group: a lookup out of storage order reads and decodes one group of 128 figures, not a
+# whole ~256 MB shard (which used to be a single group).
+ROW_GROUP_ROWS = 128
 _SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.parquet$")
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n?", re.DOTALL)
 
@@ -74,10 +77,18 @@ def load_captions(path: str | Path, wanted: set[str] | None = None) -> dict[str,
     Only the fields a figure row uses are kept, and only for `wanted` pair ids when given; the first record of a
     pair id wins (a figure can be listed under two domains).
     """
+    return collect_captions(iter_caption_records(path), wanted, source=path)
+
+
+def collect_captions(
+    records: Iterable[tuple[str, int, object]], wanted: set[str] | None = None, source: str | Path = "captions"
+) -> dict[str, dict]:
+    """pair_id -> caption record from (domain, index, record) triples, with `load_captions`'s rules; `source`
+    names the input in errors."""
     captions: dict[str, dict] = {}
-    for domain, index, record in iter_caption_records(path):
+    for domain, index, record in records:
         if not isinstance(record, dict) or not isinstance(record.get("pair_id"), str):
-            raise ValueError(f"{path}: domain {domain!r} record {index} has no string 'pair_id'")
+            raise ValueError(f"{source}: domain {domain!r} record {index} has no string 'pair_id'")
         pair_id = record["pair_id"]
         if pair_id not in captions and (wanted is None or pair_id in wanted):
             captions[pair_id] = {key: record.get(key) for key in CAPTION_KEYS}
@@ -143,26 +154,40 @@ def domain_flags(value) -> dict | None:
     return None
 
 
+def caption_fields(caption: dict) -> dict:
+    """The row fields a caption record gives: pmid as text, mention texts, the 5 domain flags (None when absent)."""
+    return {
+        "pmid": str(caption["pmid"]) if caption.get("pmid") is not None else None,
+        "fig_id": caption.get("fig_id"),
+        "fig_label": caption.get("fig_label"),
+        "caption": caption.get("fig_caption"),
+        "mentions": mention_texts(caption.get("in_text_mention")),
+        "domain": domain_flags(caption.get("domain")),
+    }
+
+
+def unfinished_shards(index_dir: Path) -> list[str]:
+    """Names of the fetch shards without a `.done` marker, for every split (N of `I/N`) that has an index shard."""
+    counts = {int(_SHARD_NAME.search(p.name).group(2)) for p in index_files(index_dir)}
+    names = [f"shard-{number:05d}-of-{count:05d}" for count in sorted(counts) for number in range(count)]
+    return [name for name in names if not (index_dir / INDEX_DIR / f"{name}.done").exists()]
+
+
 def check_complete(index_dir: Path) -> list[Path]:
     """The index shards, after checking that every shard of the split exists and finished."""
     shards = index_files(index_dir)
     if not shards:
         raise FileNotFoundError(f"no index shards under {index_dir / INDEX_DIR}: run `vital fetch figures` first")
-    problems = []
-    counts = {int(_SHARD_NAME.search(p.name).group(2)) for p in shards}
-    for count in counts:
-        for number in range(count):
-            name = f"shard-{number:05d}-of-{count:05d}"
-            if not (index_dir / INDEX_DIR / f"{name}.done").exists():
-                problems.append(name)
+    problems = unfinished_shards(index_dir)
     if problems:
         raise ValueError(f"unfinished fetch shards {problems[:10]}: re-run them or pass --allow-incomplete")
     return shards
 
 
 def figure_row(index_row: dict, caption: dict | None, images: Path) -> dict:
-    """One dataset row: the index's facts, the caption's text, and the verified image bytes."""
-    caption = caption or {}
+    """One dataset row: the index's facts, the caption's text, and the verified image bytes; the caption's pmid
+    and fig id win over the index's."""
+    fields = caption_fields(caption or {})
     status = index_row["status"]
     image = None
     if status == "ok":
@@ -177,12 +202,9 @@ def figure_row(index_row: dict, caption: dict | None, images: Path) -> dict:
     return {
         "pair_id": index_row["pair_id"],
         "pmcid": index_row.get("pmcid"),
-        "pmid": str(caption["pmid"]) if caption.get("pmid") is not None else index_row.get("pmid"),
-        "fig_id": caption.get("fig_id") or index_row.get("fig_id"),
-        "fig_label": caption.get("fig_label"),
-        "caption": caption.get("fig_caption"),
-        "mentions": mention_texts(caption.get("in_text_mention")),
-        "domain": domain_flags(caption.get("domain")),
+        **fields,
+        "pmid": fields["pmid"] if fields["pmid"] is not None else index_row.get("pmid"),
+        "fig_id": fields["fig_id"] or index_row.get("fig_id"),
         "image": image,
         "licence": index_row.get("licence"),
         "source_url": index_row.get("source_url"),
@@ -218,7 +240,7 @@ def write_shards(rows: Iterator[dict], folder: Path, shard_bytes: int) -> tuple[
 
     def flush() -> None:
         path = folder / f".building-{len(temporary):05d}.tmp"
-        pq.write_table(pa.Table.from_pylist(batch, schema=schema), path)
+        pq.write_table(pa.Table.from_pylist(batch, schema=schema), path, row_group_size=ROW_GROUP_ROWS)
         temporary.append(path)
 
     for row in rows:

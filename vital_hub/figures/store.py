@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from vital_hub.figures.dataset import DATA_DIR, domain_flags, load_captions
+from vital_hub.figures.dataset import DATA_DIR, caption_fields, collect_captions, load_captions
 from vital_hub.figures.index import INDEX_DIR, index_files, read_index
 from vital_hub.figures.safety import Limits, Rejected, verify_image
-from vital_hub.schema import mention_texts
 
 ROW_KEYS = (
     "pair_id",
@@ -68,17 +67,10 @@ class FigureStore:
 
 
 def _with_caption(row: dict, caption: dict | None) -> dict:
+    """The row with the caption's fields filled in where the row has none; what the source has is kept."""
     if not caption:
         return row
-    fill = {
-        "pmid": str(caption["pmid"]) if caption.get("pmid") is not None else None,
-        "fig_id": caption.get("fig_id"),
-        "fig_label": caption.get("fig_label"),
-        "caption": caption.get("fig_caption"),
-        "mentions": mention_texts(caption.get("in_text_mention")),
-        "domain": domain_flags(caption.get("domain")),
-    }
-    for key, value in fill.items():
+    for key, value in caption_fields(caption).items():
         if row.get(key) in (None, []) and value not in (None, []):
             row[key] = value
     return row
@@ -110,11 +102,15 @@ def open_figures(path_or_repo: str | Path, captions: str | Path | dict | None = 
 
 
 def _caption_map(captions) -> dict[str, dict]:
+    """pair_id -> caption record from a captions file, its loaded `{domain: [records]}` (read with
+    `load_captions`'s rules: first record of a pair id wins) or a ready pair_id -> record dict."""
     if captions is None:
         return {}
     if isinstance(captions, dict):
         if all(isinstance(v, list) for v in captions.values()):
-            return {r["pair_id"]: r for records in captions.values() for r in records if isinstance(r, dict)}
+            return collect_captions(
+                (domain, index, record) for domain, records in captions.items() for index, record in enumerate(records)
+            )
         return captions
     return load_captions(captions)
 
@@ -141,6 +137,7 @@ def _parquet_store(files: list[Path], captions: dict[str, dict]) -> FigureStore:
         ref = refs[pair_id]
         key = (ref.file, ref.row_group)
         if cache.get("key") != key:
+            # not kept open: a store over hundreds of shards would hold as many file handles, in every worker
             table = pq.ParquetFile(ref.file).read_row_group(ref.row_group, columns=["image"])
             cache.update(key=key, images=table.column("image").to_pylist())
         image = cache["images"][ref.row]
