@@ -85,3 +85,5 @@ def test_kill_9_at_any_moment_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert pq.read_table(out / INDEX).equals(pq.read_table(reference / INDEX))
     assert sorted(p.name for p in out.glob("*.jpg")) == sorted(p.name for p in reference.glob("*.jpg"))
     assert not list(out.rglob("*.tmp")) and not (out / ".partial").exists()
+    journal = (out / "index" / "shard-00000-of-00001.journal.jsonl").read_bytes()
+    assert journal.endswith(b"\n") and all(json.loads(line) for line in journal.splitlines())

@@ -79,3 +79,25 @@ def test_jsonl_log_skips_only_a_torn_last_line(tmp_path):
     with pytest.raises(RecordError, match="line 2 is not valid JSON") as err:
         list(iter_jsonl_log(log))
     assert "log.jsonl" in str(err.value)
+
+
+def test_repair_tail_cuts_only_an_unfinished_last_line(tmp_path):
+    from vital_hub.io import repair_tail
+
+    log = tmp_path / "log.jsonl"
+    repair_tail(log)  # no file: nothing to do
+    assert not log.exists()
+    log.write_bytes(b"")
+    repair_tail(log)
+    assert log.read_bytes() == b""
+    whole = b'{"a": 1}\n{"a": 2}\n'
+    log.write_bytes(whole)
+    repair_tail(log)
+    assert log.read_bytes() == whole
+    # a torn line longer than one 64 KiB step back from the end
+    log.write_bytes(whole + b'{"a": "' + b"x" * 200_000)
+    repair_tail(log)
+    assert log.read_bytes() == whole
+    log.write_bytes(b'{"a": "' + b"x" * 70_000)  # a first line torn: nothing is left
+    repair_tail(log)
+    assert log.read_bytes() == b""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from vital_hub.schema import Location, RecordError
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 _decoder = json.JSONDecoder()
@@ -122,6 +125,32 @@ def iter_jsonl_log(path: str | Path) -> Iterator[tuple[int, Any]]:
             yield number, json.loads(line)
         except json.JSONDecodeError as err:
             raise RecordError(f"line {number} is not valid JSON ({err.msg})", file=str(path)) from err
+
+
+def repair_tail(path: str | Path) -> None:
+    """Cut a last line without its newline (a writer killed mid-write) off an append-only JSONL log, in place.
+
+    The file is read backwards in 64 KiB steps up to its last newline, so a large log is never read whole;
+    appended lines then start on a line of their own.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        keep = size
+        while keep > 0:
+            step = min(keep, 1 << 16)
+            handle.seek(keep - step)
+            newline = handle.read(step).rfind(b"\n")
+            if newline >= 0:
+                keep = keep - step + newline + 1
+                break
+            keep -= step
+        if keep != size:
+            log.warning("%s: dropping an unfinished last line (%d bytes) left by a crash", path, size - keep)
+            handle.truncate(keep)
+            os.fsync(handle.fileno())
 
 
 def sha256_file(path: str | Path) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vital_hub.io import iter_json_records, iter_jsonl_log
+from vital_hub.io import iter_json_records, iter_jsonl_log, repair_tail
 from vital_hub.schema import IMAGE_TOKEN, Location, RecordError, conversation_of, mention_texts
 
 IMAGE_STATUSES = ("ok", "no_image", "absent", "empty", "corrupt")
@@ -121,18 +121,6 @@ def read_answers(path: str | Path) -> dict[str, dict]:
             raise RecordError(f"line {number} has no 'question_id'", file=str(path))
         answers[str(answer["question_id"])] = answer
     return answers
-
-
-def repair_tail(path: Path) -> None:
-    """Cut a torn last line (from a killed writer) so that appended lines start on a line of their own."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    cut = data.rfind(b"\n") + 1
-    with open(path, "r+b") as handle:
-        handle.truncate(cut)
 
 
 class JsonlAppender:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vital_hub.io import atomic_path, write_json_atomic
+from vital_hub.io import atomic_path, repair_tail, write_json_atomic
 
 STATUSES = ("ok", "missing", "not_permitted", "corrupt", "error")
 INDEX_DIR = "index"
@@ -131,7 +131,7 @@ class Journal:
         """Entries by pair id, after cutting a torn last line (a kill during a write) off the file."""
         if not self.path.exists():
             return {}
-        self._cut_torn_tail()
+        repair_tail(self.path)
         entries, offset = {}, 0
         with open(self.path, "rb") as handle:
             for line in handle:
@@ -139,22 +139,6 @@ class Journal:
                 entries[row["pair_id"]] = JournalEntry(offset, len(line), sys.intern(row["status"]), row.get("bytes"))
                 offset += len(line)
         return entries
-
-    def _cut_torn_tail(self) -> None:
-        size = self.path.stat().st_size
-        with open(self.path, "r+b") as handle:
-            keep = size
-            while keep > 0:
-                step = min(keep, 1 << 16)
-                handle.seek(keep - step)
-                chunk = handle.read(step)
-                newline = chunk.rfind(b"\n")
-                if newline >= 0:
-                    keep = keep - step + newline + 1
-                    break
-                keep -= step
-            if keep != size:
-                handle.truncate(keep)
 
     def read(self, entry: JournalEntry) -> dict:
         if self.reader is None:

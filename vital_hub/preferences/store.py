@@ -10,7 +10,6 @@ annotator's log is next opened for writing.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import threading
@@ -18,10 +17,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vital_hub.io import iter_jsonl_log
+from vital_hub.io import iter_jsonl_log, repair_tail
 from vital_hub.schema import RecordError
-
-log = logging.getLogger(__name__)
 
 ANNOTATOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BETTER_CHOICES = ("a", "b", None)
@@ -63,25 +60,12 @@ class JudgementStore:
         self.path = log_path(out_dir, annotator)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._drop_torn_tail()
+        repair_tail(self.path)
         self.latest: dict[str, dict] = {}
         self.count = 0
         for record in read_log(self.path) if self.path.exists() else ():
             self.latest[record["item_id"]] = record
             self.count += 1
-
-    def _drop_torn_tail(self) -> None:
-        """Cut a last line that has no newline: it was being written when the process died."""
-        if not self.path.exists():
-            return
-        with open(self.path, "rb+") as handle:
-            data = handle.read()
-            if not data or data.endswith(b"\n"):
-                return
-            keep = data.rfind(b"\n") + 1
-            log.warning("%s: dropping an unfinished last line (%d bytes) left by a crash", self.path, len(data) - keep)
-            handle.truncate(keep)
-            os.fsync(handle.fileno())
 
     def append(self, judgement: dict) -> dict:
         """Write one judgement to disk (flush + fsync) and only then make it the item's current verdict."""
