@@ -14,6 +14,7 @@ from vital_hub.preferences.cli import main as preferences_main
 from vital_hub.preferences.judge import JudgeConfig, load_units, parse_rubric_score, read_scores, run_judge
 from vital_hub.preferences.repo import read_config
 from vital_hub.preferences.store import JudgementStore
+from vital_hub.schema import RecordError
 
 
 @pytest.mark.parametrize(
@@ -385,3 +386,74 @@ def test_whole_stage_on_generated_dual_answer_candidates(tmp_path, monkeypatch):
     )
     model = read_config(tmp_path / "prefs", "model")
     assert 0 < len(model) <= 20 and all(p["chosen_score"] > p["rejected_score"] for p in model)
+
+
+def test_judge_cuts_a_line_torn_by_a_kill_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    items = write_items(tmp_path / "items", count=3)
+    out = tmp_path / "judge"
+    scores = out / "scores.jsonl"
+    with FakeOpenAIServer(reply=scripted_reply) as server:
+        config = JudgeConfig(
+            candidates=str(items), out=str(out), model="m", base_url=server.url, concurrency=1, chunk_size=1, limit=4
+        )
+        run_judge(config)
+        lines = scores.read_bytes().splitlines(keepends=True)
+        torn = json.loads(lines[-1])["score_id"]
+        assert torn == "30001_F1#q0#b" and json.loads(lines[-1])["status"] == "unparsed"
+        scores.write_bytes(b"".join(lines[:-1]) + lines[-1][:30])  # killed while writing the last line
+        with pytest.warns(UserWarning, match="unfinished last line"):
+            assert {r["score_id"] for r in read_scores(out)} == {json.loads(line)["score_id"] for line in lines[:-1]}
+        summary = run_judge(config)
+    assert summary["units"] == 4 and summary["scored"] + summary["unparsed"] == 4
+    # the fragment was cut, not left in the middle of the file: the re-run wrote the torn unit on a line of its own
+    rewritten = scores.read_bytes().splitlines(keepends=True)
+    assert rewritten[:-1] == lines[:-1] and json.loads(rewritten[-1])["score_id"] == torn
+    assert {r["score_id"]: r["status"] for r in read_scores(out)}[torn] == "unparsed"
+
+
+def test_judge_scores_with_a_bad_line_before_the_last_are_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    items = write_items(tmp_path / "items", count=2)
+    out = tmp_path / "judge"
+    with FakeOpenAIServer(reply=scripted_reply) as server:
+        config = JudgeConfig(candidates=str(items), out=str(out), model="m", base_url=server.url)
+        run_judge(config)
+        scores = out / "scores.jsonl"
+        lines = scores.read_text().splitlines(keepends=True)
+        scores.write_text(lines[0] + '{"score_id": "30000_F1#q0#b", "sco\n' + "".join(lines[1:]))
+        with pytest.raises(RecordError, match="line 2 is not valid JSON") as err:
+            read_scores(out)
+        assert "scores.jsonl" in str(err.value)
+        with pytest.raises(RecordError, match="line 2 is not valid JSON"):
+            run_judge(config)
+
+
+def test_units_sharing_a_figure_decode_it_once_and_get_the_same_requests(tmp_path, monkeypatch):
+    from vital_hub.generation import prompts
+    from vital_hub.preferences.items import ImageResolver
+    from vital_hub.preferences.judge import request_for
+
+    items = write_items(tmp_path / "items", count=3)
+    config = JudgeConfig(candidates=str(items), out=str(tmp_path / "j"), model="m", image_max_side=64)
+    units = load_units(config.candidates)
+    resolver = ImageResolver(config.images, config.figures)
+    decoded = []
+    encode = prompts.image_data_url
+    monkeypatch.setattr(prompts, "image_data_url", lambda data, side=None: decoded.append(data) or encode(data, side))
+
+    def requests(image_urls=None) -> list:
+        built = []
+        for unit in units:
+            try:
+                built.append(request_for(unit, config, "rubric", resolver, {} if image_urls is None else image_urls))
+            except prompts.ImageError as err:
+                built.append(f"ImageError: {err}")
+        return built
+
+    one_by_one = requests()
+    assert len(decoded) == 6
+    decoded.clear()
+    assert requests({}) == one_by_one
+    assert len(decoded) == 3  # two figures and the missing one, each once
+    assert one_by_one[-1] == one_by_one[-2] == "ImageError: image missing or empty"

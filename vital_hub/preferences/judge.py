@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vital_hub.generation.client import ServerOptions
-from vital_hub.io import write_json_atomic
+from vital_hub.io import iter_jsonl_log, repair_tail, write_json_atomic
 from vital_hub.preferences.items import (
     ImageResolver,
     Item,
@@ -252,20 +252,14 @@ def _short_hash(text: str) -> str:
 
 
 def read_scores(path: str | Path) -> list[dict]:
-    """The current row of every unit in a scores file (the last line of a unit wins)."""
-    latest: dict[str, dict] = {}
+    """The current row of every unit in a scores file (the last line of a unit wins).
+
+    A torn last line (a crash mid-write) is skipped and its unit judged again; a bad line elsewhere is an error.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "scores.jsonl"
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash mid-write; its unit is judged again
-                latest[row["score_id"]] = row
-    return list(latest.values())
+    return list({row["score_id"]: row for _, row in iter_jsonl_log(path)}.values())
 
 
 class ScoreLog:
@@ -273,6 +267,7 @@ class ScoreLog:
 
     def __init__(self, path: Path):
         self.path = path
+        repair_tail(path)
         self.rows = {row["score_id"]: row for row in read_scores(path)} if path.exists() else {}
 
     def finished(self) -> set[str]:
@@ -282,17 +277,10 @@ class ScoreLog:
         if not rows:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
-            if handle.tell() and not self._ends_with_newline():
-                handle.write("\n")
             handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             handle.flush()
             os.fsync(handle.fileno())
         self.rows.update({row["score_id"]: row for row in rows})
-
-    def _ends_with_newline(self) -> bool:
-        with open(self.path, "rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            return handle.read(1) == b"\n"
 
 
 def score_row(unit: JudgeUnit, model: str, prompt_version: str, result=None, error: str | None = None) -> dict:
@@ -365,10 +353,10 @@ def run_judge(config: JudgeConfig) -> dict:
             collect_once(client.config, Counter())
         for start in range(0, len(pending), config.chunk_size):
             chunk = pending[start : start + config.chunk_size]
-            rows, requests = {}, []
+            rows, requests, image_urls = {}, [], {}
             for unit in chunk:
                 try:
-                    request = request_for(unit, config, system_prompt, resolver)
+                    request = request_for(unit, config, system_prompt, resolver, image_urls)
                 except ImageError as err:
                     rows[unit.score_id] = score_row(unit, config.model, prompt_version, error=f"figure: {err}")
                     continue
@@ -392,13 +380,27 @@ def run_judge(config: JudgeConfig) -> dict:
     return summary
 
 
-def request_for(unit: JudgeUnit, config: JudgeConfig, system_prompt: str, resolver: ImageResolver) -> dict:
-    """The chat request of one unit; ImageError when its figure is needed but missing or unreadable."""
-    from vital_hub.generation.prompts import image_data_url
+def request_for(
+    unit: JudgeUnit, config: JudgeConfig, system_prompt: str, resolver: ImageResolver, image_urls: dict
+) -> dict:
+    """The chat request of one unit; ImageError when its figure is needed but missing or unreadable.
+
+    Units share figures, so `image_urls` keeps each figure's data URL (or its ImageError) by what the resolver
+    reads to find it: the embedded bytes, the image path and the pair id.
+    """
+    from vital_hub.generation.prompts import ImageError, image_data_url
 
     image_url = None
     if config.send_images:
-        image_url = image_data_url(resolver.bytes_for(unit.as_item()), config.image_max_side)
+        key = (unit.image_bytes, unit.image, unit.pair_id)
+        if key not in image_urls:
+            try:
+                image_urls[key] = image_data_url(resolver.bytes_for(unit.as_item()), config.image_max_side)
+            except ImageError as err:
+                image_urls[key] = err
+        if isinstance(image_urls[key], ImageError):
+            raise image_urls[key]
+        image_url = image_urls[key]
     return build_request(unit, system_prompt, image_url, config.max_tokens, config.temperature, config.detail)
 
 
