@@ -143,3 +143,48 @@ def test_judge_run_against_fake_server_is_resumable(tmp_path, monkeypatch):
     assert summary["position_bias"]["second_slot_advantage"] == 0.0
     assert again["overall"] == summary["overall"]
     assert json.loads((tmp_path / "out" / "chat_summary.json").read_text())["overall"] == summary["overall"]
+
+
+def test_attached_figure_is_encoded_once_per_question_and_sent_in_both_orders(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import vital_hub.eval.chat as chat
+    from vital_hub.eval.answer import image_data_url
+    from vital_hub.eval.records import load_image
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.new("RGB", (24, 16), (40 * i, 90, 200)).save(images / f"{i}.jpg")
+    # question 2 has no picture on disk
+    rows = [
+        {"question_id": i, "image": f"{i}.jpg", "text": f"Figure {i}?", "gpt4_answer": "ref", "fig_caption": "c"}
+        for i in range(3)
+    ]
+    questions, answers = tmp_path / "q.jsonl", tmp_path / "a.jsonl"
+    questions.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    answers.write_text("".join(json.dumps({"question_id": i, "text": "short"}) + "\n" for i in range(3)))
+    encoded = []
+    monkeypatch.setattr(chat, "image_data_url", lambda image: encoded.append(image) or image_data_url(image))
+    sent = []
+    with FakeOpenAIServer(reply=lambda body: sent.append(body) or chat_judge_reply(body)) as server:
+        config = ChatJudgeConfig(
+            str(questions),
+            str(answers),
+            str(tmp_path / "out"),
+            base_url=server.url,
+            swap=True,
+            attach_image=True,
+            image_folder=str(images),
+        )
+        run_chat_judge(config)
+        run_chat_judge(config)  # resumed with every judgement done: nothing encoded or sent again
+    assert len(encoded) == 2 and len(sent) == 6
+    for i in range(2):
+        url = image_data_url(load_image(str(images), f"{i}.jpg").image)
+        with_figure = [body for body in sent if f"Figure {i}?" in json.dumps(body)]
+        assert len(with_figure) == 2
+        assert all(body["messages"][1]["content"][0]["image_url"]["url"] == url for body in with_figure)
+    without = [body for body in sent if "Figure 2?" in json.dumps(body)]
+    assert len(without) == 2 and all(isinstance(body["messages"][1]["content"], str) for body in without)

@@ -23,6 +23,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vital_hub.eval.answer import image_data_url
 from vital_hub.eval.judging import JudgeOptions, judge_and_log
 from vital_hub.eval.records import (
     EvalQuestion,
@@ -137,7 +138,12 @@ class ChatJudgeConfig(JudgeOptions):
 
 
 def judge_request(
-    question: EvalQuestion, first: str, second: str, instruction: str, config: ChatJudgeConfig, image=None
+    question: EvalQuestion,
+    first: str,
+    second: str,
+    instruction: str,
+    config: ChatJudgeConfig,
+    image_url: str | None = None,
 ) -> dict:
     """One judge request: context, question, the two answers in the given order, then the instruction."""
     body = (
@@ -146,10 +152,8 @@ def judge_request(
         f"[System]\n{instruction}\n"
     )
     content: str | list[dict] = body
-    if image is not None:
-        from vital_hub.eval.answer import image_data_url
-
-        content = [{"type": "image_url", "image_url": {"url": image_data_url(image)}}, {"type": "text", "text": body}]
+    if image_url is not None:
+        content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": body}]
     return {
         "messages": [{"role": "system", "content": DEFAULT_SYSTEM}, {"role": "user", "content": content}],
         "max_tokens": config.max_tokens,
@@ -179,17 +183,17 @@ def run_chat_judge(config: ChatJudgeConfig) -> dict:
     jobs, requests = [], []
     for question in questions:
         answer, reference = answers.get(question.key), reference_text(question, references)
-        if not answer or not answer.get("text") or not reference:
+        todo = [order for order in orders if judgement_key(question.question_id, order) not in done]
+        if not answer or not answer.get("text") or not reference or not todo:
             continue
-        image = None
+        image_url = None
         if config.attach_image:
             image = load_image(config.image_folder, question.image).image
-        for order in orders:
-            if judgement_key(question.question_id, order) in done:
-                continue
+            image_url = None if image is None else image_data_url(image)  # once for both orders
+        for order in todo:
             first, second = (reference, answer["text"]) if order == "forward" else (answer["text"], reference)
             jobs.append((question, order))
-            requests.append(judge_request(question, first, second, instruction, config, image))
+            requests.append(judge_request(question, first, second, instruction, config, image_url))
     judge_and_log(
         config,
         jobs,
