@@ -29,6 +29,7 @@ from vital_hub.selector.trainer import (
     build_selector,
     drop_pairs_without_images,
     load_pairs,
+    with_clinician_weight,
     write_model_card,
     write_sweep_table,
 )
@@ -43,22 +44,29 @@ SWEEP_COLUMNS = (
 )
 
 
-def train_one(script_args, training_args, model_args, clinician_weight=None) -> dict:
-    ################
-    # Data
-    ################
-    train, test = load_pairs(script_args, clinician_weight)
-    model, tokenizer = build_selector(model_args)
+def usable_pairs(script_args, config) -> tuple:
+    """(train, test, images, dropped): the pairs, less those whose figure an image selector cannot read."""
+    train, test = load_pairs(script_args)
     images = None
     dropped = 0
-    if model.config.uses_images:
+    if config.uses_images:
         if script_args.images_dir or script_args.figures:
             images = FigureImages(script_args.images_dir, script_args.figures)
-        train, dropped_train = drop_pairs_without_images(train, images, model.config.image_size)
-        test, dropped_test = drop_pairs_without_images(test, images, model.config.image_size)
+        train, dropped_train = drop_pairs_without_images(train, images, config.image_size)
+        test, dropped_test = drop_pairs_without_images(test, images, config.image_size)
         dropped = dropped_train + dropped_test
         if dropped:
             logger.warning("dropped %d pairs whose figure could not be read", dropped)
+    return train, test, images, dropped
+
+
+def train_one(script_args, training_args, model_args, model, tokenizer, pairs, clinician_weight=None) -> dict:
+    ################
+    # Data
+    ################
+    train, test, images, dropped = pairs
+    if clinician_weight is not None:
+        train, test = with_clinician_weight(train, clinician_weight), with_clinician_weight(test, clinician_weight)
 
     ################
     # Training
@@ -113,12 +121,17 @@ def train_one(script_args, training_args, model_args, clinician_weight=None) -> 
 
 def main(script_args, training_args, model_args):
     if not script_args.sweep_clinician_weights:
-        return train_one(script_args, training_args, model_args)
+        model, tokenizer = build_selector(model_args)
+        pairs = usable_pairs(script_args, model.config)
+        return train_one(script_args, training_args, model_args, model, tokenizer, pairs)
     root = Path(training_args.output_dir)
-    rows = []
+    rows, pairs = [], None
     for weight in script_args.sweep_clinician_weights:
         training_args.output_dir = str(root / f"w{weight:g}")
-        metrics = train_one(script_args, training_args, model_args, clinician_weight=weight)
+        model, tokenizer = build_selector(model_args)
+        if pairs is None:  # which pairs have a readable figure does not depend on the weight: check them once
+            pairs = usable_pairs(script_args, model.config)
+        metrics = train_one(script_args, training_args, model_args, model, tokenizer, pairs, clinician_weight=weight)
         rows.append({"clinician_weight": weight, **{k: metrics[k] for k in SWEEP_COLUMNS if k in metrics}})
     table = write_sweep_table(rows, root)
     print(table.read_text())

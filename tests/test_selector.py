@@ -1,5 +1,6 @@
 """The selector: losses by hand, a tiny CLIP-family model that trains, save/load, selection with ties, text-only."""
 
+import dataclasses
 import json
 import math
 import sys
@@ -207,6 +208,31 @@ def test_unreadable_figures_are_dropped_with_a_count(tmp_path, preferences):
     assert dropped == expected > 0 and len(kept) == len(train) - expected
 
 
+def test_weighting_the_kept_pairs_equals_weighting_before_dropping(tmp_path, preferences):
+    """The sweep checks figures once and weights the kept pairs: per weight, the same rows as weighting first."""
+    from vital_hub.selector.data import FigureImages
+    from vital_hub.selector.trainer import (
+        SelectorScriptArguments,
+        drop_pairs_without_images,
+        load_pairs,
+        with_clinician_weight,
+    )
+
+    repo, images = preferences
+    (images / f"{PAIR_IDS[0]}.jpg").write_bytes(b"")
+    script_args = SelectorScriptArguments(dataset_name=str(repo))
+    kept = [drop_pairs_without_images(split, FigureImages(images), 32)[0] for split in load_pairs(script_args)]
+    for weight in (1.0, 100.0):
+        weighted_first = [
+            drop_pairs_without_images(split, FigureImages(images), 32)[0]
+            for split in load_pairs(dataclasses.replace(script_args, clinician_weight=weight))
+        ]
+        for first, then in zip(weighted_first, kept, strict=True):
+            assert with_clinician_weight(then, weight).to_list() == first.to_list()
+        clinician = [row["weight"] for row in with_clinician_weight(kept[0], weight) if row["origin"] == "clinician"]
+        assert clinician and set(clinician) == {weight}
+
+
 # ---------------------------------------------------------------- selection
 
 
@@ -389,7 +415,7 @@ def test_two_processes_select_what_one_selects(tmp_path, tokenizer):
     assert pq.read_table(tmp_path / "two" / "selected.parquet").to_pylist() == single
 
 
-def test_reward_recipe_runs_a_clinician_weight_sweep_and_writes_cards(tmp_path, tokenizer, preferences):
+def test_reward_recipe_runs_a_clinician_weight_sweep_and_writes_cards(tmp_path, tokenizer, preferences, monkeypatch):
     """recipes/reward.py end to end on CPU: two weights, a table, a plot, and a loadable selector with a card."""
     from transformers import AutoModel
     from trl import RewardConfig, TrlParser
@@ -427,7 +453,11 @@ def test_reward_recipe_runs_a_clinician_weight_sweep_and_writes_cards(tmp_path, 
             "2",
         ]
     )
+    checks = []
+    drop = reward.drop_pairs_without_images
+    monkeypatch.setattr(reward, "drop_pairs_without_images", lambda *args: checks.append(args) or drop(*args))
     rows = reward.main(*parsed)
+    assert len(checks) == 2  # figures checked once (train and test), not once per weight
     assert [row["clinician_weight"] for row in rows] == [1.0, 100.0]
     assert all(0.0 <= row["eval_clinician_auc"] <= 1.0 for row in rows)
     table = (out / "sweep.md").read_text()

@@ -242,7 +242,7 @@ class SelectorRewardTrainer(RewardTrainer):
 # ---------------------------------------------------------------- data
 
 
-def load_pairs(script_args: SelectorScriptArguments, clinician_weight: float | None = None):
+def load_pairs(script_args: SelectorScriptArguments):
     """(train, test) datasets of the chosen config, with image cells left encoded and weights overridden."""
     from datasets import Image, concatenate_datasets, load_dataset
 
@@ -250,9 +250,8 @@ def load_pairs(script_args: SelectorScriptArguments, clinician_weight: float | N
     pairs = concatenate_datasets(list(loaded.values()))
     if "image" in pairs.column_names:
         pairs = pairs.cast_column("image", Image(decode=False))
-    weight = clinician_weight if clinician_weight is not None else script_args.clinician_weight
-    if weight is not None:
-        pairs = pairs.map(lambda row: {"weight": weight if row["origin"] == "clinician" else row["weight"]})
+    if script_args.clinician_weight is not None:
+        pairs = with_clinician_weight(pairs, script_args.clinician_weight)
     train = pairs.filter(lambda row: row["split"] == "train")
     test = pairs.filter(lambda row: row["split"] == "test")
     if script_args.max_train_pairs is not None:
@@ -260,6 +259,11 @@ def load_pairs(script_args: SelectorScriptArguments, clinician_weight: float | N
     if script_args.max_eval_pairs is not None:
         test = test.select(range(min(len(test), script_args.max_eval_pairs)))
     return train, test
+
+
+def with_clinician_weight(pairs, weight: float):
+    """The pairs with every clinician pair weighted `weight` (model pairs keep theirs)."""
+    return pairs.map(lambda row: {"weight": weight if row["origin"] == "clinician" else row["weight"]})
 
 
 def drop_pairs_without_images(dataset, images: FigureImages | None, size: int):
