@@ -1,9 +1,10 @@
 import json
 
 import pytest
+import yaml
 
 import vital_hub.io as vio
-from vital_hub.io import atomic_path, iter_json_records
+from vital_hub.io import atomic_path, iter_json_records, read_card, write_card_config
 from vital_hub.schema import RecordError
 
 
@@ -101,3 +102,26 @@ def test_repair_tail_cuts_only_an_unfinished_last_line(tmp_path):
     log.write_bytes(b'{"a": "' + b"x" * 70_000)  # a first line torn: nothing is left
     repair_tail(log)
     assert log.read_bytes() == b""
+
+
+def test_card_config_is_added_then_replaced_keeping_other_configs_and_the_text(tmp_path):
+    readme = tmp_path / "README.md"
+    other = {"config_name": "80k", "data_files": [{"split": "train", "path": "data/80k/*.parquet"}]}
+    header = yaml.safe_dump({"configs": [other], "dataset_info": {"config_name": "80k", "description": "a --- b"}})
+    readme.write_text(f"---\n{header}---")  # no newline after the closing line
+    assert read_card(readme) == (
+        {"configs": [other], "dataset_info": {"config_name": "80k", "description": "a --- b"}},
+        "",
+    )
+    mine = {"config_name": "figures", "data_files": [{"split": "train", "path": "data/figures/*.parquet"}]}
+    write_card_config(readme, mine, {"config_name": "figures", "splits": [1]}, "\n# Default text\n")
+    write_card_config(readme, mine, {"config_name": "figures", "splits": [2]}, "\n# Not used: the card has text\n")
+    meta, body = read_card(readme)
+    assert meta["configs"] == [other, mine] and body == "\n# Default text\n"
+    assert meta["dataset_info"] == [
+        {"config_name": "80k", "description": "a --- b"},
+        {"config_name": "figures", "splits": [2]},
+    ]
+    assert read_card(tmp_path / "absent.md") == ({}, "")
+    (tmp_path / "plain.md").write_text("# No header\n")
+    assert read_card(tmp_path / "plain.md") == ({}, "# No header\n")

@@ -288,17 +288,12 @@ def download_repo(
 
 def dataset_configs(folder: Path) -> list[str]:
     """Config names from a repo folder's README YAML, for the load hint printed after a push."""
-    readme = folder / "README.md"
-    if not readme.exists():
-        return []
-    text = readme.read_text(encoding="utf-8")
-    if not text.startswith("---"):
-        return []
     import yaml
 
-    header = text.split("---", 2)[1] if text.count("---") >= 2 else ""
+    from vital_hub.io import read_card
+
     try:
-        meta = yaml.safe_load(header) or {}
+        meta, _ = read_card(folder / "README.md")
     except yaml.YAMLError:
         return []
     return [c["config_name"] for c in meta.get("configs", []) if isinstance(c, dict) and "config_name" in c]

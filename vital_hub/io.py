@@ -1,4 +1,5 @@
-"""File helpers every stage shares: streaming record readers and writes that never leave half a file behind."""
+"""File helpers every stage shares: streaming record readers, writes that never leave half a file behind, and the
+YAML header of repo cards."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
@@ -18,6 +20,7 @@ from vital_hub.schema import Location, RecordError
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+_FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n?", re.DOTALL)
 _decoder = json.JSONDecoder()
 
 
@@ -151,6 +154,38 @@ def repair_tail(path: str | Path) -> None:
             log.warning("%s: dropping an unfinished last line (%d bytes) left by a crash", path, size - keep)
             handle.truncate(keep)
             os.fsync(handle.fileno())
+
+
+def read_card(path: str | Path) -> tuple[dict, str]:
+    """(YAML header, text after it) of a repo card; ({}, the whole text) without a header, ({}, "") without a file.
+    A header that is not valid YAML raises yaml.YAMLError."""
+    import yaml
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        return {}, text
+    return yaml.safe_load(match.group(1)) or {}, text[match.end() :]
+
+
+def write_card_config(readme: str | Path, config: dict, info: dict, default_body: str) -> None:
+    """Add or replace one config's entries under `configs` and `dataset_info` of a repo card, keeping every other
+    config and the card's text (`default_body` when it has none)."""
+    import yaml
+
+    meta, body = read_card(readme)
+    name = config["config_name"]
+    meta["configs"] = [c for c in meta.get("configs") or [] if c.get("config_name") != name] + [config]
+    infos = meta.get("dataset_info") or []
+    infos = [infos] if isinstance(infos, dict) else infos
+    meta["dataset_info"] = [i for i in infos if i.get("config_name") != name] + [info]
+    if not body.strip():
+        body = default_body
+    with atomic_path(readme) as tmp:
+        tmp.write_text(
+            f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n{body}", encoding="utf-8"
+        )
 
 
 def sha256_file(path: str | Path) -> str:

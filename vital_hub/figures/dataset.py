@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from vital_hub.config import help_field
 from vital_hub.figures.index import INDEX_DIR, STATUSES, index_files, iter_index
-from vital_hub.io import atomic_path, download_checksums
+from vital_hub.io import download_checksums, write_card_config
 from vital_hub.schema import DOMAINS, mention_texts
 
 CONFIG_NAME = "figures"
@@ -31,7 +30,6 @@ DATA_DIR = Path("data") / CONFIG_NAME
 # whole ~256 MB shard (which used to be a single group).
 ROW_GROUP_ROWS = 128
 _SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.parquet$")
-_FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n?", re.DOTALL)
 
 
 def figures_features():
@@ -263,16 +261,10 @@ def write_shards(rows: Iterator[dict], folder: Path, shard_bytes: int) -> tuple[
 
 def update_readme(out: Path, shards: list[Path], counts: dict[str, int]) -> None:
     """Add or replace the `figures` entries of the card's YAML, keeping every other config and the card text."""
-    readme = out / "README.md"
-    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
-    match = _FRONT_MATTER.match(text)
-    meta = (yaml.safe_load(match.group(1)) or {}) if match else {}
-    body = text[match.end() :] if match else text
     config = {
         "config_name": CONFIG_NAME,
         "data_files": [{"split": "train", "path": f"{DATA_DIR.as_posix()}/*.parquet"}],
     }
-    meta["configs"] = [c for c in meta.get("configs") or [] if c.get("config_name") != CONFIG_NAME] + [config]
     checksums = download_checksums(out, shards)
     info = {
         "config_name": CONFIG_NAME,
@@ -285,13 +277,7 @@ def update_readme(out: Path, shards: list[Path], counts: dict[str, int]) -> None
         ],
         "download_checksums": checksums,
     }
-    infos = meta.get("dataset_info") or []
-    infos = [infos] if isinstance(infos, dict) else infos
-    meta["dataset_info"] = [i for i in infos if i.get("config_name") != CONFIG_NAME] + [info]
-    if not body.strip():
-        body = card_text(counts)
-    with atomic_path(readme) as tmp:
-        tmp.write_text(f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n{body}", encoding="utf-8")
+    write_card_config(out / "README.md", config, info, card_text(counts))
 
 
 def card_text(counts: dict[str, int]) -> str:

@@ -38,7 +38,7 @@ from vital_hub.generation.prompts import (
     prompt_set_from_file,
     request_seed,
 )
-from vital_hub.io import atomic_path, download_checksums, sha256_file, write_json_atomic
+from vital_hub.io import atomic_path, download_checksums, sha256_file, write_card_config, write_json_atomic
 from vital_hub.schema import DOMAINS
 
 CONFIG_NAME = "candidates"
@@ -317,25 +317,9 @@ def write_readme(folder: OutputFolder, shards: list[Path]) -> None:
     The per-config `download_checksums` change whenever a shard does, so `datasets` does not serve a stale cache
     of an earlier build of the same folder (REFERENCE section 6).
     """
-    import yaml
-
-    readme = folder.root / "README.md"
-    meta, body = {}, DATASET_CARD
-    if readme.exists():
-        text = readme.read_text(encoding="utf-8")
-        if text.startswith("---\n") and "\n---\n" in text[4:]:
-            head, body = text[4:].split("\n---\n", 1)
-            meta = yaml.safe_load(head) or {}
-    checksums = download_checksums(folder.root, shards)
     config = {"config_name": CONFIG_NAME, "data_files": [{"split": "train", "path": f"data/{CONFIG_NAME}/*.parquet"}]}
-    info = {"config_name": CONFIG_NAME, "download_checksums": checksums}
-    meta["configs"] = [c for c in meta.get("configs", []) if c.get("config_name") != CONFIG_NAME] + [config]
-    infos = meta.get("dataset_info", [])
-    infos = [infos] if isinstance(infos, dict) else infos
-    meta["dataset_info"] = [i for i in infos if i.get("config_name") != CONFIG_NAME] + [info]
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
-    with atomic_path(readme) as tmp:
-        tmp.write_text(f"---\n{front}---\n{body}", encoding="utf-8")
+    info = {"config_name": CONFIG_NAME, "download_checksums": download_checksums(folder.root, shards)}
+    write_card_config(folder.root / "README.md", config, info, DATASET_CARD)
 
 
 DATASET_CARD = """
