@@ -238,9 +238,10 @@ def main(argv: list[str]) -> int:
 def sample_checksum(path: Path, allow_unverified: bool) -> dict:
     """The sample's files carry the released names but not the released bytes, so they are recorded in the
     manifest as unverified instead of being checked against the registry's checksums."""
-    from vital_hub.io import sha256_file
+    from vital_hub.sources import sha256_and_size
 
-    return {"size": path.stat().st_size, "sha256": sha256_file(path), "verified": False}
+    sha256, size = sha256_and_size(path)
+    return {"size": size, "sha256": sha256, "verified": False}
 
 
 def _load_and_count(repo: Path, config: str, cache: Path) -> tuple[int, int]:

@@ -188,11 +188,18 @@ def write_card_config(readme: str | Path, config: dict, info: dict, default_body
         )
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, desc: str | None = None) -> str:
+    """The file's sha256, read in chunks; with `desc`, a progress bar of the bytes read."""
+    from tqdm import tqdm
+
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with (
+        open(path, "rb") as handle,
+        tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=desc, disable=desc is None) as bar,
+    ):
         for chunk in iter(lambda: handle.read(CHUNK), b""):
             digest.update(chunk)
+            bar.update(len(chunk))
     return digest.hexdigest()
 
 

@@ -18,7 +18,6 @@ so a file replaced upstream, or corrupted on disk, is noticed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import os
@@ -30,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from vital_hub.io import CHUNK, write_json_atomic
+from vital_hub.io import CHUNK, sha256_file, write_json_atomic
 
 HUB_REPO = "mao1207/BioMed-VITAL-instructions"
 GITHUB_REPO = "microsoft/LLaVA-Med"
@@ -223,17 +222,7 @@ def expected_checksum(
 
 
 def sha256_and_size(path: Path, desc: str | None = None) -> tuple[str, int]:
-    from tqdm import tqdm
-
-    digest, size = hashlib.sha256(), path.stat().st_size
-    with (
-        open(path, "rb") as handle,
-        tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=desc is None) as bar,
-    ):
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest(), size
+    return sha256_file(path, desc), path.stat().st_size
 
 
 def check_source_file(path: str | Path, allow_unverified: bool = False, lock_path: str | Path | None = None) -> dict:
