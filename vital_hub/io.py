@@ -65,9 +65,7 @@ def _iter_array(path: Path, handle, buffer: str) -> Iterator[tuple[Location, Any
             position += 1
         if position >= len(buffer) - 1 and not at_eof:
             # Keep at most one unread character and refill; decoding needs the whole next value in the buffer.
-            chunk = handle.read(CHUNK)
-            at_eof = not chunk
-            buffer, position = buffer[position:] + chunk, 0
+            buffer, position, at_eof = _refill(handle, buffer, position)
             continue
         if position >= len(buffer):
             raise RecordError(_truncated(last_id), file=str(path), index=index)
@@ -87,21 +85,23 @@ def _iter_array(path: Path, handle, buffer: str) -> Iterator[tuple[Location, Any
         except json.JSONDecodeError as err:
             if at_eof:
                 raise RecordError(_truncated(last_id, err.msg), file=str(path), index=index) from err
-            chunk = handle.read(CHUNK)
-            at_eof = not chunk
-            buffer, position = buffer[position:] + chunk, 0
+            buffer, position, at_eof = _refill(handle, buffer, position)
             continue
         if end == len(buffer) and not at_eof:
             # A number at the very end of the buffer may continue in the next chunk.
-            chunk = handle.read(CHUNK)
-            at_eof = not chunk
-            buffer, position = buffer[position:] + chunk, 0
+            buffer, position, at_eof = _refill(handle, buffer, position)
             continue
         yield Location(str(path), index), record
         last_id = record.get("id") if isinstance(record, dict) else None
         index, position, expect_value = index + 1, end, False
         if position > CHUNK:
             buffer, position = buffer[position:], 0
+
+
+def _refill(handle, buffer: str, position: int) -> tuple[str, int, bool]:
+    """The unread rest of the buffer plus the next chunk, from position 0, and whether the file is exhausted."""
+    chunk = handle.read(CHUNK)
+    return buffer[position:] + chunk, 0, not chunk
 
 
 def _truncated(last_id: Any, detail: str | None = None) -> str:
