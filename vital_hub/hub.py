@@ -224,22 +224,43 @@ def download_file(
     """Download one repo file into `local_dir` (same relative path) and return it. An interrupted download
     resumes from the partial file huggingface_hub keeps under `local_dir/.cache`."""
     from huggingface_hub import hf_hub_download
+
+    return _download(
+        hf_hub_download, f"{filename} from ", repo_id, repo_type, filename=filename, revision=revision,
+        local_dir=local_dir,
+    )  # fmt: skip
+
+
+def download_repo(
+    repo_id: str,
+    repo_type: str = "dataset",
+    revision: str | None = None,
+    local_dir: str | Path | None = None,
+    allow_patterns: list[str] | None = None,
+) -> Path:
+    """Download (or reuse from the cache) a repo snapshot and return its folder; used for model folders such as
+    selector checkpoints, which datasets does not load."""
+    from huggingface_hub import snapshot_download
+
+    return _download(
+        snapshot_download, "", repo_id, repo_type, revision=revision, local_dir=local_dir,
+        allow_patterns=allow_patterns,
+    )  # fmt: skip
+
+
+def _download(fetch, what: str, repo_id: str, repo_type: str, **kwargs) -> Path:
+    """Run a huggingface_hub download with this endpoint and token; a failure becomes a HubError that says what
+    is missing, with the token redacted."""
     from huggingface_hub.errors import HfHubHTTPError
 
     endpoint, token = hub_endpoint(), find_token()
     try:
-        path = hf_hub_download(
-            repo_id=check_repo_id(repo_id),
-            filename=filename,
-            repo_type=repo_type,
-            revision=revision,
-            local_dir=local_dir,
-            endpoint=endpoint,
-            token=token or False,
+        path = fetch(
+            repo_id=check_repo_id(repo_id), repo_type=repo_type, endpoint=endpoint, token=token or False, **kwargs
         )
     except (HfHubHTTPError, OSError) as err:  # not found, refused, offline, connection dropped
         where = repo_url(repo_id, repo_type, endpoint)
-        raise HubError(f"cannot download {filename} from {where}: {_download_failure(err, token)}") from None
+        raise HubError(f"cannot download {what}{where}: {_download_failure(err, token)}") from None
     return Path(path)
 
 
@@ -255,35 +276,6 @@ def _download_failure(err: Exception, token: str | None) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
     detail = " ".join(lines[:2]) if lines else type(err).__name__
     return f"{redact(detail, token)}; re-run the same command to resume"
-
-
-def download_repo(
-    repo_id: str,
-    repo_type: str = "dataset",
-    revision: str | None = None,
-    local_dir: str | Path | None = None,
-    allow_patterns: list[str] | None = None,
-) -> Path:
-    """Download (or reuse from the cache) a repo snapshot and return its folder; used for model folders such as
-    selector checkpoints, which datasets does not load."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
-
-    endpoint, token = hub_endpoint(), find_token()
-    try:
-        folder = snapshot_download(
-            repo_id=check_repo_id(repo_id),
-            repo_type=repo_type,
-            revision=revision,
-            local_dir=local_dir,
-            allow_patterns=allow_patterns,
-            endpoint=endpoint,
-            token=token or False,
-        )
-    except (HfHubHTTPError, OSError) as err:  # not found, refused, offline, connection dropped
-        where = repo_url(repo_id, repo_type, endpoint)
-        raise HubError(f"cannot download {where}: {_download_failure(err, token)}") from None
-    return Path(folder)
 
 
 def dataset_configs(folder: Path) -> list[str]:
