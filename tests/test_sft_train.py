@@ -21,8 +21,15 @@ from tests.fakes.hub_server import running_hub
 from tests.sft_support import SFT_SCRIPT, build_instructions_repo, tiny_recipe
 from vital_hub.training.collator import VisionSFTCollator
 from vital_hub.training.data import load_mixture, mixture_of
-from vital_hub.training.freeze import part_of, set_trainable
+from vital_hub.training.families import BY_MODEL_TYPE
+from vital_hub.training.families import part_of as family_part_of
+from vital_hub.training.freeze import set_trainable
 from vital_hub.training.synthetic import build_processor, llava_config, write_model_folder
+
+
+def part_of(name: str) -> str:
+    return family_part_of(name, BY_MODEL_TYPE["llava"])
+
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 

@@ -1,6 +1,12 @@
 """One training batch from instruction rows: images decoded and capped, conversations tokenized with
 assistant-only labels, right padding.
 
+The processor batches the rows itself, in one call: every family pads its own image tensors (SmolVLM/Idefics3
+and LLaVA-OneVision tiles of different counts, Pixtral patch grids, Qwen's flattened patches with their
+`image_grid_thw`) and builds its token-aligned side inputs (Qwen's `mm_token_type_ids`, Gemma's
+`token_type_ids`) from the padded ids. Labels are then aligned row by row (`masking.align_labels`), and
+truncation and `pad_to_multiple_of` cut or extend every token-aligned tensor together with `input_ids`.
+
 The work happens in the DataLoader workers (`dataloader_num_workers`), so JPEG decoding and tokenization overlap
 with the GPU. Large PMC figures are decoded at reduced size (`Image.draft`, JPEG only) and capped at
 `max_image_side` before the processor resizes them: the processor's own resize would give the same pixels from a
@@ -15,7 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from vital_hub.training.data import model_messages
-from vital_hub.training.masking import IGNORE_INDEX, encode_conversation, image_token_id_of, truncate
+from vital_hub.training.masking import (
+    IGNORE_INDEX,
+    TOKEN_TYPE_KEYS,
+    MaskingError,
+    RenderedConversation,
+    adds_special_tokens,
+    align_labels,
+    image_token_id_of,
+    labels_from_offsets,
+    render_with_targets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +57,87 @@ def decode_image(image: Any, max_side: int | None):
     return picture
 
 
+class Batch(dict):
+    """Model inputs plus `labels`; `token_keys` names the tensors that have one value per token."""
+
+    token_keys: tuple[str, ...] = ()
+
+
+def images_argument(images: list[list]):
+    """What a processor takes for a batch: nested per row; None when no row has an image."""
+    return images if any(images) else None
+
+
+def encode_batch(processor, rendered: list[RenderedConversation], images: list[list]) -> Batch:
+    """Tokenize and process rendered conversations in one processor call, right-padded, with labels."""
+    import torch
+
+    tokenizer = processor.tokenizer
+    add_special = adds_special_tokens(tokenizer, rendered[0].text)
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        encoded = processor(
+            text=[item.text for item in rendered], images=images_argument(images), padding=True,
+            padding_side="right", add_special_tokens=add_special, return_tensors="pt",
+        )  # fmt: skip
+    finally:
+        tokenizer.padding_side = side
+    batch = Batch(encoded)
+    shape = tuple(batch["input_ids"].shape)
+    batch.token_keys = tuple(
+        key for key, value in batch.items()
+        if hasattr(value, "shape") and tuple(value.shape) == shape and not key.startswith(("pixel", "image"))
+    )  # fmt: skip
+    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    name = type(processor).__name__
+    for row, item in enumerate(rendered):
+        length = int(batch["attention_mask"][row].sum())
+        plain = tokenizer(item.text, add_special_tokens=add_special, return_offsets_mapping=True)
+        plain_labels = labels_from_offsets(plain["input_ids"], plain["offset_mapping"], item.spans)
+        aligned = align_labels(plain["input_ids"], plain_labels, batch["input_ids"][row, :length].tolist(), name)
+        labels[row, :length] = torch.tensor(aligned, dtype=torch.long)
+    batch["labels"] = labels
+    batch.token_keys = (*batch.token_keys, "labels")
+    return batch
+
+
+def truncate_batch(batch: Batch, max_length: int | None, image_token_id: int | None, ids: list) -> Batch:
+    """Cut every token-aligned tensor at max_length, refusing a cut through any row's image tokens."""
+    if max_length is None or batch["input_ids"].shape[1] <= max_length:
+        return batch
+    cut = batch["input_ids"][:, max_length:]
+    inside = cut == image_token_id if image_token_id is not None else cut != cut
+    for key in TOKEN_TYPE_KEYS:
+        if key in batch:
+            inside = inside | (batch[key][:, max_length:] != 0)
+    rows = inside.any(dim=1).nonzero().flatten().tolist()
+    if rows:
+        lengths = batch["attention_mask"].sum(dim=1)
+        raise MaskingError(
+            f"row {ids[rows[0]]!r}: max_length {max_length} cuts through the image tokens of a "
+            f"{int(lengths[rows[0]])}-token conversation; raise max_length or lower the image resolution"
+        )
+    for key in batch.token_keys:
+        batch[key] = batch[key][:, :max_length]
+    return batch
+
+
+def pad_batch(batch: Batch, multiple: int | None, pad_id: int) -> Batch:
+    """Extend every token-aligned tensor to a multiple of `multiple` tokens (pad id, mask 0, label -100)."""
+    import torch
+
+    length = batch["input_ids"].shape[1]
+    target = -(-length // multiple) * multiple if multiple else length
+    if target == length:
+        return batch
+    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX}
+    for key in batch.token_keys:
+        value = batch[key]
+        extra = torch.full((value.shape[0], target - length), fill.get(key, 0), dtype=value.dtype)
+        batch[key] = torch.cat([value, extra], dim=1)
+    return batch
+
+
 @dataclass
 class VisionSFTCollator:
     """Collate rows with `images` ([image or None]) and `messages` (TRL format) into model inputs and labels."""
@@ -52,7 +149,8 @@ class VisionSFTCollator:
     chat_template: str | None = None
     pad_to_multiple_of: int | None = None
 
-    def encode_row(self, row: dict) -> dict | None:
+    def prepare_row(self, row: dict):
+        """(rendered conversation, images) of a row, or None for a row without a usable image under "skip"."""
         image = row["images"][0] if row.get("images") else None
         try:
             picture = decode_image(image, self.max_image_side)
@@ -62,34 +160,18 @@ class VisionSFTCollator:
         if picture is None and self.missing_images != "text":
             return None
         messages = model_messages(row["messages"], has_image=picture is not None)
-        features = encode_conversation(
-            self.processor, messages, [picture] if picture is not None else [], self.chat_template
-        )
-        return truncate(features, self.max_length, image_token_id_of(self.processor))
+        try:
+            rendered = render_with_targets(self.processor, messages, self.chat_template)
+        except MaskingError as err:
+            raise MaskingError(f"row {row.get('id')!r}: {err}") from None
+        return rendered, [picture] if picture is not None else []
 
     def __call__(self, rows: list[dict]) -> dict:
-        encoded = [features for features in map(self.encode_row, rows) if features is not None]
-        if not encoded:
+        prepared = [(row.get("id"), item) for row in rows if (item := self.prepare_row(row)) is not None]
+        if not prepared:
             raise ValueError(f"no row of this batch has a usable image (ids {[row.get('id') for row in rows]})")
-        return self.pad(encoded)
-
-    def pad(self, encoded: list[dict]) -> dict:
-        import torch
-
-        longest = max(len(features["input_ids"]) for features in encoded)
-        if self.pad_to_multiple_of:
-            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        pad_id = self.processor.tokenizer.pad_token_id
-        input_ids = torch.full((len(encoded), longest), pad_id, dtype=torch.long)
-        labels = torch.full((len(encoded), longest), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), longest), dtype=torch.long)
-        for row, features in enumerate(encoded):
-            length = len(features["input_ids"])
-            input_ids[row, :length] = features["input_ids"]
-            labels[row, :length] = features["labels"]
-            attention_mask[row, :length] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        image_keys = {key for features in encoded for key in features} - {"input_ids", "labels"}
-        for key in sorted(image_keys):
-            batch[key] = torch.cat([features[key] for features in encoded if key in features])
-        return batch
+        ids = [row_id for row_id, _ in prepared]
+        batch = encode_batch(self.processor, [item[0] for _, item in prepared], [item[1] for _, item in prepared])
+        batch = truncate_batch(batch, self.max_length, image_token_id_of(self.processor), ids)
+        batch = pad_batch(batch, self.pad_to_multiple_of, self.processor.tokenizer.pad_token_id)
+        return dict(batch)

@@ -1,26 +1,21 @@
 """Which parts of a vision-language model train.
 
 LLaVA practice, which LLaVA-Med follows: the vision tower stays frozen; stage 1 (feature alignment) trains the
-projector alone, stage 2 (instruction tuning) the projector and the language model. Parts are recognised by the
-module names transformers uses across LLaVA-style models.
+projector alone, stage 2 (instruction tuning) the projector and the language model. Parts are found by each
+family's own naming (`vital_hub.training.families`): Qwen's merger lives inside its vision module and still
+trains with the projector.
 """
 
 from __future__ import annotations
 
-PART_MARKERS = {
-    "vision": ("vision_tower", "vision_model", "visual", "image_encoder"),
-    "projector": ("multi_modal_projector", "mm_projector", "connector", "merger"),
-}
+import logging
+
+from vital_hub.training.families import family_of, part_of
+
+logger = logging.getLogger(__name__)
+
 STAGES = ("full", "projector")
-
-
-def part_of(parameter_name: str) -> str:
-    """ "vision", "projector" or "language" for a parameter name."""
-    components = parameter_name.split(".")
-    for part, markers in PART_MARKERS.items():
-        if any(marker in components for marker in markers):
-            return part
-    return "language"
+PARTS = ("vision", "projector", "language")
 
 
 def trainable_parts(stage: str, freeze_vision_tower: bool) -> set[str]:
@@ -31,17 +26,34 @@ def trainable_parts(stage: str, freeze_vision_tower: bool) -> set[str]:
     return {"projector", "language"} | (set() if freeze_vision_tower else {"vision"})
 
 
+def parameter_parts(model) -> dict[str, str]:
+    """Every parameter name of the model with its part."""
+    family = family_of(model)
+    return {name: part_of(name, family) for name, _ in model.named_parameters()}
+
+
 def set_trainable(model, stage: str = "full", freeze_vision_tower: bool = True) -> dict[str, dict[str, int]]:
-    """Freeze every parameter outside the stage's parts; returns parameter counts per part, trainable and frozen."""
+    """Freeze every parameter outside the stage's parts; returns parameter counts per part, trainable and frozen.
+
+    A model in which the family's vision tower or projector is not found is an error: its names do not follow
+    the family's rules, and training it would freeze or train the wrong weights.
+    """
     parts = trainable_parts(stage, freeze_vision_tower)
-    counts: dict[str, dict[str, int]] = {}
+    family = family_of(model)
+    counts = {part: {"trainable": 0, "frozen": 0} for part in PARTS}
     for name, parameter in model.named_parameters():
-        part = part_of(name)
+        part = part_of(name, family)
         parameter.requires_grad_(part in parts)
-        bucket = counts.setdefault(part, {"trainable": 0, "frozen": 0})
-        bucket["trainable" if part in parts else "frozen"] += parameter.numel()
-    if not any(bucket["trainable"] for bucket in counts.values()):
+        counts[part]["trainable" if part in parts else "frozen"] += parameter.numel()
+    absent = [part for part in PARTS if not sum(counts[part].values())]
+    if absent:
         raise ValueError(
-            f"stage {stage!r} leaves nothing to train in {type(model).__name__} (parts: {sorted(counts)})"
+            f"{type(model).__name__} ({family.name} family): no parameter found for {absent} (looked for modules "
+            f"named vision {list(family.vision)}, projector {list(family.projector)}); the model does not follow "
+            "its family's layout"
+        )
+    for part in PARTS:
+        logger.info(
+            "%s %s: %d trainable, %d frozen", family.name, part, counts[part]["trainable"], counts[part]["frozen"]
         )
     return counts

@@ -14,6 +14,7 @@ original LLaVA v1 format did (`answer</s>`), and it is a target.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 IGNORE_INDEX = -100
@@ -60,13 +61,26 @@ def render_with_targets(processor, messages: list[dict], chat_template: str | No
         prompt = render(processor, messages[:index], chat_template, add_generation_prompt=True)
         with_answer = render(processor, messages[: index + 1], chat_template, add_generation_prompt=False)
         if not (with_answer.startswith(prompt) and full.startswith(with_answer)):
-            raise MaskingError(
-                f"the chat template does not render turn {index} as an extension of the turns before it, so its "
-                "assistant text cannot be located; use a template that renders conversations incrementally"
-            )
+            raise MaskingError(template_mismatch(processor, index, prompt, with_answer, full))
         end = len(with_answer.rstrip())
         raw_spans.append((len(prompt), max(end, len(prompt))))
     return close_turns(full, raw_spans, end_markers, tokenizer.eos_token)
+
+
+def template_mismatch(processor, index: int, prompt: str, with_answer: str, full: str) -> str:
+    """Where the template renders a turn differently from the prompt a model gets at inference, and the fix."""
+    if with_answer.startswith(prompt):
+        first, second, what = with_answer, full, "the whole conversation"
+    else:
+        first, second, what = prompt, with_answer, f"turn {index} itself"
+    at = next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), min(len(first), len(second)))
+    return (
+        f"the chat template of {type(processor).__name__} does not render turn {index} as an extension of what "
+        f"comes before it: the generation prompt reads {first[max(0, at - 20) : at + 10]!r} where {what} reads "
+        f"{second[max(0, at - 20) : at + 10]!r}, so the model would be trained on a prompt it never sees at "
+        "inference; pass a template that writes both alike with --chat_template_path FILE.jinja (vital-hub "
+        "ships fixed ones in vital_hub/training/chat_templates/)"
+    )
 
 
 def close_turns(text: str, spans: list[tuple[int, int]], end_markers: list[str], eos: str | None):
@@ -105,31 +119,42 @@ def labels_from_offsets(ids: list[int], offsets: list[tuple[int, int]], spans) -
     return labels
 
 
-def expand_image_labels(plain_ids: list[int], plain_labels: list[int], ids: list[int], image_token_id: int):
-    """Carry labels from the text as written to the processor's ids, where each image placeholder became a run.
+def align_labels(plain_ids: list[int], plain_labels: list[int], ids: list[int], processor_name: str = "processor"):
+    """Carry labels from the text as written to the processor's ids, whatever the processor put around images.
 
-    Every token of an image run gets -100. Any other difference between the two sequences means the processor
-    rewrote the text in a way this alignment does not know, which is an error rather than a silent mis-mask.
+    Processors replace each image placeholder by a run of image tokens, and several add structure of their own
+    (Gemma 3 `<start_of_image>`...`<end_of_image>` with blank lines, Idefics3/SmolVLM tile markers
+    `<fake_token_around_image>`/`<row_i_col_j>`/`<global-img>`, InternVL `<img>`...`</img>`, Pixtral
+    `[IMG_BREAK]`/`[IMG_END]`). The two sequences are matched (common prefix and suffix, then a diff of what is
+    left, which is the image region); every processor token with no counterpart in the text gets -100. A target
+    token of the text that finds no counterpart means the processor rewrote assistant text, which is an error
+    rather than a silent mis-mask.
     """
-    labels, i, j = [], 0, 0
-    while j < len(ids):
-        if i >= len(plain_ids) or plain_ids[i] != ids[j]:
-            raise MaskingError(
-                f"the processor's tokens differ from the text's tokens at position {j} (not an image placeholder "
-                "expansion); this processor is not supported by the assistant-token masking"
-            )
-        if ids[j] == image_token_id:
-            while i < len(plain_ids) and plain_ids[i] == image_token_id:
-                i += 1
-            while j < len(ids) and ids[j] == image_token_id:
-                labels.append(IGNORE_INDEX)
-                j += 1
-            continue
-        labels.append(plain_labels[i])
-        i += 1
-        j += 1
-    if i != len(plain_ids):
-        raise MaskingError("the processor dropped tokens of the text; cannot align the labels")
+    labels = [IGNORE_INDEX] * len(ids)
+    head = 0
+    limit = min(len(plain_ids), len(ids))
+    while head < limit and plain_ids[head] == ids[head]:
+        head += 1
+    tail = 0
+    while tail < limit - head and plain_ids[-1 - tail] == ids[-1 - tail]:
+        tail += 1
+    matched = [(i, i) for i in range(head)]
+    matched += [(len(plain_ids) - 1 - k, len(ids) - 1 - k) for k in range(tail)]
+    middle_plain, middle_ids = plain_ids[head : len(plain_ids) - tail], ids[head : len(ids) - tail]
+    if middle_plain and middle_ids:
+        matcher = difflib.SequenceMatcher(None, middle_plain, middle_ids, autojunk=False)
+        for block in matcher.get_matching_blocks():
+            matched += [(head + block.a + k, head + block.b + k) for k in range(block.size)]
+    seen = set()
+    for plain_index, index in matched:
+        labels[index] = plain_labels[plain_index]
+        seen.add(plain_index)
+    lost = [i for i, label in enumerate(plain_labels) if label != IGNORE_INDEX and i not in seen]
+    if lost:
+        raise MaskingError(
+            f"{processor_name} changed {len(lost)} assistant tokens of the text (first at text token {lost[0]}), not "
+            "only the image placeholders; its output cannot be aligned with the chat template's text"
+        )
     return labels
 
 
@@ -141,40 +166,37 @@ def image_token_id_of(processor) -> int | None:
 
 
 def encode_conversation(processor, messages: list[dict], images: list, chat_template: str | None = None) -> dict:
-    """input_ids, labels and the processor's image tensors for one conversation (tensors without a batch axis).
+    """input_ids, labels and the processor's image tensors for one conversation (tensors without a batch axis
+    where the processor gives one row per conversation).
 
     `images` holds one decoded image per image part of `messages` (an empty list for a text-only conversation).
     """
-    tokenizer = processor.tokenizer
-    rendered = render_with_targets(processor, messages, chat_template)
-    add_special = adds_special_tokens(tokenizer, rendered.text)
-    plain = tokenizer(rendered.text, add_special_tokens=add_special, return_offsets_mapping=True)
-    plain_labels = labels_from_offsets(plain["input_ids"], plain["offset_mapping"], rendered.spans)
-    encoded = processor(
-        text=[rendered.text], images=[images] if images else None, add_special_tokens=add_special, return_tensors="pt"
-    )
-    ids = encoded["input_ids"][0].tolist()
-    image_token_id = image_token_id_of(processor)
-    if image_token_id is None:
-        labels = plain_labels if ids == plain["input_ids"] else None
-        if labels is None:
-            raise MaskingError("the processor changed the text's tokens and names no image token to align them")
-    else:
-        labels = expand_image_labels(plain["input_ids"], plain_labels, ids, image_token_id)
-    features = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
-    features["input_ids"] = encoded["input_ids"][0]
-    features["labels"] = encoded["input_ids"].new_tensor(labels)
-    return features
+    from vital_hub.training.collator import encode_batch
+
+    batch = encode_batch(processor, [render_with_targets(processor, messages, chat_template)], [images])
+    length = int(batch["attention_mask"][0].sum())
+    return {key: value[0, :length] if key in batch.token_keys else value for key, value in batch.items()}
+
+
+TOKEN_TYPE_KEYS = ("mm_token_type_ids", "token_type_ids")  # nonzero where a token belongs to an image
 
 
 def truncate(features: dict, max_length: int | None, image_token_id: int | None) -> dict:
-    """Cut a long conversation at max_length, but never through its image tokens (the model would reject it)."""
+    """Cut a long conversation at max_length, every token-aligned tensor with it, but never through its image
+    tokens (the model would reject it)."""
     ids = features["input_ids"]
     if max_length is None or len(ids) <= max_length:
         return features
-    if image_token_id is not None and bool((ids[max_length:] == image_token_id).any()):
+    beyond = ids[max_length:] == image_token_id if image_token_id is not None else ids[max_length:] != ids[max_length:]
+    for key in TOKEN_TYPE_KEYS:
+        if key in features:
+            beyond = beyond | (features[key][max_length:] != 0)
+    if bool(beyond.any()):
         raise MaskingError(
             f"max_length {max_length} cuts through the image tokens of a {len(ids)}-token conversation; "
             "raise max_length or lower the image resolution"
         )
-    return {**features, "input_ids": ids[:max_length], "labels": features["labels"][:max_length]}
+    return {
+        key: value[:max_length] if getattr(value, "dim", lambda: 0)() == 1 and len(value) == len(ids) else value
+        for key, value in features.items()
+    }

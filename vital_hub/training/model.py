@@ -22,9 +22,9 @@ def torch_dtype(name: str | None):
 
 def load_processor(model_args, chat_template_path: str | None = None):
     """The model's processor; a `.jinja` file given as `chat_template_path` replaces its chat template."""
-    from transformers import AutoProcessor
+    from vital_hub.training.processors import load_processor_from
 
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    processor = load_processor_from(model_args.model_name_or_path, revision=model_args.model_revision)
     if chat_template_path and Path(chat_template_path).suffix in (".jinja", ".j2"):
         processor.chat_template = Path(chat_template_path).read_text(encoding="utf-8")
     if processor.tokenizer.pad_token is None:
@@ -59,13 +59,17 @@ def compile_pointwise_modules(model, backend: str = "inductor") -> list[str]:
     for backward; compiled, each becomes a few fused kernels that keep less for backward (on LLaVA-1.5-7B
     about a third of the activation memory) while the matrix products stay with cuBLAS. Only `forward` is
     compiled, so the hooks that FSDP, DDP or PEFT hang on the modules still run eagerly, and every layer
-    shares one compiled graph per module class. The vision tower is left alone (frozen, run without grad).
+    shares one compiled graph per module class. The vision side (tower and projector, found by the model's family)
+    is left alone.
     """
     import torch
 
+    from vital_hub.training.families import family_of, part_of
+
+    family = family_of(model)
     compiled = []
     for name, module in model.named_modules():
-        if "vision_tower" in name or not type(module).__name__.endswith(FUSED_MODULE_SUFFIXES):
+        if part_of(name, family) != "language" or not type(module).__name__.endswith(FUSED_MODULE_SUFFIXES):
             continue
         module.forward = torch.compile(module.forward, backend=backend)
         compiled.append(name)

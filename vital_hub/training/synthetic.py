@@ -72,8 +72,18 @@ def get_template(name: str) -> str:
     return TEMPLATES[name]
 
 
-def build_tokenizer(vocab_size: int = 2000, adds_bos: bool = True):
-    """A fast byte-level BPE tokenizer with offsets; with `adds_bos` it prepends `<s>` like Llama's."""
+def build_tokenizer(
+    vocab_size: int = 2000,
+    adds_bos: bool = True,
+    extra_special_tokens: list[str] | None = None,
+    named_tokens: dict[str, str] | None = None,
+):
+    """A fast byte-level BPE tokenizer with offsets; with `adds_bos` it prepends `<s>` like Llama's.
+
+    `extra_special_tokens` are added as special tokens (a family's image and turn markers); `named_tokens` also
+    exposes some of them as attributes (`tokenizer.image_token`, `tokenizer.boi_token`, ...), as processors of
+    several families read them from the tokenizer.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -94,9 +104,13 @@ def build_tokenizer(vocab_size: int = 2000, adds_bos: bool = True):
         tokenizer.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
         )
+    specials = [token for token in extra_special_tokens or [] if token not in SPECIAL_TOKENS]
+    if specials:
+        tokenizer.add_special_tokens(specials)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        **({"extra_special_tokens": named_tokens} if named_tokens else {}),
+    )  # fmt: skip
 
 
 def build_processor(template: str = "llava-1.5", image_size: int = 32, patch_size: int = 8, adds_bos: bool = True):

@@ -1,0 +1,224 @@
+"""Every supported vision-language family trains with `recipes/sft.py`, with correct labels and freezing.
+
+Each family is a tiny random model built from its config, with its published chat template
+(`vital_hub/training/chat_templates/README.md` says where each came from) and the Pillow image processor
+transformers ships, so this runs where torchvision cannot be installed. Rows carry figures from about 96 to
+400 px a side in both orientations, as PMC figures do, so processors that tile or patch by size (SmolVLM,
+LLaVA-OneVision, Qwen) give rows of different image shapes in one batch.
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT
+from tests.sft_support import SFT_SCRIPT, tiny_recipe
+from vital_hub.training.collator import VisionSFTCollator
+from vital_hub.training.families import family_of, part_of
+from vital_hub.training.family_models import BUILDERS, build_family, write_family_folder
+from vital_hub.training.freeze import set_trainable
+from vital_hub.training.masking import IGNORE_INDEX
+from vital_hub.training.synthetic import synthetic_rows, write_instructions_repo
+
+FAMILIES = sorted(BUILDERS)
+# The token each family's template closes an assistant turn with (the last labelled token of every answer).
+END_OF_TURN = {
+    "llava-1.5": "</s>",
+    "qwen2.5-vl": "<|im_end|>",
+    "qwen3-vl": "<|im_end|>",
+    "gemma3": "<end_of_turn>",
+    "smolvlm": "<end_of_utterance>",
+    "internvl": "<|im_end|>",
+    "llava-onevision": "<|im_end|>",
+}
+FIXED_TEMPLATES = {"llava-onevision": "llava_onevision_fixed"}
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def varied_rows(n: int, seed: int = 0) -> list[dict]:
+    """Instruction rows with figures of 96-400 px sides and every aspect ratio; one row in eight has none."""
+    return synthetic_rows(n, seed=seed, image_sides=(96, 400), missing_every=8)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return varied_rows(8)
+
+
+def collator_for(family: str, processor, **overrides):
+    template = None
+    if family in FIXED_TEMPLATES:
+        from vital_hub.training.family_models import chat_template
+
+        template = chat_template(FIXED_TEMPLATES[family])
+    settings = {"max_length": 2048, "max_image_side": 400, "pad_to_multiple_of": 64, "chat_template": template}
+    return VisionSFTCollator(processor, **{**settings, **overrides})
+
+
+def model_of(config):
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(0)
+    return AutoModelForImageTextToText.from_config(config)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_labels_are_exactly_the_assistant_answers_and_their_end_token(family, rows):
+    processor, _ = build_family(family)
+    batch = collator_for(family, processor)(rows[:4])
+    assert batch["input_ids"].shape[1] % 64 == 0
+    for key in ("attention_mask", "labels", "mm_token_type_ids", "token_type_ids"):
+        if key in batch:
+            assert batch[key].shape == batch["input_ids"].shape, key
+    tokenizer = processor.tokenizer
+    for row_index, row in enumerate(rows[:4]):
+        labels = batch["labels"][row_index]
+        runs, current = [], []
+        for position, label in enumerate(labels.tolist()):
+            if label == IGNORE_INDEX:
+                if current:
+                    runs.append(current)
+                current = []
+            else:
+                assert label == int(batch["input_ids"][row_index, position])
+                current.append(label)
+        answers = [m["content"][0]["text"] for m in row["messages"] if m["role"] == "assistant"]
+        assert len(runs) == len(answers), (family, row_index)
+        for run, answer in zip(runs, answers, strict=True):
+            text = tokenizer.decode(run)
+            assert text.strip() == answer + END_OF_TURN[family], (family, text)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loss_falls_on_a_repeated_batch_and_only_projector_and_language_train(family, rows):
+    processor, config = build_family(family)
+    model = model_of(config)
+    counts = set_trainable(model, "full", freeze_vision_tower=True)
+    assert counts["vision"]["trainable"] == 0 and counts["projector"]["trainable"] > 0
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    batch = collator_for(family, processor, pad_to_multiple_of=64)(rows[:4])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(6):
+        loss = model(**batch).loss
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, (family, losses)
+    parts = {name: part_of(name, family_of(model)) for name, _ in model.named_parameters()}
+    moved = {name: not torch.equal(before[name], p.detach()) for name, p in model.named_parameters()}
+    assert not any(moved[name] for name, part in parts.items() if part == "vision"), family
+    projector = [moved[name] for name, part in parts.items() if part == "projector"]
+    assert projector and any(projector), family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_projector_stage_trains_the_projector_alone(family):
+    _, config = build_family(family)
+    model = model_of(config)
+    counts = set_trainable(model, "projector")
+    assert counts["projector"]["trainable"] > 0
+    assert counts["vision"]["trainable"] == 0 and counts["language"]["trainable"] == 0
+
+
+def test_a_model_of_an_unknown_family_is_an_error_not_a_silent_freeze():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, vocab_size=64))  # fmt: skip
+    with pytest.raises(ValueError, match="not a supported vision-language family"):
+        set_trainable(model, "full")
+
+
+def test_published_onevision_template_is_refused_with_the_fix(rows):
+    processor, _ = build_family("llava-onevision")
+    collator = VisionSFTCollator(processor, max_image_side=400)
+    with pytest.raises(ValueError, match=r"LlavaOnevisionProcessor.*assistant \\n.*--chat_template_path"):
+        collator(rows[:2])
+
+
+def test_truncation_cuts_every_token_aligned_tensor_and_never_the_image(rows):
+    processor, _ = build_family("qwen2.5-vl")
+    full = collator_for("qwen2.5-vl", processor, pad_to_multiple_of=None)(rows[:2])
+    length = int(full["attention_mask"].sum(dim=1).min())
+    cut = collator_for("qwen2.5-vl", processor, pad_to_multiple_of=None, max_length=length - 2)(rows[:2])
+    assert cut["input_ids"].shape[1] == length - 2
+    assert cut["mm_token_type_ids"].shape == cut["input_ids"].shape
+    assert torch.equal(cut["mm_token_type_ids"], full["mm_token_type_ids"][:, : length - 2])
+    with pytest.raises(ValueError, match="cuts through the image tokens"):
+        collator_for("qwen2.5-vl", processor, max_length=8)(rows[:2])
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return write_instructions_repo(tmp_path_factory.mktemp("varied") / "repo", {"80k": varied_rows(14, seed=1)})
+
+
+def run_recipe(family: str, repo, tmp_path, lora: bool = False):
+    model_dir = write_family_folder(tmp_path / "model", family)
+    output = tmp_path / "out"
+    overrides = {"max_steps": 3, "per_device_train_batch_size": 4, "pad_to_multiple_of": 64, "max_image_side": 400,
+                 "save_strategy": "no", "learning_rate": 5e-3, "max_length": 4096}  # fmt: skip
+    if family in FIXED_TEMPLATES:
+        overrides["chat_template_path"] = str(
+            REPO_ROOT / "vital_hub" / "training" / "chat_templates" / f"{FIXED_TEMPLATES[family]}.jinja"
+        )
+    if lora:
+        overrides.update(use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=LORA_TARGETS)
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", model_dir, repo, output, **overrides)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, str(SFT_SCRIPT), "--config", str(recipe)]
+    result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return output
+
+
+def reload_and_generate(output):
+    """The saved folder, loaded as a user would, answers a question about a figure."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText
+
+    from vital_hub.training.processors import load_processor_from
+
+    processor = load_processor_from(output)
+    model = AutoModelForImageTextToText.from_pretrained(output).eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    image = Image.new("RGB", (random.Random(0).randint(96, 400), 180), (90, 40, 160))
+    inputs = processor(text=[prompt], images=[[image]], return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] > inputs["input_ids"].shape[1]
+    return processor
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recipe_trains_saves_and_the_folder_reloads_and_generates(family, repo, tmp_path):
+    output = run_recipe(family, repo, tmp_path)
+    state = json.loads((output / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 3 and all(loss == loss and loss < 1e4 for loss in losses), losses
+    saved = (
+        json.loads((output / "processor_config.json").read_text())
+        if (output / "processor_config.json").exists()
+        else {}
+    )
+    processor = reload_and_generate(output)
+    assert saved.get("processor_class", type(processor).__name__) == type(processor).__name__
+    generation = json.loads((output / "generation_config.json").read_text())
+    eos = generation["eos_token_id"]
+    eos = eos if isinstance(eos, list) else [eos]
+    assert processor.tokenizer.convert_tokens_to_ids(END_OF_TURN[family]) in eos
+
+
+def test_lora_recipe_trains_qwen_with_the_merger_saved(repo, tmp_path):
+    output = run_recipe("qwen2.5-vl", repo, tmp_path, lora=True)
+    assert (output / "adapter_config.json").exists()

@@ -1,0 +1,247 @@
+"""Offline model folders of every supported family: config + processor with the family's published chat template.
+
+Nothing downloads. The tokenizer is the offline byte-level BPE of `synthetic.build_tokenizer` with each family's
+special tokens added under the names its processor looks for; image processors are the Pillow-backed classes
+transformers ships (no torchvision), so the same folders load on a CPU machine without it. Sizes: `tiny` for CPU
+tests (a few hundred thousand parameters), and `7b` for Qwen2.5-VL (Qwen2.5-VL-7B-Instruct's shapes) for GPU
+throughput runs with random weights.
+
+    python -m vital_hub.training.family_models --family qwen2.5-vl --size tiny --out runs/qwen-tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+from pathlib import Path
+
+from vital_hub.training.processors import constructible
+from vital_hub.training.synthetic import build_tokenizer
+
+TEXT_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "max_position_embeddings": 4096, "head_dim": 16}  # fmt: skip
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def chat_template(name: str) -> str:
+    """A published chat template shipped with vital-hub (see chat_templates/README.md for where each is from)."""
+    return resources.files("vital_hub.training").joinpath("chat_templates", f"{name}.jinja").read_text("utf-8")
+
+
+def _tokenizer(specials: list[str], extra: dict[str, str] | None = None, bos: str = "<s>", eos: str = "</s>"):
+    tokenizer = build_tokenizer(adds_bos=False, extra_special_tokens=[bos, eos, *specials], named_tokens=extra)
+    tokenizer.bos_token, tokenizer.eos_token = bos, eos
+    return tokenizer
+
+
+def _ids(tokenizer, **tokens: str) -> dict[str, int]:
+    return {key: tokenizer.convert_tokens_to_ids(token) for key, token in tokens.items()}
+
+
+def _special_ids(tokenizer) -> dict[str, int]:
+    return {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id}  # fmt: skip
+
+
+def qwen2_5_vl(size: str):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = _tokenizer(QWEN_SPECIALS, eos="<|im_end|>")
+    if size == "7b":
+        text = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                "num_key_value_heads": 4, "max_position_embeddings": 32768, "vocab_size": 152064}  # fmt: skip
+        vision = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 3584,
+                  "fullatt_block_indexes": [7, 15, 23, 31], "window_size": 112}  # fmt: skip
+        mrope = [16, 24, 24]
+    else:
+        text = {**TEXT_TINY, "vocab_size": len(tokenizer)}
+        text.pop("head_dim")
+        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                  "fullatt_block_indexes": [1], "window_size": 56}  # fmt: skip
+        mrope = [2, 3, 3]
+    text["rope_parameters"] = {"rope_type": "default", "mrope_section": mrope, "rope_theta": 1000000.0}
+    config = Qwen2_5_VLConfig(
+        text_config={**text, **_special_ids(tokenizer)},
+        vision_config={**vision, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        **_ids(tokenizer, image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
+               vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>"),
+    )  # fmt: skip
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=14, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * (1024 if size == "7b" else 64)},
+    )  # fmt: skip
+    processor = constructible(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+                                    chat_template=chat_template("qwen2_5_vl"))  # fmt: skip
+    return processor, config
+
+
+def qwen3_vl(size: str):
+    from transformers import Qwen3VLConfig, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = _tokenizer(QWEN_SPECIALS, eos="<|im_end|>")
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer),
+            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True,
+                                "rope_theta": 5000000.0}}  # fmt: skip
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+              "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64,
+              "deepstack_visual_indexes": [0]}  # fmt: skip
+    config = Qwen3VLConfig(
+        text_config=text, vision_config=vision,
+        **_ids(tokenizer, image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
+               vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>"),
+    )  # fmt: skip
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )  # fmt: skip
+    processor = constructible(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+                                 chat_template=chat_template("qwen3_vl"))  # fmt: skip
+    return processor, config
+
+
+def gemma3(size: str):
+    from transformers import Gemma3Config, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    named = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
+    tokenizer = _tokenizer(["<start_of_turn>", "<end_of_turn>", *named.values()], named, bos="<bos>", eos="<eos>")
+    image_size, patch, tokens = 56, 14, 4  # 4x4 patches pooled to 2x2 image tokens
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer), "sliding_window": 64,
+            "layer_types": ["sliding_attention", "full_attention"]}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": image_size, "patch_size": patch}  # fmt: skip
+    config = Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=tokens,
+        **_ids(tokenizer, image_token_id=named["image_token"], boi_token_id=named["boi_token"],
+               eoi_token_id=named["eoi_token"]),
+    )  # fmt: skip
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens,
+                                chat_template=chat_template("gemma3"))  # fmt: skip
+    return processor, config
+
+
+def smolvlm(size: str):
+    from transformers import SmolVLMConfig, SmolVLMProcessor
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    grid = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    named = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
+             "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"}  # fmt: skip
+    tokenizer = _tokenizer(["<|im_start|>", *named.values(), *grid], named, eos="<end_of_utterance>")
+    tile, patch, scale = 32, 8, 2  # a 32 px tile is 4x4 patches, pixel-shuffled by 2 into 4 image tokens
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer)}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": tile, "patch_size": patch}  # fmt: skip
+    config = SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=scale,
+                           image_token_id=tokenizer.convert_tokens_to_ids("<image>"))  # fmt: skip
+    image_processor = SmolVLMImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile})
+    processor = constructible(SmolVLMProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+                                 image_seq_len=(tile // patch) ** 2 // scale**2, chat_template=chat_template("smolvlm"))  # fmt: skip
+    return processor, config
+
+
+def internvl(size: str):
+    from transformers import InternVLConfig, InternVLProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}  # fmt: skip
+    tokenizer = _tokenizer(["<|im_start|>", "<|im_end|>", *named.values()], named, eos="<|im_end|>")
+    image_size, patch = 32, 8  # 4x4 patches, pixel-shuffled by 0.5 into 4 image tokens per tile
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer)}
+    text.pop("head_dim")
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": [image_size, image_size], "patch_size": [patch, patch]}  # fmt: skip
+    config = InternVLConfig(text_config={**text, "model_type": "qwen2"}, vision_config=vision,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5)  # fmt: skip
+    image_processor = GotOcr2ImageProcessorPil(size={"height": image_size, "width": image_size}, crop_to_patches=True,
+                                               min_patches=1, max_patches=4)  # fmt: skip
+    processor = constructible(InternVLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+                                  image_seq_length=4, chat_template=chat_template("internvl"))  # fmt: skip
+    return processor, config
+
+
+def llava_onevision(size: str):
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tokenizer = _tokenizer(["<|im_start|>", "<|im_end|>", "<image>", "<video>"], eos="<|im_end|>")
+    image_size, patch = 32, 8
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer), "model_type": "qwen2"}
+    text.pop("head_dim")
+    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": image_size, "patch_size": patch}  # fmt: skip
+    pinpoints = [[image_size * i, image_size * j] for i in range(1, 3) for j in range(1, 3)]
+    config = LlavaOnevisionConfig(
+        text_config=text, vision_config=vision, image_grid_pinpoints=pinpoints, vision_feature_layer=-1,
+        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+    )  # fmt: skip
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints, image_mean=[0.5] * 3,
+        image_std=[0.5] * 3, do_pad=True,
+    )  # fmt: skip
+    processor = constructible(LlavaOnevisionProcessor)(
+        image_processor=image_processor, tokenizer=tokenizer,
+        num_image_tokens=(image_size // patch) ** 2, vision_feature_select_strategy="full",
+        chat_template=chat_template("llava_onevision"),
+    )  # fmt: skip
+    return processor, config
+
+
+def llava_1_5(size: str):
+    from vital_hub.training.synthetic import build_processor, llava_config
+
+    processor = build_processor("llava-1.5")
+    return processor, llava_config("tiny", processor)
+
+
+BUILDERS = {
+    "llava-1.5": llava_1_5,
+    "qwen2.5-vl": qwen2_5_vl,
+    "qwen3-vl": qwen3_vl,
+    "gemma3": gemma3,
+    "smolvlm": smolvlm,
+    "internvl": internvl,
+    "llava-onevision": llava_onevision,
+}
+
+
+def build_family(family: str, size: str = "tiny"):
+    """(processor, config) of a family at a size; see the module docstring."""
+    if family not in BUILDERS:
+        raise KeyError(f"unknown family {family!r}; known: {sorted(BUILDERS)}")
+    if size not in ("tiny", "7b") or (size == "7b" and family != "qwen2.5-vl"):
+        raise ValueError(f"size {size!r} is not built for {family}: 'tiny' for every family, '7b' for qwen2.5-vl")
+    return BUILDERS[family](size)
+
+
+def write_family_folder(out: Path, family: str, size: str = "tiny") -> Path:
+    """config.json + processor files, no weights: `recipes/sft.py` builds it with `init_random_weights: true`."""
+    processor, config = build_family(family, size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vital_hub.training.family_models", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--family", choices=sorted(BUILDERS), required=True)
+    parser.add_argument("--size", choices=("tiny", "7b"), default="tiny")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    print(write_family_folder(args.out, args.family, args.size))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

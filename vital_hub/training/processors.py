@@ -1,0 +1,91 @@
+"""Processors of every supported family, with or without torchvision.
+
+Most 2026 processors (Qwen2.5-VL, Qwen3-VL, SmolVLM, InternVL, LLaVA-OneVision) bundle a video processor, and
+transformers builds video processors only with torchvision. Training on figures needs none of it: where
+torchvision is absent, the processor is loaded as its image-only variant, the same class with the video
+processor left out, and the Pillow-backed image processor transformers ships. Saved again, it writes the
+original class name, so the folder loads with the stock `AutoProcessor` wherever torchvision is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import json
+import types
+from pathlib import Path
+
+VIDEO = "video_processor"
+
+
+def has_torchvision() -> bool:
+    return importlib.util.find_spec("torchvision") is not None
+
+
+@functools.cache
+def image_only(processor_class: type) -> type:
+    """`processor_class` without its video processor (same name, same behaviour on text and images).
+
+    transformers reads a processor's sub-processors from its `__init__` signature and passes saved settings
+    (`image_seq_length`, `num_image_tokens`, ...) back by the argument names of its code object, so the
+    image-only `__init__` is a real function with the original's arguments, less `video_processor`.
+    """
+    original = inspect.signature(processor_class.__init__)
+    kept = [p for p in original.parameters.values() if p.name not in ("self", VIDEO)]
+    if any(p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL) for p in kept):
+        raise TypeError(f"{processor_class.__name__}: cannot derive an image-only processor from {original}")
+    defaults = {p.name: p.default for p in kept if p.default is not p.empty}
+    named = [p for p in kept if p.kind is not p.VAR_KEYWORD]
+    header = ", ".join(f"{p.name}=_defaults[{p.name!r}]" if p.name in defaults else p.name for p in named)
+    passed = ", ".join(f"{p.name}={p.name}" for p in named)
+    source = f"def __init__(self, {header}, **kwargs):\n    _original(self, {passed}, {VIDEO}=None, **kwargs)\n"
+    scope = {"_defaults": defaults, "_original": processor_class.__init__}
+    exec(compile(source, f"<image-only {processor_class.__name__}>", "exec"), scope)  # noqa: S102
+    # A class attribute, so that it is neither saved nor counted as a sub-processor: some processors read video
+    # defaults in apply_chat_template even for conversations without video (SmolVLM reads num_frames and fps).
+    absent = types.SimpleNamespace(num_frames=None, fps=None)
+    namespace = {"__init__": scope["__init__"], "__module__": processor_class.__module__, VIDEO: absent}
+    return type(processor_class.__name__, (processor_class,), namespace)
+
+
+def takes_video(processor_class: type) -> bool:
+    return VIDEO in processor_class.get_attributes()
+
+
+def constructible(processor_class: type) -> type:
+    """The class to build a processor with here: image-only when the class wants a video processor and there is
+    no torchvision to make one."""
+    return image_only(processor_class) if takes_video(processor_class) and not has_torchvision() else processor_class
+
+
+def processor_class_of(path: str | Path, revision: str | None = None) -> type | None:
+    """The processor class a local folder or Hub repo names in its processor_config.json, if any."""
+    import transformers
+    from huggingface_hub import hf_hub_download
+
+    try:
+        local = Path(path) / "processor_config.json"
+        config_file = (
+            local if local.exists() else hf_hub_download(str(path), "processor_config.json", revision=revision)
+        )
+        name = json.loads(Path(config_file).read_text(encoding="utf-8")).get("processor_class")
+    except Exception:  # no such file: the processor is described by its sub-processors' files alone
+        return None
+    return getattr(transformers, name, None) if name else None
+
+
+def load_processor_from(path: str | Path, revision: str | None = None):
+    """AutoProcessor, or the image-only variant of the folder's processor class where torchvision is missing."""
+    from transformers import AutoProcessor
+
+    processor_class = None if has_torchvision() else processor_class_of(path, revision)
+    if processor_class is not None and takes_video(processor_class):
+        try:
+            return image_only(processor_class).from_pretrained(path, revision=revision)
+        except ImportError as err:
+            raise ImportError(f"the processor of {path} ({processor_class.__name__}) needs: {err}") from err
+    try:
+        return AutoProcessor.from_pretrained(path, revision=revision)
+    except ImportError as err:
+        raise ImportError(f"the processor of {path} needs a package that is not installed: {err}") from err
