@@ -113,17 +113,37 @@ def batches(items: list[Pending], size: int) -> Iterator[list[Pending]]:
 
 def load_model(config: AnswerConfig, device):
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from vital_hub.training.processors import load_processor_from
 
     dtypes = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if config.dtype not in dtypes:
         raise ValueError(f"dtype must be one of {list(dtypes)}, got {config.dtype!r}")
-    processor = AutoProcessor.from_pretrained(config.model)
-    processor.tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    processor = load_processor_from(config.model)
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtypes[config.dtype]).to(device).eval()
     return processor, model
+
+
+def stop_token_ids(processor, model) -> list[int]:
+    """Where an answer ends: the model's generation eos, plus the token the chat template closes an assistant
+    turn with (`<|im_end|>`, `<end_of_turn>`, `<end_of_utterance>`, ...), so that a Hub checkpoint whose
+    generation config names only the tokenizer's eos still stops at the end of its turn."""
+    from vital_hub.training.card import end_of_turn_ids
+    from vital_hub.training.masking import MaskingError, render_with_targets
+
+    configured = model.generation_config.eos_token_id
+    ids = [] if configured is None else list(configured) if isinstance(configured, list) else [configured]
+    if getattr(processor, "chat_template", None):
+        turn = [{"role": "user", "content": [{"type": "text", "text": "Q"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A"}]}]  # fmt: skip
+        try:
+            ids += end_of_turn_ids(processor, set(render_with_targets(processor, turn).end_tokens))
+        except MaskingError:  # a template that cannot be read turn by turn: keep the configured eos
+            pass
+    return list(dict.fromkeys(ids))
 
 
 def render_prompt(processor, config: AnswerConfig, item: Pending) -> str:
@@ -139,17 +159,22 @@ def render_prompt(processor, config: AnswerConfig, item: Pending) -> str:
     return template.format(image=f"{image_token}\n" if has_image else "", question=item.question.prompt)
 
 
-def generate_batch(processor, model, config: AnswerConfig, batch: list[Pending]) -> list[str]:
+def generate_batch(processor, model, config: AnswerConfig, batch: list[Pending], stop_ids=None) -> list[str]:
+    """One generate() call for a batch; images nested one list per row, as every family's processor takes them,
+    rows padded on the left so that generation continues from each row's end."""
     import torch
 
     prompts = [render_prompt(processor, config, item) for item in batch]
-    images = [item.image.image for item in batch if item.image.image is not None]
-    inputs = processor(text=prompts, images=images or None, padding=True, return_tensors="pt").to(model.device)
+    images = [[item.image.image] for item in batch if item.image.image is not None]
+    inputs = processor(
+        text=prompts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+    ).to(model.device)
     sampling = (
         {"do_sample": True, "temperature": config.temperature} if config.temperature > 0 else {"do_sample": False}
     )
+    stop = {"eos_token_id": stop_ids} if stop_ids else {}
     with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=config.max_new_tokens, **sampling)
+        output = model.generate(**inputs, max_new_tokens=config.max_new_tokens, **sampling, **stop)
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
@@ -180,6 +205,7 @@ def answer_with_transformers(config: AnswerConfig) -> dict:
     state.wait_for_everyone()
     set_seed(config.seed)
     processor, model = load_model(config, state.device)
+    stop_ids = stop_token_ids(processor, model)
     written = 0
     with state.split_between_processes(todo) as mine:
         with JsonlAppender(shard_path(out, state.process_index, state.num_processes)) as writer:
@@ -187,7 +213,7 @@ def answer_with_transformers(config: AnswerConfig) -> dict:
                 writer.write_many(answer_row(config, item, None, status="skipped") for item in skipped)
             bar = tqdm(total=len(mine), desc=f"answer [{state.process_index}]", disable=not mine)
             for batch in batches(mine, config.batch_size):
-                for item, text in zip(batch, generate_batch(processor, model, config, batch), strict=True):
+                for item, text in zip(batch, generate_batch(processor, model, config, batch, stop_ids), strict=True):
                     writer.write(answer_row(config, item, text, status="ok"))
                 written += len(batch)
                 bar.update(len(batch))

@@ -45,7 +45,8 @@ def image_only(processor_class: type) -> type:
     # A class attribute, so that it is neither saved nor counted as a sub-processor: some processors read video
     # defaults in apply_chat_template even for conversations without video (SmolVLM reads num_frames and fps).
     absent = types.SimpleNamespace(num_frames=None, fps=None)
-    namespace = {"__init__": scope["__init__"], "__module__": processor_class.__module__, VIDEO: absent}
+    namespace = {"__init__": scope["__init__"], "__module__": processor_class.__module__, VIDEO: absent,
+                 "image_only": True}  # fmt: skip
     return type(processor_class.__name__, (processor_class,), namespace)
 
 
