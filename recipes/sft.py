@@ -5,7 +5,8 @@ Full fine-tune of LLaVA-1.5-7B on 8 GPUs (FSDP2; DeepSpeed ZeRO-2/3 and DDP conf
     accelerate launch --config_file recipes/accelerate_configs/fsdp2.yaml --num_processes 8 \
         recipes/sft.py --config recipes/llava-1.5-7b/sft/config_full.yaml
 
-LoRA on one GPU:
+Every family in `vital_hub.training.families` trains the same way (Qwen2.5-VL, Qwen3-VL, Gemma 3, SmolVLM,
+InternVL, LLaVA-OneVision, LLaVA-1.5): recipes are under `recipes/<model>/sft/`. LoRA on one GPU:
 
     CUDA_VISIBLE_DEVICES=0 accelerate launch --num_processes 1 recipes/sft.py \
         --config recipes/llava-1.5-7b/sft/config_lora.yaml
@@ -69,6 +70,13 @@ class SFTScriptArguments:
         default="skip",
         metadata={"help": "Rows whose image is null: 'skip' them, train them as 'text' only, or 'error'."},
     )
+    image_processor_kwargs: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Processor settings that override the checkpoint's, as a YAML mapping: the pixel budget "
+            "(Qwen max_pixels/min_pixels, SmolVLM size, InternVL max_patches, LLaVA-OneVision image_grid_pinpoints)."
+        },
+    )
     max_image_side: int = field(
         default=1024, metadata={"help": "Decode images at most this many pixels on the longer side (CPU cost cap)."}
     )
@@ -129,7 +137,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     ################
     # Load model and processor
     ################
-    processor = load_processor(model_args, training_args.chat_template_path)
+    processor = load_processor(model_args, training_args.chat_template_path, script_args.image_processor_kwargs)
     model = load_model(model_args, script_args.init_random_weights)
     peft_config = get_peft_config(model_args)
     if peft_config is None:

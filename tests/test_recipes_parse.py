@@ -56,6 +56,13 @@ def test_recipes_exist_for_every_required_model():
         "llava-interleave-qwen-0.5b/sft/config_full.yaml",
         "llava-med/sft/config_stage1_projector.yaml",
         "llava-med/sft/config_stage2_instruct.yaml",
+        "qwen2.5-vl-7b/sft/config_full.yaml",
+        "qwen2.5-vl-7b/sft/config_lora.yaml",
+        "qwen3-vl-8b/sft/config_full.yaml",
+        "gemma-3-4b-it/sft/config_full.yaml",
+        "smolvlm2-2.2b/sft/config_full.yaml",
+        "internvl3-8b/sft/config_full.yaml",
+        "llava-onevision-7b/sft/config_full.yaml",
     } <= names
 
 
@@ -81,13 +88,42 @@ def test_sft_recipe_values_are_usable(path):
     )
     assert mixture.datasets and script_args.missing_images in MISSING_IMAGE_POLICIES
     assert "projector" in trainable_parts(script_args.stage, script_args.freeze_vision_tower)
-    assert training_args.bf16 and training_args.max_length == 2048
+    assert training_args.bf16 and training_args.max_length in (2048, 4096)  # 4096: LLaVA-OneVision's tiles
+    if training_args.chat_template_path:
+        assert (REPO_ROOT / training_args.chat_template_path).is_file()
     global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     launch = re.search(r"--num_processes (\d+)", path.read_text())
     assert global_batch * int(launch.group(1)) == 128, "LLaVA-Med's global batch (REFERENCE section 4)"
     if model_args.use_peft:
-        assert re.compile(model_args.lora_target_modules).fullmatch("model.language_model.layers.0.self_attn.q_proj")
-        assert not re.compile(model_args.lora_target_modules).fullmatch("model.vision_tower.encoder.layers.0.fc1")
+        assert_lora_fits_the_family(path, model_args)
+
+
+# Recipe model folder -> the family whose tiny model stands in for it (the names of its parameters).
+RECIPE_FAMILIES = {"llava-1.5-7b": "llava-1.5", "llava-med": "llava-1.5", "biomed-vital-13b": "llava-1.5",
+                   "qwen2.5-vl-7b": "qwen2.5-vl", "qwen3-vl-8b": "qwen3-vl", "gemma-3-4b-it": "gemma3",
+                   "smolvlm2-2.2b": "smolvlm", "internvl3-8b": "internvl", "llava-onevision-7b": "llava-onevision",
+                   "llava-interleave-qwen-0.5b": "llava-1.5"}  # fmt: skip
+
+
+def assert_lora_fits_the_family(path: Path, model_args):
+    """LoRA targets the language model's linear layers of the recipe's family (and nothing on the vision side),
+    and the modules saved in full are that family's projector."""
+    from transformers import AutoModelForImageTextToText
+
+    from vital_hub.training.families import family_of, part_of
+    from vital_hub.training.family_models import build_family
+
+    family = RECIPE_FAMILIES[path.relative_to(RECIPES).parts[0]]
+    model = AutoModelForImageTextToText.from_config(build_family(family)[1])
+    rules = family_of(model)
+    targets = re.compile(model_args.lora_target_modules)
+    linear = [name for name, module in model.named_modules() if type(module).__name__ == "Linear"]
+    hit = [name for name in linear if targets.fullmatch(name)]
+    assert hit and all(part_of(name, rules) == "language" for name in hit), path
+    assert any(name.endswith("q_proj") for name in hit) and any(name.endswith("down_proj") for name in hit)
+    for saved in model_args.lora_modules_to_save or []:
+        modules = [name for name, _ in model.named_modules() if name.split(".")[-1] == saved]
+        assert modules and all(part_of(name, rules) == "projector" for name in modules), (path, saved)
 
 
 def test_llava_med_stages_chain():
@@ -148,3 +184,29 @@ def test_an_inline_mixture_in_a_recipe_parses(tmp_path):
     )
     assert [(d.id, d.config, d.weight) for d in parsed.datasets] == [("org/a", "80k", 0.5), ("org/b", None, 1.0)]
     assert parsed.seed == 7
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in RECIPE_YAMLS if p.parent.name == "sft" and "image_processor_kwargs" in p.read_text()],
+    ids=lambda p: p.relative_to(RECIPES).as_posix(),
+)
+def test_the_pixel_budget_reaches_the_family_processor(path, tmp_path):
+    """Each setting of a recipe's image_processor_kwargs is one the family's processor takes and keeps (an
+    unknown key would be ignored silently and the figure processed at the checkpoint's default size)."""
+    from vital_hub.training.family_models import write_family_folder
+    from vital_hub.training.processors import load_processor_from
+
+    script_args, _, _ = parse(path)
+    family = RECIPE_FAMILIES[path.relative_to(RECIPES).parts[0]]
+    processor = load_processor_from(
+        write_family_folder(tmp_path / "model", family), **script_args.image_processor_kwargs
+    )
+    image_processor = processor.image_processor
+    for key, value in script_args.image_processor_kwargs.items():
+        kept = getattr(image_processor, key, None)
+        if key in ("min_pixels", "max_pixels"):  # Qwen keeps the pixel range as its size
+            kept = image_processor.size["shortest_edge" if key == "min_pixels" else "longest_edge"]
+        if isinstance(value, dict):
+            kept = {k: kept[k] for k in value}
+        assert kept == value, (path, key, kept)

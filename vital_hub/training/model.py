@@ -20,11 +20,14 @@ def torch_dtype(name: str | None):
     return getattr(torch, name)
 
 
-def load_processor(model_args, chat_template_path: str | None = None):
-    """The model's processor; a `.jinja` file given as `chat_template_path` replaces its chat template."""
+def load_processor(model_args, chat_template_path: str | None = None, settings: dict | None = None):
+    """The model's processor; a `.jinja` file given as `chat_template_path` replaces its chat template, and
+    `settings` override its saved ones (the recipe's pixel budget)."""
     from vital_hub.training.processors import load_processor_from
 
-    processor = load_processor_from(model_args.model_name_or_path, revision=model_args.model_revision)
+    processor = load_processor_from(
+        model_args.model_name_or_path, revision=model_args.model_revision, **(settings or {})
+    )
     if chat_template_path and Path(chat_template_path).suffix in (".jinja", ".j2"):
         processor.chat_template = Path(chat_template_path).read_text(encoding="utf-8")
     if processor.tokenizer.pad_token is None:

@@ -76,17 +76,20 @@ def processor_class_of(path: str | Path, revision: str | None = None) -> type | 
     return getattr(transformers, name, None) if name else None
 
 
-def load_processor_from(path: str | Path, revision: str | None = None):
-    """AutoProcessor, or the image-only variant of the folder's processor class where torchvision is missing."""
+def load_processor_from(path: str | Path, revision: str | None = None, **settings):
+    """AutoProcessor, or the image-only variant of the folder's processor class where torchvision is missing.
+
+    `settings` override saved processor settings (a pixel budget: Qwen's `max_pixels`, SmolVLM's `size`, ...).
+    """
     from transformers import AutoProcessor
 
     processor_class = None if has_torchvision() else processor_class_of(path, revision)
     if processor_class is not None and takes_video(processor_class):
         try:
-            return image_only(processor_class).from_pretrained(path, revision=revision)
+            return image_only(processor_class).from_pretrained(path, revision=revision, **settings)
         except ImportError as err:
             raise ImportError(f"the processor of {path} ({processor_class.__name__}) needs: {err}") from err
     try:
-        return AutoProcessor.from_pretrained(path, revision=revision)
+        return AutoProcessor.from_pretrained(path, revision=revision, **settings)
     except ImportError as err:
         raise ImportError(f"the processor of {path} needs a package that is not installed: {err}") from err
