@@ -1,8 +1,11 @@
-"""SFT throughput on a LLaVA-1.5-7B-shaped model: vital-hub's recipe settings against TRL's stock VLM SFT.
+"""SFT throughput: vital-hub's recipe settings against TRL's stock VLM SFT, on a LLaVA-1.5-7B-shaped or a
+Qwen2.5-VL-7B-shaped model (`--model`).
 
-Both sides train the same random-weight model (CLIP ViT-L/14-336 + Llama-2-7B shapes, bf16) on the same synthetic
-rows shaped like the 80K mix (one figure, one to six rounds, ~860 tokens with the 576 image tokens), in the same
-run, one process group per case:
+Both sides train the same random-weight model (bf16) on the same synthetic rows shaped like the 80K mix (one
+figure of 256-1024 px a side, one to six rounds), in the same run, one process group per case. LLaVA-1.5-7B:
+CLIP ViT-L/14-336 + Llama-2-7B shapes, ~860 tokens a row with the 576 image tokens. Qwen2.5-VL-7B: its vision
+tower, merger and Qwen2 language model at the published shapes, figures at the recipe's pixel budget (64 to 640
+visual tokens, `recipes/qwen2.5-vl-7b`), so rows differ in image tokens as real PMC figures do.
 
 - stock: `SFTTrainer` with its defaults for VLM data: TRL's own collator (loss on every token, image tokens
   included), gradient checkpointing on, everything trainable (full) or LoRA r16 on all linear layers, data
@@ -25,6 +28,8 @@ per case and writes where its GPU time went (busy time by kernel kind, the top k
     python benchmarks/sft_throughput.py --cases full-ours-2gpu full-stock-2gpu --precision bf16 --compile \
         --steps 30 --warmup 10
     python benchmarks/sft_throughput.py --cases full-ours-4gpu full-stock-4gpu --compile --steps 30 --warmup 10
+    python benchmarks/sft_throughput.py --model qwen2.5-vl --cases lora-stock-1gpu lora-ours-1gpu --steps 30 \
+        --warmup 10
     python benchmarks/sft_throughput.py --compare-curves one_gpu/trainer_state.json two_gpu/trainer_state.json
 """
 
@@ -116,6 +121,23 @@ def our_dataset(rows):
     return with_length_column(training_columns(rows))
 
 
+MODELS = ("llava-1.5", "qwen2.5-vl")
+PROJECTOR = {"llava-1.5": ["multi_modal_projector"], "qwen2.5-vl": ["merger"]}  # trained in full beside LoRA
+
+
+def model_parts(args):
+    """(processor, config) of the benchmarked model, built offline."""
+    if args.model == "qwen2.5-vl":
+        from vital_hub.training.family_models import build_family
+
+        return build_family("qwen2.5-vl", "tiny" if args.size == "tiny" else "7b")
+    from vital_hub.training.synthetic import SIZES, build_processor, llava_config
+
+    vision = SIZES[args.size][0]
+    processor = build_processor("llava-1.5", image_size=vision[4], patch_size=vision[5])
+    return processor, llava_config(args.size, processor)
+
+
 def build_trainer(case: Case, args, output_dir: str):
     import torch
     from peft import LoraConfig
@@ -125,11 +147,8 @@ def build_trainer(case: Case, args, output_dir: str):
     from vital_hub.training.collator import VisionSFTCollator
     from vital_hub.training.freeze import set_trainable
     from vital_hub.training.model import compile_pointwise_modules
-    from vital_hub.training.synthetic import SIZES, build_processor, llava_config
 
-    vision = SIZES[args.size][0]
-    processor = build_processor("llava-1.5", image_size=vision[4], patch_size=vision[5])
-    config = llava_config(args.size, processor)
+    processor, config = model_parts(args)
     torch.manual_seed(0)
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
@@ -148,7 +167,7 @@ def build_trainer(case: Case, args, output_dir: str):
         learning_rate=1e-5,
         bf16=not pure_bf16,
         save_strategy="no",
-        logging_steps=10_000,
+        logging_steps=1,  # every step's loss, for the curves (both sides pay the same)
         report_to="none",
         seed=0,
         use_cpu=device == "cpu",
@@ -171,7 +190,7 @@ def build_trainer(case: Case, args, output_dir: str):
     peft_config = None
     if case.mode == "lora":
         peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=LANGUAGE_LORA_TARGETS,
-                                 modules_to_save=["multi_modal_projector"])  # fmt: skip
+                                 modules_to_save=PROJECTOR[args.model])  # fmt: skip
     else:
         set_trainable(model, "full", freeze_vision_tower=True)
     if args.compile:
@@ -312,6 +331,8 @@ def run_worker(case_name: str, args) -> None:
         result = {
             "case": case_name,
             **asdict(case),
+            "model": args.model,
+            "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry][: args.steps],
             "device": name,
             "size": args.size,
             "batch_per_gpu": args.batch_size,
@@ -341,7 +362,7 @@ def launch_command(case_name: str, args, result: Path, fsdp_config: Path) -> lis
         launcher += ["--config_file", str(fsdp_config)] if case.mode == "full" else ["--multi_gpu"]
     mixed_precision = "no" if case.mode == "full" and args.precision == "bf16" else "bf16"
     launcher += ["--mixed_precision", mixed_precision, "--num_machines", "1", "--dynamo_backend", "no"]
-    worker = [__file__, "--worker", case_name, "--result", str(result), "--size", args.size]
+    worker = [__file__, "--worker", case_name, "--result", str(result), "--size", args.size, "--model", args.model]
     worker += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
     worker += ["--workers", str(args.workers), "--precision", args.precision]
     worker += ["--profile-dir", args.profile_dir] if args.profile_dir else []
@@ -410,9 +431,7 @@ def run_cases(args) -> list[dict]:
 
 def print_table(results: list[dict]) -> None:
     by_name = {r["case"]: r for r in results if "error" not in r}
-    header = (
-        f"{'case':<17}{'device':<24}{'batch':>6}{'tok/s/GPU':>10}{'TFLOP/s':>9}{'MFU':>7}{'peak GB':>9}{'tok/smp':>8}"
-    )
+    header = f"{'case':<17}{'model':<12}{'device':<24}{'batch':>6}{'tok/s/GPU':>10}{'TFLOP/s':>9}{'MFU':>7}{'peak GB':>9}{'tok/smp':>8}"
     print("\n" + header + "\n" + "-" * len(header))
     for r in results:
         if "error" in r:
@@ -420,7 +439,7 @@ def print_table(results: list[dict]) -> None:
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
         memory = f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] else "-"
-        print(f"{r['case']:<17}{r['device'][:23]:<24}{r['batch_per_gpu']:>6}{r['tokens_per_s_per_gpu']:>10.0f}{r['model_tflops_per_gpu']:>9.0f}"
+        print(f"{r['case']:<17}{r['model']:<12}{r['device'][:23]:<24}{r['batch_per_gpu']:>6}{r['tokens_per_s_per_gpu']:>10.0f}{r['model_tflops_per_gpu']:>9.0f}"
               f"{mfu:>7}{memory:>9}{r['tokens_per_sample']:>8.0f}")  # fmt: skip
     print()
     for mode, gpus in (("lora", 1), ("full", 2), ("full", 4)):
@@ -428,6 +447,9 @@ def print_table(results: list[dict]) -> None:
         if ours and stock:
             ratio = ours["tokens_per_s_per_gpu"] / stock["tokens_per_s_per_gpu"]
             print(f"{mode} on {gpus} GPU(s): ours / stock throughput = {ratio:.2f}x")
+    for r in results:
+        if "error" not in r and r.get("losses"):
+            print(f"{r['case']}: loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} over {len(r['losses'])} steps")
     one, two = by_name.get("lora-ours-1gpu"), by_name.get("lora-ours-2gpu")
     if one and two:
         efficiency = two["tokens_per_s"] / (2 * one["tokens_per_s"])
@@ -467,7 +489,8 @@ def compare_curves(paths: list[str], plot: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", choices=list(CASES), help="default: every case this machine's GPUs fit")
-    parser.add_argument("--size", default="7b", help="model size from vital_hub.training.synthetic.SIZES")
+    parser.add_argument("--model", choices=MODELS, default="llava-1.5", help="the model shape to benchmark")
+    parser.add_argument("--size", default="7b", help="LLaVA size from vital_hub.training.synthetic.SIZES")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per case")
     parser.add_argument("--warmup", type=int, default=4, help="steps left out of the timing")
     parser.add_argument("--batch-size", type=int, default=8, help="per GPU (the stock reference used 8)")

@@ -2,9 +2,10 @@
 
 Nothing downloads. The tokenizer is the offline byte-level BPE of `synthetic.build_tokenizer` with each family's
 special tokens added under the names its processor looks for; image processors are the Pillow-backed classes
-transformers ships (no torchvision), so the same folders load on a CPU machine without it. Sizes: `tiny` for CPU
-tests (a few hundred thousand parameters), and `7b` for Qwen2.5-VL (Qwen2.5-VL-7B-Instruct's shapes) for GPU
-throughput runs with random weights.
+transformers ships (no torchvision), and processors are their image-only variants (`processors.image_only`), so
+the same folders load on a CPU machine without torchvision. Sizes: `tiny` for CPU
+tests (a few hundred thousand parameters), and `7b` for Qwen2.5-VL (Qwen2.5-VL-7B-Instruct's shapes, with the pixel
+budget of `recipes/qwen2.5-vl-7b`: 64 to 640 visual tokens) for GPU throughput runs with random weights.
 
     python -m vital_hub.training.family_models --family qwen2.5-vl --size tiny --out runs/qwen-tiny
 """
@@ -15,7 +16,7 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
-from vital_hub.training.processors import constructible
+from vital_hub.training.processors import image_only
 from vital_hub.training.synthetic import build_tokenizer
 
 TEXT_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -26,6 +27,20 @@ QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end
 def chat_template(name: str) -> str:
     """A published chat template shipped with vital-hub (see chat_templates/README.md for where each is from)."""
     return resources.files("vital_hub.training").joinpath("chat_templates", f"{name}.jinja").read_text("utf-8")
+
+
+def pil_class(model: str, name: str):
+    """A family's Pillow-backed image processor class (transformers 5.2x), or its default class where the
+    installed transformers has no Pillow variant (it then has torchvision, which the default class needs)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"transformers.models.{model}.image_processing_pil_{model}")
+        return getattr(module, f"{name}Pil")
+    except (ImportError, AttributeError):
+        import transformers
+
+        return getattr(transformers, name)
 
 
 def _tokenizer(specials: list[str], extra: dict[str, str] | None = None, bos: str = "<s>", eos: str = "</s>"):
@@ -45,7 +60,8 @@ def _special_ids(tokenizer) -> dict[str, int]:
 
 def qwen2_5_vl(size: str):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    Qwen2VLImageProcessorPil = pil_class("qwen2_vl", "Qwen2VLImageProcessor")
 
     tokenizer = _tokenizer(QWEN_SPECIALS, eos="<|im_end|>")
     if size == "7b":
@@ -69,16 +85,17 @@ def qwen2_5_vl(size: str):
     )  # fmt: skip
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=14, merge_size=2, temporal_patch_size=2,
-        size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * (1024 if size == "7b" else 64)},
+        size={"shortest_edge": 28 * 28 * (64 if size == "7b" else 4), "longest_edge": 28 * 28 * (640 if size == "7b" else 64)},
     )  # fmt: skip
-    processor = constructible(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+    processor = image_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
                                     chat_template=chat_template("qwen2_5_vl"))  # fmt: skip
     return processor, config
 
 
 def qwen3_vl(size: str):
     from transformers import Qwen3VLConfig, Qwen3VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    Qwen2VLImageProcessorPil = pil_class("qwen2_vl", "Qwen2VLImageProcessor")
 
     tokenizer = _tokenizer(QWEN_SPECIALS, eos="<|im_end|>")
     text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer),
@@ -96,14 +113,15 @@ def qwen3_vl(size: str):
         patch_size=16, merge_size=2, temporal_patch_size=2,
         size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
     )  # fmt: skip
-    processor = constructible(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+    processor = image_only(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
                                  chat_template=chat_template("qwen3_vl"))  # fmt: skip
     return processor, config
 
 
 def gemma3(size: str):
     from transformers import Gemma3Config, Gemma3Processor
-    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    Gemma3ImageProcessorPil = pil_class("gemma3", "Gemma3ImageProcessor")
 
     named = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
     tokenizer = _tokenizer(["<start_of_turn>", "<end_of_turn>", *named.values()], named, bos="<bos>", eos="<eos>")
@@ -125,7 +143,8 @@ def gemma3(size: str):
 
 def smolvlm(size: str):
     from transformers import SmolVLMConfig, SmolVLMProcessor
-    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    SmolVLMImageProcessorPil = pil_class("smolvlm", "SmolVLMImageProcessor")
 
     grid = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
     named = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
@@ -138,14 +157,15 @@ def smolvlm(size: str):
     config = SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=scale,
                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"))  # fmt: skip
     image_processor = SmolVLMImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile})
-    processor = constructible(SmolVLMProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+    processor = image_only(SmolVLMProcessor)(image_processor=image_processor, tokenizer=tokenizer,
                                  image_seq_len=(tile // patch) ** 2 // scale**2, chat_template=chat_template("smolvlm"))  # fmt: skip
     return processor, config
 
 
 def internvl(size: str):
     from transformers import InternVLConfig, InternVLProcessor
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    GotOcr2ImageProcessorPil = pil_class("got_ocr2", "GotOcr2ImageProcessor")
 
     named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
              "video_token": "<video>"}  # fmt: skip
@@ -159,16 +179,15 @@ def internvl(size: str):
                             image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5)  # fmt: skip
     image_processor = GotOcr2ImageProcessorPil(size={"height": image_size, "width": image_size}, crop_to_patches=True,
                                                min_patches=1, max_patches=4)  # fmt: skip
-    processor = constructible(InternVLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+    processor = image_only(InternVLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
                                   image_seq_length=4, chat_template=chat_template("internvl"))  # fmt: skip
     return processor, config
 
 
 def llava_onevision(size: str):
     from transformers import LlavaOnevisionConfig, LlavaOnevisionProcessor
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil,
-    )
+
+    LlavaOnevisionImageProcessorPil = pil_class("llava_onevision", "LlavaOnevisionImageProcessor")
 
     tokenizer = _tokenizer(["<|im_start|>", "<|im_end|>", "<image>", "<video>"], eos="<|im_end|>")
     image_size, patch = 32, 8
@@ -186,7 +205,7 @@ def llava_onevision(size: str):
         size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints, image_mean=[0.5] * 3,
         image_std=[0.5] * 3, do_pad=True,
     )  # fmt: skip
-    processor = constructible(LlavaOnevisionProcessor)(
+    processor = image_only(LlavaOnevisionProcessor)(
         image_processor=image_processor, tokenizer=tokenizer,
         num_image_tokens=(image_size // patch) ** 2, vision_feature_select_strategy="full",
         chat_template=chat_template("llava_onevision"),

@@ -54,12 +54,6 @@ def takes_video(processor_class: type) -> bool:
     return VIDEO in processor_class.get_attributes()
 
 
-def constructible(processor_class: type) -> type:
-    """The class to build a processor with here: image-only when the class wants a video processor and there is
-    no torchvision to make one."""
-    return image_only(processor_class) if takes_video(processor_class) and not has_torchvision() else processor_class
-
-
 def processor_class_of(path: str | Path, revision: str | None = None) -> type | None:
     """The processor class a local folder or Hub repo names in its processor_config.json, if any."""
     import transformers
@@ -76,6 +70,21 @@ def processor_class_of(path: str | Path, revision: str | None = None) -> type | 
     return getattr(transformers, name, None) if name else None
 
 
+def has_video_config(path: str | Path, revision: str | None = None) -> bool:
+    """Whether the folder or repo holds a video processor's settings (and torchvision is here to build one)."""
+    if not has_torchvision():
+        return False
+    from huggingface_hub import hf_hub_download
+
+    if Path(path).is_dir():
+        return (Path(path) / "video_preprocessor_config.json").exists()
+    try:
+        hf_hub_download(str(path), "video_preprocessor_config.json", revision=revision)
+    except Exception:  # absent from the repo
+        return False
+    return True
+
+
 def load_processor_from(path: str | Path, revision: str | None = None, **settings):
     """AutoProcessor, or the image-only variant of the folder's processor class where torchvision is missing.
 
@@ -83,8 +92,8 @@ def load_processor_from(path: str | Path, revision: str | None = None, **setting
     """
     from transformers import AutoProcessor
 
-    processor_class = None if has_torchvision() else processor_class_of(path, revision)
-    if processor_class is not None and takes_video(processor_class):
+    processor_class = processor_class_of(path, revision)
+    if processor_class is not None and takes_video(processor_class) and not has_video_config(path, revision):
         try:
             return image_only(processor_class).from_pretrained(path, revision=revision, **settings)
         except ImportError as err:
