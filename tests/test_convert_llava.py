@@ -316,3 +316,25 @@ def test_an_existing_model_folder_is_not_overwritten(llava15, capsys):
         == 1
     )
     assert "already holds a model" in capsys.readouterr().err
+
+
+def test_a_converted_model_trains_two_steps_with_the_recipe(llava15, tmp_path):
+    """recipes/sft.py with LoRA (as recipes/biomed-vital-13b/sft/config_lora.yaml) on the converted weights."""
+    import os
+
+    from tests.sft_support import SFT_SCRIPT, build_instructions_repo, tiny_recipe
+
+    out = llava15[2]
+    repo = build_instructions_repo(tmp_path / "instructions")
+    recipe = tiny_recipe(
+        tmp_path / "recipe.yaml", out, repo, tmp_path / "run", init_random_weights=False, use_peft=True, lora_r=4,
+        lora_alpha=8, lora_target_modules=r".*language_model.*\.(q_proj|v_proj)",
+        lora_modules_to_save=["multi_modal_projector"], save_strategy="no",
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, str(SFT_SCRIPT), "--config", str(recipe)], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    losses = [row["loss"] for row in state["log_history"] if "loss" in row]
+    assert state["global_step"] == 2 and len(losses) == 2 and all(np.isfinite(losses))

@@ -32,25 +32,37 @@ class Source:
     folder: Path
     name: str  # the Hub id or the folder as given
     revision: str | None  # the commit converted, when it came from the Hub
+    subfolder: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.subfolder})" if self.subfolder else self.name
 
 
-def resolve(model: str, revision: str | None, patterns: tuple[list[str], list[str]]) -> Source:
-    """A local folder as is, or a Hub snapshot (safetensors preferred, `.bin` files otherwise)."""
+def resolve(model: str, revision: str | None, patterns: tuple[list[str], list[str]], subfolder: str = "") -> Source:
+    """A local folder as is, or a Hub snapshot (safetensors preferred, `.bin` files otherwise); `subfolder` picks
+    one model of a repo that holds several."""
     from vital_hub.convert.tensors import find_weights
     from vital_hub.hub import REPO_ID, download_repo
 
+    prefix = subfolder.strip("/") + "/" if subfolder else ""
     if Path(model).is_dir():
-        return Source(Path(model), model, revision)
+        return Source(Path(model) / prefix, model, revision, prefix.rstrip("/"))
     if not REPO_ID.match(model):
         raise ConversionError(f"{model}: no such folder, and not a Hub model id of the form ORG/NAME")
     for allow in patterns:
-        folder = download_repo(model, repo_type="model", revision=revision, allow_patterns=allow)
+        snapshot = download_repo(
+            model, repo_type="model", revision=revision, allow_patterns=[prefix + p for p in allow]
+        )
         try:
-            find_weights(folder)
+            find_weights(snapshot / prefix)
         except ValueError:
             continue
-        return Source(folder, model, folder.name if HUB_COMMIT.match(folder.name) else revision)
-    raise ConversionError(f"{model}: the Hub repo has no model.safetensors* or pytorch_model*.bin weights")
+        commit = snapshot.name if HUB_COMMIT.match(snapshot.name) else revision
+        return Source(snapshot / prefix, model, commit, prefix.rstrip("/"))
+    raise ConversionError(
+        f"{model}: the Hub repo has no model.safetensors* or pytorch_model*.bin weights{' in ' + prefix if prefix else ''}"
+    )
 
 
 def convert(args: argparse.Namespace) -> dict:
@@ -65,7 +77,7 @@ def convert(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     if (out / "config.json").exists():
         raise ConversionError(f"{out}: already holds a model; remove it or choose another --out")
-    source = resolve(args.model, args.revision, MODEL_PATTERNS)
+    source = resolve(args.model, args.revision, MODEL_PATTERNS, args.subfolder or "")
     raw = lo.read_config(source.folder)
     settings = lo.original_settings(raw, source.folder, args.chat_format)
     weights = find_weights(source.folder)
@@ -125,7 +137,7 @@ def convert(args: argparse.Namespace) -> dict:
     processor.save_pretrained(partial)
     (partial / "README.md").write_text(card(source, clip if clip_weights is not None else None, settings, weights))
     partial.rename(out)
-    result = {"out": str(out), "files": [f.name for f in files], "tensors": len(mapping), "source": source.name}
+    result = {"out": str(out), "files": [f.name for f in files], "tensors": len(mapping), "source": source.label}
     result |= {
         "revision": source.revision,
         "chat_format": settings.chat_format,
@@ -134,7 +146,7 @@ def convert(args: argparse.Namespace) -> dict:
     if args.push_to:
         from vital_hub.hub import push_folder
 
-        result["pushed"] = push_folder(out, args.push_to, repo_type="model", commit_message=f"Convert {source.name}")
+        result["pushed"] = push_folder(out, args.push_to, repo_type="model", commit_message=f"Convert {source.label}")
     return result
 
 
@@ -151,9 +163,19 @@ def fit(path: Path, key: str, target: str, tensor, targets: dict, cast):
     if target in ("model.language_model.embed_tokens.weight", "lm_head.weight") and tensor.dim() == 2:
         extra = expected[0] - tensor.shape[0]
         if extra > 0 and tensor.shape[1] == expected[1]:
-            mean = tensor.float().mean(dim=0, keepdim=True).to(tensor.dtype)
-            return torch.cat([tensor, mean.expand(extra, -1)])
+            return torch.cat([tensor, mean_row(tensor).expand(extra, -1)])
     raise ConversionError(f"{path}: {key!r} has shape {list(tensor.shape)}, the model expects {list(expected)}")
+
+
+def mean_row(matrix, block: int = 4096):
+    """The mean of a matrix's rows, summed in float32 a block at a time (a float32 copy of a 13B model's output
+    matrix would add 650 MB to the peak)."""
+    import torch
+
+    total = torch.zeros(matrix.shape[1], dtype=torch.float32)
+    for start in range(0, matrix.shape[0], block):
+        total += matrix[start : start + block].sum(dim=0, dtype=torch.float32)
+    return (total / matrix.shape[0]).to(matrix.dtype)[None]
 
 
 def card(source: Source, clip: Source | None, settings, weights) -> str:
@@ -166,7 +188,7 @@ def card(source: Source, clip: Source | None, settings, weights) -> str:
     lines += [
         f"# {Path(source.name).name} (transformers format)",
         "",
-        f"Converted from the original-LLaVA checkpoint `{source.name}`, revision `{revision}`, with "
+        f"Converted from the original-LLaVA checkpoint `{source.label}`, revision `{revision}`, with "
         f"`vital convert llava-original` (vital-hub). Weights are unchanged apart from the `<image>` token's rows",
         "added to the embedding and output matrices (mean-initialised; the image features replace that embedding).",
         "",
@@ -196,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub model id")
     parser.add_argument("--out", required=True, help="output folder (must not hold a model yet)")
     parser.add_argument("--revision", help="Hub revision of --model to convert (default: main)")
+    parser.add_argument("--subfolder", help="the model's folder inside --model, for repos that hold several")
     parser.add_argument(
         "--vision-tower", help="CLIP folder or Hub id for the tower (default: the config's mm_vision_tower)"
     )
