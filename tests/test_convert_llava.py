@@ -338,3 +338,40 @@ def test_a_converted_model_trains_two_steps_with_the_recipe(llava15, tmp_path):
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
     losses = [row["loss"] for row in state["log_history"] if "loss" in row]
     assert state["global_step"] == 2 and len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_converts_from_the_hub_and_pushes_the_result(tmp_path):
+    """A Hub repo holding the original model in a subfolder (as a repo of several models would), downloaded through
+    vital_hub.hub; the card names the commit converted; --push-to uploads the folder."""
+    import os
+    import re
+    import secrets
+
+    from tests.fakes.hub_server import running_hub
+
+    token = f"hf_convertTest{secrets.token_hex(8)}"
+    upload = tmp_path / "upload"
+    build_original(upload / "biomed-vital-13b", "llama", vision=False, shards=2, fmt="safetensors")
+    clip = build_clip(tmp_path / "clip")
+    with running_hub(tmp_path / "store", token=token) as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1", HF_TOKEN=token,
+                   PYTHONPATH=str(REPO_ROOT))  # fmt: skip
+
+        def vital_cli(*args):
+            done = subprocess.run([sys.executable, "-m", "vital_hub.cli", *args], env=env, cwd=REPO_ROOT,
+                                  capture_output=True, text=True, timeout=240)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert token not in done.stdout + done.stderr
+            return done
+
+        vital_cli("push", "--repo", str(upload), "--to", "org/originals", "--repo-type", "model")
+        out = tmp_path / "converted"
+        vital_cli("convert", "llava-original", "--model", "org/originals", "--subfolder", "biomed-vital-13b",
+                  "--out", str(out), "--vision-tower", str(clip), "--push-to", "org/converted")  # fmt: skip
+        card = (out / "README.md").read_text()
+        assert "`org/originals (biomed-vital-13b)`" in card and 'base_model: "org/originals"' in card
+        assert re.search(r"revision `[0-9a-f]{40}`", card) and token not in card
+        stored = json.loads((tmp_path / "store" / "repos" / "models" / "org" / "converted.json").read_text())
+        files = stored["commits"][stored["refs"]["main"]]["files"]
+        assert {"config.json", "README.md", "chat_template.jinja", "model.safetensors.index.json"} <= set(files)
