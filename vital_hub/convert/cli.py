@@ -66,17 +66,18 @@ def resolve(model: str, revision: str | None, patterns: tuple[list[str], list[st
 
 
 def convert(args: argparse.Namespace) -> dict:
-    import torch
     import transformers
     from transformers import AutoTokenizer
 
     from vital_hub.convert import llava_original as lo
     from vital_hub.convert.formats import build_processor, generation_config
-    from vital_hub.convert.tensors import ShardWriter, find_weights, iter_tensors
+    from vital_hub.convert.tensors import find_weights
 
     out = Path(args.out)
     if (out / "config.json").exists():
         raise ConversionError(f"{out}: already holds a model; remove it or choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConversionError(f"{out}: exists and is not an empty folder; choose another --out")
     source = resolve(args.model, args.revision, MODEL_PATTERNS, args.subfolder or "")
     raw = lo.read_config(source.folder)
     settings = lo.original_settings(raw, source.folder, args.chat_format)
@@ -109,7 +110,43 @@ def convert(args: argparse.Namespace) -> dict:
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    writer = ShardWriter(partial, int(args.max_shard_gb * 1024**3))
+    try:
+        files = write_weights(partial, weights, clip_weights, mapping, targets, dtype, args)
+        config.save_pretrained(partial)
+        generation_config(tokenizer).save_pretrained(partial)
+        processor = build_processor(
+            tokenizer, vision.image_size, vision.patch_size, settings.pad_to_square, settings.chat_format,
+            settings.select_strategy,
+        )  # fmt: skip
+        processor.save_pretrained(partial)
+        (partial / "README.md").write_text(card(source, clip if clip_weights is not None else None, settings, weights))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a half-written folder is of no use; the source is untouched
+        raise
+    if out.exists():
+        out.rmdir()  # checked empty above
+    partial.rename(out)
+    result = {"out": str(out), "files": [f.name for f in files], "tensors": len(mapping), "source": source.label}
+    result |= {
+        "revision": source.revision,
+        "chat_format": settings.chat_format,
+        "pad_to_square": settings.pad_to_square,
+    }
+    if args.push_to:
+        from vital_hub.hub import push_folder
+
+        result["pushed"] = push_folder(out, args.push_to, repo_type="model", commit_message=f"Convert {source.label}")
+    return result
+
+
+def write_weights(folder: Path, weights, clip_weights, mapping: dict, targets: dict, dtype: str, args) -> list[Path]:
+    """Every source shard in turn, renamed and written before the next is read; then the tower's weights."""
+    import torch
+
+    from vital_hub.convert import llava_original as lo
+    from vital_hub.convert.tensors import ShardWriter, iter_tensors
+
+    writer = ShardWriter(folder, int(args.max_shard_gb * 1024**3))
     cast = getattr(torch, dtype) if args.dtype != "auto" else None
     for path in weights.files:
         for key, tensor in iter_tensors(path):
@@ -126,28 +163,7 @@ def convert(args: argparse.Namespace) -> dict:
                 if target is not None:
                     writer.add(target, fit(path, key, target, tensor, targets, getattr(torch, dtype)))
             writer.end_shard()
-    files = writer.finish()
-
-    config.save_pretrained(partial)
-    generation_config(tokenizer).save_pretrained(partial)
-    processor = build_processor(
-        tokenizer, vision.image_size, vision.patch_size, settings.pad_to_square, settings.chat_format,
-        settings.select_strategy,
-    )  # fmt: skip
-    processor.save_pretrained(partial)
-    (partial / "README.md").write_text(card(source, clip if clip_weights is not None else None, settings, weights))
-    partial.rename(out)
-    result = {"out": str(out), "files": [f.name for f in files], "tensors": len(mapping), "source": source.label}
-    result |= {
-        "revision": source.revision,
-        "chat_format": settings.chat_format,
-        "pad_to_square": settings.pad_to_square,
-    }
-    if args.push_to:
-        from vital_hub.hub import push_folder
-
-        result["pushed"] = push_folder(out, args.push_to, repo_type="model", commit_message=f"Convert {source.label}")
-    return result
+    return writer.finish()
 
 
 def fit(path: Path, key: str, target: str, tensor, targets: dict, cast):
