@@ -377,3 +377,38 @@ def test_converts_from_the_hub_and_pushes_the_result(tmp_path):
         stored = json.loads((tmp_path / "store" / "repos" / "models" / "org" / "converted.json").read_text())
         files = stored["commits"][stored["refs"]["main"]]["files"]
         assert {"config.json", "README.md", "chat_template.jinja", "model.safetensors.index.json"} <= set(files)
+
+
+def test_sentencepiece_prompt_ids_match_the_original_chunked_tokenisation(tmp_path):
+    """With LLaMA's SentencePiece tokenizer the original tokenised the text before and after `<image>` separately
+    (`tokenizer_image_token`), so the text after the image starts with `▁`; the converted processor gives the same
+    ids, with the image tokens where the original spliced the features."""
+    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    from transformers import AutoProcessor
+
+    from tests.fakes.original_llava import write_sentencepiece_tokenizer
+
+    source = build_original(tmp_path / "original", "llama", vision=False)
+    write_sentencepiece_tokenizer(source)
+    raw = json.loads((source / "config.json").read_text())
+    raw["vocab_size"] = 300
+    (source / "config.json").write_text(json.dumps(raw))
+    state = torch.load(source / "pytorch_model.bin", weights_only=True)
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[key] = torch.randn(300, TINY_TEXT["hidden_size"])
+    torch.save(state, source / "pytorch_model.bin")
+    out = tmp_path / "converted"
+    argv = ["convert", "llava-original", "--model", str(source), "--out", str(out)]
+    assert vital([*argv, "--vision-tower", str(build_clip(tmp_path / "clip"))]) == 0
+
+    processor = AutoProcessor.from_pretrained(out)
+    question = "What is seen in this CT scan?"
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = processor(text=prompt, images=picture(), return_tensors="pt")["input_ids"][0].tolist()
+    sp = spm.SentencePieceProcessor(model_file=str(source / "tokenizer.model"))
+    before, after = original_prompt("llama", question).split("<image>")
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    n_image = (TINY_CLIP["image_size"] // TINY_CLIP["patch_size"]) ** 2
+    assert ids == [1, *sp.encode(before), *[image_id] * n_image, *sp.encode(after)]

@@ -153,3 +153,26 @@ def write_state(folder: Path, state: dict, shards: int, fmt: str) -> None:
     if shards > 1:
         index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
         (folder / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2))
+
+
+def write_sentencepiece_tokenizer(folder: Path) -> None:
+    """Replace the folder's tokenizer with a SentencePiece `tokenizer.model` and a LlamaTokenizer config, as
+    LLaVA-1.5 checkpoints ship it (normaliser as LLaMA's: dummy prefix, whitespace kept, byte fallback)."""
+    import sentencepiece as spm
+
+    corpus = folder / "corpus.txt"
+    lines = ["A chat between a curious human and an artificial intelligence assistant.", "USER: ASSISTANT:",
+             "What abnormality is seen in this CT scan of the chest? The image shows a lesion."]  # fmt: skip
+    corpus.write_text("\n".join(lines * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=300, model_type="bpe",
+        byte_fallback=True, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, remove_extra_whitespaces=False,
+        add_dummy_prefix=True, normalization_rule_name="identity", minloglevel=2,
+    )  # fmt: skip
+    corpus.unlink()
+    (folder / "tokenizer.vocab").unlink()
+    (folder / "tokenizer.json").unlink()
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "pad_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+              "model_max_length": 4096, "padding_side": "right"}  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))

@@ -94,7 +94,7 @@ def convert(args: argparse.Namespace) -> dict:
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # it reads config.json and warns that llava_llama is unknown
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.folder)
+        tokenizer = AutoTokenizer.from_pretrained(source.folder, **sentencepiece_options(source.folder))
     finally:
         transformers.logging.set_verbosity(verbosity)
     if "<image>" not in tokenizer.get_vocab():
@@ -137,6 +137,15 @@ def convert(args: argparse.Namespace) -> dict:
 
         result["pushed"] = push_folder(out, args.push_to, repo_type="model", commit_message=f"Convert {source.label}")
     return result
+
+
+def sentencepiece_options(folder: Path) -> dict:
+    """`legacy=True` for a SentencePiece Llama/Mistral tokenizer: the original cut the prompt at `<image>` and
+    tokenised each piece on its own, so the text after the image starts with SentencePiece's `▁` prefix; the
+    legacy tokenizer puts that prefix after special tokens too, giving the same ids around the image."""
+    if (folder / "tokenizer.json").is_file() or not (folder / "tokenizer.model").is_file():
+        return {}
+    return {"legacy": True}
 
 
 def write_weights(folder: Path, weights, clip_weights, mapping: dict, targets: dict, dtype: str, args) -> list[Path]:
