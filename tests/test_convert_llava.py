@@ -374,6 +374,9 @@ def test_converts_from_the_hub_and_pushes_the_result(tmp_path):
         card = (out / "README.md").read_text()
         assert "`org/originals (biomed-vital-13b)`" in card and 'base_model: "org/originals"' in card
         assert re.search(r"revision `[0-9a-f]{40}`", card) and token not in card
+        again = vital_cli("convert", "llava-original", "--model", "org/originals", "--subfolder", "biomed-vital-13b",
+                          "--out", str(out), "--vision-tower", str(clip), "--push-to", "org/converted")  # fmt: skip
+        assert json.loads(again.stdout)["pushed"]  # a re-run after the conversion only (re-)pushes: the resume
         stored = json.loads((tmp_path / "store" / "repos" / "models" / "org" / "converted.json").read_text())
         files = stored["commits"][stored["refs"]["main"]]["files"]
         assert {"config.json", "README.md", "chat_template.jinja", "model.safetensors.index.json"} <= set(files)

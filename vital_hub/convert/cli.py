@@ -5,7 +5,8 @@
         --push-to my-org/llava-med-v1.5-mistral-7b-hf
 
 The folder is written as `OUT.partial` and renamed when complete, so an interrupted run leaves no half model
-under OUT; re-running starts that conversion again. Shards are converted one at a time (see
+under OUT and re-running starts that conversion again; once OUT is complete, re-running with `--push-to` only
+pushes (the upload resumes). Shards are converted one at a time (see
 `vital_hub.convert.tensors`).
 """
 
@@ -75,6 +76,8 @@ def convert(args: argparse.Namespace) -> dict:
 
     out = Path(args.out)
     if (out / "config.json").exists():
+        if args.push_to and converted_from(out, args.model):  # the conversion is done: re-running resumes the push
+            return {"out": str(out), "pushed": push(out, args.push_to, args.model)}
         raise ConversionError(f"{out}: already holds a model; remove it or choose another --out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConversionError(f"{out}: exists and is not an empty folder; choose another --out")
@@ -133,10 +136,20 @@ def convert(args: argparse.Namespace) -> dict:
         "pad_to_square": settings.pad_to_square,
     }
     if args.push_to:
-        from vital_hub.hub import push_folder
-
-        result["pushed"] = push_folder(out, args.push_to, repo_type="model", commit_message=f"Convert {source.label}")
+        result["pushed"] = push(out, args.push_to, source.label)
     return result
+
+
+def push(out: Path, repo_id: str, label: str) -> str:
+    from vital_hub.hub import push_folder
+
+    return push_folder(out, repo_id, repo_type="model", commit_message=f"Convert {label}")
+
+
+def converted_from(out: Path, model: str) -> bool:
+    """Whether `out` is this converter's folder for `model` (its card names the source)."""
+    card_path = out / "README.md"
+    return card_path.is_file() and f"original-LLaVA checkpoint `{model}" in card_path.read_text(encoding="utf-8")
 
 
 def sentencepiece_options(folder: Path) -> dict:
