@@ -35,6 +35,12 @@ COMMANDS: tuple[Command, ...] = (
     Command(("preferences",), "vital_hub.preferences.cli:main", "annotate", "sample items, build preference pairs"),
     Command(("annotate",), "vital_hub.preferences.app:main", "annotate", "serve the clinician annotation app"),
     Command(("select",), "vital_hub.selector.select:main", "train", "score candidates and keep the top ones"),
+    Command(
+        ("convert", "llava-original"),
+        "vital_hub.convert.cli:llava_original_main",
+        "train",
+        "convert an original-LLaVA checkpoint to transformers",
+    ),
     Command(("eval",), "vital_hub.eval.cli:main", "eval", "answer, judge and score evaluation sets"),
 )
 

@@ -1,0 +1,1 @@
+"""Checkpoints in other formats as transformers folders (`vital convert ...`)."""
