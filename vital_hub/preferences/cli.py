@@ -48,6 +48,9 @@ class BuildConfig:
     out: str = help_field("preferences repo folder (config clinician, plus mixed when model pairs exist)")
     aggregate: str = help_field("several annotators on one item: unanimous | majority | each", default="unanimous")
     use_better: bool = help_field("a 'which is better' pick turns a tie (both acceptable) into a pair", default=False)
+    include_without_figure: bool = help_field(
+        "also pair judgements made while the figure could not be shown (kept out by default)", default=False
+    )
     test_fraction: float = help_field("share of clinician pairs held out (stable per item)", default=0.0)
     seed: int = help_field("seed of the held-out split", default=0)
     max_pairs: int | None = help_field(
@@ -138,7 +141,9 @@ def build_command(config: BuildConfig) -> int:
     from vital_hub.preferences.store import read_judgements
 
     records = read_judgements(config.annotations)
-    pairs, outcomes = clinician_pairs(records, config.aggregate, config.use_better, config.test_fraction, config.seed)
+    pairs, outcomes = clinician_pairs(
+        records, config.aggregate, config.use_better, config.test_fraction, config.seed, config.include_without_figure
+    )
     pairs = pairs[: config.max_pairs] if config.max_pairs is not None else pairs
     if config.embed_images:
         embed_images(pairs, config.images, config.figures)
