@@ -53,7 +53,7 @@ def write_items(folder: Path, count: int = 5) -> Path:
 
 def qa50_items(folder: Path, images: Path, good: int = 3, broken: int = 2) -> tuple[Path, list[str]]:
     """Items from the real qa50 questions whose figures are in `images`: `good` that decode, then `broken`
-    whose downloads are empty or cut off. Returns (items file, each item's figure state in order)."""
+    whose downloads are empty or cut off, in that order. Returns (items file, each item's figure state in order)."""
     from vital_hub.preferences.items import ImageResolver, Item
 
     resolver = ImageResolver(images)
@@ -64,6 +64,8 @@ def qa50_items(folder: Path, images: Path, good: int = 3, broken: int = 2) -> tu
         if (ok and states.count("ok") < good) or (not ok and states.count("broken") < broken):
             chosen.append(record)
             states.append("ok" if ok else "broken")
+    order = sorted(range(len(chosen)), key=lambda i: states[i] != "ok")
+    chosen, states = [chosen[i] for i in order], [states[i] for i in order]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "qa50_items.jsonl"
     with path.open("w") as handle:

@@ -31,7 +31,7 @@ def progress_report(annotation, accounts) -> dict:
             "judged": len(latest[name]),
             "total": len(ids),
             "cannot_judge": sum(bool(r.get("cannot_judge")) for r in mine),
-            "without_figure": sum(r.get("figure_status") == "unavailable" for r in mine),
+            "without_figure": sum(r.get("figure_status") == "unavailable" and not r.get("cannot_judge") for r in mine),
             "last_saved": max((r.get("time") or "" for r in mine), default=None),
         }
     judged = [r for r in records if r["item_id"] in ids and not r.get("cannot_judge")]
