@@ -219,9 +219,11 @@ def test_figures_that_failed_are_said_recorded_and_kept_out_of_pairs(tmp_path):
     stats = json.loads((prefs / "stats" / "annotators.json").read_text())["annotators"]["dr_a"]
     assert stats["without_figure"] == 1 and stats["cannot_judge"] == 1
     with_them = vital(
-        "preferences", "build", "--annotations", str(out), "--out", str(prefs), "--include-without-figure"
-    )
+        "preferences", "build", "--annotations", str(out), "--out", str(prefs), "--include-without-figure",
+        "--embed-images", "--images", str(images),
+    )  # fmt: skip
     assert with_them.returncode == 0, with_them.stderr
+    assert "warning: 1 figures could not be embedded" in with_them.stderr
     rows = pq.read_table(prefs / "data" / "clinician" / "train-00000-of-00001.parquet").to_pylist()
     assert len(rows) == len(good) + 1 and "unavailable" in {r["figure_status"] for r in rows}
 

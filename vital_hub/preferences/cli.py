@@ -102,11 +102,17 @@ def sample_command(config: SampleConfig) -> int:
     if config.encoder == "tiny-clip":
         options["seed"] = config.seed
     resolver = ImageResolver(config.images, config.figures)
+    try:
+        encoder = get_encoder(config.encoder, **options)
+    except OSError as err:  # no network and nothing cached: say what works offline
+        raise OSError(
+            f"the {config.encoder} encoder could not be loaded ({err}); offline, use --encoder hashing"
+        ) from err
     sample = diverse_sample(
         items,
         config.k,
         config.seed,
-        get_encoder(config.encoder, **options),
+        encoder,
         resolver,
         config.clusters,
         config.image_weight,
@@ -230,6 +236,10 @@ def embed_images(pairs: list[dict], images: str | None, figures: str | None) -> 
         if pair_id not in cache:
             cache[pair_id] = resolver.bytes_for(Item(pair_id, pair_id, "", "", ""))
         row["image"] = {"bytes": cache[pair_id], "path": f"{pair_id}.jpg"} if cache[pair_id] else None
+    missing = sorted({row["pair_id"] for row in pairs if row["image"] is None})
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        print(f"warning: {len(missing)} figures could not be embedded (missing or damaged): {shown}", file=sys.stderr)
 
 
 SUBCOMMANDS = {
