@@ -250,6 +250,11 @@ def test_bad_sources_and_unsafe_serving_are_refused_at_start(tmp_path):
     assert plain.returncode == 1 and "over plain HTTP" in plain.stderr
     local = vital("annotate", "serve", "--out", str(out), "--items", str(items), "--annotator", "dr_a")
     assert local.returncode == 1 and "drop --annotator" in local.stderr
+    proc, port = start_server(items, out, "--allow-insecure-http", host="0.0.0.0")  # forced: it starts
+    try:
+        assert client(port).get("/api/state").status_code == 401
+    finally:
+        stop(proc)
 
 
 def test_https_with_secure_cookies(tmp_path):
