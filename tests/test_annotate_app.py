@@ -91,7 +91,7 @@ def test_sessions_are_random_end_at_logout_and_expire(tmp_path):
     items = write_items(tmp_path / "items")
     out = tmp_path / "annotations"
     key = invite(out, "dr_a")
-    proc, port = start_server(items, out, "--session-hours", str(2 / 3600))
+    proc, port = start_server(items, out, "--session-hours", str(3 / 3600))
     try:
         first, second = sign_in(port, key), sign_in(port, key)
         cookie_1, cookie_2 = first.cookies["vital_annotate_session"], second.cookies["vital_annotate_session"]
@@ -101,9 +101,10 @@ def test_sessions_are_random_end_at_logout_and_expire(tmp_path):
         stale = client(port, cookies={"vital_annotate_session": cookie_1})
         assert stale.get("/api/state").status_code == 401  # logged out: the old cookie is worth nothing
         assert second.get("/api/state").status_code == 200  # the other session is untouched
-        time.sleep(2.2)
-        assert second.get("/api/state").status_code == 401  # expired
-        page = second.get("/", headers={"Accept": "text/html"})
+        time.sleep(3.2)
+        kept = client(port, cookies={"vital_annotate_session": cookie_2})  # a browser that ignores max-age
+        assert kept.get("/api/state").status_code == 401  # expired on the server
+        page = kept.get("/", headers={"Accept": "text/html"})
         assert page.status_code == 303 and page.headers["location"].startswith("/login")
     finally:
         stop(proc)
@@ -128,11 +129,13 @@ def test_two_hundred_parallel_wrong_logins_get_only_a_handful_evaluated(tmp_path
                 codes = list(pool.map(lambda n: wrong(n, f"user{n}", False), range(200)))
             elapsed = time.monotonic() - started
             print(f"200 parallel wrong logins from one client: {codes.count(401)} evaluated in {elapsed:.2f} s")
-            assert codes.count(401) <= 10 and codes.count(429) >= 190 and set(codes) <= {401, 429}
+            assert codes.count(401) <= 10 + elapsed / 6 and set(codes) <= {401, 429}  # a burst of 10, then 1 per 6 s
             # one name from 200 addresses (through the trusted proxy): the per-name limit holds
+            started = time.monotonic()
             with ThreadPoolExecutor(48) as pool:
                 spread = list(pool.map(lambda n: wrong(n, "dr_a", True), range(200)))
-            assert spread.count(401) <= 5 and set(spread) <= {401, 429}
+            elapsed = time.monotonic() - started
+            assert spread.count(401) <= 5 + elapsed / 12 and set(spread) <= {401, 429}  # 5, then 1 per 12 s
             # another clinician from another address is not locked out by either flood
             ok = session.post("/login", data={"key": other}, headers={"X-Forwarded-For": "203.0.113.9"})
             assert ok.status_code == 303
@@ -397,3 +400,19 @@ def test_items_from_a_candidates_repo_on_the_hub(tmp_path):
                 assert item["item"]["item_id"] == "xray1_F1#0#q0" and item["has_image"]
         finally:
             stop(proc)
+
+
+def test_without_accounts_only_local_clients_naming_the_loopback_are_served(tmp_path):
+    from starlette.testclient import TestClient
+
+    from vital_hub.preferences.app import Annotation, Gate, create_app
+
+    annotation = Annotation(load_items(write_items(tmp_path / "items")), str(tmp_path / "out"), ImageResolver())
+    app = create_app(annotation, Gate(None, "Dr_A", 1.0))
+    remote = TestClient(app, base_url="http://127.0.0.1", client=("192.0.2.77", 40000))
+    assert remote.get("/api/state").status_code == 403 and remote.get("/api/image/0").status_code == 403
+    local = TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 40000))
+    assert local.get("/api/state").json() == {"annotator": "dr_a", "total": 5, "done": 0, "position": 0}
+    assert local.get("/api/state", headers={"Host": "rebound.example"}).status_code == 403
+    assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("::ffff:127.0.0.1")
+    assert not is_loopback("192.0.2.1") and not is_loopback("testclient") and not is_loopback(None)
