@@ -199,6 +199,7 @@ async function send(verdict) {
   const saved = `Saved item ${body.saved_index + 1}.`;
   if (state.index + 1 < state.total) {
     if (await load(state.index + 1)) setStatus(saved);
+    else setStatus(`${saved} ${$("status").textContent}`, true);
   } else {
     state.saved = Object.assign({ acceptable_a: state.marks.a, acceptable_b: state.marks.b, better: state.better,
       comment: $("comment").value.trim() }, verdict);

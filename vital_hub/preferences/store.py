@@ -24,7 +24,7 @@ ANNOTATOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BETTER_CHOICES = ("a", "b", None)
 CANNOT_JUDGE = ("figure_unavailable",)
 FIGURE_STATUSES = ("shown", "unavailable")
-MAX_COMMENT_CHARS = 4000
+MAX_COMMENT_CHARS = 4000  # what the app accepts; logs written before the cap are still read whole
 
 
 def check_annotator(name: str) -> str:
@@ -57,9 +57,8 @@ def validate_judgement(record: dict, file: str | None = None, index: int | None 
             raise RecordError(f"{key!r} must be true or false", file=file, index=index, record_id=item_id)
     if record.get("better") not in BETTER_CHOICES:
         raise RecordError("'better' must be 'a', 'b' or null", file=file, index=index, record_id=item_id)
-    comment = record.get("comment") or ""
-    if not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS:
-        raise RecordError(f"'comment' must be text of at most {MAX_COMMENT_CHARS} characters", file=file, index=index)
+    if not isinstance(record.get("comment") or "", str):
+        raise RecordError("'comment' must be text", file=file, index=index, record_id=item_id)
     return record
 
 
