@@ -147,7 +147,8 @@ function setStatus(text, error) {
   $("status").classList.toggle("error", !!error);
 }
 
-async function load(index) {
+// `note` (what the last action did) goes on the status line before queued keys are replayed.
+async function load(index, note) {
   const ticket = ++state.ticket;
   setBusy(true);
   let body;
@@ -157,7 +158,7 @@ async function load(index) {
     if (ticket === state.ticket) {
       state.queue = [];
       setBusy(false);
-      setStatus(`Could not open item ${index + 1}: ${err.message}`, true);
+      setStatus(`${note ? note + " " : ""}Could not open item ${index + 1}: ${err.message}`, true);
     }
     return false;
   }
@@ -168,8 +169,9 @@ async function load(index) {
   state.marks = previous ? { a: previous.acceptable_a, b: previous.acceptable_b } : { a: null, b: null };
   state.better = previous ? previous.better : null;
   $("comment").value = previous ? previous.comment || "" : "";
-  if (previous && previous.cannot_judge) setStatus("Marked before: cannot judge (figure unavailable).");
-  else setStatus(previous ? "Judged before; saving again replaces the earlier judgement." : "");
+  const before = previous && previous.cannot_judge ? "Marked before: cannot judge (figure unavailable)."
+    : previous ? "Judged before; saving again replaces the earlier judgement." : "";
+  setStatus(note ? `${note} ${before}`.trim() : before);
   if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
   render();
   window.scrollTo(0, 0);
@@ -198,8 +200,7 @@ async function send(verdict) {
   state.saved = null;
   const saved = `Saved item ${body.saved_index + 1}.`;
   if (state.index + 1 < state.total) {
-    if (await load(state.index + 1)) setStatus(saved);
-    else setStatus(`${saved} ${$("status").textContent}`, true);
+    await load(state.index + 1, saved);
   } else {
     state.saved = Object.assign({ acceptable_a: state.marks.a, acceptable_b: state.marks.b, better: state.better,
       comment: $("comment").value.trim() }, verdict);
