@@ -1,128 +1,317 @@
-"""The annotation app in a real headless browser (Debian's chromium driven by Playwright) and its access rules.
+"""The annotation app's accounts, sessions, limits and figure handling, through its HTTP API on a real server
+(`vital annotate serve` in a subprocess, httpx as the client). The browser tests are in test_annotate_browser.py."""
 
-The browser tests skip, saying why, only where no chromium exists (`apt-get install -y chromium`).
-"""
-
-import io
 import json
-import os
-import re
-import select
-import shutil
-import signal
-import socket
 import subprocess
-import sys
+import threading
 import time
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from PIL import Image, ImageDraw
-from playwright.sync_api import expect
 
-from vital_hub.preferences.app import Access, Annotation, create_app, is_loopback
+from tests.annotate_helpers import (
+    invite,
+    log_lines,
+    qa50_items,
+    start_server,
+    stop,
+    verdict,
+    vital,
+    write_items,
+)
+from tests.conftest import shared_fixture
+from vital_hub.preferences.app import is_loopback
 from vital_hub.preferences.items import ImageResolver, load_items
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-TOKEN = "s3cret-token-for-tests"
+
+def client(port: int, credential: str | None = None, scheme: str = "http", **options) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+    return httpx.Client(
+        base_url=f"{scheme}://127.0.0.1:{port}", headers=headers, trust_env=False, follow_redirects=False, **options
+    )
 
 
-def phantom_png(shade: int) -> bytes:
-    """A small synthetic 'scan': an ellipse with two darker blobs."""
-    picture = Image.new("L", (160, 120), 10)
-    draw = ImageDraw.Draw(picture)
-    draw.ellipse((20, 10, 140, 110), fill=shade)
-    draw.ellipse((50, 40, 75, 70), fill=shade // 3)
-    draw.ellipse((90, 45, 110, 80), fill=shade // 2)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
+def sign_in(port: int, credential: str, **options) -> httpx.Client:
+    session = client(port, **options)
+    answer = session.post("/login", data={"key": credential, "next": "/"})
+    assert answer.status_code == 303, answer.text
+    return session
 
 
-def write_items(folder: Path, count: int = 5) -> Path:
-    """An items JSONL file: pictures as files beside it, the last item without any picture."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i in range(count):
-        item = {
-            "item_id": f"3000{i}_F1#q0",
-            "pair_id": f"3000{i}_F1",
-            "caption": f"Figure {i}: axial CT, case {i}.",
-            "mentions": [f"As shown in Figure {i}, a mass is present.", "It measured 3 cm."],
-            "question": f"Question number {i}: what does the image show?",
-            "answer_a": f"Answer A{i}: a well-circumscribed lesion.",
-            "answer_b": f"Answer B{i}: <script>window.pwned=1</script> normal anatomy.",
-        }
-        if i < count - 1:
-            (folder / f"3000{i}_F1.png").write_bytes(phantom_png(120 + 25 * i))
-            item["image"] = f"3000{i}_F1.png"
-        lines.append(json.dumps(item))
-    path = folder / "items.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def test_identity_comes_from_the_credential_alone(tmp_path):
+    items = write_items(tmp_path / "items")
+    out = tmp_path / "annotations"
+    key_a, key_b = invite(out, "Dr_Dur"), invite(out, " dr_b ")
+    admin = invite(out, "coordinator", admin=True)
+    assert key_a.startswith("dr_dur:") and key_b.startswith("dr_b:")
+    proc, port = start_server(items, out)
+    try:
+        a, b = sign_in(port, key_a), sign_in(port, key_b)
+        assert a.get("/api/state").json()["annotator"] == "dr_dur"
+        assert a.post("/api/judgements", json=verdict("30000_F1#q0", 0, comment="A only")).status_code == 200
+        # dr_b, naming dr_dur in every way there is, can neither read nor replace dr_dur's verdict
+        for params in ({"annotator": "dr_dur"}, {"annotator": "DR_DUR"}, {"annotator": " dr_dur"}):
+            assert b.get("/api/state", params=params).status_code == 403
+            assert b.get("/api/item/0", params=params).status_code == 403
+            replaced = b.post("/api/judgements", params=params, json=verdict("30000_F1#q0", 0, False, False))
+            assert replaced.status_code == 403
+        spoofed = b.post("/api/judgements", json=verdict("30000_F1#q0", 0, False, False, annotator="dr_dur"))
+        assert spoofed.status_code == 403
+        assert b.get("/api/item/0").json()["judgement"] is None  # b sees only b's own (empty) log
+        assert b.post("/api/judgements", json=verdict("30000_F1#q0", 0, False, True)).status_code == 200
+        assert b.get("/api/admin").status_code == 403 and b.get("/admin").status_code == 403
+        # without a credential: nothing, whatever the parameters say
+        anonymous = client(port)
+        assert anonymous.get("/api/item/0", params={"annotator": "dr_dur"}).status_code == 401
+        assert anonymous.post("/api/judgements", json=verdict("30000_F1#q0", 0)).status_code == 401
+        assert client(port, "dr_dur:not-the-secret").get("/api/state").status_code == 401
+        assert client(port, key_a).get("/api/state").json()["annotator"] == "dr_dur"  # scripts: Bearer
+
+        boss = sign_in(port, admin)
+        assert boss.get("/api/state").status_code == 403  # admins judge nothing
+        report = boss.get("/api/admin").json()
+        assert report["annotators"]["dr_dur"]["judged"] == 1 and report["annotators"]["dr_b"]["judged"] == 1
+        assert report["items_with_several_annotators"] == 1 and report["annotator_pairs"][0]["verdict_agreement"] == 0
+        assert "dr_dur" in boss.get("/admin").text
+    finally:
+        logs = stop(proc)
+    dur, other = log_lines(out, "dr_dur"), log_lines(out, "dr_b")
+    assert [(r["annotator"], r["acceptable_a"], r["comment"]) for r in dur] == [("dr_dur", True, "A only")]
+    assert [(r["annotator"], r["acceptable_b"]) for r in other] == [("dr_b", True)]
+    stored = (out / "annotators.json").read_text()
+    for key in (key_a, key_b, admin):
+        secret = key.split(":", 1)[1]
+        assert secret not in stored and secret not in logs
+        assert not any(secret in p.read_text() for p in out.iterdir())
+    assert oct((out / "annotators.json").stat().st_mode & 0o777) == "0o600"
 
 
-def start_server(items, out: Path, annotator="dr_a", host="127.0.0.1", token=None, env=None, extra=()):
-    """`vital annotate serve` in a subprocess on a free port; returns (process, port) once it listens."""
-    env = dict(os.environ if env is None else env)
-    env.pop("VITAL_ANNOTATE_TOKEN", None)
-    if token:
-        env["VITAL_ANNOTATE_TOKEN"] = token
-    command = [sys.executable, "-m", "vital_hub.cli", "annotate", "serve", "--items", str(items), "--out", str(out),
-               "--annotator", annotator, "--host", host, "--port", "0", *extra]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            if "http://" in line:
-                port = int(line.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-                wait_until_listening(host, port)
-                return proc, port
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()}")
-    proc.kill()
-    raise AssertionError("server did not start within 60 s")
+def test_sessions_are_random_end_at_logout_and_expire(tmp_path):
+    items = write_items(tmp_path / "items")
+    out = tmp_path / "annotations"
+    key = invite(out, "dr_a")
+    proc, port = start_server(items, out, "--session-hours", str(3 / 3600))
+    try:
+        first, second = sign_in(port, key), sign_in(port, key)
+        cookie_1, cookie_2 = first.cookies["vital_annotate_session"], second.cookies["vital_annotate_session"]
+        assert cookie_1 != cookie_2 and key.split(":", 1)[1] not in cookie_1
+        assert first.get("/api/state").status_code == 200
+        assert first.post("/logout").status_code == 303
+        stale = client(port, cookies={"vital_annotate_session": cookie_1})
+        assert stale.get("/api/state").status_code == 401  # logged out: the old cookie is worth nothing
+        assert second.get("/api/state").status_code == 200  # the other session is untouched
+        time.sleep(3.2)
+        kept = client(port, cookies={"vital_annotate_session": cookie_2})  # a browser that ignores max-age
+        assert kept.get("/api/state").status_code == 401  # expired on the server
+        page = kept.get("/", headers={"Accept": "text/html"})
+        assert page.status_code == 303 and page.headers["location"].startswith("/login")
+    finally:
+        stop(proc)
 
 
-def wait_until_listening(host: str, port: int) -> None:
-    connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    for _ in range(100):
-        try:
-            socket.create_connection((connect_host, port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
+def test_two_hundred_parallel_wrong_logins_get_only_a_handful_evaluated(tmp_path):
+    items = write_items(tmp_path / "items")
+    out = tmp_path / "annotations"
+    invite(out, "dr_a")
+    other = invite(out, "dr_b")
+    proc, port = start_server(items, out, "--forwarded-allow-ips", "127.0.0.1")
+    limits = httpx.Limits(max_connections=64)
+    try:
+        with client(port, limits=limits) as session:
+
+            def wrong(n: int, name: str, forwarded: bool) -> int:
+                headers = {"X-Forwarded-For": f"198.51.100.{n % 250}"} if forwarded else {}
+                return session.post("/login", data={"key": f"{name}:guess{n}"}, headers=headers).status_code
+
+            started = time.monotonic()
+            with ThreadPoolExecutor(48) as pool:
+                codes = list(pool.map(lambda n: wrong(n, f"user{n}", False), range(200)))
+            elapsed = time.monotonic() - started
+            print(f"200 parallel wrong logins from one client: {codes.count(401)} evaluated in {elapsed:.2f} s")
+            assert codes.count(401) <= 10 + elapsed / 6 and set(codes) <= {401, 429}  # a burst of 10, then 1 per 6 s
+            # one name from 200 addresses (through the trusted proxy): the per-name limit holds
+            started = time.monotonic()
+            with ThreadPoolExecutor(48) as pool:
+                spread = list(pool.map(lambda n: wrong(n, "dr_a", True), range(200)))
+            elapsed = time.monotonic() - started
+            assert spread.count(401) <= 5 + elapsed / 12 and set(spread) <= {401, 429}  # 5, then 1 per 12 s
+            # another clinician from another address is not locked out by either flood
+            ok = session.post("/login", data={"key": other}, headers={"X-Forwarded-For": "203.0.113.9"})
+            assert ok.status_code == 303
+    finally:
+        stop(proc)
 
 
-def stop(proc) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def test_api_input_is_checked_and_errors_reveal_no_server_paths(tmp_path):
+    items = write_items(tmp_path / "items")
+    out = tmp_path / "annotations"
+    proc, port = start_server(items, out, annotator="dr_a")
+    try:
+        local = client(port)
+        bad = [
+            (verdict("30000_F1#q0", 0, comment={"x": 1}), 422),
+            (verdict("30000_F1#q0", 0, comment="x" * 4001), 413),
+            (verdict("30000_F1#q0", True), 422),
+            (verdict("30000_F1#q0", 0, a="yes"), 422),
+            (verdict("30000_F1#q0", 0, better="c"), 422),
+            (verdict("30000_F1#q0", 0, sneaky=1), 422),
+            (verdict("30000_F1#q0", 0, a=None), 422),
+            (verdict("30001_F1#q0", 0), 409),
+            ([1, 2], 422),
+        ]
+        for body, status in bad:
+            answer = local.post("/api/judgements", json=body)
+            assert answer.status_code == status, (body, answer.text)
+            assert str(tmp_path) not in answer.text and "/" not in answer.json()["detail"].replace("a/b", "")
+        assert local.post("/api/judgements", content=b"{not json").status_code == 400
+        assert local.post("/api/judgements", content=b"[" * 40000).status_code == 413
+        assert not log_lines(out, "dr_a")
+        assert local.post("/api/judgements", json=verdict("30000_F1#q0", 0, comment="x" * 4000)).status_code == 200
+        assert local.get("/api/state", params={"annotator": "dr_b"}).status_code == 403
+        login = local.get("/login", params={"message": "<b>call 555</b>", "error": "<i>x</i>"}).text
+        assert "call 555" not in login and "<i>x" not in login
+        assert "script-src 'self'" in local.get("/").headers["content-security-policy"]
+        assert local.get("/api/state", headers={"Host": "evil.example:7860"}).status_code == 403
+    finally:
+        stop(proc)
 
 
-def log_lines(out: Path, annotator: str) -> list[dict]:
-    path = out / f"{annotator}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def test_figures_that_failed_are_said_recorded_and_kept_out_of_pairs(tmp_path):
+    images = shared_fixture("llava_med", "qa50_images")
+    items, states = qa50_items(tmp_path / "items", images)
+    out = tmp_path / "annotations"
+    proc, port = start_server(items, out, "--images", str(images), annotator="dr_a")
+    try:
+        local = client(port)
+        shown = [local.get(f"/api/item/{i}").json() for i in range(len(states))]
+        assert [s["has_image"] for s in shown] == [state == "ok" for state in states]
+        assert {s["figure_problem"] for s in shown if not s["has_image"]} <= {"missing", "damaged"}
+        assert all(
+            local.get(f"/api/image/{i}").status_code == (200 if ok == "ok" else 404) for i, ok in enumerate(states)
+        )
+        broken = [i for i, state in enumerate(states) if state == "broken"]
+        good = [i for i, state in enumerate(states) if state == "ok"]
+        ids = [s["item"]["item_id"] for s in shown]
+        for i in good:
+            local.post("/api/judgements", json=verdict(ids[i], i, True, False, comment=f"fine {i}")).raise_for_status()
+        # one broken figure judged from the text anyway, the other marked "cannot judge"
+        local.post("/api/judgements", json=verdict(ids[broken[0]], broken[0], True, False)).raise_for_status()
+        cannot = verdict(ids[broken[1]], broken[1], None, None, cannot_judge="figure_unavailable")
+        local.post("/api/judgements", json=cannot).raise_for_status()
+    finally:
+        stop(proc)
+    records = {r["item_id"]: r for r in log_lines(out, "dr_a")}
+    assert records[ids[broken[0]]]["figure_status"] == "unavailable"
+    assert records[ids[broken[1]]]["cannot_judge"] == "figure_unavailable"
+    assert all(records[ids[i]]["figure_status"] == "shown" for i in good)
+
+    prefs = tmp_path / "prefs"
+    built = vital("preferences", "build", "--annotations", str(out), "--out", str(prefs))
+    assert built.returncode == 0, built.stderr
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(prefs / "data" / "clinician" / "train-00000-of-00001.parquet").to_pylist()
+    assert sorted(r["pair_key"] for r in rows) == sorted(f"clinician:{ids[i]}" for i in good)
+    assert {r["figure_status"] for r in rows} == {"shown"} and rows[0]["comments"].startswith("dr_a: fine")
+    outcomes = [json.loads(line) for line in (prefs / "stats" / "clinician_outcomes.jsonl").open()]
+    assert sorted(o["outcome"] for o in outcomes if o["item_id"] in {ids[i] for i in broken}) == [
+        "cannot_judge",
+        "without_figure",
+    ]
+    stats = json.loads((prefs / "stats" / "annotators.json").read_text())["annotators"]["dr_a"]
+    assert stats["without_figure"] == 1 and stats["cannot_judge"] == 1
+    with_them = vital(
+        "preferences", "build", "--annotations", str(out), "--out", str(prefs), "--include-without-figure",
+        "--embed-images", "--images", str(images),
+    )  # fmt: skip
+    assert with_them.returncode == 0, with_them.stderr
+    assert "warning: 1 figures could not be embedded" in with_them.stderr
+    rows = pq.read_table(prefs / "data" / "clinician" / "train-00000-of-00001.parquet").to_pylist()
+    assert len(rows) == len(good) + 1 and "unavailable" in {r["figure_status"] for r in rows}
+
+
+def test_bad_sources_and_unsafe_serving_are_refused_at_start(tmp_path):
+    items = write_items(tmp_path / "items")
+    out = tmp_path / "annotations"
+    cases = [
+        (["--items", str(items), "--annotator", "a", "--figures", str(tmp_path / "no-figures")], "--figures"),
+        (["--items", str(items), "--annotator", "a", "--images", str(tmp_path / "no-images")], "--images"),
+        (["--items", str(tmp_path / "items" / "itmes.jsonl"), "--annotator", "a"], "--items"),
+        (["--items", "items/itmes.jsonl", "--annotator", "a"], "--items"),
+        (["--items", str(items), "--annotator", "a", "--host", "0.0.0.0"], "without accounts"),
+        (["--items", str(items)], "give --annotator"),
+    ]
+    for args, said in cases:
+        started = time.monotonic()
+        result = vital("annotate", "serve", "--out", str(out), "--port", "0", *args)
+        assert result.returncode == 1 and said in result.stderr, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert time.monotonic() - started < 15  # no Hub attempt for a misspelt path
+    invite(out, "dr_a")
+    plain = vital("annotate", "serve", "--out", str(out), "--items", str(items), "--host", "0.0.0.0", "--port", "0")
+    assert plain.returncode == 1 and "over plain HTTP" in plain.stderr
+    local = vital("annotate", "serve", "--out", str(out), "--items", str(items), "--annotator", "dr_a")
+    assert local.returncode == 1 and "drop --annotator" in local.stderr
+    proc, port = start_server(items, out, "--allow-insecure-http", host="0.0.0.0")  # forced: it starts
+    try:
+        assert client(port).get("/api/state").status_code == 401
+    finally:
+        stop(proc)
+
+
+def test_https_with_secure_cookies(tmp_path):
+    items = write_items(tmp_path / "items")
+    out = tmp_path / "annotations"
+    key = invite(out, "dr_a")
+    cert, private = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(private), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    address = non_loopback_address()
+    host = "0.0.0.0" if address else "127.0.0.1"
+    proc, port = start_server(items, out, "--tls-cert", str(cert), "--tls-key", str(private), host=host)
+    try:
+        import ssl
+
+        trust = ssl.create_default_context(cafile=str(cert))
+        with client(port, scheme="https", verify=trust) as session:
+            answer = session.post("/login", data={"key": key, "next": "/"})
+            assert answer.status_code == 303
+            cookie = answer.headers["set-cookie"].lower()
+            assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+            assert session.get("/api/state").json()["annotator"] == "dr_a"
+    finally:
+        stop(proc)
+
+
+def test_accounts_file_is_reread_and_names_normalised(tmp_path):
+    from vital_hub.preferences.accounts import Accounts, RateLimit, add_annotator
+
+    out = tmp_path / "annotations"
+    accounts = Accounts(out)
+    assert not accounts
+    name, credential = add_annotator(out, "  Dr_Lee ")
+    assert name == "dr_lee" and accounts.verify(credential).name == "dr_lee"
+    assert accounts.verify(credential.replace("dr_lee:", "dr_x:")) is None
+    with pytest.raises(ValueError, match="already has an account"):
+        add_annotator(out, "DR_LEE")
+    _, renewed = add_annotator(out, "dr_lee", replace=True)
+    assert accounts.verify(credential) is None and accounts.verify(renewed).name == "dr_lee"
+    limit = RateLimit(burst=3, every_s=60)
+    assert [limit.allow("k") for _ in range(5)] == [True, True, True, False, False]
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(limit.allow("p"))) for _ in range(50)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert results.count(True) == 3
 
 
 def non_loopback_address() -> str | None:
-    """This machine's address on its network interface (no packet is sent to find it)."""
+    import socket
+
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         probe.connect(("192.0.2.254", 9))
@@ -134,299 +323,60 @@ def non_loopback_address() -> str | None:
     return None if is_loopback(address) else address
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip(f"no browser: {CHROMIUM} is missing (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"), args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
-
-
-def open_page(browser, url: str):
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(url)
-    page.wait_for_selector("body[data-ready=true]", timeout=20000)
-    return page
-
-
-def expect_progress(page, text: str) -> None:
-    """Waits through locators: the page's CSP forbids the eval that wait_for_function would need."""
-    expect(page.locator("#progress")).to_have_text(text, timeout=10000)
-
-
-def expect_question(page, start: str) -> None:
-    expect(page.locator("#question")).to_have_text(re.compile("^" + re.escape(start)), timeout=10000)
-
-
-def test_annotate_three_items_with_mouse_and_keys_then_reload_and_survive_a_kill(tmp_path, browser):
-    items = write_items(tmp_path / "items")
-    out = tmp_path / "annotations"
-    proc, port = start_server(items, out)
-    try:
-        page = open_page(browser, f"http://127.0.0.1:{port}/")
-        expect_progress(page, "Item 1 of 5 · 0 judged")
-        assert page.inner_text("#question") == "Question number 0: what does the image show?"
-        assert page.inner_text("#annotator") == "dr_a"
-        expect(page.locator("#figure")).to_have_js_property("naturalWidth", 160)
-        assert "<script>window.pwned=1</script>" in page.inner_text("#answer-b")
-        assert page.evaluate("window.pwned") is None
-        assert page.is_disabled("#save")
-        assert "save and go to the next item" in page.inner_text("#shortcuts")
-
-        # item 1 with the mouse
-        page.click("#a-yes")
-        page.click("#b-no")
-        page.click("#better-a")
-        page.fill("#comment", "B misses the lesion")
-        page.click("#save")
-        expect_progress(page, "Item 2 of 5 · 1 judged")
-        assert page.inner_text("#question").startswith("Question number 1")
-
-        # item 2 with the keyboard
-        page.keyboard.press("2")
-        page.keyboard.press("3")
-        page.keyboard.press("Enter")
-        expect_progress(page, "Item 3 of 5 · 2 judged")
-
-        # item 3: keyboard marks, then a comment typed after the C shortcut
-        page.keyboard.press("1")
-        page.keyboard.press("3")
-        page.keyboard.press("b")
-        page.keyboard.press("c")
-        page.keyboard.type("both fine, B more precise")
-        page.keyboard.press("Escape")
-        page.keyboard.press("Enter")
-        expect_progress(page, "Item 4 of 5 · 3 judged")
-
-        page.reload()
-        page.wait_for_selector("body[data-ready=true]")
-        expect_progress(page, "Item 4 of 5 · 3 judged")
-        assert page.inner_text("#question").startswith("Question number 3")
-
-        lines = log_lines(out, "dr_a")
-        assert [(r["item_id"], r["acceptable_a"], r["acceptable_b"], r["better"], r["comment"]) for r in lines] == [
-            ("30000_F1#q0", True, False, "a", "B misses the lesion"),
-            ("30001_F1#q0", False, True, None, ""),
-            ("30002_F1#q0", True, True, "b", "both fine, B more precise"),
-        ]
-        assert lines[0]["question"].startswith("Question number 0") and lines[0]["mentions"][1] == "It measured 3 cm."
-        assert all(r["annotator"] == "dr_a" for r in lines)
-
-        # going back shows the saved judgement
-        page.keyboard.press("ArrowLeft")
-        expect_question(page, "Question number 2")
-        assert page.get_attribute("#b-yes", "class") == "on" and page.input_value("#comment").startswith("both")
-        page.keyboard.press("ArrowRight")
-        expect_question(page, "Question number 3")
-
-        # item 4, then the server dies without warning
-        page.keyboard.press("2")
-        page.keyboard.press("4")
-        page.keyboard.press("Enter")
-        expect_progress(page, "Item 5 of 5 · 4 judged")
-        proc.kill()
-        proc.wait()
-        # a save the dead server never confirmed is reported as not saved, never as saved
-        page.keyboard.press("1")
-        page.keyboard.press("4")
-        page.keyboard.press("Enter")
-        expect(page.locator("#status")).to_have_text(re.compile("^Not saved"))
-        expect(page.locator("#status")).to_have_class("error")
-    finally:
-        stop(proc)
-
-    proc, port = start_server(items, out)
-    try:
-        page = open_page(browser, f"http://127.0.0.1:{port}/")
-        expect_progress(page, "Item 5 of 5 · 4 judged")
-        assert page.is_visible("#no-image") and not page.is_visible("#figure")
-        assert [r["item_id"] for r in log_lines(out, "dr_a")] == [f"3000{i}_F1#q0" for i in range(4)]
-
-        # a second annotator on the same items keeps a separate record
-        other = open_page(browser, f"http://127.0.0.1:{port}/?annotator=dr_b")
-        expect_progress(other, "Item 1 of 5 · 0 judged")
-        other.keyboard.press("1")
-        other.keyboard.press("4")
-        other.keyboard.press("Enter")
-        expect_progress(other, "Item 2 of 5 · 1 judged")
-        assert [r["item_id"] for r in log_lines(out, "dr_b")] == ["30000_F1#q0"]
-        assert len(log_lines(out, "dr_a")) == 4
-    finally:
-        stop(proc)
-
-
-def test_login_is_required_beyond_localhost(tmp_path, browser):
-    address = non_loopback_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address to make a non-local request from")
-    items = write_items(tmp_path / "items")
-    out = tmp_path / "annotations"
-    proc, port = start_server(items, out, host="0.0.0.0", token=TOKEN)
-    base = f"http://{address}:{port}"
-    try:
-        with httpx.Client(base_url=base, follow_redirects=False, trust_env=False) as client:
-            for path in ("/api/state", "/api/item/0", "/api/image/0", "/static/app.js"):
-                assert client.get(path).status_code == 401, path
-            post = client.post(
-                "/api/judgements",
-                json={"index": 0, "item_id": "30000_F1#q0", "acceptable_a": True, "acceptable_b": False},
-            )
-            assert post.status_code == 401
-            assert client.get("/api/state", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
-            redirect = client.get("/", headers={"Accept": "text/html"})
-            assert redirect.status_code == 303 and redirect.headers["location"].startswith("/login")
-            assert client.post("/login", data={"token": "wrong-token", "next": "/"}).status_code == 401
-            bearer = client.get("/api/image/0", headers={"Authorization": f"Bearer {TOKEN}"})
-            assert bearer.status_code == 200 and bearer.headers["content-type"] == "image/png"
-        assert not (out / "dr_a.jsonl").exists()
-
-        page = browser.new_page()
-        page.goto(f"{base}/?annotator=dr_c")
-        page.wait_for_selector("input[name=token]")
-        page.fill("input[name=token]", TOKEN)
-        page.click("button[type=submit]")
-        page.wait_for_selector("body[data-ready=true]", timeout=20000)
-        expect_progress(page, "Item 1 of 5 · 0 judged")
-        assert page.inner_text("#annotator") == "dr_c"
-        page.keyboard.press("1")
-        page.keyboard.press("4")
-        page.keyboard.press("Enter")
-        expect_progress(page, "Item 2 of 5 · 1 judged")
-        assert [r["item_id"] for r in log_lines(out, "dr_c")] == ["30000_F1#q0"]
-        assert not (out / "dr_a.jsonl").exists()
-    finally:
-        stop(proc)
-
-
-def test_refuses_to_listen_beyond_localhost_without_a_token(tmp_path):
-    items = write_items(tmp_path / "items")
-    env = {k: v for k, v in os.environ.items() if k != "VITAL_ANNOTATE_TOKEN"}
-    command = [sys.executable, "-m", "vital_hub.cli", "annotate", "serve", "--items", str(items),
-               "--out", str(tmp_path / "out"), "--annotator", "dr_a", "--host", "0.0.0.0", "--port", "0"]  # fmt: skip
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert result.returncode == 2 and "refusing to listen on 0.0.0.0 without a login" in result.stderr
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env=dict(env, VITAL_ANNOTATE_TOKEN="short"),
-        timeout=60,
-    )
-    assert result.returncode != 0 and "shorter than 8" in result.stderr
-
-
-def test_local_only_server_refuses_other_clients_and_foreign_host_names(tmp_path):
-    from starlette.testclient import TestClient
-
-    items = write_items(tmp_path / "items")
-    annotation = Annotation(load_items(items), str(tmp_path / "out"), "dr_a", ImageResolver())
-    app = create_app(annotation, token=None)
-    remote = TestClient(app, base_url="http://127.0.0.1", client=("192.0.2.77", 40000))
-    assert remote.get("/api/state").status_code == 403
-    assert remote.get("/api/image/0").status_code == 403
-    local = TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 40000))
-    state = local.get("/api/state")
-    assert state.status_code == 200 and state.json() == {"annotator": "dr_a", "total": 5, "done": 0, "position": 0}
-    assert local.get("/api/state", headers={"Host": "evil.example:7860"}).status_code == 403
-    assert local.get("/api/item/9").status_code == 404
-    assert local.get("/api/image/4").status_code == 404
-    assert "image" not in local.get("/api/item/0").json()["item"]
-    bad = local.post(
-        "/api/judgements", json={"index": 1, "item_id": "30000_F1#q0", "acceptable_a": True, "acceptable_b": True}
-    )
-    assert bad.status_code == 409
-    bad = local.post("/api/judgements", json={"index": 0, "item_id": "30000_F1#q0", "acceptable_a": True})
-    assert bad.status_code == 422
-    assert local.get("/api/state?annotator=../x").status_code == 400
-    assert not (tmp_path / "out" / "dr_a.jsonl").exists() or not log_lines(tmp_path / "out", "dr_a")
-    assert "script-src 'self'" in local.get("/").headers["content-security-policy"]
-
-
-def test_access_rule():
-    assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("::ffff:127.0.0.1")
-    assert not is_loopback("192.0.2.1") and not is_loopback("testclient") and not is_loopback(None)
-    local = Access(token=None)
-    assert local.allows("127.0.0.1", "localhost:7860", None, None)
-    assert not local.allows("10.0.0.5", "localhost:7860", None, None)
-    guarded = Access(token=TOKEN)
-    assert not guarded.allows("127.0.0.1", "localhost:7860", None, None)
-    assert guarded.allows("10.0.0.5", "example.org", None, TOKEN)
-    assert not guarded.allows("10.0.0.5", "example.org", TOKEN, None)  # the cookie holds a derived value
-
-
 def test_broken_real_downloads_are_reported_missing_not_shown():
-    from tests.conftest import shared_fixture
     from vital_hub.preferences.items import Item
 
     folder = shared_fixture("llava_med", "qa50_images")
     resolver = ImageResolver(folder)
-    found = {p.stem: resolver.bytes_for(Item(p.stem, p.stem, "q", "a", "b")) for p in folder.glob("*.jpg")}
+    found = {p.stem: resolver.resolve(Item(p.stem, p.stem, "q", "a", "b")) for p in folder.glob("*.jpg")}
     assert len(found) == 50
-    assert sum(data is not None for data in found.values()) == 29  # 19 empty files and 2 cut-off JPEGs refused
+    assert sum(data is not None for data, _, _ in found.values()) == 29  # 19 empty files and 2 cut-off JPEGs
+    assert {problem for data, _, problem in found.values() if data is None} == {"damaged"}
 
 
 def test_app_serves_a_candidates_folder_with_an_images_folder(tmp_path):
-    from starlette.testclient import TestClient
-
     from tests.test_preferences_sample import write_candidates
 
     cands = write_candidates(tmp_path / "cands", tmp_path / "figs")
-    annotation = Annotation(load_items(cands), str(tmp_path / "out"), "dr_a", ImageResolver(tmp_path / "figs"))
-    local = TestClient(create_app(annotation), base_url="http://127.0.0.1", client=("127.0.0.1", 40000))
-    assert local.get("/api/state").json()["total"] == 18
-    item = local.get("/api/item/0").json()
-    assert item["has_image"] and item["item"]["item_id"] == "xray0_F1#0#q0"
-    assert local.get("/api/image/0").headers["content-type"] == "image/png"
-    saved = local.post(
-        "/api/judgements",
-        json={
-            "index": 0,
-            "item_id": "xray0_F1#0#q0",
-            "acceptable_a": True,
-            "acceptable_b": False,
-            "better": "a",
-            "comment": " ok ",
-        },
-    )
-    assert saved.json() == {"saved_index": 0, "done": 1, "total": 18, "position": 1}
-    (record,) = log_lines(tmp_path / "out", "dr_a")
-    assert record["candidate_id"] == "xray0_F1#0" and record["comment"] == "ok" and record["index"] == 0
+    out = tmp_path / "out"
+    proc, port = start_server(cands, out, "--images", str(tmp_path / "figs"), annotator="Dr_A")
+    try:
+        local = client(port)
+        assert local.get("/api/state").json()["total"] == 18
+        item = local.get("/api/item/0").json()
+        assert item["has_image"] and item["item"]["item_id"] == "xray0_F1#0#q0" and "image" not in item["item"]
+        assert local.get("/api/image/0").headers["content-type"] == "image/png"
+        saved = local.post("/api/judgements", json=verdict("xray0_F1#0#q0", 0, better="a", comment=" ok "))
+        assert saved.json() == {"saved_index": 0, "done": 1, "total": 18, "position": 1}
+    finally:
+        stop(proc)
+    (record,) = log_lines(out, "dr_a")
+    assert record["candidate_id"] == "xray0_F1#0" and record["comment"] == "ok" and record["annotator"] == "dr_a"
 
 
 def test_pictures_can_come_from_the_figure_store(tmp_path):
-    from tests.test_preferences_sample import write_candidates
-    from vital_hub.preferences.items import Item
-
-    write_candidates(tmp_path / "cands", tmp_path / "figs")
     import io
 
     from PIL import Image
 
+    from tests.test_preferences_sample import write_candidates
+    from vital_hub.preferences.items import Item
+
+    write_candidates(tmp_path / "cands", tmp_path / "figs")
     resolver = ImageResolver(figures=str(tmp_path / "figs"))
+    resolver.check_sources()
     served = resolver.bytes_for(Item("x", "histo1_F1", "q", "a", "b"))
     # The store serves every figure as JPEG (these test files hold PNG bytes): same picture, JPEG-encoded.
     assert served[:2] == b"\xff\xd8"
     with Image.open(io.BytesIO(served)) as got, Image.open(tmp_path / "figs" / "histo1_F1.jpg") as original:
         assert got.size == original.size
-        served_pixel, original_pixel = got.convert("RGB").getpixel((5, 5)), original.convert("RGB").getpixel((5, 5))
-        assert max(abs(a - b) for a, b in zip(served_pixel, original_pixel, strict=True)) < 12
-    assert resolver.bytes_for(Item("y", "unknown_F9", "q", "a", "b")) is None
+    assert resolver.resolve(Item("y", "unknown_F9", "q", "a", "b")) == (None, None, "missing")
+    assert len(load_items(tmp_path / "cands")) == 18
 
 
 def test_items_from_a_candidates_repo_on_the_hub(tmp_path):
-    from tests.conftest import REPO_ROOT
+    import os
+
     from tests.fakes.hub_server import running_hub
     from tests.test_preferences_sample import write_candidates
 
@@ -439,14 +389,30 @@ def test_items_from_a_candidates_repo_on_the_hub(tmp_path):
     with running_hub(tmp_path / "hub") as hub:
         hub.add_files("org/cands", {"README.md": card.encode(), shard: (cands / shard).read_bytes()})
         env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-        env.update(
-            HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1", PYTHONPATH=str(REPO_ROOT)
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1")
+        proc, port = start_server(
+            "org/cands", tmp_path / "out", "--images", str(tmp_path / "figs"), annotator="dr_a", env=env
         )
-        proc, port = start_server("org/cands", tmp_path / "out", env=env, extra=("--images", str(tmp_path / "figs")))
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
-                assert client.get("/api/state").json()["total"] == 18
-                item = client.get("/api/item/2").json()
+            with client(port) as local:
+                assert local.get("/api/state").json()["total"] == 18
+                item = local.get("/api/item/2").json()
                 assert item["item"]["item_id"] == "xray1_F1#0#q0" and item["has_image"]
         finally:
             stop(proc)
+
+
+def test_without_accounts_only_local_clients_naming_the_loopback_are_served(tmp_path):
+    from starlette.testclient import TestClient
+
+    from vital_hub.preferences.app import Annotation, Gate, create_app
+
+    annotation = Annotation(load_items(write_items(tmp_path / "items")), str(tmp_path / "out"), ImageResolver())
+    app = create_app(annotation, Gate(None, "Dr_A", 1.0))
+    remote = TestClient(app, base_url="http://127.0.0.1", client=("192.0.2.77", 40000))
+    assert remote.get("/api/state").status_code == 403 and remote.get("/api/image/0").status_code == 403
+    local = TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 40000))
+    assert local.get("/api/state").json() == {"annotator": "dr_a", "total": 5, "done": 0, "position": 0}
+    assert local.get("/api/state", headers={"Host": "rebound.example"}).status_code == 403
+    assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("::ffff:127.0.0.1")
+    assert not is_loopback("192.0.2.1") and not is_loopback("testclient") and not is_loopback(None)

@@ -234,3 +234,18 @@ def test_open_figures_takes_a_loaded_captions_dict_with_the_file_rules(fetched, 
     assert row["caption"] == "Axial T2 image." and row["domain"] == FLAGS
     with pytest.raises(ValueError, match="domain 'gross' record 1 has no string 'pair_id'"):
         open_figures(out, captions={"gross": [loaded["mri"][0], {"pmid": 5}]})
+
+
+def test_captions_from_the_real_qa50_jsonl_file(tmp_path):
+    from vital_hub.figures.dataset import load_captions
+
+    qa50 = shared_fixture("llava_med", "llava_med_eval_qa50_qa.jsonl")
+    records = [json.loads(line) for line in qa50.read_text().splitlines() if line.strip()]
+    captions = load_captions(qa50)
+    assert set(captions) == {r["pair_id"] for r in records}
+    first = records[0]
+    assert captions[first["pair_id"]]["fig_caption"] == first["fig_caption"]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(qa50.read_text().splitlines()[0] + "\n{not json\n")
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        load_captions(broken)

@@ -2,7 +2,10 @@
 
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -279,3 +282,16 @@ def test_embedding_in_chunks_gives_the_same_vectors(encoder):
     whole = embed(items, get_encoder(encoder), ImageResolver(), chunk=256)
     chunked = embed(items, get_encoder(encoder), ImageResolver(), chunk=5)
     assert whole.shape[0] == 12 and np.allclose(whole, chunked, atol=1e-5)
+
+
+def test_offline_clip_encoder_failure_suggests_the_hashing_encoder(tmp_path):
+    from tests.conftest import REPO_ROOT
+
+    cands = write_candidates(tmp_path / "cands", tmp_path / "figs")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(REPO_ROOT))
+    command = [sys.executable, "-m", "vital_hub.cli", "preferences", "sample", "--candidates", str(cands),
+               "--k", "3", "--out", str(tmp_path / "items.jsonl")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1 and "offline, use --encoder hashing" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "items.jsonl").exists()

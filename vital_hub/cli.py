@@ -33,7 +33,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(("generate",), "vital_hub.generation.cli:main", "gen", "generate candidates with a vision LLM"),
     Command(("judge",), "vital_hub.preferences.cli:judge_main", "gen", "score candidates with a rubric judge"),
     Command(("preferences",), "vital_hub.preferences.cli:main", "annotate", "sample items, build preference pairs"),
-    Command(("annotate",), "vital_hub.preferences.app:main", "annotate", "serve the clinician annotation app"),
+    Command(("annotate",), "vital_hub.preferences.serve:main", "annotate", "serve the clinician annotation app"),
     Command(("select",), "vital_hub.selector.select:main", "train", "score candidates and keep the top ones"),
     Command(
         ("convert", "llava-original"),

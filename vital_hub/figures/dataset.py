@@ -94,7 +94,8 @@ def collect_captions(
 
 
 def iter_caption_records(path: str | Path) -> Iterator[tuple[str, int, object]]:
-    """(domain, index, record) one record at a time from `{domain: [records]}` or a plain list.
+    """(domain, index, record) one record at a time from `{domain: [records]}`, a plain list, or JSONL records
+    (such as the qa50 file, whose records carry `pair_id` and `fig_caption`).
 
     The 169 MB captions file is held once as text and decoded record by record, instead of as a whole tree of
     Python objects (several GB).
@@ -104,6 +105,9 @@ def iter_caption_records(path: str | Path) -> Iterator[tuple[str, int, object]]:
     position = _skip_space(text, 0)
     if text.startswith("[", position):
         yield from _iter_list(path, text, position, decoder, "")
+        return
+    if _starts_with_a_record(text, position, decoder):
+        yield from _iter_json_lines(path, text)
         return
     position = _expect(path, text, position, "{")
     while not text.startswith("}", position):
@@ -128,6 +132,32 @@ def _iter_list(path, text: str, position: int, decoder, domain: str):
         if text.startswith(",", position):
             position = _skip_space(text, position + 1)
     return _skip_space(text, position + 1)
+
+
+def _starts_with_a_record(text: str, position: int, decoder) -> bool:
+    """True when the first object's first value is not a list: a record (JSONL), not `{domain: [records]}`."""
+    inner = _skip_space(text, position + 1)
+    if not text.startswith("{", position) or not text.startswith('"', inner):
+        return False
+    try:
+        _, after = decoder.raw_decode(text, inner)
+    except json.JSONDecodeError:
+        return False
+    after = _skip_space(text, after)
+    return text.startswith(":", after) and not text.startswith("[", _skip_space(text, after + 1))
+
+
+def _iter_json_lines(path, text: str):
+    index = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from err
+        yield "", index, record
+        index += 1
 
 
 def _skip_space(text: str, position: int) -> int:

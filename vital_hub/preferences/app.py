@@ -1,47 +1,46 @@
-"""`vital annotate serve`: the clinician annotation web app (FastAPI + uvicorn, one self-contained page).
-
-    vital annotate serve --items items.jsonl --out annotations/ --annotator dr_lee [--host H] [--port P]
+"""The clinician annotation web app (FastAPI, one self-contained page); `vital annotate` in serve.py runs it.
 
 Who may use it:
-- bound to a loopback address without a token, only loopback clients whose Host header names the loopback
-  interface are served (the Host check stops a web page from reaching the app through DNS rebinding);
-- with a shared secret in the environment (VITAL_ANNOTATE_TOKEN by default), every request must carry it (a
-  cookie set by /login, or `Authorization: Bearer ...`), local or not, the figure images included;
-- binding to any other address without that secret is refused at start.
+- with accounts (`<out>/annotators.json`, made by `vital annotate add-annotator`), every request needs a session
+  (a cookie set by /login from a clinician's invite link) or `Authorization: Bearer NAME:SECRET`; the account
+  alone decides whose judgements a request reads and writes. An `annotator` parameter naming anyone else is
+  refused (403). Admin accounts see everyone's progress and agreement at /admin and judge nothing;
+- without accounts (one clinician on a laptop), only loopback clients whose Host header names the loopback
+  interface are served (the Host check stops a web page from reaching the app through DNS rebinding), and the
+  judgements are those of the server's `--annotator`.
 
 Each annotator's judgements go to `<out>/<annotator>.jsonl`, appended and fsynced before the browser hears
-"saved"; the page opens at the annotator's first unjudged item. Several annotators can share one server
-(`?annotator=NAME` in the URL) or run their own.
+"saved"; the page opens at the annotator's first unjudged item.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import hashlib
-import hmac
 import html
 import ipaddress
-import os
-import socket
-import sys
+import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, urlsplit
 
-from fastapi import Body, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from vital_hub.preferences.items import ImageResolver, Item, image_mime, load_items
-from vital_hub.preferences.page import APP_CSS, APP_JS, LOGIN_HTML, page_html
-from vital_hub.preferences.store import JudgementStore, check_annotator
+from vital_hub.preferences.accounts import Account, Accounts, RateLimit, Sessions
+from vital_hub.preferences.admin import admin_page, progress_report
+from vital_hub.preferences.items import ImageResolver, Item, image_mime
+from vital_hub.preferences.page import APP_CSS, APP_JS, LOGIN_HTML, LOGIN_JS, page_html
+from vital_hub.preferences.store import CANNOT_JUDGE, MAX_COMMENT_CHARS, JudgementStore, check_annotator
 
-TOKEN_ENV = "VITAL_ANNOTATE_TOKEN"
-COOKIE = "vital_annotate"
-MIN_TOKEN_LENGTH = 8
-FAILED_LOGIN_DELAY_S = 1.0
+COOKIE = "vital_annotate_session"
 IMAGE_CACHE_SIZE = 32
+MAX_BODY_BYTES = 32 * 1024
+OPEN_PATHS = ("/login", "/static/login.js", "/static/app.css")
+JUDGEMENT_KEYS = {"index", "item_id", "acceptable_a", "acceptable_b", "better", "comment", "cannot_judge"}
+LOGIN_MESSAGES = {
+    "wrong": "That access key is not right.",
+    "slow": "Too many sign-in attempts: wait a minute and try again.",
+    "out": "You are signed out.",
+}
 CSP = (
     "default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -70,41 +69,20 @@ def host_of(host_header: str | None) -> str | None:
     return urlsplit(f"//{host_header}").hostname
 
 
-def session_value(token: str) -> str:
-    """What the cookie holds: derived from the token, so the token itself never sits in the browser's jar."""
-    return hmac.new(token.encode(), b"vital-annotate-session", hashlib.sha256).hexdigest()
-
-
-@dataclass
-class Access:
-    """The login rule of one server: a token, or loopback only."""
-
-    token: str | None
-
-    def allows(self, client_host: str | None, host_header: str | None, cookie: str | None, bearer: str | None) -> bool:
-        if self.token is None:
-            return is_loopback(client_host) and is_loopback(host_of(host_header))
-        expected = session_value(self.token)
-        by_cookie = cookie is not None and hmac.compare_digest(cookie, expected)
-        by_bearer = bearer is not None and hmac.compare_digest(session_value(bearer), expected)
-        return by_cookie or by_bearer
-
-
 class Annotation:
     """The items, the image resolver and one judgement store per annotator (created on first use)."""
 
-    def __init__(self, items: list[Item], out_dir: str, default_annotator: str, resolver: ImageResolver):
+    def __init__(self, items: list[Item], out_dir: str, resolver: ImageResolver):
         self.items = items
         self.ids = [item.item_id for item in items]
         self.out_dir = out_dir
-        self.default_annotator = check_annotator(default_annotator)
         self.resolver = resolver
         self._stores: dict[str, JudgementStore] = {}
-        self._images: OrderedDict[int, bytes | None] = OrderedDict()
+        self._images: OrderedDict[int, tuple[bytes | None, str | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def store(self, annotator: str | None) -> JudgementStore:
-        name = check_annotator(annotator or self.default_annotator)
+    def store(self, annotator: str) -> JudgementStore:
+        name = check_annotator(annotator)
         with self._lock:
             if name not in self._stores:
                 self._stores[name] = JudgementStore(self.out_dir, name)
@@ -113,33 +91,71 @@ class Annotation:
     def done(self, store: JudgementStore) -> int:
         return sum(item_id in store.latest for item_id in self.ids)
 
-    def image(self, index: int) -> bytes | None:
-        """The item's picture; the last few are kept, as the page asks for the same one several times."""
+    def image(self, index: int) -> tuple[bytes | None, str | None]:
+        """(picture, None) or (None, 'missing' | 'damaged'); the last few are kept, as pages ask repeatedly."""
         with self._lock:
             if index in self._images:
                 self._images.move_to_end(index)
                 return self._images[index]
-            data = self.resolver.bytes_for(self.items[index])
-            self._images[index] = data
+            data, _, problem = self.resolver.resolve(self.items[index])
+            self._images[index] = (data, problem)
             if len(self._images) > IMAGE_CACHE_SIZE:
                 self._images.popitem(last=False)
-            return data
+            return data, problem
 
 
-def create_app(annotation: Annotation, token: str | None = None):
-    """The FastAPI app; every route but the login form sits behind `Access`."""
-    access = Access(token)
+class Gate:
+    """Who a request is: a session, a bearer credential, or (without accounts) the local clinician."""
+
+    def __init__(self, accounts: Accounts | None, local_annotator: str | None, session_hours: float):
+        self.accounts = accounts
+        self.local = Account(check_annotator(local_annotator), "annotator") if local_annotator else None
+        self.sessions = Sessions(session_hours * 3600)
+        self.per_client = RateLimit(burst=10, every_s=6.0)
+        self.per_name = RateLimit(burst=5, every_s=12.0)
+
+    def check_credential(self, credential: str, client: str | None) -> Account | None | str:
+        """The account, None for a wrong credential, or 'slow' when the attempt was not even evaluated."""
+        name, client = Accounts.claimed_name(credential) or "?", client or "?"
+        if not self.per_client.allow(client):
+            return "slow"
+        if not self.per_name.allow(name):
+            self.per_client.refund(client)
+            return "slow"
+        account = self.accounts.verify(credential)
+        if account is not None:
+            self.per_client.refund(client)
+            self.per_name.refund(name)
+        return account
+
+    def who(self, request: Request) -> Account | None | str:
+        if self.accounts is None:
+            client = request.client.host if request.client else None
+            local = is_loopback(client) and is_loopback(host_of(request.headers.get("host")))
+            return self.local if local else None
+        name = self.sessions.name_of(request.cookies.get(COOKIE))
+        if name is not None:
+            return self.accounts.current(name)
+        authorization = request.headers.get("authorization", "")
+        if authorization.lower().startswith("bearer "):
+            return self.check_credential(authorization[7:].strip(), request.client.host if request.client else None)
+        return None
+
+
+def create_app(annotation: Annotation, gate: Gate):
+    """The FastAPI app; every route but the login form sits behind `Gate`."""
     app = FastAPI(title="vital annotate", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        open_paths = ("/login",) if token else ()
-        if request.url.path not in open_paths:
-            authorization = request.headers.get("authorization", "")
-            bearer = authorization[7:] if authorization.lower().startswith("bearer ") else None
-            client = request.client.host if request.client else None
-            if not access.allows(client, request.headers.get("host"), request.cookies.get(COOKIE), bearer):
-                return refuse(request, token is not None)
+        account = None
+        if request.url.path not in OPEN_PATHS:
+            account = gate.who(request)
+            if account == "slow":
+                return JSONResponse({"detail": "too many attempts; wait a minute"}, status_code=429)
+            if account is None:
+                return refuse(request)
+        request.state.account = account
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -147,19 +163,23 @@ def create_app(annotation: Annotation, token: str | None = None):
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def refuse(request: Request, login_possible: bool):
-        if not login_possible:
+    def refuse(request: Request):
+        if gate.accounts is None:
             return JSONResponse({"detail": "this server only answers local requests"}, status_code=403)
         if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(here, safe='/')}", status_code=303)
         return JSONResponse({"detail": "login required"}, status_code=401)
 
-    def store_for(annotator: str | None) -> JudgementStore:
-        try:
-            return annotation.store(annotator)
-        except ValueError as err:
-            raise HTTPException(400, str(err)) from err
+    def annotator(request: Request, claimed: str | None = None) -> JudgementStore:
+        """The signed-in clinician's own store; naming anyone else, or being an admin, is refused."""
+        account: Account = request.state.account
+        if account.is_admin:
+            raise HTTPException(403, "admin accounts see progress at /admin and judge nothing")
+        for value in [claimed, *request.query_params.getlist("annotator")]:
+            if value is not None and _normal(value) != account.name:
+                raise HTTPException(403, f"you are signed in as {account.name}")
+        return annotation.store(account.name)
 
     def item_at(index: int) -> Item:
         if not 0 <= index < len(annotation.items):
@@ -167,26 +187,62 @@ def create_app(annotation: Annotation, token: str | None = None):
         return annotation.items[index]
 
     @app.get("/login", response_class=HTMLResponse)
-    def login_form(next: str = "/", message: str = ""):
-        return login_page(next, message)
+    def login_form(next: str = "/", error: str = ""):
+        return login_page(next, LOGIN_MESSAGES.get(error, ""))
+
+    @app.get("/static/login.js")
+    def login_script():
+        return Response(LOGIN_JS, media_type="text/javascript")
 
     @app.post("/login")
     async def login(request: Request):
-        if token is None:
+        if gate.accounts is None:
             return RedirectResponse("/", status_code=303)
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        supplied = (form.get("token") or [""])[0]
+        form = parse_qs((await request.body())[:MAX_BODY_BYTES].decode("utf-8", "replace"))
         target = safe_next((form.get("next") or ["/"])[0])
-        if not hmac.compare_digest(session_value(supplied), session_value(token)):
-            await asyncio.sleep(FAILED_LOGIN_DELAY_S)  # guessing the token gets slow
-            return HTMLResponse(login_page(target, "That token is not right."), status_code=401)
+        client = request.client.host if request.client else None
+        account = gate.check_credential((form.get("key") or [""])[0].strip(), client)
+        if not isinstance(account, Account):
+            code = "slow" if account == "slow" else "wrong"
+            status = 429 if code == "slow" else 401
+            return HTMLResponse(login_page(target, LOGIN_MESSAGES[code]), status_code=status)
+        if account.is_admin and target == "/":
+            target = "/admin"
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict")
+        response.set_cookie(
+            COOKIE,
+            gate.sessions.start(account.name),
+            max_age=int(gate.sessions.lifetime_s),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @app.post("/logout")
+    def logout(request: Request):
+        gate.sessions.end(request.cookies.get(COOKIE))
+        response = RedirectResponse("/login?error=out" if gate.accounts else "/", status_code=303)
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=request.url.scheme == "https")
         return response
 
     @app.get("/", response_class=HTMLResponse)
-    def page():
-        return page_html()
+    def page(request: Request):
+        if request.state.account.is_admin:
+            return RedirectResponse("/admin", status_code=303)
+        return page_html(signed_in=gate.accounts is not None)
+
+    @app.get("/admin", response_class=HTMLResponse)
+    def admin(request: Request):
+        if not request.state.account.is_admin:
+            raise HTTPException(403, "only admin accounts see everyone's progress")
+        return admin_page(progress_report(annotation, gate.accounts))
+
+    @app.get("/api/admin")
+    def admin_api(request: Request):
+        if not request.state.account.is_admin:
+            raise HTTPException(403, "only admin accounts see everyone's progress")
+        return progress_report(annotation, gate.accounts)
 
     @app.get("/static/app.js")
     def script():
@@ -197,8 +253,8 @@ def create_app(annotation: Annotation, token: str | None = None):
         return Response(APP_CSS, media_type="text/css")
 
     @app.get("/api/state")
-    def state(annotator: str | None = None):
-        store = store_for(annotator)
+    def state(request: Request):
+        store = annotator(request)
         return {
             "annotator": store.annotator,
             "total": len(annotation.items),
@@ -207,42 +263,50 @@ def create_app(annotation: Annotation, token: str | None = None):
         }
 
     @app.get("/api/item/{index}")
-    def item(index: int, annotator: str | None = None):
-        store = store_for(annotator)
+    def item(request: Request, index: int):
+        store = annotator(request)
         chosen = item_at(index)
         public = chosen.public()
         public.pop("image")  # a server path is nobody's business in the browser
+        data, problem = annotation.image(index)
         return {
             "index": index,
             "total": len(annotation.items),
             "done": annotation.done(store),
             "item": public,
-            "has_image": annotation.image(index) is not None,
+            "has_image": data is not None,
+            "figure_problem": problem,
             "judgement": store.latest.get(chosen.item_id),
         }
 
     @app.get("/api/image/{index}")
     def image(index: int):
         item_at(index)
-        data = annotation.image(index)
+        data, problem = annotation.image(index)
         if data is None:
-            return PlainTextResponse("figure not available", status_code=404)
+            return PlainTextResponse(f"figure not available ({problem})", status_code=404)
         return Response(data, media_type=image_mime(data))
 
     @app.post("/api/judgements")
-    def judge(annotator: str | None = None, body: dict = Body(...)):
-        store = store_for(annotator)
+    async def judge(request: Request):
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"a judgement is at most {MAX_BODY_BYTES} bytes")
+        try:
+            body = json.loads(raw)
+        except ValueError as err:
+            raise HTTPException(400, "the body must be a JSON object") from err
+        if not isinstance(body, dict):
+            raise HTTPException(422, "the body must be a JSON object")
+        store = annotator(request, body.pop("annotator", None))
         index = body.get("index")
-        if not isinstance(index, int):
+        if not isinstance(index, int) or isinstance(index, bool):
             raise HTTPException(422, "'index' must be an integer")
         chosen = item_at(index)
         if body.get("item_id") != chosen.item_id:
-            raise HTTPException(409, f"item {index} is {chosen.item_id!r}, not {body.get('item_id')!r}")
-        record = judgement_record(chosen, index, body)
-        try:
-            store.append(record)
-        except ValueError as err:
-            raise HTTPException(422, str(err)) from err
+            raise HTTPException(409, f"item {index} is {chosen.item_id!r}, not the item this page showed")
+        figure, _ = annotation.image(index)
+        store.append(judgement_record(chosen, index, body, "shown" if figure is not None else "unavailable"))
         return {
             "saved_index": index,
             "done": annotation.done(store),
@@ -253,100 +317,59 @@ def create_app(annotation: Annotation, token: str | None = None):
     return app
 
 
-def judgement_record(item: Item, index: int, body: dict) -> dict:
-    """What goes to disk: the verdict plus the item's text, so pairs can be built from the log alone."""
-    public = item.public()
+def _normal(name) -> str | None:
+    try:
+        return check_annotator(name)
+    except ValueError:
+        return None
+
+
+def checked_verdict(body: dict) -> dict:
+    """The verdict fields of a request, or a 422 that says which one is wrong (and nothing about the server)."""
+    unknown = sorted(set(body) - JUDGEMENT_KEYS)
+    if unknown:
+        raise HTTPException(422, f"unknown fields: {', '.join(map(str, unknown))[:200]}")
+    cannot = body.get("cannot_judge")
+    if cannot not in (None, *CANNOT_JUDGE):
+        raise HTTPException(422, f"'cannot_judge' must be one of {list(CANNOT_JUDGE)} or null")
+    for key in ("acceptable_a", "acceptable_b"):
+        value = body.get(key)
+        if not isinstance(value, bool) and not (cannot and value is None):
+            raise HTTPException(422, f"{key!r} must be true or false")
+    if body.get("better") not in ("a", "b", None, ""):
+        raise HTTPException(422, "'better' must be 'a', 'b' or null")
+    comment = body.get("comment")
+    if comment is not None and not isinstance(comment, str):
+        raise HTTPException(422, "'comment' must be text")
+    if comment is not None and len(comment) > MAX_COMMENT_CHARS:
+        raise HTTPException(413, f"a comment is at most {MAX_COMMENT_CHARS} characters")
     return {
-        **{
-            key: public[key]
-            for key in (
-                "item_id",
-                "pair_id",
-                "candidate_id",
-                "question",
-                "answer_a",
-                "answer_b",
-                "caption",
-                "mentions",
-            )
-        },
-        "index": index,
         "acceptable_a": body.get("acceptable_a"),
         "acceptable_b": body.get("acceptable_b"),
         "better": body.get("better") or None,
-        "comment": (body.get("comment") or "").strip(),
+        "comment": (comment or "").strip(),
+        "cannot_judge": cannot,
+    }
+
+
+def judgement_record(item: Item, index: int, body: dict, figure_status: str) -> dict:
+    """What goes to disk: the verdict plus the item's text, so pairs can be built from the log alone."""
+    public = item.public()
+    keys = ("item_id", "pair_id", "candidate_id", "question", "answer_a", "answer_b", "caption", "mentions")
+    return {
+        **{key: public[key] for key in keys},
+        "index": index,
+        "figure_status": figure_status,
+        **checked_verdict(body),
     }
 
 
 def safe_next(target: str) -> str:
     """Only same-site paths after login (no '//host' or 'http://...')."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
 
 
 def login_page(next_path: str, message: str) -> str:
     return LOGIN_HTML.replace("__NEXT__", html.escape(safe_next(next_path))).replace(
         "__MESSAGE__", html.escape(message)
     )
-
-
-# ---------------------------------------------------------------- command line
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vital annotate", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve the annotation page")
-    serve.add_argument("--items", required=True, help="items JSON/JSONL file, candidates folder or Hub repo id")
-    serve.add_argument("--out", required=True, help="folder of per-annotator judgement logs (<annotator>.jsonl)")
-    serve.add_argument("--annotator", required=True, help="whose judgements these are (the log's file name)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (non-loopback needs a token)")
-    serve.add_argument("--port", type=int, default=7860, help="port (0: any free port, printed at start)")
-    serve.add_argument("--images", help="folder of <pair_id>.jpg figures for items that carry no picture")
-    serve.add_argument("--figures", help="figures dataset (folder or repo id) to look pictures up by pair_id")
-    serve.add_argument("--token-env", default=TOKEN_ENV, help="environment variable holding the shared secret")
-    return parser.parse_args(argv)
-
-
-def token_from_env(name: str) -> str | None:
-    token = os.environ.get(name) or None
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise SystemExit(f"${name} is shorter than {MIN_TOKEN_LENGTH} characters: choose a longer secret")
-    return token
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio turns Nagle off only for sockets that say so, else replies wait ~40 ms.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    token = token_from_env(args.token_env)
-    if token is None and not is_loopback(args.host):
-        print(
-            f"vital annotate: refusing to listen on {args.host} without a login; set ${args.token_env} to a shared "
-            "secret (or listen on 127.0.0.1)",
-            file=sys.stderr,
-        )
-        return 2
-    check_annotator(args.annotator)
-    items = load_items(args.items)
-    annotation = Annotation(items, args.out, args.annotator, ImageResolver(args.images, args.figures))
-    store = annotation.store(args.annotator)
-    import uvicorn
-
-    sock = bind(args.host, args.port)
-    port = sock.getsockname()[1]
-    shown_host = f"[{args.host}]" if ":" in args.host else args.host
-    print(
-        f"serving {len(items)} items for {store.annotator} ({annotation.done(store)} judged) on "
-        f"http://{shown_host}:{port}/ ; judgements in {store.path}" + ("" if token else " (local only)"),
-        flush=True,
-    )
-    config = uvicorn.Config(create_app(annotation, token), log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
-    return 0

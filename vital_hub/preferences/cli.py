@@ -48,6 +48,9 @@ class BuildConfig:
     out: str = help_field("preferences repo folder (config clinician, plus mixed when model pairs exist)")
     aggregate: str = help_field("several annotators on one item: unanimous | majority | each", default="unanimous")
     use_better: bool = help_field("a 'which is better' pick turns a tie (both acceptable) into a pair", default=False)
+    include_without_figure: bool = help_field(
+        "also pair judgements made while the figure could not be shown (kept out by default)", default=False
+    )
     test_fraction: float = help_field("share of clinician pairs held out (stable per item)", default=0.0)
     seed: int = help_field("seed of the held-out split", default=0)
     max_pairs: int | None = help_field(
@@ -99,11 +102,17 @@ def sample_command(config: SampleConfig) -> int:
     if config.encoder == "tiny-clip":
         options["seed"] = config.seed
     resolver = ImageResolver(config.images, config.figures)
+    try:
+        encoder = get_encoder(config.encoder, **options)
+    except OSError as err:  # no network and nothing cached: say what works offline
+        raise OSError(
+            f"the {config.encoder} encoder could not be loaded ({err}); offline, use --encoder hashing"
+        ) from err
     sample = diverse_sample(
         items,
         config.k,
         config.seed,
-        get_encoder(config.encoder, **options),
+        encoder,
         resolver,
         config.clusters,
         config.image_weight,
@@ -138,7 +147,9 @@ def build_command(config: BuildConfig) -> int:
     from vital_hub.preferences.store import read_judgements
 
     records = read_judgements(config.annotations)
-    pairs, outcomes = clinician_pairs(records, config.aggregate, config.use_better, config.test_fraction, config.seed)
+    pairs, outcomes = clinician_pairs(
+        records, config.aggregate, config.use_better, config.test_fraction, config.seed, config.include_without_figure
+    )
     pairs = pairs[: config.max_pairs] if config.max_pairs is not None else pairs
     if config.embed_images:
         embed_images(pairs, config.images, config.figures)
@@ -225,6 +236,10 @@ def embed_images(pairs: list[dict], images: str | None, figures: str | None) -> 
         if pair_id not in cache:
             cache[pair_id] = resolver.bytes_for(Item(pair_id, pair_id, "", "", ""))
         row["image"] = {"bytes": cache[pair_id], "path": f"{pair_id}.jpg"} if cache[pair_id] else None
+    missing = sorted({row["pair_id"] for row in pairs if row["image"] is None})
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        print(f"warning: {len(missing)} figures could not be embedded (missing or damaged): {shown}", file=sys.stderr)
 
 
 SUBCOMMANDS = {

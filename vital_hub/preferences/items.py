@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,21 @@ from vital_hub.io import iter_json_records
 from vital_hub.schema import RecordError, mention_texts
 
 REQUIRED_ITEM_KEYS = ("item_id", "question", "answer_a", "answer_b")
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".jpg", ".png")
+
+
+def looks_local(source: str) -> bool:
+    """A path that does not exist but was meant as one (so it is reported, not tried on the Hub for 25 s)."""
+    if not HUB_REPO_ID.match(source) or source.lower().endswith(LOCAL_SUFFIXES):
+        return True
+    return Path(source.split("/", 1)[0]).is_dir()
+
+
+def check_source(source: str, what: str) -> None:
+    """Raise FileNotFoundError for a local path that is not there."""
+    if not Path(source).exists() and looks_local(source):
+        raise FileNotFoundError(f"{what} {source}: no such file or folder (nor a Hub repo id)")
 
 
 @dataclass
@@ -141,6 +157,7 @@ def iter_candidate_rows(source: str, cache_dir: str | None = None) -> Iterator[d
 def load_items(source: str | Path, cache_dir: str | None = None) -> list[Item]:
     """Items from an items file or a candidates dataset, in their order; ids must be unique."""
     source = str(source)
+    check_source(source, "--items")
     if Path(source).is_file():
         items = [item_from_record(r, w.file, w.index, Path(source).parent) for w, r in iter_json_records(source)]
     else:
@@ -165,15 +182,30 @@ class ImageResolver:
         self.figures_path = figures
         self._figures = None
 
+    def check_sources(self) -> None:
+        """Fail at start, not per item: a folder that is missing, or a figure store that cannot be opened."""
+        if self.images_dir is not None and not self.images_dir.is_dir():
+            raise FileNotFoundError(f"--images {self.images_dir}: no such folder")
+        if self.figures_path:
+            check_source(self.figures_path, "--figures")
+            self._figure_store()
+
     def bytes_for(self, item: Item) -> bytes | None:
         return self.locate(item)[0]
 
     def locate(self, item: Item) -> tuple[bytes | None, Path | None]:
         """The item's first picture that decodes, and its file (None when embedded or from the figure store)."""
+        data, path, _ = self.resolve(item)
+        return data, path
+
+    def resolve(self, item: Item) -> tuple[bytes | None, Path | None, str | None]:
+        """(bytes, file, None) for a picture that decodes, else (None, None, why: 'missing' or 'damaged')."""
+        damaged = False
         for data, path in self._candidates(item):
             if data and _decodes(data):
-                return data, path
-        return None, None
+                return data, path, None
+            damaged = damaged or data is not None
+        return None, None, "damaged" if damaged else "missing"
 
     def _candidates(self, item: Item) -> Iterator[tuple[bytes | None, Path | None]]:
         yield item.image_bytes, None

@@ -1,8 +1,14 @@
-"""The annotation page: one self-contained HTML document, its stylesheet and its script (no CDN: works offline).
+"""The annotation page: one self-contained HTML document and its stylesheet (the script is in page_js.py; no
+CDN: works offline).
 
-Text from items is only ever inserted with `textContent`, never as HTML, and the page is served with a strict
-Content-Security-Policy, so an answer containing markup cannot run script in a clinician's browser.
+Text from items is only ever inserted with `textContent` (a small markdown subset is turned into DOM nodes,
+never into HTML), and the page is served with a strict Content-Security-Policy, so an answer containing markup
+cannot run script in a clinician's browser.
 """
+
+from vital_hub.preferences.page_js import APP_JS, LOGIN_JS
+
+__all__ = ["APP_CSS", "APP_JS", "LOGIN_HTML", "LOGIN_JS", "page_html"]
 
 SHORTCUTS = (
     ("1", "answer A acceptable"),
@@ -11,6 +17,8 @@ SHORTCUTS = (
     ("4", "answer B not acceptable"),
     ("A / B", "answer A / B is better (optional)"),
     ("N", "no preference"),
+    ("U", "cannot judge: the figure is unavailable"),
+    ("Z", "zoom the figure (click it too; Esc closes)"),
     ("C", "write a comment (Esc leaves the box, Ctrl+Enter saves)"),
     ("Enter", "save and go to the next item"),
     ("← / →", "previous / next item"),
@@ -30,11 +38,16 @@ PAGE_HTML = """<!doctype html>
   <span id="annotator" title="judgements are saved under this name"></span>
   <div class="progress"><div id="bar"></div></div>
   <span id="progress">loading…</span>
+  __LOGOUT__
 </header>
 <div id="done-banner" hidden>All items are judged. Thank you! You can still go back and change a judgement.</div>
 <main>
   <section class="figure">
-    <div id="image-box"><img id="figure" alt="figure"><p id="no-image" hidden>Figure not available</p></div>
+    <div id="image-box"><img id="figure" alt="figure (click to zoom)" title="click to zoom">
+      <div id="no-image" hidden><p id="no-image-text">Figure unavailable</p>
+        <button id="cannot-judge">Cannot judge: figure unavailable <kbd>U</kbd></button>
+        <p class="hint">You may still judge from the text; such judgements are kept out of the training pairs.</p>
+      </div></div>
     <h2>Caption</h2>
     <p id="caption"></p>
     <h2>In-text mentions</h2>
@@ -45,7 +58,7 @@ PAGE_HTML = """<!doctype html>
     <p id="question"></p>
     <div class="answer" id="card-a">
       <h3>Answer A</h3>
-      <p id="answer-a"></p>
+      <div id="answer-a" class="md"></div>
       <div class="marks">
         <button id="a-yes" data-side="a" data-value="true">Acceptable <kbd>1</kbd></button>
         <button id="a-no" data-side="a" data-value="false">Not acceptable <kbd>2</kbd></button>
@@ -53,7 +66,7 @@ PAGE_HTML = """<!doctype html>
     </div>
     <div class="answer" id="card-b">
       <h3>Answer B</h3>
-      <p id="answer-b"></p>
+      <div id="answer-b" class="md"></div>
       <div class="marks">
         <button id="b-yes" data-side="b" data-value="true">Acceptable <kbd>3</kbd></button>
         <button id="b-no" data-side="b" data-value="false">Not acceptable <kbd>4</kbd></button>
@@ -66,7 +79,9 @@ PAGE_HTML = """<!doctype html>
       <button id="better-none" data-better="">No preference <kbd>N</kbd></button>
     </div>
     <label for="comment">Comment (optional) <kbd>C</kbd></label>
-    <textarea id="comment" rows="3" placeholder="anything the other answers or the question got wrong"></textarea>
+    <textarea id="comment" rows="3" maxlength="4000"
+      placeholder="anything the other answers or the question got wrong"></textarea>
+    <p id="warning" role="alert" hidden></p>
     <div class="nav">
       <button id="prev">◀ Previous <kbd>←</kbd></button>
       <button id="save" class="primary" disabled>Save &amp; next <kbd>Enter</kbd></button>
@@ -75,6 +90,7 @@ PAGE_HTML = """<!doctype html>
     <p id="status" role="status"></p>
   </section>
 </main>
+<div id="zoom" hidden><img id="zoomed" alt="figure, full size"></div>
 <footer>
   <h2>Keyboard shortcuts</h2>
   <dl id="shortcuts">__SHORTCUTS__</dl>
@@ -101,13 +117,35 @@ h2 { font-size: 13px; text-transform: uppercase; letter-spacing: .05em; color: #
 h3 { margin: 0 0 6px; font-size: 15px; }
 #image-box { text-align: center; background: #111; border-radius: 6px; min-height: 120px; }
 #figure { max-width: 100%; max-height: 58vh; }
-#no-image { color: #ddd; padding: 40px 0; margin: 0; }
+#no-image p { color: #ddd; margin: 0; }
+#no-image { padding: 28px 12px; }
+#no-image .hint { font-size: 13px; color: #aab4bd; margin-top: 8px; }
+#figure { cursor: zoom-in; }
+#zoom { position: fixed; inset: 0; background: rgba(0,0,0,.92); overflow: auto; z-index: 10; cursor: zoom-out;
+  text-align: center; }
+#zoom img { max-width: none; margin: 20px auto; }
+#warning { background: #fff4e6; border: 1px solid #f59f00; border-radius: 6px; padding: 6px 10px; margin: 8px 0; }
+body[data-busy=true] { cursor: progress; }
+body[data-busy=true] #save::after { content: " …"; }
+.answer .md p { margin: 0 0 6px; white-space: pre-wrap; }
+.answer .md ul, .answer .md ol { margin: 0 0 6px; padding-left: 22px; }
+.answer .md code { background: #f1f3f5; padding: 0 3px; border-radius: 3px; }
+header form { margin: 0; }
+header .spacer { flex: 1; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #e3e7eb; }
+main.single { grid-template-columns: 1fr; }
+@media (max-width: 900px) {
+  main { grid-template-columns: 1fr; padding: 10px; }
+  header { flex-wrap: wrap; }
+  #figure { max-height: 70vh; }
+}
 #question { font-weight: 600; font-size: 16px; }
 .answer { border: 2px solid #d5dbe1; border-radius: 8px; padding: 10px 12px; margin: 10px 0; }
 .answer.yes { border-color: #2f9e44; background: #f2fbf4; }
 .answer.no { border-color: #d9480f; background: #fff5f0; }
 .answer.preferred { box-shadow: 0 0 0 3px #ffd43b; }
-.answer p { white-space: pre-wrap; margin: 0 0 8px; }
+.answer > .md { margin: 0 0 8px; }
 button { font: inherit; padding: 5px 12px; border-radius: 6px; border: 1px solid #aab4bd; background: #fff;
   cursor: pointer; }
 button.on { background: #12355b; color: #fff; border-color: #12355b; }
@@ -126,177 +164,25 @@ footer dt { font-weight: 600; }
 footer dd { margin: 0; }
 """
 
-APP_JS = """
-"use strict";
-const params = new URLSearchParams(location.search);
-const state = { annotator: params.get("annotator") || "", total: 0, done: 0, index: 0, item: null,
-  marks: { a: null, b: null }, better: null, busy: false, ticket: 0 };
-const $ = (id) => document.getElementById(id);
-
-async function api(path, options) {
-  const sep = path.includes("?") ? "&" : "?";
-  const url = state.annotator ? `${path}${sep}annotator=${encodeURIComponent(state.annotator)}` : path;
-  const response = await fetch(url, Object.assign({ credentials: "same-origin" }, options || {}));
-  if (response.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); }
-  const body = await response.json().catch(() => ({ detail: `server answered ${response.status}` }));
-  if (!response.ok) throw new Error(body.detail || response.statusText);
-  return body;
-}
-
-function showProgress() {
-  $("progress").textContent = `Item ${state.index + 1} of ${state.total} · ${state.done} judged`;
-  $("bar").style.width = `${(100 * state.done) / Math.max(1, state.total)}%`;
-  $("done-banner").hidden = state.done < state.total;
-  $("annotator").textContent = state.annotator;
-}
-
-function render() {
-  const item = state.item;
-  $("caption").textContent = item.caption || "(no caption)";
-  const list = $("mentions");
-  list.replaceChildren();
-  for (const mention of item.mentions.length ? item.mentions : ["(none)"]) {
-    const li = document.createElement("li");
-    li.textContent = mention;
-    list.appendChild(li);
-  }
-  $("question").textContent = item.question;
-  $("answer-a").textContent = item.answer_a;
-  $("answer-b").textContent = item.answer_b;
-  const figure = $("figure");
-  figure.hidden = !state.hasImage;
-  $("no-image").hidden = state.hasImage;
-  if (state.hasImage) figure.src = `/api/image/${state.index}`; else figure.removeAttribute("src");
-  renderMarks();
-  showProgress();
-}
-
-function renderMarks() {
-  for (const side of ["a", "b"]) {
-    const mark = state.marks[side];
-    $(`${side}-yes`).classList.toggle("on", mark === true);
-    $(`${side}-no`).classList.toggle("on", mark === false);
-    const card = $(`card-${side}`);
-    card.classList.toggle("yes", mark === true);
-    card.classList.toggle("no", mark === false);
-    card.classList.toggle("preferred", state.better === side);
-  }
-  $("better-a").classList.toggle("on", state.better === "a");
-  $("better-b").classList.toggle("on", state.better === "b");
-  $("better-none").classList.toggle("on", state.better === null);
-  $("save").disabled = state.marks.a === null || state.marks.b === null || state.busy;
-}
-
-// While an item is being saved or loaded, input is dropped rather than applied to an item not yet on screen.
-function setBusy(value) {
-  state.busy = value;
-  document.body.dataset.busy = String(value);
-  renderMarks();
-}
-
-async function load(index) {
-  const ticket = ++state.ticket;
-  setBusy(true);
-  try {
-    const body = await api(`/api/item/${index}`);
-    if (ticket !== state.ticket) return;
-    Object.assign(state, { index: body.index, total: body.total, done: body.done, item: body.item,
-      hasImage: body.has_image });
-    const previous = body.judgement;
-    state.marks = previous ? { a: previous.acceptable_a, b: previous.acceptable_b } : { a: null, b: null };
-    state.better = previous ? previous.better : null;
-    $("comment").value = previous ? previous.comment || "" : "";
-    setStatus(previous ? "Judged before; saving again replaces the earlier judgement." : "");
-    render();
-  } finally {
-    if (ticket === state.ticket) setBusy(false);
-  }
-}
-
-function setStatus(text, error) {
-  $("status").textContent = text;
-  $("status").classList.toggle("error", !!error);
-}
-
-function mark(side, value) { if (!state.busy) { state.marks[side] = value; renderMarks(); } }
-function pickBetter(value) { if (!state.busy) { state.better = value || null; renderMarks(); } }
-
-async function save() {
-  if ($("save").disabled || state.busy) return;
-  setBusy(true);
-  let body;
-  try {
-    body = await api("/api/judgements", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ index: state.index, item_id: state.item.item_id, acceptable_a: state.marks.a,
-        acceptable_b: state.marks.b, better: state.better, comment: $("comment").value }) });
-  } catch (err) {
-    setBusy(false);
-    setStatus(`Not saved: ${err.message}`, true);
-    return;
-  }
-  state.done = body.done;
-  if (state.index + 1 < state.total) await load(state.index + 1); else setBusy(false);
-  setStatus(`Saved item ${body.saved_index + 1}.`);
-  showProgress();
-}
-
-function go(delta) {
-  if (state.busy) return;
-  const target = state.index + delta;
-  if (target >= 0 && target < state.total) load(target);
-}
-
-function onKey(event) {
-  const typing = event.target === $("comment");
-  if (typing) {
-    if (event.key === "Escape") $("comment").blur();
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); save(); }
-    return;
-  }
-  if (event.ctrlKey || event.metaKey || event.altKey) return;
-  const actions = { "1": () => mark("a", true), "2": () => mark("a", false), "3": () => mark("b", true),
-    "4": () => mark("b", false), a: () => pickBetter("a"), b: () => pickBetter("b"), n: () => pickBetter(null),
-    c: () => $("comment").focus(), Enter: save, ArrowLeft: () => go(-1), ArrowRight: () => go(1) };
-  const action = actions[event.key.length === 1 ? event.key.toLowerCase() : event.key];
-  if (action) { event.preventDefault(); action(); }
-}
-
-async function start() {
-  for (const button of document.querySelectorAll("[data-side]")) {
-    button.addEventListener("click", () => mark(button.dataset.side, button.dataset.value === "true"));
-  }
-  for (const button of document.querySelectorAll("[data-better]")) {
-    button.addEventListener("click", () => pickBetter(button.dataset.better));
-  }
-  $("save").addEventListener("click", save);
-  $("prev").addEventListener("click", () => go(-1));
-  $("next").addEventListener("click", () => go(1));
-  document.addEventListener("keydown", onKey);
-  const status = await api("/api/state");
-  state.annotator = status.annotator;
-  await load(Math.min(status.position, status.total - 1));
-  document.body.dataset.ready = "true";
-}
-
-start().catch((err) => setStatus(`Could not load: ${err.message}`, true));
-"""
-
 LOGIN_HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sign in: clinician review</title>
 <style>body{font:15px system-ui,sans-serif;background:#f4f6f8}main{max-width:420px;margin:60px auto;
 background:#fff;padding:16px;border-radius:8px}h1{font-size:18px}.error{color:#c92a2a}</style></head>
 <body><main>
 <h1>Clinician review: sign in</h1>
-<p>Enter the access token you were given.</p>
-<form method="post" action="/login">
+<p>Open the invite link you were given, or paste its access key (the part after <code>#key=</code>).</p>
+<form method="post" action="/login" id="login">
 <input type="hidden" name="next" value="__NEXT__">
-<input type="password" name="token" id="token" autofocus style="width:100%;font:inherit;padding:6px">
+<input type="password" name="key" id="key" autocomplete="off" autofocus style="width:100%;font:inherit;padding:6px">
 <p><button type="submit">Sign in</button></p>
 <p id="status" class="error">__MESSAGE__</p>
-</form></main></body></html>
+</form></main><script src="/static/login.js"></script></body></html>
 """
 
 
-def page_html() -> str:
+LOGOUT_FORM = '<form method="post" action="/logout"><button type="submit" id="logout">Sign out</button></form>'
+
+
+def page_html(signed_in: bool = False) -> str:
     rows = "".join(f"<dt>{key}</dt><dd>{meaning}</dd>" for key, meaning in SHORTCUTS)
-    return PAGE_HTML.replace("__SHORTCUTS__", rows)
+    return PAGE_HTML.replace("__SHORTCUTS__", rows).replace("__LOGOUT__", LOGOUT_FORM if signed_in else "")

@@ -5,6 +5,11 @@ answer is acceptable and the other is not; both acceptable (a tie) and both unac
 and never paired. The optional "which is better" pick can break ties (`use_better`), and a pick that contradicts
 the marks makes the item a conflict.
 
+A judgement made while the figure could not be shown (`figure_status` "unavailable") has the verdict
+`without_figure` and is never paired unless asked for (`include_without_figure`); a clinician's "cannot judge:
+figure unavailable" has the verdict `cannot_judge`. Both are counted in the outcomes and annotator statistics.
+Clinician pair rows carry the annotators' comments and the figure status.
+
 Model preferences (the paper's): judge scores are cut into integer levels; each level is split 80/20 into train
 and test items, and pairs join two items from two different levels of the same split, the higher level chosen.
 Such items usually differ in figure and question, so a pair row carries the rejected side's own context in
@@ -29,8 +34,13 @@ PAIRED_VERDICTS = ("a", "b")
 # ---------------------------------------------------------------- clinician judgements
 
 
-def verdict_of(judgement: dict, use_better: bool = False) -> str:
-    """'a' or 'b' (that answer is preferred), 'tie', 'both_unacceptable' or 'conflict'."""
+def verdict_of(judgement: dict, use_better: bool = False, include_without_figure: bool = False) -> str:
+    """'a' or 'b' (that answer is preferred), 'tie', 'both_unacceptable', 'conflict', 'cannot_judge' or
+    'without_figure'."""
+    if judgement.get("cannot_judge"):
+        return "cannot_judge"
+    if judgement.get("figure_status") == "unavailable" and not include_without_figure:
+        return "without_figure"
     good_a, good_b, better = judgement["acceptable_a"], judgement["acceptable_b"], judgement.get("better")
     if good_a != good_b:
         winner = "a" if good_a else "b"
@@ -78,13 +88,14 @@ def clinician_pairs(
     use_better: bool = False,
     test_fraction: float = 0.0,
     seed: int = 0,
+    include_without_figure: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """(pair rows, outcome rows): every item's outcome is recorded, only preferences become pairs."""
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregate!r}; known: {list(AGGREGATIONS)}")
     pairs, outcomes = [], []
     for item_id, judged in in_judging_order(by_item(latest_judgements(records))):
-        verdicts = {name: verdict_of(record, use_better) for name, record in judged.items()}
+        verdicts = {name: verdict_of(record, use_better, include_without_figure) for name, record in judged.items()}
         if aggregate == "each":
             groups = [([name], verdict) for name, verdict in verdicts.items()]
         else:
@@ -99,11 +110,15 @@ def clinician_pairs(
                     "annotators": annotators,
                     "verdicts": {n: verdicts[n] for n in annotators},
                     "outcome": outcome,
+                    "figure_status": record.get("figure_status"),
+                    "comments": {n: judged[n].get("comment") for n in annotators if judged[n].get("comment")},
                 }
             )
             if outcome in PAIRED_VERDICTS:
                 key = item_id if aggregate != "each" else f"{item_id}@{annotators[0]}"
-                pairs.append(_clinician_pair_row(record, outcome, key, annotators, test_fraction, seed))
+                row = _clinician_pair_row(record, outcome, key, annotators, test_fraction, seed)
+                row["comments"] = "\n".join(f"{n}: {c}" for n, c in outcomes[-1]["comments"].items()) or None
+                pairs.append(row)
     return pairs, outcomes
 
 
@@ -133,6 +148,7 @@ def _clinician_pair_row(
         "chosen_score": None,
         "rejected_score": None,
         "annotators": ",".join(annotators),
+        "figure_status": record.get("figure_status"),
     }
 
 
@@ -175,7 +191,7 @@ def annotator_statistics(records: Iterable[dict], use_better: bool = False) -> d
     for judged in items.values():
         for name, record in judged.items():
             per_annotator[name][verdict_of(record, use_better)] += 1
-            per_annotator[name]["acceptable_answers"] += record["acceptable_a"] + record["acceptable_b"]
+            per_annotator[name]["acceptable_answers"] += bool(record["acceptable_a"]) + bool(record["acceptable_b"])
     shared = []
     for item_id, judged in items.items():
         if len(judged) > 1:
@@ -335,6 +351,8 @@ def _model_pair_row(high: dict, low: dict, split: str) -> dict:
         "chosen_score": float(high["score"]),
         "rejected_score": float(low["score"]),
         "annotators": None,
+        "comments": None,
+        "figure_status": None,
     }
 
 

@@ -27,7 +27,8 @@ SPLITS = ("train", "test")
 
 
 def pair_features():
-    """Features of a pair row (the contract's columns, then provenance and the rejected side's own context)."""
+    """Features of a pair row (the contract's columns, then provenance and the rejected side's own context;
+    clinician rows add the annotators' comments and whether the figure was shown)."""
     from datasets import Features, Image, Value
 
     text = Value("string")
@@ -53,6 +54,8 @@ def pair_features():
             "chosen_score": Value("float64"),
             "rejected_score": Value("float64"),
             "annotators": text,
+            "comments": text,
+            "figure_status": text,
         }
     )
 
@@ -77,7 +80,8 @@ def write_config(repo: str | Path, config: str, rows: list[dict]) -> dict[str, i
             final.unlink(missing_ok=True)
             continue
         with atomic_path(final, suffix=".parquet") as tmp:
-            Dataset.from_list(part, features=features).to_parquet(str(tmp))
+            complete = [{name: row.get(name) for name in features} for row in part]
+            Dataset.from_list(complete, features=features).to_parquet(str(tmp))
         counts[split] = len(part)
     write_card(repo)
     return counts

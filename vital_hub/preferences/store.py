@@ -22,15 +22,20 @@ from vital_hub.schema import RecordError
 
 ANNOTATOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BETTER_CHOICES = ("a", "b", None)
+CANNOT_JUDGE = ("figure_unavailable",)
+FIGURE_STATUSES = ("shown", "unavailable")
+MAX_COMMENT_CHARS = 4000  # what the app accepts; logs written before the cap are still read whole
 
 
 def check_annotator(name: str) -> str:
-    """Annotator names become file names, so they are kept to a safe alphabet."""
-    if not isinstance(name, str) or not ANNOTATOR_NAME.match(name) or name.endswith(".jsonl"):
+    """The normalised name (stripped, case-folded: `Dr_Lee` and `dr_lee` are one person); names become file
+    names, so they are kept to a safe alphabet."""
+    normal = name.strip().casefold() if isinstance(name, str) else name
+    if not isinstance(normal, str) or not ANNOTATOR_NAME.match(normal) or normal.endswith((".jsonl", ".json")):
         raise ValueError(
             f"annotator name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
-    return name
+    return normal
 
 
 def log_path(out_dir: str | Path, annotator: str) -> Path:
@@ -42,8 +47,13 @@ def validate_judgement(record: dict, file: str | None = None, index: int | None 
     item_id = record.get("item_id") if isinstance(record, dict) else None
     if not isinstance(record, dict) or not isinstance(item_id, str) or not item_id:
         raise RecordError("a judgement needs a non-empty 'item_id'", file=file, index=index)
+    if record.get("cannot_judge") not in (*CANNOT_JUDGE, None):
+        raise RecordError(f"'cannot_judge' must be one of {list(CANNOT_JUDGE)} or null", file=file, index=index)
+    if record.get("figure_status") not in (*FIGURE_STATUSES, None):
+        raise RecordError(f"'figure_status' must be one of {list(FIGURE_STATUSES)}", file=file, index=index)
+    marks = (None, True, False) if record.get("cannot_judge") else (True, False)
     for key in ("acceptable_a", "acceptable_b"):
-        if not isinstance(record.get(key), bool):
+        if record.get(key) not in marks or not isinstance(record.get(key), bool | None):
             raise RecordError(f"{key!r} must be true or false", file=file, index=index, record_id=item_id)
     if record.get("better") not in BETTER_CHOICES:
         raise RecordError("'better' must be 'a', 'b' or null", file=file, index=index, record_id=item_id)
@@ -113,5 +123,5 @@ def read_judgements(annotations_dir: str | Path) -> list[dict]:
     records = []
     for path in logs:
         for record in read_log(path):
-            records.append(dict(record, annotator=path.stem))
+            records.append(dict(record, annotator=path.stem.casefold()))
     return records

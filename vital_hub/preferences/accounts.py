@@ -1,0 +1,212 @@
+"""Who is signed in to the annotation app: one secret per clinician, server-side sessions, login rate limits.
+
+The annotators file (`<out>/annotators.json`, beside the judgement logs, mode 0600) maps each normalised name to
+the SHA-256 of its secret and a role (`annotator` or `admin`); the secret itself is printed once, inside an
+invite link, and never stored. A secret is 32 random bytes, so a plain hash is as strong as a slow one here.
+
+A credential reads `NAME:SECRET`. Only the name is used to find the account; the identity is the account whose
+hash matches, so no URL parameter or request field can ever choose whom a request speaks for.
+
+A signed-in browser holds only a random session id (a cookie); the session table maps it to the name and an
+expiry, and logging out removes the row. Sessions live in the server's memory: a restart signs everyone out,
+and the invite link signs them in again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vital_hub.io import atomic_path
+from vital_hub.preferences.store import check_annotator
+
+ANNOTATORS_FILE = "annotators.json"
+ROLES = ("annotator", "admin")
+SESSION_HOURS = 12.0
+
+
+def accounts_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / ANNOTATORS_FILE
+
+
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "replace")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def read_accounts(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable annotators file ({err})") from err
+    accounts = data.get("annotators") if isinstance(data, dict) else None
+    if not isinstance(accounts, dict):
+        raise ValueError(f"{path}: expected an object with an 'annotators' mapping")
+    for name, entry in accounts.items():
+        if not isinstance(entry, dict) or entry.get("role") not in ROLES or not entry.get("secret_sha256"):
+            raise ValueError(f"{path}: annotator {name!r} needs a 'role' ({'/'.join(ROLES)}) and a 'secret_sha256'")
+    return accounts
+
+
+def add_annotator(out_dir: str | Path, name: str, role: str = "annotator", replace: bool = False) -> tuple[str, str]:
+    """Create (or, with replace, re-key) an account; returns (normalised name, credential) — shown once."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; known: {list(ROLES)}")
+    name = check_annotator(name)
+    path = accounts_path(out_dir)
+    accounts = read_accounts(path)
+    if name in accounts and not replace:
+        raise ValueError(f"{name} already has an account in {path}; pass --replace to issue a new link")
+    credential = f"{name}:{secrets.token_urlsafe(32)}"
+    accounts[name] = {
+        "role": role,
+        "secret_sha256": secret_hash(credential),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"annotators": accounts}, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+    os.chmod(path, 0o600)
+    return name, credential
+
+
+class Accounts:
+    """The annotators file, re-read whenever it changes (an account added mid-study needs no restart)."""
+
+    def __init__(self, out_dir: str | Path):
+        self.path = accounts_path(out_dir)
+        self._stamp: tuple[int, int] | None = None
+        self._accounts: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._accounts, self._stamp = {}, None
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if stamp != self._stamp:
+                self._accounts, self._stamp = read_accounts(self.path), stamp
+
+    def __bool__(self) -> bool:
+        return bool(self._accounts)
+
+    def names(self, role: str = "annotator") -> list[str]:
+        self.reload()
+        return sorted(name for name, entry in self._accounts.items() if entry["role"] == role)
+
+    @staticmethod
+    def claimed_name(credential: str) -> str | None:
+        """The normalised name a credential claims (what rate limits are counted by), or None."""
+        name, sep, _ = credential.partition(":")
+        try:
+            return check_annotator(name) if sep else None
+        except ValueError:
+            return None
+
+    def verify(self, credential: str) -> Account | None:
+        self.reload()
+        name = self.claimed_name(credential)
+        entry = self._accounts.get(name) if name else None
+        expected = entry["secret_sha256"] if entry else secret_hash("no such account")
+        matches = hmac.compare_digest(secret_hash(credential.strip()), expected)
+        return Account(name, entry["role"]) if matches and entry else None
+
+    def current(self, name: str) -> Account | None:
+        """The account as the file says now (a removed account's sessions stop working)."""
+        self.reload()
+        entry = self._accounts.get(name)
+        return Account(name, entry["role"]) if entry else None
+
+
+class Sessions:
+    """Random session ids -> (name, expiry); ended by logout or by time."""
+
+    def __init__(self, lifetime_s: float = SESSION_HOURS * 3600):
+        self.lifetime_s = lifetime_s
+        self._table: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, name: str) -> str:
+        session_id = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._lock:
+            self._table = {k: v for k, v in self._table.items() if v[1] > now}
+            self._table[session_id] = (name, now + self.lifetime_s)
+        return session_id
+
+    def name_of(self, session_id: str | None) -> str | None:
+        if not session_id:
+            return None
+        with self._lock:
+            entry = self._table.get(session_id)
+            if entry is None:
+                return None
+            if entry[1] <= time.monotonic():
+                del self._table[session_id]
+                return None
+            return entry[0]
+
+    def end(self, session_id: str | None) -> None:
+        with self._lock:
+            self._table.pop(session_id or "", None)
+
+
+class RateLimit:
+    """Token buckets per key: `burst` attempts at once, then one every `every_s` seconds.
+
+    An attempt is charged before it is evaluated, so a flood of parallel guesses gets only `burst` evaluations
+    and quick 429s for the rest.
+    """
+
+    def __init__(self, burst: int, every_s: float, max_keys: int = 10000):
+        self.burst, self.every_s, self.max_keys = burst, every_s, max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) / self.every_s)
+            if len(self._buckets) >= self.max_keys and key not in self._buckets:
+                full = [k for k, (t, s) in self._buckets.items() if t + (now - s) / self.every_s >= self.burst]
+                for stale in full:
+                    del self._buckets[stale]
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                return False
+            self._buckets[key] = (tokens - 1.0, now)
+            return True
+
+    def refund(self, key: str) -> None:
+        """Give back the charge of an attempt that succeeded: only failures use up a bucket."""
+        with self._lock:
+            if key in self._buckets:
+                tokens, last = self._buckets[key]
+                self._buckets[key] = (min(float(self.burst), tokens + 1.0), last)
