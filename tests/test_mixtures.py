@@ -394,3 +394,31 @@ def test_unknown_configs_in_only_are_named_from_the_yaml_and_from_the_flag(tmp_p
         load_plan(only_configs=["80k", "81k"])
     spec.write_text("mixtures:\n  - {name: ten, components: [{name: llava-med-10k}]}\nonly: [ten, 80k]\n")
     assert list(load_plan(spec, only_configs=["ten"]).mixtures) == ["ten"]
+
+
+def test_yaml_exclude_ids_drops_those_rows_and_nothing_else(sample, tmp_path):
+    full_ids = [r["id"] for r in read_config_rows(sample["repo"], "80k")]
+    dropped = [full_ids[1], full_ids[7], "not-a-row"]
+    spec = tmp_path / "mix.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "mixtures": [
+                    {"name": "80k-clean", "components": [{"name": "biomed-vital-80k", "exclude_ids": dropped}]}
+                ],
+                "only": ["80k", "80k-clean"],
+            }
+        )
+    )
+    manifest = build(sample["sources"], tmp_path / "repo", plan=load_plan(spec))
+    clean = [r["id"] for r in read_config_rows(tmp_path / "repo", "80k-clean")]
+    assert clean == [i for i in full_ids if i not in dropped]
+    assert manifest["configs"]["80k-clean"]["components"][0] == {
+        "name": "biomed-vital-80k",
+        "fraction": 1.0,
+        "rows": len(full_ids) - 2,
+        "excluded": 2,
+    }
+    spec.write_text("mixtures:\n  - name: x\n    components: [{name: biomed-vital-80k, exclude_ids: abc}]\n")
+    with pytest.raises(ValueError, match="exclude_ids of 'biomed-vital-80k' in mixture 'x' must be a list"):
+        load_plan(spec)
