@@ -36,6 +36,12 @@ COMMANDS: tuple[Command, ...] = (
     Command(("annotate",), "vital_hub.preferences.app:main", "annotate", "serve the clinician annotation app"),
     Command(("select",), "vital_hub.selector.select:main", "train", "score candidates and keep the top ones"),
     Command(("eval",), "vital_hub.eval.cli:main", "eval", "answer, judge and score evaluation sets"),
+    Command(
+        ("audit", "contamination"),
+        "vital_hub.audit.cli:contamination_main",
+        "audit",
+        "find evaluation figures and texts inside training mixtures",
+    ),
 )
 
 
