@@ -243,7 +243,7 @@ def test_index_finds_exactly_what_all_pairs_finds():
     for q in range(len(queries)):  # flip up to 12 bits
         for bit in rng.choice(64, size=rng.integers(0, 13), replace=False):
             queries[q] ^= np.uint64(1) << np.uint64(int(bit))
-    for distance in (3, 7, 10, 11):
+    for distance in (0, 3, 4, 7, 9, 10, 11):
         got = sorted(zip(*(a.tolist() for a in HashIndex(train, distance).search(queries)), strict=True))
         want = sorted(zip(*(a.tolist() for a in all_pairs(queries, train, distance)), strict=True))
         assert got == want and len(want) > 0

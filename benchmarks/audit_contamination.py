@@ -1,0 +1,117 @@
+"""Contamination audit at real scale: the multi-index search vs all pairs, and figure hashing, in the same run.
+
+    python benchmarks/audit_contamination.py [--train 500000] [--eval 10000] [--subset 200] [--figures 400]
+
+Search: `--train` training hashes against `--eval` evaluation figures, each with the audit's framings (about ten
+hashes a figure, as `query_hashes` gives), at the audit's default threshold. Training hashes are random 64-bit
+values with every eval figure's near copies planted (a few bits flipped). The all-pairs side compares `--subset`
+evaluation figures with every training hash (numpy XOR + popcount, the fastest all-pairs loop here) and is
+scaled to the full eval set; the index's answer on that subset must equal it.
+
+Hashing: `--figures` generated JPEGs of about 1,000 x 800 px (PMC figure size), hashed by the audit's `Hasher`
+on 2 processes (draft decoding), and the same without draft decoding on the subset as the baseline.
+
+Targets: search >= 100x faster than all pairs; hashing >= 400 figures/s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.audit_support import generated_figure, jpeg  # noqa: E402
+from vital_hub.audit.audit import DEFAULT_MAX_DISTANCE  # noqa: E402
+from vital_hub.audit.hashing import FRAMINGS, HashCache, Hasher  # noqa: E402
+from vital_hub.audit.index import HashIndex, all_pairs  # noqa: E402
+
+
+def flipped(values: np.ndarray, rng, max_bits: int) -> np.ndarray:
+    out = values.copy()
+    for i in range(len(out)):
+        for bit in rng.choice(64, size=rng.integers(0, max_bits + 1), replace=False):
+            out[i] ^= np.uint64(1) << np.uint64(int(bit))
+    return out
+
+
+def search_benchmark(args) -> dict:
+    rng = np.random.default_rng(0)
+    random64 = lambda n: rng.integers(0, 2**64 - 1, size=n, dtype=np.uint64, endpoint=True)  # noqa: E731
+    train = random64(args.train)
+    originals = random64(args.eval)
+    train[: args.eval] = flipped(originals, rng, DEFAULT_MAX_DISTANCE - 2)  # one near copy of every eval figure
+    framings = len(FRAMINGS)
+    queries = np.concatenate([originals, random64(args.eval * (framings - 1))])
+    start = time.perf_counter()
+    index = HashIndex(train, DEFAULT_MAX_DISTANCE)
+    built = time.perf_counter() - start
+    start = time.perf_counter()
+    q, t, _ = index.search(queries)
+    searched = time.perf_counter() - start
+    subset = queries[np.concatenate([np.arange(i, len(queries), args.eval) for i in range(args.subset)])]
+    start = time.perf_counter()
+    pairs_q, pairs_t, _ = all_pairs(subset, train, DEFAULT_MAX_DISTANCE)
+    brute = (time.perf_counter() - start) * args.eval / args.subset
+    sub_q, sub_t, _ = index.search(subset)
+    same = sorted(zip(sub_q.tolist(), sub_t.tolist(), strict=True))
+    assert same == sorted(zip(pairs_q.tolist(), pairs_t.tolist(), strict=True))
+    found = len({int(x) for x, y in zip(q, t, strict=True) if x < args.eval and x == y})
+    return {
+        "train_hashes": args.train,
+        "eval_figures": args.eval,
+        "query_hashes": len(queries),
+        "max_distance": DEFAULT_MAX_DISTANCE,
+        "index_build_s": round(built, 3),
+        "index_search_s": round(searched, 3),
+        "all_pairs_s_scaled": round(brute, 1),
+        "speedup_search": round(brute / searched, 1),
+        "speedup_build_plus_search": round(brute / (built + searched), 1),
+        "planted_found": f"{found}/{args.eval}",
+    }
+
+
+def hashing_benchmark(args) -> dict:
+    figures = [jpeg(generated_figure(k, (1000, 800)), 90) for k in range(args.figures)]
+    with tempfile.TemporaryDirectory() as folder:
+        hasher = Hasher(HashCache(Path(folder) / "cache.jsonl"), workers=2)
+        hasher.hash_batch(figures[:8])  # start the workers
+        start = time.perf_counter()
+        hasher.hash_batch(figures[8:])
+        elapsed = time.perf_counter() - start
+        hasher.close()
+    import io
+
+    import imagehash
+    from PIL import Image
+
+    start = time.perf_counter()
+    for data in figures[8:58]:
+        imagehash.phash(Image.open(io.BytesIO(data)))
+    plain = (time.perf_counter() - start) / 50
+    return {
+        "figures": len(figures) - 8,
+        "mean_jpeg_kb": round(sum(map(len, figures)) / len(figures) / 1024, 1),
+        "figures_per_s_2_processes": round((len(figures) - 8) / elapsed, 1),
+        "baseline_full_decode_1_process_figures_per_s": round(1 / plain, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--train", type=int, default=500_000)
+    parser.add_argument("--eval", type=int, default=10_000)
+    parser.add_argument("--subset", type=int, default=200)
+    parser.add_argument("--figures", type=int, default=400)
+    args = parser.parse_args()
+    print({"search": search_benchmark(args)})
+    print({"hashing": hashing_benchmark(args)})
+
+
+if __name__ == "__main__":
+    main()
