@@ -2,8 +2,8 @@
 
     python benchmarks/audit_contamination.py [--train 500000] [--eval 10000] [--subset 200] [--figures 400]
 
-Search: `--train` training hashes against `--eval` evaluation figures, each with the audit's framings (about ten
-hashes a figure, as `query_hashes` gives), at the audit's default threshold. Training hashes are random 64-bit
+Search: `--train` training hashes against `--eval` evaluation figures, each with the audit's framings (up to twelve
+hashes a figure, one per framing of `query_hashes`), at the audit's default threshold. Training hashes are random 64-bit
 values with every eval figure's near copies planted (a few bits flipped). The all-pairs side compares `--subset`
 evaluation figures with every training hash (numpy XOR + popcount, the fastest all-pairs loop here) and is
 scaled to the full eval set; the index's answer on that subset must equal it.
@@ -76,8 +76,19 @@ def search_benchmark(args) -> dict:
     }
 
 
+def pmc_sized_figure(seed: int) -> bytes:
+    """A 1,000 x 800 px figure with film-grain texture, so that the JPEG is PMC-sized (~150-250 KB), not a
+    smooth drawing that compresses to a few KB and decodes too fast."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = np.asarray(generated_figure(seed, (1000, 800)), dtype=np.int16)
+    grain = rng.normal(0, 6, size=base.shape[:2])[..., None]
+    return jpeg(Image.fromarray(np.clip(base + grain, 0, 255).astype(np.uint8)), 90)
+
+
 def hashing_benchmark(args) -> dict:
-    figures = [jpeg(generated_figure(k, (1000, 800)), 90) for k in range(args.figures)]
+    figures = [pmc_sized_figure(k) for k in range(args.figures)]
     with tempfile.TemporaryDirectory() as folder:
         hasher = Hasher(HashCache(Path(folder) / "cache.jsonl"), workers=2)
         hasher.hash_batch(figures[:8])  # start the workers
