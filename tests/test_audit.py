@@ -258,3 +258,40 @@ def test_bad_eval_spec_is_one_clear_error(tmp_path):
         "vital audit contamination: error: --eval 'qa50': expected NAME=QUESTIONS_FILE[,IMAGES_FOLDER] or "
         "NAME=PREPARED_FOLDER"
     ]
+
+
+def test_a_prepared_vqa_folder_is_an_eval_source(tmp_path):
+    from vital_hub.audit.data import load_eval
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "ab12.jpg").write_bytes(jpeg(generated_figure(3)))
+    records = [
+        {
+            "id": f"vqa-rad-test-{k:05d}",
+            "image": "ab12.jpg",
+            "answer_type": "OPEN",
+            "conversations": conversation(f"what organ is shown {k}?", "liver"),
+        }
+        for k in range(2)
+    ] + [{"id": "vqa-rad-test-00002", "image": "gone.jpg", "conversations": conversation("is it normal?", "no")}]
+    (tmp_path / "vqa-rad_test.json").write_text(json.dumps(records))
+    (tmp_path / "vqa-rad_test.manifest.json").write_text("{}")
+    eval_set = load_eval(f"vqa-rad={tmp_path}")
+    assert eval_set.questions == 3
+    assert [(f.image, f.question_ids, f.problem) for f in eval_set.figures] == [
+        ("ab12.jpg", ["vqa-rad-test-00000", "vqa-rad-test-00001"], None),
+        ("gone.jpg", ["vqa-rad-test-00002"], "missing"),
+    ]
+    assert {t.field for t in eval_set.texts} == {"question", "answer"}
+
+
+def test_index_overflowing_buckets_and_duplicates_are_found():
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 2**63, size=500, dtype=np.int64).astype(np.uint64)
+    crowded = np.repeat(base[:3], 40)  # 40 copies in one bucket of every chunk: far over the capacity
+    train = np.concatenate([base, crowded, base[:50] ^ np.uint64(0b1011)])
+    index = HashIndex(train, 10)
+    assert index.capacity < 40
+    got = sorted(zip(*(a.tolist() for a in index.search(base[:60])), strict=True))
+    want = sorted(zip(*(a.tolist() for a in all_pairs(base[:60], train, 10)), strict=True))
+    assert got == want and len(want) == 60 + 3 * 40 + 50

@@ -20,7 +20,7 @@ from vital_hub.audit.index import HashIndex
 from vital_hub.audit.text import ngram_keys
 
 # Chosen on the transformations of tests/test_audit.py: every planted copy of the qa50 figures is within it and
-# unrelated figures are far beyond it (docs/audit.md). Multi-index search is exact up to 11 with 4 chunks.
+# unrelated figures are far beyond it (docs/audit.md).
 DEFAULT_MAX_DISTANCE = 10
 IDENTITY_KEYS = ("pair_id", "pmid", "pmcid", "sha256")
 
@@ -38,8 +38,8 @@ class AuditOptions:
 
     def __post_init__(self):
         self.out = Path(self.out)
-        if not 0 <= self.max_distance <= 15:
-            raise ValueError(f"--max-distance must be in 0..15 (64-bit hashes), got {self.max_distance}")
+        if not 0 <= self.max_distance <= 12:
+            raise ValueError(f"--max-distance must be in 0..12 (64-bit hashes), got {self.max_distance}")
         if not self.evals:
             raise ValueError("give at least one --eval NAME=SOURCE")
 
