@@ -8,6 +8,7 @@ Parquet and manifest are byte-identical for identical inputs (no timestamps, no 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -441,21 +442,26 @@ def _config_files(mixture: Mixture, results: dict[str, ComponentResult], options
 
 def _write_subset(mixture: Mixture, part: Part, result: ComponentResult, out: Path) -> tuple[dict, int]:
     """The component's rows minus `exclude_ids`, then a seeded sample (in source order) of them, stored under
-    data/<config>/ as one shard; also returns how many rows the exclusion removed."""
-    tables = [pq.read_table(out / s["path"]) for s in result.shards]
-    table = pa.concat_tables(tables)  # a component has >= 1 shard
+    data/<config>/ as one shard, one source shard in memory at a time; also returns how many rows were excluded."""
     eligible = range(result.rows)
     name = f"{part.component}-{part.fraction:g}"
     if part.exclude_ids:
         excluded = set(part.exclude_ids)
-        eligible = [i for i, row_id in enumerate(table.column("id").to_pylist()) if row_id not in excluded]
+        ids = [i for s in result.shards for i in pq.read_table(out / s["path"], columns=["id"])["id"].to_pylist()]
+        eligible = [i for i, row_id in enumerate(ids) if row_id not in excluded]
         name += "-x" + hashlib.sha256("\n".join(part.exclude_ids).encode()).hexdigest()[:12]
     keep = round(len(eligible) * part.fraction)
-    chosen = random.Random(f"{mixture.seed}:{mixture.name}:{part.component}").sample(list(eligible), keep)
-    table = table.take(pa.array(sorted(chosen), type=pa.int64()))
+    chosen = sorted(random.Random(f"{mixture.seed}:{mixture.name}:{part.component}").sample(list(eligible), keep))
     final = out / "data" / mixture.name / f"{name}.parquet"
-    with atomic_path(final) as tmp:
-        pq.write_table(table, tmp, compression=COMPRESSION, row_group_size=2_000)
+    with atomic_path(final) as tmp, pq.ParquetWriter(tmp, row_arrow_schema(), compression=COMPRESSION) as writer:
+        first, at = 0, 0
+        for shard in result.shards:  # a component has >= 1 shard
+            end = bisect.bisect_left(chosen, first + shard["rows"], at)
+            if end > at or shard is result.shards[-1]:
+                table = pq.read_table(out / shard["path"])
+                local = pa.array([i - first for i in chosen[at:end]], type=pa.int64())
+                writer.write_table(table.take(local), row_group_size=2_000)
+            first, at = first + shard["rows"], end
     return _shard_entry(final, out, keep), result.rows - len(eligible)
 
 
