@@ -11,7 +11,7 @@ from vital_hub.config import help_field, parse_config
 @dataclass
 class ContaminationConfig:
     train: str = help_field("instructions or figures repo: a folder or a Hub dataset repo id")
-    eval: list[str] = help_field("NAME=QUESTIONS[,IMAGES] or NAME=PREPARED_FOLDER, repeatable")
+    eval: list[str] = help_field("one or more NAME=QUESTIONS[,IMAGES] or NAME=PREPARED_FOLDER")
     out: str = help_field("folder for contamination.json, contamination.png and the hash cache")
     configs: list[str] | None = help_field("audit only these configs (default: all)", default=None)
     max_distance: int = help_field("largest pHash Hamming distance counted as a near duplicate", default=10)
