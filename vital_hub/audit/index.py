@@ -63,46 +63,54 @@ class HashIndex:
             self.slot_ids.append(ids)
             spill = order[~fits]
             spill_counts = np.bincount(keys[spill], minlength=1 << CHUNK_BITS)
-            self.overflow.append((spill, self.hashes[spill], np.concatenate([[0], np.cumsum(spill_counts)])))
+            spill_starts = np.concatenate([[0], np.cumsum(spill_counts)])
+            self.overflow.append((spill, self.hashes[spill], spill_starts, spill_counts > 0))
 
     @staticmethod
     def _chunk(values: np.ndarray, chunk: int) -> np.ndarray:
         return ((values >> np.uint64(chunk * CHUNK_BITS)) & np.uint64(0xFFFF)).astype(np.int64)
 
     def search(self, queries: np.ndarray, block: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(query index, training index, distance) of every pair within max_distance, each pair once, sorted."""
+        """(query index, training index, distance) of every pair within max_distance, each pair once, sorted.
+
+        Chunks are the outer loop, so that one chunk's table stays in cache while every query block uses it."""
         queries = np.asarray(queries, dtype=np.uint64)
-        found = [self._search_block(queries[at : at + block], at) for at in range(0, len(queries), block)]
+        found = []
+        for chunk, masks in enumerate(self.masks):
+            for at in range(0, len(queries) if len(masks) else 0, block):
+                found.append(self._search_chunk(chunk, masks, queries[at : at + block], at))
         if not found:
             return _empty()
-        return tuple(np.concatenate(parts) for parts in zip(*found, strict=True))
-
-    def _search_block(self, queries: np.ndarray, offset: int):
-        query_ids, train_ids, distances = [], [], []
-        for chunk, masks in enumerate(self.masks):
-            if not len(masks):
-                continue
-            keys = self._chunk(queries, chunk)[:, None] ^ masks[None, :]
-            distance = np.bitwise_count(self.tables[chunk][keys] ^ queries[:, None, None])
-            q, m, s = np.nonzero(distance <= self.max_distance)
-            query_ids.append(q)
-            train_ids.append(self.slot_ids[chunk][keys[q, m], s])
-            distances.append(distance[q, m, s].astype(np.int64))
-            spill, spill_hashes, starts = self.overflow[chunk]
-            if len(spill):
-                found = _search_runs(queries, keys.ravel(), len(masks), spill_hashes, starts, self.max_distance)
-                query_ids.append(found[0])
-                train_ids.append(spill[found[1]])
-                distances.append(found[2])
-        if not query_ids:
-            return _empty()
-        pairs = np.stack([np.concatenate(query_ids), np.concatenate(train_ids), np.concatenate(distances)], axis=1)
+        pairs = np.stack([np.concatenate(parts) for parts in zip(*found, strict=True)], axis=1)
         pairs = np.unique(pairs, axis=0)  # a pair close in several chunks is found once per chunk
-        return pairs[:, 0] + offset, pairs[:, 1], pairs[:, 2]
+        return pairs[:, 0], pairs[:, 1], pairs[:, 2]
+
+    def _search_chunk(self, chunk: int, masks: np.ndarray, queries: np.ndarray, offset: int):
+        keys = (self._chunk(queries, chunk)[:, None] ^ masks[None, :]).ravel()
+        # One row of `capacity` slots per looked-up bucket, laid out as one long row per query, so that the XOR
+        # with the query runs in place over a long inner loop.
+        slots = np.take(self.tables[chunk], keys, axis=0).reshape(len(queries), -1)
+        np.bitwise_xor(slots, queries[:, None], out=slots)
+        distance = np.bitwise_count(slots).ravel()
+        hits = np.flatnonzero(distance <= self.max_distance)
+        lookup, slot = np.divmod(hits, self.capacity)
+        query_ids = [lookup // len(masks) + offset]
+        train_ids = [self.slot_ids[chunk][keys[lookup], slot]]
+        distances = [distance[hits].astype(np.int64)]
+        spill, spill_hashes, starts, spilled = self.overflow[chunk]
+        crowded = np.flatnonzero(spilled[keys])  # only lookups of buckets that overflowed
+        if len(crowded):
+            owners = crowded // len(masks)
+            found = _search_runs(queries[owners], keys[crowded], spill_hashes, starts, self.max_distance)
+            query_ids.append(owners[found[0]] + offset)
+            train_ids.append(spill[found[1]])
+            distances.append(found[2])
+        return np.concatenate(query_ids), np.concatenate(train_ids), np.concatenate(distances)
 
 
-def _search_runs(queries, keys, per_query: int, bucketed, starts, max_distance: int):
-    """Candidates stored as runs per bucket (`starts`): (query, position in `bucketed`, distance) within range."""
+def _search_runs(queries, keys, bucketed, starts, max_distance: int):
+    """One lookup per query: the candidates stored as runs per bucket (`starts`) within range, as (lookup index,
+    position in `bucketed`, distance)."""
     lo = starts[keys]
     counts = starts[keys + 1] - lo
     ends = np.cumsum(counts)
@@ -110,9 +118,9 @@ def _search_runs(queries, keys, per_query: int, bucketed, starts, max_distance: 
     if total == 0:
         return _empty()
     positions = np.arange(total, dtype=np.int64) + np.repeat(lo - (ends - counts), counts)
-    distance = np.bitwise_count(bucketed[positions] ^ np.repeat(np.repeat(queries, per_query), counts))
+    distance = np.bitwise_count(bucketed[positions] ^ np.repeat(queries, counts))
     keep = np.flatnonzero(distance <= max_distance)
-    owners = np.searchsorted(ends, keep, side="right") // per_query
+    owners = np.searchsorted(ends, keep, side="right")
     return owners, positions[keep], distance[keep].astype(np.int64)
 
 
