@@ -394,3 +394,52 @@ def test_unknown_configs_in_only_are_named_from_the_yaml_and_from_the_flag(tmp_p
         load_plan(only_configs=["80k", "81k"])
     spec.write_text("mixtures:\n  - {name: ten, components: [{name: llava-med-10k}]}\nonly: [ten, 80k]\n")
     assert list(load_plan(spec, only_configs=["ten"]).mixtures) == ["ten"]
+
+
+def test_yaml_exclude_ids_drops_those_rows_and_nothing_else(sample, tmp_path):
+    full_ids = [r["id"] for r in read_config_rows(sample["repo"], "80k")]
+    dropped = [full_ids[1], full_ids[7], "not-a-row"]
+    spec = tmp_path / "mix.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "mixtures": [
+                    {"name": "80k-clean", "components": [{"name": "biomed-vital-80k", "exclude_ids": dropped}]}
+                ],
+                "only": ["80k", "80k-clean"],
+            }
+        )
+    )
+    manifest = build(sample["sources"], tmp_path / "repo", plan=load_plan(spec))
+    clean = [r["id"] for r in read_config_rows(tmp_path / "repo", "80k-clean")]
+    assert clean == [i for i in full_ids if i not in dropped]
+    assert manifest["configs"]["80k-clean"]["components"][0] == {
+        "name": "biomed-vital-80k",
+        "fraction": 1.0,
+        "rows": len(full_ids) - 2,
+        "excluded": 2,
+    }
+    spec.write_text("mixtures:\n  - name: x\n    components: [{name: biomed-vital-80k, exclude_ids: abc}]\n")
+    with pytest.raises(ValueError, match="exclude_ids of 'biomed-vital-80k' in mixture 'x' must be a list"):
+        load_plan(spec)
+
+
+def test_card_data_report_counts_domains_rounds_and_figures_from_the_sources(sample):
+    records = [r for _, r in iter_json_records(sample["sources"] / SOURCE_NAMES["biomed-vital-80k"])]
+    domains = [r.get("domain") for r in records]
+    card = (sample["repo"] / "README.md").read_text()
+    report = card.split("## Data report", 1)[1]
+    row = next(line for line in report.splitlines() if line.startswith("| `80k` |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    flags = ["chest_xray", "mri", "ct_scan", "histology", "gross"]
+    assert cells[1] == str(len(records))
+    assert cells[2:7] == [str(sum(bool(d and d.get(f)) for d in domains)) for f in flags]
+    assert cells[7] == str(sum(bool(d) and sum(bool(d.get(f)) for f in flags) > 1 for d in domains))
+    assert cells[9] == str(sum(d is None for d in domains))
+    rounds = [len(r.get("conversations", r.get("conversatons"))) // 2 for r in records]
+    assert cells[10] == f"{sum(rounds) / len(rounds):.2f}"
+    present = sample["manifest"]["components"]["biomed-vital-80k"]["images"]["present"]
+    assert cells[12] == f"{present} / {len(records) - present}"
+    for config in ("60k", "80k", "150k", "210k"):
+        assert f"![data report of {config}](report/{config}.png)" in card
+        assert (sample["repo"] / "report" / f"{config}.png").read_bytes()[:4] == b"\x89PNG"

@@ -42,6 +42,12 @@ COMMANDS: tuple[Command, ...] = (
         "convert an original-LLaVA checkpoint to transformers",
     ),
     Command(("eval",), "vital_hub.eval.cli:main", "eval", "answer, judge and score evaluation sets"),
+    Command(
+        ("audit", "contamination"),
+        "vital_hub.audit.cli:contamination_main",
+        "audit",
+        "find evaluation figures and texts inside training mixtures",
+    ),
 )
 
 

@@ -8,6 +8,7 @@ Parquet and manifest are byte-identical for identical inputs (no timestamps, no 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from vital_hub import __version__
 from vital_hub.io import atomic_path, iter_json_records, write_json_atomic
-from vital_hub.mixtures.spec import Component, Mixture, MixturePlan
+from vital_hub.mixtures.spec import Component, Mixture, MixturePlan, Part
 from vital_hub.schema import (
     Location,
     RecordError,
@@ -413,17 +414,20 @@ def _shard_entry(path: Path, out: Path, rows: int) -> dict:
 
 
 def _config_files(mixture: Mixture, results: dict[str, ComponentResult], options: BuildOptions) -> dict:
-    """The shards a config lists: whole components by reference, fractions as their own sampled shards."""
+    """The shards a config lists: whole components by reference, fractions and exclusions as their own shards."""
     shards, components = [], []
     for part in mixture.parts:
         result = results[part.component]
-        if part.fraction == 1.0:
+        if part.is_whole:
             shards.extend(result.shards)
             components.append({"name": part.component, "fraction": 1.0, "rows": result.rows})
         else:
-            subset = _write_subset(mixture, part.component, part.fraction, result, options.out)
+            subset, excluded = _write_subset(mixture, part, result, options.out)
             shards.append(subset)
-            components.append({"name": part.component, "fraction": part.fraction, "rows": subset["rows"]})
+            entry = {"name": part.component, "fraction": part.fraction, "rows": subset["rows"]}
+            if part.exclude_ids:
+                entry["excluded"] = excluded
+            components.append(entry)
     return {
         "description": mixture.description,
         "seed": mixture.seed,
@@ -436,16 +440,29 @@ def _config_files(mixture: Mixture, results: dict[str, ComponentResult], options
     }
 
 
-def _write_subset(mixture: Mixture, component: str, fraction: float, result: ComponentResult, out: Path) -> dict:
-    """A seeded sample (in source order) of a component, stored under data/<config>/ as one shard."""
-    keep = round(result.rows * fraction)
-    chosen = sorted(random.Random(f"{mixture.seed}:{mixture.name}:{component}").sample(range(result.rows), keep))
-    tables = [pq.read_table(out / s["path"]) for s in result.shards]
-    table = pa.concat_tables(tables).take(pa.array(chosen, type=pa.int64()))  # a component has >= 1 shard
-    final = out / "data" / mixture.name / f"{component}-{fraction:g}.parquet"
-    with atomic_path(final) as tmp:
-        pq.write_table(table, tmp, compression=COMPRESSION, row_group_size=2_000)
-    return _shard_entry(final, out, keep)
+def _write_subset(mixture: Mixture, part: Part, result: ComponentResult, out: Path) -> tuple[dict, int]:
+    """The component's rows minus `exclude_ids`, then a seeded sample (in source order) of them, stored under
+    data/<config>/ as one shard, one source shard in memory at a time; also returns how many rows were excluded."""
+    eligible = range(result.rows)
+    name = f"{part.component}-{part.fraction:g}"
+    if part.exclude_ids:
+        excluded = set(part.exclude_ids)
+        ids = [i for s in result.shards for i in pq.read_table(out / s["path"], columns=["id"])["id"].to_pylist()]
+        eligible = [i for i, row_id in enumerate(ids) if row_id not in excluded]
+        name += "-x" + hashlib.sha256("\n".join(part.exclude_ids).encode()).hexdigest()[:12]
+    keep = round(len(eligible) * part.fraction)
+    chosen = sorted(random.Random(f"{mixture.seed}:{mixture.name}:{part.component}").sample(list(eligible), keep))
+    final = out / "data" / mixture.name / f"{name}.parquet"
+    with atomic_path(final) as tmp, pq.ParquetWriter(tmp, row_arrow_schema(), compression=COMPRESSION) as writer:
+        first, at = 0, 0
+        for shard in result.shards:  # a component has >= 1 shard
+            end = bisect.bisect_left(chosen, first + shard["rows"], at)
+            if end > at or shard is result.shards[-1]:
+                table = pq.read_table(out / shard["path"])
+                local = pa.array([i - first for i in chosen[at:end]], type=pa.int64())
+                writer.write_table(table.take(local), row_group_size=2_000)
+            first, at = first + shard["rows"], end
+    return _shard_entry(final, out, keep), result.rows - len(eligible)
 
 
 def _remove_stale_data(out: Path, results: dict, configs: dict) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from vital_hub.io import atomic_path
-from vital_hub.schema import row_features
+from vital_hub.schema import DOMAINS, row_features
 
 CITATION = """@inproceedings{cui2024biomedical,
   title     = {Biomedical Visual Instruction Tuning with Clinician Preference Alignment},
@@ -59,7 +59,7 @@ def card_metadata(manifest: dict) -> dict:
     }
 
 
-def card_text(manifest: dict) -> str:
+def card_text(manifest: dict, report: list[str] | None = None) -> str:
     components = manifest["components"]
     lines = [
         "# BioMed-VITAL instruction mixtures",
@@ -105,6 +105,7 @@ def card_text(manifest: dict) -> str:
         lines.append(
             f"| `{name}` | {component['rows']:,} | `{source['file']}` | `{source['sha256'][:16]}…` | {shown} |"
         )
+    lines += report or []
     lines += [
         "",
         "## Fields",
@@ -150,7 +151,40 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
+def data_report_section(out: Path, manifest: dict) -> list[str]:
+    """The card's "Data report": a table per config and the PNG plots written beside the card."""
+    from vital_hub.mixtures.report import config_reports, summary_rows, write_plots
+
+    reports = config_reports(out, manifest)
+    columns = [
+        "config",
+        "rows",
+        *DOMAINS,
+        "multi-label",
+        "no flag true",
+        "no domain",
+        "rounds (mean)",
+        "answer words (median bin)",
+        "figures present / missing",
+    ]
+    lines = [
+        "",
+        "## Data report",
+        "",
+        "Rows by domain count each true flag (a multi-label row counts under each of its flags and once under "
+        "multi-label). Licence codes and retractions are per figure: see the `figures` config.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * (len(columns) - 1),
+        *summary_rows(reports),
+    ]
+    for name, path in write_plots(out, reports).items():
+        lines += ["", f"![data report of {name}]({path})"]
+    return lines
+
+
 def write_readme(out: Path, manifest: dict) -> None:
     header = yaml.dump(card_metadata(manifest), Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=1000)
+    text = card_text(manifest, data_report_section(out, manifest))
     with atomic_path(out / "README.md") as tmp:
-        tmp.write_text(f"---\n{header}---\n\n{card_text(manifest)}", encoding="utf-8")
+        tmp.write_text(f"---\n{header}---\n\n{text}", encoding="utf-8")

@@ -89,7 +89,7 @@ def images_present(manifest: dict, config: str) -> str:
     stats = [manifest["components"][c["name"]]["images"] for c in entry["components"]]
     if any(s is None for s in stats):
         return "not embedded"
-    if any(c["fraction"] != 1.0 for c in entry["components"]):
+    if any(c["fraction"] != 1.0 or c.get("excluded") is not None for c in entry["components"]):
         return "sampled"
     return f"{sum(s['present'] for s in stats):,} of {entry['rows']:,}"
 

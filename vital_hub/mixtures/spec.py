@@ -37,12 +37,22 @@ class Component:
 
 @dataclass(frozen=True)
 class Part:
+    """A component in a mixture: a seeded `fraction` of its rows, after dropping the rows whose id is in
+    `exclude_ids` (for instance the rows `vital audit contamination` flags as overlapping an evaluation set)."""
+
     component: str
     fraction: float = 1.0
+    exclude_ids: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction of {self.component!r} must be in (0, 1], got {self.fraction}")
+        object.__setattr__(self, "exclude_ids", tuple(sorted({str(i) for i in self.exclude_ids})))
+
+    @property
+    def is_whole(self) -> bool:
+        """Every row of the component, so a config can list the component's own shards."""
+        return self.fraction == 1.0 and not self.exclude_ids
 
 
 @dataclass(frozen=True)
@@ -141,7 +151,7 @@ def load_plan(
     mixtures:
       - name: 80k-plus-mine
         seed: 0
-        components: [{name: biomed-vital-80k}, {name: my-selection, fraction: 0.5}]
+        components: [{name: biomed-vital-80k, exclude_ids: ["32432162_F1"]}, {name: my-selection, fraction: 0.5}]
     only: [80k, 80k-plus-mine]   # optional: build just these configs
     """
     plan = MixturePlan(components=builtin_components(llava_med_60k_file))
@@ -185,7 +195,18 @@ def _extend_plan(plan: MixturePlan, path: Path) -> list[str] | None:
         extra = sorted(set(spec) - {"name", "components", "seed", "description"})
         if extra:
             raise ValueError(f"{path}: mixture {index} has unknown keys {extra}")
-        parts = tuple(Part(p["name"], float(p.get("fraction", 1.0))) for p in spec.get("components") or [])
+        parts = tuple(_part(path, spec.get("name"), p) for p in spec.get("components") or [])
         mixture = Mixture(str(spec["name"]), parts, spec.get("description", ""), int(spec.get("seed", 0)))
         plan.mixtures[mixture.name] = mixture
     return data.get("only")
+
+
+def _part(path: Path, mixture: object, spec: object) -> Part:
+    if not isinstance(spec, dict) or "name" not in spec or set(spec) - {"name", "fraction", "exclude_ids"}:
+        raise ValueError(
+            f"{path}: a component of mixture {mixture!r} needs 'name' (and may have fraction, exclude_ids); got {spec}"
+        )
+    excluded = spec.get("exclude_ids") or []
+    if not isinstance(excluded, list):
+        raise ValueError(f"{path}: exclude_ids of {spec['name']!r} in mixture {mixture!r} must be a list of row ids")
+    return Part(str(spec["name"]), float(spec.get("fraction", 1.0)), tuple(excluded))
