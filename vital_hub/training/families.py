@@ -37,7 +37,6 @@ FAMILIES = (
     Family("gemma3", ("gemma3",), ("vision_tower",), ("multi_modal_projector",)),
     Family("idefics3", ("idefics3", "smolvlm"), ("vision_model",), ("connector",)),
     Family("internvl", ("internvl",), ("vision_tower",), ("multi_modal_projector",)),
-    Family("mistral3", ("mistral3",), ("vision_tower",), ("multi_modal_projector",)),
 )
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 
