@@ -221,10 +221,10 @@ def test_batch_control_calls_follow_the_chat_retry_rules(tmp_path, api_key, faul
             return api.files.create(file=("input.jsonl", b"{}\n"), purpose="batch")
 
         if retried:
-            assert with_retries(upload, "upload input.jsonl").id
+            assert with_retries(upload, "upload input.jsonl", "OPENAI_API_KEY").id
         else:
             with pytest.raises(FatalAPIError, match=f"upload input.jsonl failed: HTTP {fault}: fake {fault}"):
-                with_retries(upload, "upload input.jsonl")
+                with_retries(upload, "upload input.jsonl", "OPENAI_API_KEY")
         assert [e["status"] for e in fake.log if e["route"] == "files"] == [int(fault), 200][: 1 + retried]
 
 

@@ -11,7 +11,8 @@ go to a SQLite cache keyed by the hash of the whole request, so re-running a job
     results = client.chat_many([{"messages": [...], "max_tokens": 512}, ...], desc="judge")
 
 The API key is read from the environment variable named in the config when the first request is sent; it is
-never stored, cached or logged.
+never stored, cached or logged, and every error message is redacted of it (and of any other credential in the
+environment) before it leaves this module, since servers echo a rejected key back.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from vital_hub.config import help_field
 from vital_hub.generation.cache import RequestCache, request_key
 from vital_hub.generation.limits import Limiter, estimate_tokens
 from vital_hub.generation.pricing import PriceTable
+from vital_hub.redaction import redact_environment
 
 T = TypeVar("T")
 
@@ -306,7 +308,7 @@ class ChatClient:
                     status = err.status_code
                     if status in FATAL_STATUS:
                         raise FatalAPIError(self._fatal_message(status, err)) from None
-                    last_error = f"HTTP {status}: {error_message(err)}"
+                    last_error = self._redact(f"HTTP {status}: {error_message(err)}")
                     if not is_retryable(status):
                         return self._rejected(key, last_error)
                     wait = retry_after(err.response.headers)
@@ -314,10 +316,10 @@ class ChatClient:
                         limiter.hold(wait)
                 except (openai.APITimeoutError, openai.APIConnectionError) as err:
                     limiter.settle(estimate, 0)
-                    last_error = f"{type(err).__name__}: {err}"
+                    last_error = self._redact(f"{type(err).__name__}: {err}")
                 except (openai.APIResponseValidationError, ValueError) as err:
                     limiter.settle(estimate, 0)
-                    last_error = f"malformed reply ({type(err).__name__}: {str(err)[:200]})"
+                    last_error = self._redact(f"malformed reply ({type(err).__name__}: {str(err)[:200]})")
                 else:
                     problem = malformed_reply(reply)
                     if problem is None:
@@ -349,7 +351,10 @@ class ChatClient:
     def _fatal_message(self, status: int, err) -> str:
         url = self.config.base_url or os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
         hint = FATAL_STATUS[status].format(env=self.config.api_key_env, model=self.config.model, url=url)
-        return f"HTTP {status} from {url}: {hint} (server said: {error_message(err)})"
+        return self._redact(f"HTTP {status} from {url}: {hint} (server said: {error_message(err)})")
+
+    def _redact(self, text: str) -> str:
+        return redact_environment(text, self.config.api_key_env)
 
     def _result(self, key: str, reply: dict, cached: bool, batch: bool = False) -> ChatResult:
         choice = reply["choices"][0]
