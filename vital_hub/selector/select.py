@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vital_hub.io import atomic_path, sha256_file, write_json_atomic
+from vital_hub.workers import torch_worker_init
 
 NEEDED_COLUMNS = ("candidate_id", "pair_id", "image", "caption", "mentions", "domain", "conversations", "status")
 SCORE_SCHEMA_VERSION = 1
@@ -233,6 +234,7 @@ def score_shards(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers else None,
+        worker_init_fn=torch_worker_init(os.getpid()) if num_workers else None,  # no decoder outlives a kill
     )
     scored = 0
     batch_parts, positions, unreadable, scores = [], [], [], []
