@@ -22,7 +22,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from vital_hub.eval.records import EvalQuestion, ImageCheck, JsonlAppender, load_image, load_questions, read_answers
+from vital_hub.eval.records import (
+    EvalQuestion,
+    ImageCheck,
+    JsonlAppender,
+    load_image,
+    load_questions,
+    read_answer_log,
+)
 from vital_hub.generation.client import ServerOptions
 
 MISSING_IMAGE_POLICIES = ("text-only", "skip")
@@ -172,9 +179,9 @@ def answer_with_transformers(config: AnswerConfig) -> dict:
             f"launched {launched} processes but accelerate sees {state.num_processes}; answers would repeat"
         )
     out = Path(config.out)
-    done = set(read_answers(out))
+    done = set(read_answer_log(out))
     for rank in range(state.num_processes):
-        done |= set(read_answers(shard_path(out, rank, state.num_processes)))
+        done |= set(read_answer_log(shard_path(out, rank, state.num_processes)))
     todo, skipped = pending_questions(config, done)
     # Every process must split the same list: none may write before all have read what is already done.
     state.wait_for_everyone()
@@ -202,11 +209,11 @@ def answer_with_transformers(config: AnswerConfig) -> dict:
 
 def merge_shards(out: Path, world: int) -> None:
     """Fold the per-process files into the answers file, then remove them."""
-    existing = read_answers(out)
+    existing = read_answer_log(out)
     with JsonlAppender(out) as writer:
         for rank in range(world):
             part = shard_path(out, rank, world)
-            for key, row in read_answers(part).items():
+            for key, row in read_answer_log(part).items():
                 if key not in existing:
                     writer.write(row)
                     existing[key] = row
@@ -241,7 +248,7 @@ def answer_with_server(config: AnswerConfig) -> dict:
     from vital_hub.generation.client import ChatClient
 
     out = Path(config.out)
-    done = set(read_answers(out))
+    done = set(read_answer_log(out))
     todo, skipped = pending_questions(config, done)
     client = ChatClient(config.client_config(config.model, config.cache_path))
     answered, failures = 0, []
