@@ -37,6 +37,8 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[Location, Any]]:
         with open(path, encoding="utf-8") as handle:
             head = handle.read(CHUNK)
             stripped = head.lstrip()
+            if not stripped:
+                raise RecordError("file is empty (write `[]` for a file with no records)", file=str(path))
             if stripped.startswith("["):
                 yield from _iter_array(path, handle, stripped[1:])
             else:
@@ -163,6 +165,19 @@ def _iter_jsonl(path: Path, own_log: bool) -> Iterator[tuple[int, Any]]:
                 return
             raise RecordError(f"line {number} is not valid JSON ({err.msg})", file=str(path)) from err
         yield number, record
+
+
+def read_json(path: str | Path) -> Any:
+    """A whole JSON document; an empty, truncated or malformed file is a RecordError naming the file and where."""
+    text = read_text(path)
+    if not text.strip():
+        raise RecordError("file is empty", file=str(path))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RecordError(
+            f"not valid JSON at line {err.lineno} column {err.colno} ({err.msg})", file=str(path)
+        ) from None
 
 
 def read_text(path: str | Path) -> str:

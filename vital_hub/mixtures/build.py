@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from vital_hub import __version__
-from vital_hub.io import atomic_path, iter_json_records, write_json_atomic
+from vital_hub.io import atomic_path, iter_json_records, read_json, write_json_atomic
 from vital_hub.mixtures.shards import COMPRESSION, ShardWriter, file_entry, shard_entry
 from vital_hub.mixtures.spec import Component, Mixture, MixturePlan
 from vital_hub.schema import (
@@ -173,14 +173,17 @@ def _set_aside_previous_build(out: Path) -> dict:
     if (out / MANIFEST).exists():
         os.replace(out / MANIFEST, kept)
     (out / "README.md").unlink(missing_ok=True)
-    return json.loads(kept.read_text(encoding="utf-8")) if kept.exists() else {}
+    return read_json(kept) if kept.exists() else {}
 
 
 def _read_manifest(out: Path) -> dict:
     path = out / MANIFEST
     if not path.exists():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("configs"), dict):
+        raise RecordError("not a manifest written by `vital build instructions` (no 'configs')", file=str(path))
+    return manifest
 
 
 def _inputs_key(component: Component, source: dict, options: BuildOptions) -> str:
@@ -217,6 +220,8 @@ def _build_or_reuse(
     component: Component, options: BuildOptions, previous: dict, check_source, position: int = 0
 ) -> ComponentResult:
     path = options.sources / component.file_name
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: source file of component {component.name!r} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: source file of component {component.name!r} is missing "

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vital_hub.generation.client import ServerOptions
-from vital_hub.io import iter_jsonl_log, repair_tail, write_json_atomic
+from vital_hub.io import iter_jsonl_log, read_text, repair_tail, write_json_atomic
 from vital_hub.preferences.items import (
     ImageResolver,
     Item,
@@ -239,7 +239,7 @@ class JudgeConfig(ServerOptions):
     def system_prompt(self) -> tuple[str, str]:
         """(text, version): a file's text is versioned by its hash, so editing it never mixes runs."""
         if self.prompt_file:
-            text = Path(self.prompt_file).read_text(encoding="utf-8").strip()
+            text = read_text(self.prompt_file).strip()
             return text, f"file:{_short_hash(text)}"
         text = get_rubric_prompt(self.prompt)
         return text, f"{self.prompt}:{_short_hash(text)}"
