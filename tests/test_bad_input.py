@@ -197,6 +197,14 @@ CASES = [
         lambda tmp: tmp / "vqa.json",
     ),
     Case(
+        "preferences pairs",
+        Input("scores", lambda n: _score(n), jsonl=True, string_field="answer", unique=False),
+        lambda tmp, p: ["preferences", "pairs", "--scores", str(p), "--out", str(tmp / "prefs"), "--n", "2"],
+        lambda tmp: tmp / "judge" / "scores.jsonl",
+        # the judge's own log: a cut-off last line is a crash's leftover, and the last line of a unit wins
+        accepted={"truncated": (0, "ignoring an unfinished last line")},
+    ),
+    Case(
         "preferences build",
         Input("annotations", lambda n: _annotation(n), jsonl=True, string_field="question", unique=False),
         lambda tmp, p: ["preferences", "build", "--annotations", str(p.parent), "--out", str(tmp / "prefs")],
@@ -225,6 +233,11 @@ def _caption(n: int) -> dict:
     return {"pair_id": f"{30000000 + n}_F1", "pmid": str(30000000 + n), "fig_id": "F1", "fig_label": "Figure 1",
             "fig_caption": f"Caption {n}.", "in_text_mention": None,
             "domain": {"chest_xray": True, "mri": False, "ct_scan": False, "histology": False, "gross": False}}  # fmt: skip
+
+
+def _score(n: int) -> dict:
+    return {"score_id": f"3000{n}_F1#q0#a", "pair_id": f"3000{n}_F1", "question": "Q?", "answer": f"answer {n}",
+            "caption": "c", "status": "ok", "score": 2.0 + 3 * n}  # fmt: skip
 
 
 def _item(n: int) -> dict:

@@ -34,7 +34,7 @@ from vital_hub.preferences.items import (
     labelled_caption,
     load_items,
 )
-from vital_hub.schema import IMAGE_TOKEN, mention_texts
+from vital_hub.schema import IMAGE_TOKEN, RecordError, mention_texts
 
 RUBRIC_V1 = """You are a senior clinician reviewing training data for a medical vision-language assistant.
 You will see a medical figure, its caption, sentences from the article that mention it, and one question with
@@ -259,7 +259,23 @@ def read_scores(path: str | Path) -> list[dict]:
     path = Path(path)
     if path.is_dir():
         path = path / "scores.jsonl"
-    return list({row["score_id"]: row for _, row in iter_jsonl_log(path)}.values())
+    rows: dict[str, dict] = {}
+    for number, row in iter_jsonl_log(path):
+        rows[_checked_score(row, number, path)] = row
+    return list(rows.values())
+
+
+def _checked_score(row, number: int, path: Path) -> str:
+    """The score_id of a scores line, or RecordError naming the line and what is wrong with it."""
+    if not isinstance(row, dict) or not isinstance(row.get("score_id"), str) or not row["score_id"]:
+        raise RecordError(f"line {number} has no 'score_id'", file=str(path))
+    score = row.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
+        raise RecordError(f"line {number}: 'score' must be a number or null, got {score!r}", file=str(path))
+    for key in ("question", "answer", "pair_id", "caption"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise RecordError(f"line {number}: {key!r} must be text, got {type(row[key]).__name__}", file=str(path))
+    return row["score_id"]
 
 
 class ScoreLog:
