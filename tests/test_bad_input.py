@@ -370,3 +370,29 @@ def test_a_second_different_caption_of_a_figure_is_reported_and_the_first_kept(c
         "captions.json: 1 figures have a second, different caption; the first one is kept (first: ['30000000_F1'])"
         in caplog.text
     )
+
+
+def test_an_oversized_value_is_not_sent_and_its_unit_fails_with_the_reason(tmp_path):
+    """A 50 MB answer went out as one 13M-token request; here a small limit stands in for the default 128k."""
+    from tests.fakes.openai_server import FakeOpenAIServer
+    from tests.test_annotate_app import write_items
+
+    items = write_items(tmp_path / "items", count=2)
+    rows = [json.loads(line) for line in items.read_text().splitlines()]
+    rows[0]["answer_a"] = "very long answer " * 2_000  # about 8,500 tokens
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OPENAI_API_KEY": "test-key"}
+    with FakeOpenAIServer() as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "vital_hub.cli", "judge", "rubric", "--candidates", str(items), "--out",
+             str(tmp_path / "judge"), "--model", "m", "--base-url", server.url, "--no-send-images",
+             "--max-prompt-tokens", "4000"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        sent = server.chat_log()
+    assert done.returncode == 0, done.stderr[-2000:]
+    scores = {
+        r["score_id"]: r for r in map(json.loads, (tmp_path / "judge" / "scores.jsonl").read_text().splitlines())
+    }
+    failed = scores[f"{rows[0]['item_id']}#a"]
+    assert failed["status"] == "error" and "over the limit of 4,000 (max_prompt_tokens): not sent" in failed["error"]
+    assert len(sent) == len(scores) - 1  # every other unit was judged; the oversized one never left

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from vital_hub.config import help_field
 from vital_hub.generation.cache import RequestCache, request_key
-from vital_hub.generation.limits import Limiter, estimate_tokens
+from vital_hub.generation.limits import Limiter, estimate_tokens, prompt_tokens
 from vital_hub.generation.pricing import PriceTable
 from vital_hub.redaction import redact_environment
 
@@ -63,6 +63,7 @@ class ClientConfig:
     tokens_per_minute: float | None = None
     max_retries: int = 6
     timeout_s: float = 120.0
+    max_prompt_tokens: int | None = 128_000  # a request whose prompt is estimated above this is never sent
     cache_path: str | None = None  # SQLite request cache; key = sha256 of the whole request JSON
 
     def __post_init__(self):
@@ -74,7 +75,7 @@ class ClientConfig:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
-        for name in ("requests_per_minute", "tokens_per_minute"):
+        for name in ("requests_per_minute", "tokens_per_minute", "max_prompt_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None, got {value}")
@@ -95,6 +96,9 @@ class ServerOptions:
     tokens_per_minute: float | None = help_field("client-side token rate limit", default=None)
     max_retries: int = help_field("retries of 429/5xx/timeouts/malformed replies", default=6)
     timeout_s: float = help_field("seconds per request", default=120.0)
+    max_prompt_tokens: int | None = help_field(
+        "a request whose prompt is estimated above this many tokens fails unsent (None: no limit)", default=128_000
+    )
 
     def client_config(self, model: str, cache_path: str | None) -> ClientConfig:
         shared = {item.name: getattr(self, item.name) for item in dataclasses.fields(ServerOptions)}
@@ -212,6 +216,8 @@ class ChatClient:
             result = self._result(key, reply, cached=True, batch=source == "batch")
         elif key in self._in_flight:
             result = dataclasses.replace(await asyncio.shield(self._in_flight[key]), cached=True)
+        elif (oversized := self._oversized(body)) is not None:
+            result = self._error(key, oversized)
         else:
             result = await self._send_once(key, body)
         self.stats.add(result)
@@ -285,6 +291,16 @@ class ChatClient:
             limiter = Limiter(self.config.concurrency, self.config.requests_per_minute, self.config.tokens_per_minute)
             self._bound = (loop, self._make_openai(), limiter)
         return self._bound[1], self._bound[2]
+
+    def _oversized(self, body: dict) -> str | None:
+        """Why a request is too large to send, or None: one 50 MB value would otherwise go out as 13M tokens."""
+        limit = self.config.max_prompt_tokens
+        if limit is None:
+            return None
+        tokens = prompt_tokens(body)
+        if tokens <= limit:
+            return None
+        return f"prompt of about {tokens:,} tokens is over the limit of {limit:,} (max_prompt_tokens): not sent"
 
     def _make_openai(self):
         return make_openai(self.config, asynchronous=True)
