@@ -396,3 +396,54 @@ def test_an_oversized_value_is_not_sent_and_its_unit_fails_with_the_reason(tmp_p
     failed = scores[f"{rows[0]['item_id']}#a"]
     assert failed["status"] == "error" and "over the limit of 4,000 (max_prompt_tokens): not sent" in failed["error"]
     assert len(sent) == len(scores) - 1  # every other unit was judged; the oversized one never left
+
+
+def _candidates(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def _candidate(cid) -> dict:
+    return {"candidate_id": cid, "pair_id": "1_F1", "image": "1_F1.jpg", "caption": "c", "mentions": ["m"],
+            "domain": {"ct_scan": True}, "conversations": [{"from": "human", "value": "q"}], "status": "ok"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("not parquet", "not a readable parquet file"),
+        ("empty", "not a readable parquet file"),
+        ("null id", "'candidate_id' must be non-empty text, got None"),
+        ("number id", "'candidate_id' must be non-empty text, got 12345"),
+        ("duplicate", "duplicate candidate_id"),
+        ("no columns", "candidates shard lacks columns"),
+    ],
+)
+def test_select_refuses_bad_candidates_before_loading_a_model(tmp_path, capsys, kind, reason):
+    path = tmp_path / "candidates.parquet"
+    if kind == "not parquet":
+        path.write_bytes(b"caf\xe9 not a parquet file\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "no columns":
+        _candidates(path, [{"x": 1}])
+    else:
+        ids = {"null id": [None, "a#0"], "number id": [12345, 12346], "duplicate": ["a#0", "a#0"]}[kind]
+        _candidates(path, [_candidate(cid) for cid in ids])
+    argv = [
+        "select",
+        "--selector",
+        str(tmp_path / "no-selector"),
+        "--candidates",
+        str(path),
+        "--out",
+        str(tmp_path / "o"),
+        "--top",
+        "1",
+    ]
+    assert vital(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"vital select: error: {path}") and reason in err and "Traceback" not in err
