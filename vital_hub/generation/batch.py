@@ -138,6 +138,8 @@ def run_batch_job(job, client: ChatClient) -> dict:
                 writer.add(job.rows.failed(row, f"batch item failed: {failure}"))
             elif key in waiting_keys:
                 waiting += 1
+            elif (refused := client.unsendable(key, request)) is not None:
+                writer.add(job.rows.failed(row, refused.error))
             else:
                 files.add(key, request)
                 waiting_keys.add(key)

@@ -216,8 +216,8 @@ class ChatClient:
             result = self._result(key, reply, cached=True, batch=source == "batch")
         elif key in self._in_flight:
             result = dataclasses.replace(await asyncio.shield(self._in_flight[key]), cached=True)
-        elif (oversized := self._oversized(body)) is not None:
-            result = self._error(key, oversized)
+        elif (refused := self.unsendable(key, body)) is not None:
+            result = refused
         else:
             result = await self._send_once(key, body)
         self.stats.add(result)
@@ -292,15 +292,16 @@ class ChatClient:
             self._bound = (loop, self._make_openai(), limiter)
         return self._bound[1], self._bound[2]
 
-    def _oversized(self, body: dict) -> str | None:
-        """Why a request is too large to send, or None: one 50 MB value would otherwise go out as 13M tokens."""
+    def unsendable(self, key: str, request: dict) -> ChatResult | None:
+        """The failed result of a request too large to send (online or in a batch), or None: one 50 MB value would
+        otherwise go out as 13M tokens."""
         limit = self.config.max_prompt_tokens
-        if limit is None:
+        tokens = prompt_tokens(request)
+        if limit is None or tokens <= limit:
             return None
-        tokens = prompt_tokens(body)
-        if tokens <= limit:
-            return None
-        return f"prompt of about {tokens:,} tokens is over the limit of {limit:,} (max_prompt_tokens): not sent"
+        return self._error(
+            key, f"prompt of about {tokens:,} tokens is over the limit of {limit:,} (max_prompt_tokens): not sent"
+        )
 
     def _make_openai(self):
         return make_openai(self.config, asynchronous=True)

@@ -435,6 +435,9 @@ def batch_answers(client, requests: list[tuple[JudgeUnit, dict]], out: Path):
                 reply, source = stored
                 answered.append(((unit, request), client.result_from_reply(key, reply, batch=source == "batch")))
                 continue
+            if (refused := client.unsendable(key, request)) is not None:
+                answered.append(((unit, request), refused))
+                continue
             waiting += 1
             if key not in waiting_keys:
                 files.add(key, request)
