@@ -447,3 +447,28 @@ def test_select_refuses_bad_candidates_before_loading_a_model(tmp_path, capsys, 
     assert vital(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"vital select: error: {path}") and reason in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "chat", "--config"],
+        ["generate", "candidates", "--config"],
+        ["build", "instructions", "--mixtures"],
+    ],
+)
+def test_a_non_utf8_yaml_file_is_named(tmp_path, capsys, argv):
+    """--config is an option file: argparse reports it (usage, then the error line, exit 2); --mixtures is input."""
+    path = tmp_path / "settings.yaml"
+    path.write_bytes(b"judge_model: caf\xe9\n")
+    extra = ["--sources", str(tmp_path), "--out", str(tmp_path / "o")] if argv[0] == "build" else []
+    try:
+        code = vital([*argv, str(path), *extra])
+    except SystemExit as stop:
+        code = stop.code
+    assert code == (2 if argv[-1] == "--config" else 1)
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert line.startswith(
+        f"vital {argv[0]} {argv[1]}: error: {path}: not UTF-8 text: byte 0xe9 at offset 16 (line 1)"
+    )
