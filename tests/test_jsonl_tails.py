@@ -50,7 +50,7 @@ def test_preferences_pairs_keeps_a_last_score_without_newline(tmp_path, monkeypa
     items = write_items(tmp_path / "items", count=5)
     with FakeOpenAIServer(reply=scripted_reply) as server:
         judge_main(["rubric", "--candidates", str(items), "--out", str(tmp_path / "judge"), "--model", "m",
-                    "--base-url", server.url, "--no-send-images"])  # fmt: skip
+                    "--base-url", server.url, "--no-send-images", "--max-retries", "0"])  # fmt: skip
     scores = tmp_path / "judge" / "scores.jsonl"
     args = ["--n", "100", "--test-fraction", "0", "--seed", "1"]
     whole = vital("preferences", "pairs", "--scores", str(scores), "--out", str(tmp_path / "a"), *args)

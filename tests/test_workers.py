@@ -94,3 +94,15 @@ def test_dataloader_workers_die_with_their_killed_parent(tmp_path):
     while processes_mentioning(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not processes_mentioning(marker)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_the_parent_death_signal_is_armed():
+    """The kernel, not only the watcher thread, kills a worker whose parent dies."""
+    script = (
+        "import ctypes, os\nfrom vital_hub.workers import die_with_parent\ndie_with_parent(os.getppid())\n"
+        "value = ctypes.c_int()\nctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0)\nprint(value.value)"
+    )  # 2 = PR_GET_PDEATHSIG
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
+    assert done.stdout.strip() == str(int(signal.SIGKILL)), done.stderr
