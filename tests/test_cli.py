@@ -41,7 +41,7 @@ def test_input_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsy
     args = ["preferences", "build", "--annotations", str(tmp_path / "none"), "--out", str(tmp_path / "prefs")]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert err.startswith("vital preferences: error:") and str(tmp_path / "none") in err
+    assert err.startswith("vital preferences build: error:") and str(tmp_path / "none") in err
     assert "Traceback" not in err
     monkeypatch.setenv("VITAL_DEBUG", "1")
     with pytest.raises(FileNotFoundError, match="none"):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from tests.conftest import REPO_ROOT
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.tiny_llava import build_tiny_llava
 from vital_hub.eval.answer import AnswerConfig, answer
-from vital_hub.eval.records import JsonlAppender, load_image, load_questions, read_answers
+from vital_hub.eval.records import JsonlAppender, load_image, load_questions, read_answer_log, read_answers
 from vital_hub.schema import RecordError
 
 
@@ -94,13 +95,35 @@ def test_image_checks(eval_set):
 def test_torn_last_line_is_dropped_and_cut_before_appending(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text('{"question_id": 1, "text": "x"}\n{"question_id": 2, "te')
-    assert list(read_answers(path)) == ["1"]
+    assert list(read_answer_log(path)) == ["1"]
     with JsonlAppender(path) as writer:
         writer.write({"question_id": 2, "text": "y"})
     assert path.read_text() == '{"question_id": 1, "text": "x"}\n{"question_id": 2, "text": "y"}\n'
     path.write_text('{"question_id": 1\n{"question_id": 2, "text": "y"}\n')
     with pytest.raises(RecordError, match="line 1 is not valid JSON"):
+        read_answer_log(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "answers file does not exist"),
+        ("", "no answers in the file"),
+        ('{"question_id": 1, "text": "x"}\n{"question_id": 2, "te', "line 2 is not valid JSON"),
+        ('{"question_id": 1, "text": 12345}\n', "line 1 (question 1): 'text' must be a string, got int"),
+        ('{"question_id": 1, "text": "a"}\n{"question_id": 1, "text": "b"}\n', "1 questions answered more than once"),
+        ('{"text": "a"}\n', "line 1 has no 'question_id'"),
+    ],
+)
+def test_a_users_answers_file_is_read_whole_and_strictly(tmp_path, content, reason):
+    path = tmp_path / "answers.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises((RecordError, FileNotFoundError), match=re.escape(reason)) as err:
         read_answers(path)
+    assert str(path) in str(err.value)
+    path.write_text('{"question_id": 1, "text": "x"}\n{"question_id": 2, "text": null}')  # no final newline
+    assert list(read_answers(path)) == ["1", "2"]
 
 
 def test_server_backend_sends_images_and_skips_unreadable_ones(eval_set, tmp_path, monkeypatch):

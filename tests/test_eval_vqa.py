@@ -290,7 +290,7 @@ def test_vqa_score_reports_bad_input_in_one_line(tmp_path, capsys):
     out = str(tmp_path / "o.json")
     assert vital(["eval", "vqa-score", "--questions", str(questions), "--answers", str(answers), "--out", out]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("vital eval: error:") and "a.jsonl" in err and "line 2 is not valid JSON" in err
+    assert err.startswith("vital eval vqa-score: error:") and "a.jsonl" in err and "line 2 is not valid JSON" in err
     missing = str(tmp_path / "nope.json")
     assert vital(["eval", "vqa-score", "--questions", missing, "--answers", str(answers), "--out", out]) == 1
     assert "nope.json" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from PIL import Image
 from tests.conftest import REPO_ROOT, shared_fixture
 from tests.fakes.hub_server import running_hub
 from tests.fakes.pmc_server import FakePmc, populate
+from vital_hub.cli import main as vital
 from vital_hub.figures.cli import build_main
 from vital_hub.figures.pipeline import FetchConfig, run_fetch
 from vital_hub.figures.store import open_figures
@@ -116,8 +117,8 @@ def test_build_refuses_an_unfinished_fetch(fetched, tmp_path, capsys):
     marker = out / "index" / "shard-00000-of-00001.done"
     marker.unlink()
     try:
-        assert build_main(["--index", str(out), "--out", str(tmp_path / "r")]) == 2
-        assert "unfinished fetch shards" in capsys.readouterr().err
+        assert vital(["build", "figures", "--index", str(out), "--out", str(tmp_path / "r")]) == 1
+        assert "vital build figures: error: " in capsys.readouterr().err
         assert build_main(["--index", str(out), "--out", str(tmp_path / "r"), "--allow-incomplete"]) == 0
     finally:
         marker.write_text("complete\n")

@@ -9,6 +9,7 @@ from PIL import Image
 
 from tests.conftest import shared_fixture
 from tests.fakes.pmc_server import FakeArticle, FakePmc, TarEntry, make_jpeg, populate, tar_gz
+from vital_hub.cli import main as vital
 from vital_hub.figures.cli import fetch_main, load_fetch_config
 from vital_hub.figures.pipeline import FetchConfig, run_fetch
 
@@ -210,8 +211,24 @@ def test_cli_fetch_prints_a_summary_and_accepts_yaml_with_overrides(tmp_path, ca
 
 def test_cli_fetch_rejects_a_bad_record_before_downloading(tmp_path, capsys):
     urls = write_urls(tmp_path / "u.jsonl", [{"pmcid": "PMC1", "file": "a.jpg", "pair_id": "1_F1"}, {"pair_id": "2"}])
-    code = fetch_main(["--urls", str(urls), "--out", str(tmp_path / "o"), "--base-url", "http://127.0.0.1:9"])
-    assert code == 2 and "record 1" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    code = vital(
+        ["fetch", "figures", "--urls", str(urls), "--out", str(tmp_path / "o"), "--base-url", "http://127.0.0.1:9"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("vital fetch figures: error: ") and "record 1" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content", ["", "[]"])
+def test_an_empty_url_list_is_an_error_and_marks_nothing_done(tmp_path, capsys, content):
+    urls = tmp_path / "u.jsonl"
+    urls.write_text(content)
+    code = vital(
+        ["fetch", "figures", "--urls", str(urls), "--out", str(tmp_path / "o"), "--base-url", "http://127.0.0.1:9"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and f"vital fetch figures: error: {urls}" in err
+    assert not list((tmp_path / "o").rglob("*.done"))
 
 
 def qa50_fake(pmc):

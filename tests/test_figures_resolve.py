@@ -44,7 +44,9 @@ def test_legacy_and_new_records_resolve_to_the_same_figure():
 @pytest.mark.parametrize(
     ("record", "reason"),
     [
-        ({"image_file_path": "PMC1/a.jpg"}, "missing or empty 'pair_id'"),
+        ({"image_file_path": "PMC1/a.jpg"}, "no 'pair_id'"),
+        ({"pair_id": 12345, "image_file_path": "PMC1/a.jpg"}, "'pair_id' must be a string, got int 12345"),
+        ({"pair_id": " ", "image_file_path": "PMC1/a.jpg"}, "empty 'pair_id'"),
         ({**LEGACY, "pair_id": "../../etc/passwd"}, "cannot be a file name"),
         ({**LEGACY, "pair_id": ".hidden"}, "cannot be a file name"),
         ({"pmcid": "not-an-id", "file": "a.jpg", "pair_id": "1_F1"}, "is not a PMC id"),

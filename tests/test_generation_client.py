@@ -221,10 +221,10 @@ def test_batch_control_calls_follow_the_chat_retry_rules(tmp_path, api_key, faul
             return api.files.create(file=("input.jsonl", b"{}\n"), purpose="batch")
 
         if retried:
-            assert with_retries(upload, "upload input.jsonl").id
+            assert with_retries(upload, "upload input.jsonl", "OPENAI_API_KEY").id
         else:
             with pytest.raises(FatalAPIError, match=f"upload input.jsonl failed: HTTP {fault}: fake {fault}"):
-                with_retries(upload, "upload input.jsonl")
+                with_retries(upload, "upload input.jsonl", "OPENAI_API_KEY")
         assert [e["status"] for e in fake.log if e["route"] == "files"] == [int(fault), 200][: 1 + retried]
 
 
@@ -237,3 +237,13 @@ def test_token_estimate_only_with_a_token_limit(server, tmp_path, api_key, monke
     assert estimated == []
     client_for(server, tmp_path, tokens_per_minute=1_000_000).chat_many(requests(2, tag="t"))
     assert len(estimated) == 2
+
+
+def test_an_oversized_prompt_fails_unsent_with_the_reason(server, tmp_path, api_key):
+    client = client_for(server, tmp_path, max_prompt_tokens=100)
+    big = {"messages": [{"role": "user", "content": "x" * 4_000}], "max_tokens": 50}
+    small, oversized = client.chat_many([requests(1)[0], big])
+    assert small.ok and not oversized.ok
+    assert oversized.error == "prompt of about 1,004 tokens is over the limit of 100 (max_prompt_tokens): not sent"
+    assert len(server.chat_log()) == 1  # only the small one went out
+    assert client_for(server, tmp_path, max_prompt_tokens=None).chat_many([big])[0].ok  # None: no limit

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import REPO_ROOT, shared_fixture
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.generation_support import make_demonstrations, make_figures
+from vital_hub.cli import main as vital
 from vital_hub.generation.batch import collect
 from vital_hub.generation.cli import main as generate_main
 from vital_hub.generation.client import FatalAPIError
@@ -143,8 +144,9 @@ def test_a_different_configuration_is_refused(tmp_path, api_key):
 def test_fatal_errors_exit_with_a_message(tmp_path, api_key, capsys):
     images, captions, _ = make_figures(tmp_path, 3)
     with FakeOpenAIServer(faults={"chat": ["401"]}) as server:
-        assert generate_main(job_args(tmp_path, server.url, images, captions, "--concurrency", "1")) == 1
-    assert "the API key was rejected" in capsys.readouterr().err
+        assert vital(["generate", *job_args(tmp_path, server.url, images, captions, "--concurrency", "1")]) == 1
+    err = capsys.readouterr().err
+    assert "vital generate candidates: error: HTTP 401" in err and "the API key was rejected" in err
 
 
 def test_yaml_config_with_cli_override(tmp_path, api_key, capsys):

@@ -69,17 +69,40 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
     assert final.read_text() == "whole"
 
 
-def test_jsonl_log_skips_only_a_torn_last_line(tmp_path):
+def test_jsonl_log_skips_only_a_torn_last_line(tmp_path, caplog):
     from vital_hub.io import iter_jsonl_log
 
     log = tmp_path / "log.jsonl"
     log.write_text('{"a": 1}\n\n{"a": 2}\n{"a": ', encoding="utf-8")
-    with pytest.warns(UserWarning, match="unfinished last line"):
-        assert list(iter_jsonl_log(log)) == [(1, {"a": 1}), (3, {"a": 2})]
+    assert list(iter_jsonl_log(log)) == [(1, {"a": 1}), (3, {"a": 2})]
+    assert "unfinished last line" in caplog.text
+    caplog.clear()
+    log.write_text('{"a": 1}\n{"a": 2}', encoding="utf-8")  # a finished last record without its newline is kept
+    assert list(iter_jsonl_log(log)) == [(1, {"a": 1}), (2, {"a": 2})]
+    assert "unfinished" not in caplog.text
+    log.write_text('{"a": 1}\n{"a": \n', encoding="utf-8")  # a bad line that has its newline is no torn write
+    with pytest.raises(RecordError, match="line 2 is not valid JSON"):
+        list(iter_jsonl_log(log))
     log.write_text('{"a": 1}\n{"a": \n{"a": 3}\n', encoding="utf-8")
     with pytest.raises(RecordError, match="line 2 is not valid JSON") as err:
         list(iter_jsonl_log(log))
     assert "log.jsonl" in str(err.value)
+
+
+def test_a_users_jsonl_file_is_read_whole_and_every_bad_line_is_an_error(tmp_path):
+    from vital_hub.io import iter_jsonl_file
+
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}', encoding="utf-8")
+    assert list(iter_jsonl_file(path)) == [(1, {"a": 1}), (2, {"a": 2})]
+    path.write_text('{"a": 1}\n{"a": ', encoding="utf-8")
+    with pytest.raises(RecordError, match=r"answers.jsonl: line 2 is not valid JSON"):
+        list(iter_jsonl_file(path))
+    path.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n')
+    with pytest.raises(RecordError, match=r"answers.jsonl: not UTF-8 text: byte 0xe9 at offset 19 \(line 2\)"):
+        list(iter_jsonl_file(path))
+    with pytest.raises(RecordError, match="is a folder, not a file"):
+        list(iter_jsonl_file(tmp_path))
 
 
 def test_repair_tail_cuts_only_an_unfinished_last_line(tmp_path):
@@ -102,6 +125,9 @@ def test_repair_tail_cuts_only_an_unfinished_last_line(tmp_path):
     log.write_bytes(b'{"a": "' + b"x" * 70_000)  # a first line torn: nothing is left
     repair_tail(log)
     assert log.read_bytes() == b""
+    log.write_bytes(whole + b'{"a": 3}')  # a finished record without its newline only gets the newline
+    repair_tail(log)
+    assert log.read_bytes() == whole + b'{"a": 3}\n'
 
 
 def test_card_config_is_added_then_replaced_keeping_other_configs_and_the_text(tmp_path):

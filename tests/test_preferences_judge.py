@@ -388,7 +388,7 @@ def test_whole_stage_on_generated_dual_answer_candidates(tmp_path, monkeypatch):
     assert 0 < len(model) <= 20 and all(p["chosen_score"] > p["rejected_score"] for p in model)
 
 
-def test_judge_cuts_a_line_torn_by_a_kill_and_resumes(tmp_path, monkeypatch):
+def test_judge_cuts_a_line_torn_by_a_kill_and_resumes(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     items = write_items(tmp_path / "items", count=3)
     out = tmp_path / "judge"
@@ -402,8 +402,8 @@ def test_judge_cuts_a_line_torn_by_a_kill_and_resumes(tmp_path, monkeypatch):
         torn = json.loads(lines[-1])["score_id"]
         assert torn == "30001_F1#q0#b" and json.loads(lines[-1])["status"] == "unparsed"
         scores.write_bytes(b"".join(lines[:-1]) + lines[-1][:30])  # killed while writing the last line
-        with pytest.warns(UserWarning, match="unfinished last line"):
-            assert {r["score_id"] for r in read_scores(out)} == {json.loads(line)["score_id"] for line in lines[:-1]}
+        assert {r["score_id"] for r in read_scores(out)} == {json.loads(line)["score_id"] for line in lines[:-1]}
+        assert "unfinished last line" in caplog.text
         summary = run_judge(config)
     assert summary["units"] == 4 and summary["scored"] + summary["unparsed"] == 4
     # the fragment was cut, not left in the middle of the file: the re-run wrote the torn unit on a line of its own
@@ -457,3 +457,27 @@ def test_units_sharing_a_figure_decode_it_once_and_get_the_same_requests(tmp_pat
     assert requests({}) == one_by_one
     assert len(decoded) == 3  # two figures and the missing one, each once
     assert one_by_one[-1] == one_by_one[-2] == "ImageError: image missing or empty"
+
+
+def test_batch_backend_never_uploads_an_oversized_request(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    items = write_items(tmp_path / "items", count=3)
+    rows = [json.loads(line) for line in items.read_text().splitlines()]
+    rows[0]["answer_a"] = "very long answer " * 2_000
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "judge"
+    with FakeOpenAIServer(reply=scripted_reply) as server:
+        config = JudgeConfig(
+            candidates=str(items),
+            out=str(out),
+            model="m",
+            base_url=server.url,
+            backend="batch",
+            max_prompt_tokens=4000,
+        )
+        first = run_judge(config)
+        uploaded = [line for path in (out / "batches").glob("*.jsonl") for line in path.read_text().splitlines()]
+    assert first["waiting_in_batch_jobs"] == 3 and len(uploaded) == 3
+    assert "very long answer" not in "".join(uploaded)
+    failed = {r["score_id"]: r for r in read_scores(out)}["30000_F1#q0#a"]
+    assert failed["status"] == "error" and "(max_prompt_tokens): not sent" in failed["error"]

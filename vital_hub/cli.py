@@ -12,6 +12,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from vital_hub.redaction import redact_environment
+
 
 @dataclass(frozen=True)
 class Command:
@@ -19,21 +21,24 @@ class Command:
     target: str  # "package.module:function"
     extra: str | None
     help: str
+    subcommands: bool = False  # the first remaining argument names a subcommand, shown in error lines
 
 
 COMMANDS: tuple[Command, ...] = (
     Command(("demo",), "vital_hub.demo:main", None, "build the four mixtures from a bundled synthetic sample"),
-    Command(("sources",), "vital_hub.sources:main", None, "list, fetch and verify the released source files"),
+    Command(("sources",), "vital_hub.sources:main", None, "list, fetch and verify the released source files", True),
     Command(("build", "instructions"), "vital_hub.mixtures.cli:build_main", None, "build the instructions repo"),
     Command(("export", "llava"), "vital_hub.mixtures.cli:export_main", None, "write a config back as LLaVA JSON"),
     Command(("verify",), "vital_hub.mixtures.cli:verify_main", None, "compare a released file with a config"),
     Command(("push",), "vital_hub.hub:push_main", None, "upload a repo folder to the Hub"),
     Command(("fetch", "figures"), "vital_hub.figures.cli:fetch_main", "figures", "download PMC figures"),
     Command(("build", "figures"), "vital_hub.figures.cli:build_main", "figures", "build the figures config"),
-    Command(("generate",), "vital_hub.generation.cli:main", "gen", "generate candidates with a vision LLM"),
-    Command(("judge",), "vital_hub.preferences.cli:judge_main", "gen", "score candidates with a rubric judge"),
-    Command(("preferences",), "vital_hub.preferences.cli:main", "annotate", "sample items, build preference pairs"),
-    Command(("annotate",), "vital_hub.preferences.serve:main", "annotate", "serve the clinician annotation app"),
+    Command(("generate",), "vital_hub.generation.cli:main", "gen", "generate candidates with a vision LLM", True),
+    Command(("judge",), "vital_hub.preferences.cli:judge_main", "gen", "score candidates with a rubric judge", True),
+    Command(
+        ("preferences",), "vital_hub.preferences.cli:main", "annotate", "sample items, build preference pairs", True
+    ),
+    Command(("annotate",), "vital_hub.preferences.serve:main", "annotate", "serve the clinician annotation app", True),
     Command(("select",), "vital_hub.selector.select:main", "train", "score candidates and keep the top ones"),
     Command(
         ("convert", "llava-original"),
@@ -41,7 +46,7 @@ COMMANDS: tuple[Command, ...] = (
         "train",
         "convert an original-LLaVA checkpoint to transformers",
     ),
-    Command(("eval",), "vital_hub.eval.cli:main", "eval", "answer, judge and score evaluation sets"),
+    Command(("eval",), "vital_hub.eval.cli:main", "eval", "answer, judge and score evaluation sets", True),
     Command(
         ("audit", "contamination"),
         "vital_hub.audit.cli:contamination_main",
@@ -54,10 +59,11 @@ COMMANDS: tuple[Command, ...] = (
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "the input or the service is wrong", reported without a traceback (VITAL_DEBUG=1 shows it).
     ValueError covers RecordError and the Hub client's validation errors; OSError covers missing files and
-    HTTP failures."""
+    HTTP failures; FatalAPIError is a model server refusing the key, the model or every request."""
+    from vital_hub.generation.client import FatalAPIError
     from vital_hub.hub import HubError
 
-    return (ValueError, OSError, HubError)
+    return (ValueError, OSError, HubError, FatalAPIError)
 
 
 def find_command(argv: list[str]) -> tuple[Command, list[str]] | None:
@@ -81,6 +87,14 @@ def load(command: Command):
             ) from err
         raise
     return getattr(module, function_name)
+
+
+def program(command: Command, rest: list[str]) -> str:
+    """`vital eval chat`, `vital push`: the command as the user typed it, for error lines."""
+    words = list(command.words)
+    if command.subcommands and rest and not rest[0].startswith("-"):
+        words.append(rest[0])
+    return "vital " + " ".join(words)
 
 
 def usage() -> str:
@@ -111,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("VITAL_DEBUG"):
             raise
         # Bad input or an unreachable service: one line naming the file, record or repo and the reason.
-        # Every stage writes finished work as it goes, so re-running the same command resumes.
-        print(f"vital {' '.join(command.words)}: error: {err}", file=sys.stderr)
+        # Every stage writes finished work as it goes, so re-running the same command resumes. A server may have
+        # echoed a credential into the message: it is redacted here once more, whatever raised it.
+        print(redact_environment(f"{program(command, rest)}: error: {err}"), file=sys.stderr)
         return 1
 
 

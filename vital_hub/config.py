@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from vital_hub.io import read_text
+
 
 def help_field(text: str, **kwargs):
     """A dataclass field with a help text for its flag."""
@@ -64,7 +66,7 @@ def dataclass_parser(cls, prog: str, description: str) -> argparse.ArgumentParse
 def read_yaml_options(path: str | Path, cls) -> dict:
     """The options in a YAML file, keys spelled with '_' or '-'; unknown keys are an error naming the file."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        loaded = yaml.safe_load(read_text(path)) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: cannot read options: {err}") from err
     if not isinstance(loaded, dict):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vital_hub.redaction import redact
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 REPO_TYPES = ("dataset", "model")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -192,11 +194,6 @@ def _explain_http_error(err, plan: PushPlan, token: str | None) -> str:
     else:
         hint = "the Hub refused the request; see the message above"
     return f"push of {plan.folder} to {plan.url} failed (HTTP {status}): {detail}\n{hint}"
-
-
-def redact(text: str, token: str | None) -> str:
-    """Text with the token replaced, for any message that might echo a request back."""
-    return text.replace(token, "<token>") if token else text
 
 
 def resolve_dataset(path_or_repo: str | Path) -> str:

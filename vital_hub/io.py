@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import tempfile
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,41 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[Location, Any]]:
     the record that could not be read and the id of the last good one.
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as handle:
-        head = handle.read(CHUNK)
-        stripped = head.lstrip()
-        if stripped.startswith("["):
-            yield from _iter_array(path, handle, stripped[1:])
-        else:
-            handle.seek(0)
-            yield from _iter_lines(path, handle)
+    if path.is_dir():
+        raise RecordError("is a folder, not a file", file=str(path))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            head = handle.read(CHUNK)
+            stripped = head.lstrip()
+            if not stripped:
+                raise RecordError("file is empty (write `[]` for a file with no records)", file=str(path))
+            if stripped.startswith("["):
+                yield from _iter_array(path, handle, stripped[1:])
+            else:
+                handle.seek(0)
+                yield from _iter_lines(path, handle)
+    except UnicodeDecodeError:
+        raise RecordError(_first_non_utf8(path), file=str(path)) from None
+
+
+def _first_non_utf8(path: Path) -> str:
+    """`not_utf8` of the first byte of the file that is not UTF-8, found in one streaming pass."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            pending = decoder.getstate()[0]  # the start of a character split across chunks
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                data = pending + chunk
+                start = err.start
+                return not_utf8(data[start], offset - len(pending) + start, lines + data.count(b"\n", 0, start) + 1)
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+    return "not UTF-8 text; save the file as UTF-8"
 
 
 def _iter_lines(path: Path, handle) -> Iterator[tuple[Location, Any]]:
@@ -110,28 +136,71 @@ def _truncated(last_id: Any, detail: str | None = None) -> str:
 
 
 def iter_jsonl_log(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, record) of an append-only JSONL log, such as the judgements or answers a job writes as it goes.
+    """(line number, record) of an append-only JSONL log this project writes, such as the judgements or answers a
+    job appends as it goes.
 
-    A last line without its newline is what a crash leaves of an unfinished write: it is skipped with a warning,
-    and the job redoes that work. Any other line that is not JSON is an error naming the file and the line.
+    A last line without its newline that does not parse is what a crash leaves of an unfinished write: it is
+    skipped with a warning, and the job redoes that work. A last line that parses is a finished record and is
+    kept. Any other line that is not JSON is an error naming the file and the line.
     """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    torn = lines.pop()  # "" when the file ends with a newline
-    if torn.strip():
-        warnings.warn(f"{path}: ignoring an unfinished last line left by an interrupted run", stacklevel=2)
+    return _iter_jsonl(Path(path), own_log=True)
+
+
+def iter_jsonl_file(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, record) of a JSONL file a user gives: read whole, the last line with or without its newline;
+    any line that is not JSON is an error naming the file and the line."""
+    return _iter_jsonl(Path(path), own_log=False)
+
+
+def _iter_jsonl(path: Path, own_log: bool) -> Iterator[tuple[int, Any]]:
+    lines = read_text(path).split("\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as err:
+            if own_log and number == len(lines):  # no newline after it: an interrupted write
+                log.warning("%s: ignoring an unfinished last line left by an interrupted run", path)
+                return
             raise RecordError(f"line {number} is not valid JSON ({err.msg})", file=str(path)) from err
+        yield number, record
+
+
+def read_json(path: str | Path) -> Any:
+    """A whole JSON document; an empty, truncated or malformed file is a RecordError naming the file and where."""
+    text = read_text(path)
+    if not text.strip():
+        raise RecordError("file is empty", file=str(path))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RecordError(
+            f"not valid JSON at line {err.lineno} column {err.colno} ({err.msg})", file=str(path)
+        ) from None
+
+
+def read_text(path: str | Path) -> str:
+    """A whole text file as UTF-8; a file that is not UTF-8, or a folder, is a RecordError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise RecordError("is a folder, not a file", file=str(path))
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise RecordError(not_utf8(data[err.start], err.start, line), file=str(path)) from None
+
+
+def not_utf8(byte: int, offset: int, line: int) -> str:
+    """Where a file stops being UTF-8: the byte, its offset and its line."""
+    return f"not UTF-8 text: byte 0x{byte:02x} at offset {offset} (line {line}); save the file as UTF-8"
 
 
 def repair_tail(path: str | Path) -> None:
-    """Cut a last line without its newline (a writer killed mid-write) off an append-only JSONL log, in place.
+    """Cut a last line without its newline (a writer killed mid-write) off an append-only JSONL log, in place; a
+    last line that parses is a finished record and only gets its newline, as `iter_jsonl_log` reads it.
 
     The file is read backwards in 64 KiB steps up to its last newline, so a large log is never read whole;
     appended lines then start on a line of their own.
@@ -150,10 +219,23 @@ def repair_tail(path: str | Path) -> None:
                 keep = keep - step + newline + 1
                 break
             keep -= step
-        if keep != size:
+        if keep == size:
+            return
+        handle.seek(keep)
+        if _parses(handle.read()):  # a finished record whose newline was not written: keep it, end its line
+            handle.write(b"\n")
+        else:
             log.warning("%s: dropping an unfinished last line (%d bytes) left by a crash", path, size - keep)
             handle.truncate(keep)
-            os.fsync(handle.fileno())
+        os.fsync(handle.fileno())
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        return False
+    return True
 
 
 def read_card(path: str | Path) -> tuple[dict, str]:

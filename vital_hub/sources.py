@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from vital_hub.io import CHUNK, sha256_file, write_json_atomic
+from vital_hub.io import CHUNK, read_text, sha256_file, write_json_atomic
 
 HUB_REPO = "mao1207/BioMed-VITAL-instructions"
 GITHUB_REPO = "microsoft/LLaVA-Med"
@@ -182,7 +182,7 @@ def read_lock(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise SourceError(f"{path}: lock file is not valid JSON ({err.msg}); fix or delete it") from err
     files = data.get("files") if isinstance(data, dict) else None

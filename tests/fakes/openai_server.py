@@ -2,9 +2,10 @@
 
 It serves chat completions and the files + batches endpoints the Batch API uses, and misbehaves on request:
 latency, a requests-per-minute limit answered with 429 + Retry-After, scripted faults per route ("429",
-"500", "timeout", "malformed", "empty", "truncated", "400", "401", "403", "404"; "pass" lets one through), and it logs every request
-it received (route, request key, status, whether the reply reached a live connection) so tests can check
-that nothing was paid for twice. The request key is sha256 of the canonical request JSON, the same hash the
+"500", "timeout", "malformed", "empty", "truncated", "400", "401", "403", "404"; "pass" lets one through; with
+`echo_credentials` their error bodies quote the key the request carried), and it logs every request it received
+(route, request key, status, whether the reply reached a live connection) so tests can check that nothing was
+paid for twice. The request key is sha256 of the canonical request JSON, the same hash the
 client's cache uses.
 
 In a test:   with FakeOpenAIServer(latency_s=0.1) as server: ... server.url ... server.log
@@ -62,6 +63,7 @@ class FakeOpenAIServer:
     reply: Callable[[dict], str] = default_reply
     batch_ready_after: int = 0  # retrieves answered "in_progress" before a batch completes
     finish_reason: str = "stop"
+    echo_credentials: bool = False  # error bodies quote the key they got, as some servers do on a 401
     log: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
@@ -174,6 +176,13 @@ class FakeOpenAIServer:
             self.log.append(entry)
         return entry
 
+    def _echo(self, request: web.Request) -> str:
+        """The credential the request carried, quoted the way a careless server does, when echo_credentials."""
+        if not self.echo_credentials:
+            return ""
+        key = request.headers.get("api-key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
+        return f": Incorrect API key provided: {key}"
+
     @staticmethod
     def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
         body = {"error": {"message": message, "type": "fake_error", "code": str(status)}}
@@ -222,7 +231,7 @@ class FakeOpenAIServer:
             return self._error(429, "Rate limit reached (fake)", retry_headers)
         if fault in ("400", "401", "403", "404", "500", "502", "503"):
             self._record("chat", request, int(fault), received=received, key=key)
-            return self._error(int(fault), f"fake {fault}")
+            return self._error(int(fault), f"fake {fault}{self._echo(request)}")
         if fault == "malformed":
             self._record("chat", request, 200, received=received, key=key, fault=fault)
             return web.Response(text='{"id": "x", "choices": [{"mess', content_type="application/json")

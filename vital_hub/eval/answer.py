@@ -22,7 +22,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from vital_hub.eval.records import EvalQuestion, ImageCheck, JsonlAppender, load_image, load_questions, read_answers
+from vital_hub.eval.records import (
+    EvalQuestion,
+    ImageCheck,
+    JsonlAppender,
+    load_image,
+    load_questions,
+    read_answer_log,
+)
 from vital_hub.generation.client import ServerOptions
 
 MISSING_IMAGE_POLICIES = ("text-only", "skip")
@@ -166,9 +173,9 @@ def generate_batch(processor, model, config: AnswerConfig, batch: list[Pending],
 
     prompts = [render_prompt(processor, config, item) for item in batch]
     images = [[item.image.image] for item in batch if item.image.image is not None]
-    inputs = processor(
-        text=prompts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
-    ).to(model.device)
+    inputs = processor(text=prompts, images=images or None, padding=True, padding_side="left", return_tensors="pt").to(
+        model.device
+    )
     sampling = (
         {"do_sample": True, "temperature": config.temperature} if config.temperature > 0 else {"do_sample": False}
     )
@@ -197,9 +204,9 @@ def answer_with_transformers(config: AnswerConfig) -> dict:
             f"launched {launched} processes but accelerate sees {state.num_processes}; answers would repeat"
         )
     out = Path(config.out)
-    done = set(read_answers(out))
+    done = set(read_answer_log(out))
     for rank in range(state.num_processes):
-        done |= set(read_answers(shard_path(out, rank, state.num_processes)))
+        done |= set(read_answer_log(shard_path(out, rank, state.num_processes)))
     todo, skipped = pending_questions(config, done)
     # Every process must split the same list: none may write before all have read what is already done.
     state.wait_for_everyone()
@@ -228,11 +235,11 @@ def answer_with_transformers(config: AnswerConfig) -> dict:
 
 def merge_shards(out: Path, world: int) -> None:
     """Fold the per-process files into the answers file, then remove them."""
-    existing = read_answers(out)
+    existing = read_answer_log(out)
     with JsonlAppender(out) as writer:
         for rank in range(world):
             part = shard_path(out, rank, world)
-            for key, row in read_answers(part).items():
+            for key, row in read_answer_log(part).items():
                 if key not in existing:
                     writer.write(row)
                     existing[key] = row
@@ -267,7 +274,7 @@ def answer_with_server(config: AnswerConfig) -> dict:
     from vital_hub.generation.client import ChatClient
 
     out = Path(config.out)
-    done = set(read_answers(out))
+    done = set(read_answer_log(out))
     todo, skipped = pending_questions(config, done)
     client = ChatClient(config.client_config(config.model, config.cache_path))
     answered, failures = 0, []

@@ -9,6 +9,7 @@ from pathlib import Path
 from vital_hub.config import help_field
 from vital_hub.eval.records import EvalQuestion, JsonlAppender
 from vital_hub.generation.client import ServerOptions
+from vital_hub.io import read_text
 
 
 @dataclass(kw_only=True)
@@ -27,7 +28,7 @@ class JudgeOptions(ServerOptions):
         """The judge's instruction: the prompt file's text when one is given, else `default`."""
         if self.prompt_file is None:
             return default
-        text = Path(self.prompt_file).read_text(encoding="utf-8").strip()
+        text = read_text(self.prompt_file).strip()
         if not text:
             raise ValueError(f"{self.prompt_file}: the judge prompt file is empty")
         return text

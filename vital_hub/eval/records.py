@@ -5,7 +5,8 @@ Questions come in two shapes, both accepted as a JSON array or JSONL:
 - LLaVA-Med VQA records: `id, image, answer_type, conversations` (one human/gpt round).
 
 Answers are JSONL lines `{"question_id", "text", "model_id", ...}`, appended one per question so that a crash
-loses at most the line being written; readers drop a torn last line and writers cut it off before appending.
+loses at most the line being written; `vital eval answer` drops a torn last line of its own file when it resumes,
+while the judges read an answers file whole, as the user's input it is: a bad line there is an error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vital_hub.io import iter_json_records, iter_jsonl_log, repair_tail
+from vital_hub.io import iter_json_records, iter_jsonl_file, iter_jsonl_log, repair_tail
 from vital_hub.schema import IMAGE_TOKEN, Location, RecordError, conversation_of, mention_texts
 
 IMAGE_STATUSES = ("ok", "no_image", "absent", "empty", "corrupt")
@@ -112,15 +113,51 @@ def load_questions(path: str | Path) -> list[EvalQuestion]:
 
 
 def read_answers(path: str | Path) -> dict[str, dict]:
-    """Answers by question id (as text); later lines win, a torn last line is ignored."""
+    """A user's answers file, by question id (as text), read whole: the file must exist and hold answers, every
+    line must be JSON with a `question_id` and a `text` that is a string (null for a question left unanswered), and
+    one question has one answer (duplicates are an error naming how many and the first ids)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: answers file does not exist")
+    answers: dict[str, dict] = {}
+    duplicates: list[Any] = []
+    for number, answer in iter_jsonl_file(path):
+        _check_answer(answer, number, path)
+        key = str(answer["question_id"])
+        if key in answers:
+            duplicates.append(answer["question_id"])
+        answers[key] = answer
+    if duplicates:
+        raise RecordError(
+            f"{len(duplicates)} questions answered more than once (first: {duplicates[:5]}); keep one answer each",
+            file=str(path),
+        )
+    if not answers:
+        raise RecordError("no answers in the file", file=str(path))
+    return answers
+
+
+def read_answer_log(path: str | Path) -> dict[str, dict]:
+    """The answers `vital eval answer` has written so far (none when the file does not exist yet); a torn last
+    line is ignored, and later lines win."""
     answers: dict[str, dict] = {}
     if not Path(path).exists():
         return answers
     for number, answer in iter_jsonl_log(path):
-        if not isinstance(answer, dict) or "question_id" not in answer:
-            raise RecordError(f"line {number} has no 'question_id'", file=str(path))
+        _check_answer(answer, number, Path(path))
         answers[str(answer["question_id"])] = answer
     return answers
+
+
+def _check_answer(answer: Any, number: int, path: Path) -> None:
+    if not isinstance(answer, dict) or "question_id" not in answer:
+        raise RecordError(f"line {number} has no 'question_id'", file=str(path))
+    text = answer.get("text")
+    if text is not None and not isinstance(text, str):
+        raise RecordError(
+            f"line {number} (question {answer['question_id']!r}): 'text' must be a string, got {type(text).__name__}",
+            file=str(path),
+        )
 
 
 class JsonlAppender:

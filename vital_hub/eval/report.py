@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vital_hub.io import atomic_path, download_checksums, iter_json_records, write_json_atomic
+from vital_hub.io import atomic_path, download_checksums, iter_json_records, read_json, write_json_atomic
 
 SECTION_START = "<!-- vital-eval:start -->"
 SECTION_END = "<!-- vital-eval:end -->"
@@ -41,7 +41,7 @@ def config_name(text: str) -> str:
 
 
 def _read_json(path: Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return read_json(path)
 
 
 def load_parts(config: ReportConfig) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vital_hub.eval.metrics.med_vqa.vqa_scoring import COMPATS, score_all
 from vital_hub.eval.records import load_questions, read_answers
-from vital_hub.io import sha256_file, write_json_atomic
+from vital_hub.io import read_json, sha256_file, write_json_atomic
 from vital_hub.schema import RecordError
 
 CLOSED_SUFFIX = " Please choose from the following two options: [yes, no]"
@@ -127,7 +126,7 @@ def _slake_items(folder: Path, split: str) -> tuple[list[Path], Iterator[RawItem
             raise FileNotFoundError(f"{needed} is missing (expected SLAKE's {split}.json and imgs.zip)")
 
     def items() -> Iterator[RawItem]:
-        records = json.loads(questions_file.read_text(encoding="utf-8"))
+        records = read_json(questions_file)
         with zipfile.ZipFile(archive_file) as archive:
             members = {info.filename: info for info in archive.infolist()}
             for index, record in enumerate(records):

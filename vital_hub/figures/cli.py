@@ -6,10 +6,7 @@ vital build figures --index figures/ --out hub/figures-repo --captions llava_med
 
 from __future__ import annotations
 
-import sys
-
 from vital_hub.config import parse_config
-from vital_hub.schema import RecordError
 
 
 def load_fetch_config(argv: list[str]):
@@ -24,14 +21,7 @@ def fetch_main(argv: list[str]) -> int:
     from vital_hub.figures.pipeline import run_fetch, summary_table
 
     config = load_fetch_config(argv)
-    try:
-        stats = run_fetch(config)
-    except RecordError as err:
-        print(f"vital fetch figures: bad input record: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"vital fetch figures: {err}", file=sys.stderr)
-        return 2
+    stats = run_fetch(config)  # a bad record or file is the `vital` entry point's one-line error, exit 1
     print(summary_table(stats))
     return 0
 
@@ -41,10 +31,5 @@ def build_main(argv: list[str]) -> int:
 
     description = "Turn a fetch folder into the Hub dataset config `figures`."
     options = parse_config(BuildOptions, argv, "vital build figures", description)
-    try:
-        report = build_figures(options)
-    except (ValueError, FileNotFoundError, RecordError) as err:
-        print(f"vital build figures: {err}", file=sys.stderr)
-        return 2
-    print(report)
+    print(build_figures(options))
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 
 from vital_hub.config import help_field
 from vital_hub.figures.index import INDEX_DIR, STATUSES, index_files, iter_index
-from vital_hub.io import download_checksums, write_card_config
+from vital_hub.io import download_checksums, read_text, write_card_config
 from vital_hub.schema import DOMAINS, mention_texts
 
 CONFIG_NAME = "figures"
@@ -30,6 +31,8 @@ DATA_DIR = Path("data") / CONFIG_NAME
 # whole ~256 MB shard (which used to be a single group).
 ROW_GROUP_ROWS = 128
 _SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.parquet$")
+
+log = logging.getLogger(__name__)
 
 
 def figures_features():
@@ -67,13 +70,15 @@ class BuildOptions:
 
 
 CAPTION_KEYS = ("pair_id", "pmid", "fig_id", "fig_label", "fig_caption", "in_text_mention", "domain")
+TEXT_KEYS = ("fig_label", "fig_caption")  # pmid and fig_id come as numbers in some copies
 
 
 def load_captions(path: str | Path, wanted: set[str] | None = None) -> dict[str, dict]:
     """pair_id -> caption record from `llava_med_instruct_fig_captions.json` (a dict {domain: [records]}).
 
     Only the fields a figure row uses are kept, and only for `wanted` pair ids when given; the first record of a
-    pair id wins (a figure can be listed under two domains).
+    pair id wins (a figure can be listed under two domains), and a later record with a different caption is
+    counted and named in a warning. A caption field that is not text is an error.
     """
     return collect_captions(iter_caption_records(path), wanted, source=path)
 
@@ -84,12 +89,30 @@ def collect_captions(
     """pair_id -> caption record from (domain, index, record) triples, with `load_captions`'s rules; `source`
     names the input in errors."""
     captions: dict[str, dict] = {}
+    conflicts: list[str] = []
     for domain, index, record in records:
         if not isinstance(record, dict) or not isinstance(record.get("pair_id"), str):
             raise ValueError(f"{source}: domain {domain!r} record {index} has no string 'pair_id'")
+        for key in TEXT_KEYS:
+            if record.get(key) is not None and not isinstance(record[key], str):
+                raise ValueError(
+                    f"{source}: domain {domain!r} record {index} (pair_id {record['pair_id']!r}): {key!r} must be "
+                    f"text, got {type(record[key]).__name__}"
+                )
         pair_id = record["pair_id"]
-        if pair_id not in captions and (wanted is None or pair_id in wanted):
+        if wanted is not None and pair_id not in wanted:
+            continue
+        if pair_id not in captions:
             captions[pair_id] = {key: record.get(key) for key in CAPTION_KEYS}
+        elif captions[pair_id]["fig_caption"] != record.get("fig_caption"):
+            conflicts.append(pair_id)
+    if conflicts:
+        log.warning(
+            "%s: %d figures have a second, different caption; the first one is kept (first: %s)",
+            source,
+            len(conflicts),
+            conflicts[:5],
+        )
     return captions
 
 
@@ -100,7 +123,7 @@ def iter_caption_records(path: str | Path) -> Iterator[tuple[str, int, object]]:
     The 169 MB captions file is held once as text and decoded record by record, instead of as a whole tree of
     Python objects (several GB).
     """
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text(path)
     decoder = json.JSONDecoder()
     position = _skip_space(text, 0)
     if text.startswith("[", position):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -45,11 +46,14 @@ from vital_hub.figures.resolve import (
 )
 from vital_hub.figures.safety import Limits, Rejected, read_wanted_members, verify_image
 from vital_hub.io import atomic_path
+from vital_hub.schema import RecordError
 
 MiB = 1 << 20
 MAX_DOCUMENT_BYTES = 64 * MiB  # metadata JSON, listings and JATS XML
 PARTIAL_DIR = ".partial"
 REJECTED_MEMBER_SAMPLES = 20
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -459,17 +463,26 @@ class ArticleDocuments:
 
 
 def read_shard_requests(urls: str | Path, shard: Shard) -> tuple[list[FigureRequest], int]:
-    """The shard's records in input order; a pair id seen twice keeps its first record."""
+    """The shard's records in input order; a pair id seen twice keeps its first record (the repeats are counted
+    in the stats as `duplicates_skipped` and named in a warning)."""
     seen: set[str] = set()
-    kept, duplicates = [], 0
+    kept, duplicates, total, repeated = [], 0, 0, []
     for request in iter_requests(urls):
+        total += 1
         if not shard.holds(request.pmcid):
             continue
         if request.pair_id in seen:
             duplicates += 1
+            repeated.append(request.pair_id)
             continue
         seen.add(request.pair_id)
         kept.append(request)
+    if not total:  # a shard of an empty list would be marked done, and the corrected list then never fetched
+        raise RecordError("no figure records in the file", file=str(urls))
+    if repeated:
+        log.warning(
+            "%s: %d records repeat an earlier pair_id and were skipped (first: %s)", urls, duplicates, repeated[:5]
+        )
     return kept, duplicates
 
 

@@ -72,8 +72,12 @@ def parse_record(record: object, where: Location) -> FigureRequest:
     if not isinstance(record, dict):
         raise where.error(f"a record must be a JSON object, got {type(record).__name__}")
     pair_id = record.get("pair_id")
-    if not isinstance(pair_id, str) or not pair_id.strip():
-        raise where.error("missing or empty 'pair_id'")
+    if pair_id is None:
+        raise where.error("no 'pair_id'")
+    if not isinstance(pair_id, str):
+        raise where.error(f"'pair_id' must be a string, got {type(pair_id).__name__} {pair_id!r}")
+    if not pair_id.strip():
+        raise where.error("empty 'pair_id'")
     if _UNSAFE_ID.search(pair_id) or pair_id.startswith(".") or len(pair_id) > 200:
         raise where.error("'pair_id' cannot be a file name (slashes, control characters or a leading dot)", pair_id)
     tar_url = record.get("pmc_tar_url")

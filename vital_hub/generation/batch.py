@@ -29,6 +29,7 @@ from vital_hub.generation.client import (
     make_openai,
     retry_after,
 )
+from vital_hub.redaction import redact_environment
 
 ENDPOINT = "/v1/chat/completions"
 MAX_LINES = 50_000  # OpenAI's per-batch limits
@@ -36,8 +37,9 @@ MAX_BYTES = 190 * 1024 * 1024
 FINAL_STATES = {"completed", "failed", "expired", "cancelled"}
 
 
-def with_retries(call: Callable[[], Any], what: str, attempts: int = 6) -> Any:
-    """A control-plane call (upload, create, retrieve, download) retried like chat requests are."""
+def with_retries(call: Callable[[], Any], what: str, key_env: str, attempts: int = 6) -> Any:
+    """A control-plane call (upload, create, retrieve, download) retried like chat requests are; a final error is
+    redacted of the key in `key_env` and of every other credential of the environment."""
     import openai
 
     for attempt in range(attempts):
@@ -45,7 +47,8 @@ def with_retries(call: Callable[[], Any], what: str, attempts: int = 6) -> Any:
             return call()
         except openai.APIStatusError as err:
             if not is_retryable(err.status_code):
-                raise FatalAPIError(f"{what} failed: HTTP {err.status_code}: {error_message(err)}") from None
+                message = f"{what} failed: HTTP {err.status_code}: {error_message(err)}"
+                raise FatalAPIError(redact_environment(message, key_env)) from None
             wait = retry_after(err.response.headers)
         except (openai.APITimeoutError, openai.APIConnectionError):
             wait = None
@@ -96,11 +99,14 @@ def submit(client: ChatClient, files: BatchFiles) -> list[str]:
     batch_ids = []
     for path, keys in files.files:
         uploaded = with_retries(
-            lambda p=path: api.files.create(file=(p.name, p.read_bytes()), purpose="batch"), f"upload {path.name}"
+            lambda p=path: api.files.create(file=(p.name, p.read_bytes()), purpose="batch"),
+            f"upload {path.name}",
+            client.config.api_key_env,
         )
         job = with_retries(
             lambda u=uploaded: api.batches.create(input_file_id=u.id, endpoint=ENDPOINT, completion_window="24h"),
             f"create batch for {path.name}",
+            client.config.api_key_env,
         )
         client.cache.add_batch_job(job.id, uploaded.id, keys, job.status)
         batch_ids.append(job.id)
@@ -132,6 +138,8 @@ def run_batch_job(job, client: ChatClient) -> dict:
                 writer.add(job.rows.failed(row, f"batch item failed: {failure}"))
             elif key in waiting_keys:
                 waiting += 1
+            elif (refused := client.unsendable(key, request)) is not None:
+                writer.add(job.rows.failed(row, refused.error))
             else:
                 files.add(key, request)
                 waiting_keys.add(key)
@@ -180,7 +188,11 @@ def collect_once(client_config: ClientConfig, counts: dict) -> int:
     still_running = 0
     try:
         for entry in client.cache.batch_jobs(pending_only=True):
-            batch = with_retries(lambda e=entry: api.batches.retrieve(e["batch_id"]), f"retrieve {entry['batch_id']}")
+            batch = with_retries(
+                lambda e=entry: api.batches.retrieve(e["batch_id"]),
+                f"retrieve {entry['batch_id']}",
+                client_config.api_key_env,
+            )
             if batch.status not in FINAL_STATES:
                 client.cache.mark_batch(entry["batch_id"], batch.status)
                 still_running += 1
@@ -199,7 +211,7 @@ def collect_once(client_config: ClientConfig, counts: dict) -> int:
 
 
 def store_output(api, client: ChatClient, file_id: str) -> tuple[int, int]:
-    text = with_retries(lambda: api.files.content(file_id).text, f"download {file_id}")
+    text = with_retries(lambda: api.files.content(file_id).text, f"download {file_id}", client.config.api_key_env)
     stored = failed = 0
     for line in text.splitlines():
         if not line.strip():
@@ -217,7 +229,7 @@ def store_output(api, client: ChatClient, file_id: str) -> tuple[int, int]:
 
 
 def store_errors(api, client: ChatClient, file_id: str) -> int:
-    text = with_retries(lambda: api.files.content(file_id).text, f"download {file_id}")
+    text = with_retries(lambda: api.files.content(file_id).text, f"download {file_id}", client.config.api_key_env)
     items = [json.loads(line) for line in text.splitlines() if line.strip()]
     for item in items:
         client.cache.put_failure(item["custom_id"], item_error(item))

@@ -27,9 +27,7 @@ def main(argv: list[str]) -> int:
             return collect_main(rest)
         return reference_main(rest)
     except FatalAPIError as err:
-        print(f"error: {err}", file=sys.stderr)
-        print("finished replies are in the cache: fix the problem and run the same command again", file=sys.stderr)
-        return 1
+        raise FatalAPIError(f"{err}; finished replies are cached: fix this and run the same command again") from None
 
 
 def candidates_main(argv: list[str]) -> int:

@@ -11,7 +11,8 @@ go to a SQLite cache keyed by the hash of the whole request, so re-running a job
     results = client.chat_many([{"messages": [...], "max_tokens": 512}, ...], desc="judge")
 
 The API key is read from the environment variable named in the config when the first request is sent; it is
-never stored, cached or logged.
+never stored, cached or logged, and every error message is redacted of it (and of any other credential in the
+environment) before it leaves this module, since servers echo a rejected key back.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from typing import Any, TypeVar
 
 from vital_hub.config import help_field
 from vital_hub.generation.cache import RequestCache, request_key
-from vital_hub.generation.limits import Limiter, estimate_tokens
+from vital_hub.generation.limits import Limiter, estimate_tokens, prompt_tokens
 from vital_hub.generation.pricing import PriceTable
+from vital_hub.redaction import redact_environment
 
 T = TypeVar("T")
 
@@ -61,6 +63,7 @@ class ClientConfig:
     tokens_per_minute: float | None = None
     max_retries: int = 6
     timeout_s: float = 120.0
+    max_prompt_tokens: int | None = 128_000  # a request whose prompt is estimated above this is never sent
     cache_path: str | None = None  # SQLite request cache; key = sha256 of the whole request JSON
 
     def __post_init__(self):
@@ -72,7 +75,7 @@ class ClientConfig:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
-        for name in ("requests_per_minute", "tokens_per_minute"):
+        for name in ("requests_per_minute", "tokens_per_minute", "max_prompt_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None, got {value}")
@@ -93,6 +96,9 @@ class ServerOptions:
     tokens_per_minute: float | None = help_field("client-side token rate limit", default=None)
     max_retries: int = help_field("retries of 429/5xx/timeouts/malformed replies", default=6)
     timeout_s: float = help_field("seconds per request", default=120.0)
+    max_prompt_tokens: int | None = help_field(
+        "a request whose prompt is estimated above this many tokens fails unsent (None: no limit)", default=128_000
+    )
 
     def client_config(self, model: str, cache_path: str | None) -> ClientConfig:
         shared = {item.name: getattr(self, item.name) for item in dataclasses.fields(ServerOptions)}
@@ -210,6 +216,8 @@ class ChatClient:
             result = self._result(key, reply, cached=True, batch=source == "batch")
         elif key in self._in_flight:
             result = dataclasses.replace(await asyncio.shield(self._in_flight[key]), cached=True)
+        elif (refused := self.unsendable(key, body)) is not None:
+            result = refused
         else:
             result = await self._send_once(key, body)
         self.stats.add(result)
@@ -284,6 +292,17 @@ class ChatClient:
             self._bound = (loop, self._make_openai(), limiter)
         return self._bound[1], self._bound[2]
 
+    def unsendable(self, key: str, request: dict) -> ChatResult | None:
+        """The failed result of a request too large to send (online or in a batch), or None: one 50 MB value would
+        otherwise go out as 13M tokens."""
+        limit = self.config.max_prompt_tokens
+        tokens = prompt_tokens(request)
+        if limit is None or tokens <= limit:
+            return None
+        return self._error(
+            key, f"prompt of about {tokens:,} tokens is over the limit of {limit:,} (max_prompt_tokens): not sent"
+        )
+
     def _make_openai(self):
         return make_openai(self.config, asynchronous=True)
 
@@ -306,7 +325,7 @@ class ChatClient:
                     status = err.status_code
                     if status in FATAL_STATUS:
                         raise FatalAPIError(self._fatal_message(status, err)) from None
-                    last_error = f"HTTP {status}: {error_message(err)}"
+                    last_error = self._redact(f"HTTP {status}: {error_message(err)}")
                     if not is_retryable(status):
                         return self._rejected(key, last_error)
                     wait = retry_after(err.response.headers)
@@ -314,10 +333,10 @@ class ChatClient:
                         limiter.hold(wait)
                 except (openai.APITimeoutError, openai.APIConnectionError) as err:
                     limiter.settle(estimate, 0)
-                    last_error = f"{type(err).__name__}: {err}"
+                    last_error = self._redact(f"{type(err).__name__}: {err}")
                 except (openai.APIResponseValidationError, ValueError) as err:
                     limiter.settle(estimate, 0)
-                    last_error = f"malformed reply ({type(err).__name__}: {str(err)[:200]})"
+                    last_error = self._redact(f"malformed reply ({type(err).__name__}: {str(err)[:200]})")
                 else:
                     problem = malformed_reply(reply)
                     if problem is None:
@@ -349,7 +368,10 @@ class ChatClient:
     def _fatal_message(self, status: int, err) -> str:
         url = self.config.base_url or os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
         hint = FATAL_STATUS[status].format(env=self.config.api_key_env, model=self.config.model, url=url)
-        return f"HTTP {status} from {url}: {hint} (server said: {error_message(err)})"
+        return self._redact(f"HTTP {status} from {url}: {hint} (server said: {error_message(err)})")
+
+    def _redact(self, text: str) -> str:
+        return redact_environment(text, self.config.api_key_env)
 
     def _result(self, key: str, reply: dict, cached: bool, batch: bool = False) -> ChatResult:
         choice = reply["choices"][0]

@@ -102,6 +102,12 @@ def estimate_tokens(body: dict) -> int:
     Text is ~4 characters a token; images follow OpenAI's tile rule (85 at low detail, else 85 + 170 per 512 px
     tile after fitting into 2048 px and scaling the short side to 768 px); the completion budget counts in full.
     """
+    budget = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    return prompt_tokens(body) + int(budget)
+
+
+def prompt_tokens(body: dict) -> int:
+    """The prompt part of `estimate_tokens`: messages, text and images, without the completion budget."""
     total = 0
     for message in body.get("messages", []):
         total += TOKENS_PER_MESSAGE
@@ -115,8 +121,7 @@ def estimate_tokens(body: dict) -> int:
             elif part.get("type") == "image_url":
                 image = part.get("image_url") or {}
                 total += image_tokens(image.get("url", ""), image.get("detail"))
-    budget = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-    return total + int(budget)
+    return total
 
 
 def image_tokens(url: str, detail: str | None) -> int:

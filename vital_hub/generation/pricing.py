@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from vital_hub.io import read_text
+
 
 @dataclass(frozen=True)
 class Price:
@@ -64,7 +66,7 @@ def load_prices(path: str | Path) -> dict[str, Price]:
     """A price table file (YAML or JSON) merged over the defaults."""
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # JSON is YAML too
+    data = yaml.safe_load(read_text(path))  # JSON is YAML too
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a price table is a mapping of model name to prices")
     return {**DEFAULT_PRICES, **{model: as_price(model, value) for model, value in data.items()}}

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vital_hub.io import iter_json_records
+from vital_hub.io import iter_json_records, read_text
 from vital_hub.schema import DOMAINS, IMAGE_TOKEN, RecordError, conversation_of, mention_texts
 
 # Bump when the way requests are laid out changes (it is part of the prompt version).
@@ -113,7 +113,7 @@ def get_prompt_set(name: str) -> PromptSet:
 
 def prompt_set_from_file(path: str | Path, mode: str) -> PromptSet:
     """Any system prompt file (e.g. the paper's originals) used for the given reply mode."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text(path)
     if not text.strip():
         raise ValueError(f"{path}: the prompt file is empty")
     return PromptSet(Path(path).stem, mode, text)
@@ -156,12 +156,21 @@ def render_conversation(turns: list[dict]) -> str:
 
 
 def load_demonstrations(path: str | Path) -> list[Demonstration]:
-    """A demonstration pool (the format of `clinician_demonstrations.json`, JSON array or JSONL)."""
+    """A demonstration pool (the format of `clinician_demonstrations.json`, JSON array or JSONL); a record whose
+    id or pair_id repeats an earlier one is an error (it would be twice as likely to be shown)."""
     pool = []
+    seen: dict[str, int] = {}
     for where, record in iter_json_records(path):
         if not isinstance(record, dict):
             raise where.error("a demonstration must be a JSON object")
         record_id = record.get("id", record.get("pair_id"))
+        for key in ("pair_id", "fig_label", "fig_caption", "imgs", "image"):
+            if record.get(key) is not None and not isinstance(record[key], str):
+                raise where.error(f"{key!r} must be text, got {type(record[key]).__name__}", record_id)
+        for key in {str(record_id), str(record.get("pair_id") or record_id)}:
+            if key in seen:
+                raise where.error(f"duplicate demonstration {key!r} (first at record {seen[key]})", record_id)
+            seen[key] = where.index
         turns = conversation_of(record, where)
         if not turns or any(
             t.get("from") not in ("human", "gpt") or not isinstance(t.get("value"), str) for t in turns

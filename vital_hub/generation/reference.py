@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vital_hub.config import help_field
+from vital_hub.eval.records import load_questions
 from vital_hub.generation.client import ChatClient, ServerOptions
 from vital_hub.generation.pricing import load_prices
 from vital_hub.generation.prompts import (
@@ -22,8 +23,8 @@ from vital_hub.generation.prompts import (
     prompt_set_from_file,
     reference_answer_request,
 )
-from vital_hub.io import atomic_path, iter_json_records
-from vital_hub.schema import mention_texts
+from vital_hub.io import atomic_path
+from vital_hub.schema import RecordError, mention_texts
 
 
 @dataclass(kw_only=True)
@@ -66,7 +67,9 @@ def regenerate_reference_answers(config: ReferenceConfig, client: ChatClient) ->
         else get_prompt_set("reference-answer")
     )
     options = config.prompt_options()
-    records = [record for _, record in iter_json_records(config.questions)]
+    records = [question.record for question in load_questions(config.questions)]  # checked: shape, text, ids
+    if vqa := next((r for r in records if "text" not in r), None):
+        raise RecordError(f"a VQA record (id {vqa.get('id')!r}), not a qa50 question", file=str(config.questions))
     requests, attached = [], []
     for record in records:
         context = figure_context(

@@ -26,21 +26,21 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from vital_hub import __version__
-from vital_hub.io import atomic_path, iter_json_records, write_json_atomic
+from vital_hub.io import atomic_path, iter_json_records, read_json, write_json_atomic
+from vital_hub.mixtures.shards import COMPRESSION, ShardWriter, file_entry, shard_entry
 from vital_hub.mixtures.spec import Component, Mixture, MixturePlan, Part
 from vital_hub.schema import (
     Location,
     RecordError,
-    RowBatchBuilder,
     check_unique_ids,
     row_arrow_schema,
     validate_llava,
 )
+from vital_hub.workers import call_portably, die_with_parent, folder_lock
 
 SCRATCH = ".vital-build"
 MANIFEST = "manifest.json"
 MISSING_IMAGES = "missing_images.jsonl"
-COMPRESSION = "zstd"
 
 
 @dataclass
@@ -90,6 +90,7 @@ class ComponentResult:
     inputs_key: str
     description: str = ""
     licence: str = ""
+    missing_images: dict | None = None  # {path, num_bytes, sha256} of the list of figures not embedded
 
     def as_dict(self) -> dict:
         return {
@@ -100,6 +101,7 @@ class ComponentResult:
             "source": self.source,
             "shards": self.shards,
             "images": self.images,
+            "missing_images": self.missing_images,
             "inputs_key": self.inputs_key,
         }
 
@@ -115,9 +117,13 @@ def default_source_checker(path: Path, allow_unverified: bool) -> dict:
 
 
 def build_repo(plan: MixturePlan, options: BuildOptions, check_source: SourceChecker = default_source_checker) -> dict:
-    """Build (or continue building) the repo folder; returns the manifest."""
+    """Build (or continue building) the repo folder; returns the manifest. One build at a time per folder."""
     plan.validate()
-    options.out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(options.out, "vital build instructions"):
+        return _build_repo(plan, options, check_source)
+
+
+def _build_repo(plan: MixturePlan, options: BuildOptions, check_source: SourceChecker) -> dict:
     previous = _set_aside_previous_build(options.out)
     results = _build_components(plan, options, previous, check_source)
     configs = {}
@@ -145,9 +151,13 @@ def _build_components(plan: MixturePlan, options: BuildOptions, previous: dict, 
     workers = min(options.workers, len(names))
     if workers <= 1:
         return {name: _build_or_reuse(plan.components[name], options, previous, check_source) for name in names}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # Workers die with this process, so a killed build leaves nothing writing into the folder; their errors are
+    # made picklable there, so they arrive here as the one-line error they are.
+    with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {
-            name: pool.submit(_build_or_reuse, plan.components[name], options, previous, check_source, position)
+            name: pool.submit(
+                call_portably, _build_or_reuse, plan.components[name], options, previous, check_source, position
+            )
             for position, name in enumerate(names)
         }
         wait(futures.values())
@@ -165,14 +175,17 @@ def _set_aside_previous_build(out: Path) -> dict:
     if (out / MANIFEST).exists():
         os.replace(out / MANIFEST, kept)
     (out / "README.md").unlink(missing_ok=True)
-    return json.loads(kept.read_text(encoding="utf-8")) if kept.exists() else {}
+    return read_json(kept) if kept.exists() else {}
 
 
 def _read_manifest(out: Path) -> dict:
     path = out / MANIFEST
     if not path.exists():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("configs"), dict):
+        raise RecordError("not a manifest written by `vital build instructions` (no 'configs')", file=str(path))
+    return manifest
 
 
 def _inputs_key(component: Component, source: dict, options: BuildOptions) -> str:
@@ -209,6 +222,8 @@ def _build_or_reuse(
     component: Component, options: BuildOptions, previous: dict, check_source, position: int = 0
 ) -> ComponentResult:
     path = options.sources / component.file_name
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: source file of component {component.name!r} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: source file of component {component.name!r} is missing "
@@ -225,16 +240,38 @@ def _build_or_reuse(
 
 
 def _completed(name: str, key: str, out: Path, previous: dict) -> ComponentResult | None:
-    """A component already built with the same inputs, whose shards are all still on disk."""
+    """A component already built with the same inputs, whose files are all on disk as the manifest lists them:
+    every shard at its size, the missing-images list at its size and checksum, and no list it does not have."""
     candidates = [previous.get("components", {}).get(name)]
     marker = out / SCRATCH / "done" / f"{name}.json"
     if marker.exists():
         candidates.append(json.loads(marker.read_text(encoding="utf-8")))
     for entry in candidates:
-        if entry and entry.get("inputs_key") == key and all((out / s["path"]).is_file() for s in entry["shards"]):
+        if entry and entry.get("inputs_key") == key and _files_intact(out, name, entry):
             fields = {k: entry[k] for k in ("rows", "rows_sha256", "source", "shards", "images", "inputs_key")}
-            return ComponentResult(name=name, description=entry["description"], licence=entry["licence"], **fields)
+            return ComponentResult(
+                name=name,
+                description=entry["description"],
+                licence=entry["licence"],
+                missing_images=entry.get("missing_images"),
+                **fields,
+            )
     return None
+
+
+def _files_intact(out: Path, name: str, entry: dict) -> bool:
+    from vital_hub.io import sha256_file
+
+    def same_size(item: dict) -> bool:
+        path = out / item["path"]
+        return path.is_file() and path.stat().st_size == item["num_bytes"]
+
+    if not all(same_size(shard) for shard in entry["shards"]):
+        return False
+    listed = entry.get("missing_images")
+    if listed is None:
+        return not (out / "data" / name / MISSING_IMAGES).exists()
+    return same_size(listed) and sha256_file(out / listed["path"]) == listed["sha256"]
 
 
 def _build_component(component: Component, path: Path, source: dict, key: str, options: BuildOptions, position: int):
@@ -243,7 +280,7 @@ def _build_component(component: Component, path: Path, source: dict, key: str, o
     scratch.mkdir(parents=True)
     images = ImageStats() if options.images else None
     missing_log = scratch / MISSING_IMAGES
-    writer = _ShardWriter(scratch, options, component.name)
+    writer = ShardWriter(scratch, options, component.name)
     with open(missing_log, "w", encoding="utf-8") as missing:
         records = _records(path, options, images, missing)
         for record, image in tqdm(
@@ -255,8 +292,10 @@ def _build_component(component: Component, path: Path, source: dict, key: str, o
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     shards = writer.finish(target, options.out)
+    listed = None
     if images is not None and (images.missing or images.empty or images.corrupt):
         os.replace(missing_log, target / MISSING_IMAGES)
+        listed = file_entry(target / MISSING_IMAGES, options.out)
     shutil.rmtree(scratch, ignore_errors=True)
     return ComponentResult(
         name=component.name,
@@ -267,6 +306,7 @@ def _build_component(component: Component, path: Path, source: dict, key: str, o
         source=source,
         shards=shards,
         images=None if images is None else images.as_dict(),
+        missing_images=listed,
         inputs_key=key,
     )
 
@@ -325,94 +365,6 @@ def _undecodable(data: bytes) -> str | None:
     return None
 
 
-class _ShardWriter:
-    """Writes rows to numbered parquet shards, starting a new one past a row or byte budget.
-
-    It also hashes the rows: `rows_sha256` is the sha256 of the Arrow IPC stream of every batch in order, a
-    fingerprint of the content that does not depend on how parquet encodes it.
-    """
-
-    def __init__(self, folder: Path, options: BuildOptions, source: str):
-        self.folder, self.options, self.source = folder, options, source
-        self.schema = row_arrow_schema()
-        self.batch = RowBatchBuilder()
-        self.batch_bytes = 0
-        self.digest = hashlib.sha256()
-        self.writer: pq.ParquetWriter | None = None
-        self.shard_rows = self.shard_bytes = self.total_rows = 0
-        self.paths: list[Path] = []
-        self.rows_per_path: list[int] = []
-
-    def add(self, record: dict, image: dict | None) -> None:
-        self.batch.append(record, self.source, image)
-        self.batch_bytes += len(image["bytes"]) if image else 0
-        rows_left_in_shard = self.options.rows_per_shard - self.shard_rows
-        if len(self.batch) >= min(self.options.batch_rows, rows_left_in_shard) or (
-            self.batch_bytes >= self.options.max_batch_bytes
-        ):
-            self._flush()
-
-    def _flush(self) -> None:
-        if not len(self.batch):
-            return
-        table = self.batch.table()
-        self.batch, self.batch_bytes = RowBatchBuilder(), 0
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, self.schema) as stream:
-            stream.write_table(table)
-        self.digest.update(sink.getvalue())
-        if self.writer is None:
-            path = self.folder / f"shard-{len(self.paths):05d}.parquet"
-            self.writer = pq.ParquetWriter(path, self.schema, compression=COMPRESSION)
-            self.paths.append(path)
-            self.rows_per_path.append(0)
-        self.writer.write_table(table, row_group_size=table.num_rows)
-        self.shard_rows += table.num_rows
-        self.shard_bytes += table.nbytes
-        self.rows_per_path[-1] += table.num_rows
-        self.total_rows += table.num_rows
-        if self.shard_rows >= self.options.rows_per_shard or self.shard_bytes >= self.options.max_shard_bytes:
-            self._close_shard()
-
-    def _close_shard(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-            self.shard_rows = self.shard_bytes = 0
-
-    def close(self) -> None:
-        self._flush()
-        self._close_shard()
-        if not self.paths:  # an empty component still gets one (empty) shard, so its configs load
-            pq.write_table(self.schema.empty_table(), self.folder / "shard-00000.parquet", compression=COMPRESSION)
-            self.paths.append(self.folder / "shard-00000.parquet")
-            self.rows_per_path.append(0)
-
-    def finish(self, target: Path, out: Path) -> list[dict]:
-        """Move the shards to their final names under target; returns their manifest entries."""
-        target.mkdir(parents=True)
-        total = len(self.paths)
-        shards = []
-        for number, (path, rows) in enumerate(zip(self.paths, self.rows_per_path, strict=True)):
-            final = target / f"train-{number:05d}-of-{total:05d}.parquet"
-            os.replace(path, final)
-            shards.append(_shard_entry(final, out, rows))
-        return shards
-
-
-def _shard_entry(path: Path, out: Path, rows: int) -> dict:
-    from vital_hub.io import sha256_file
-
-    metadata = pq.read_metadata(path)
-    return {
-        "path": path.relative_to(out).as_posix(),
-        "rows": rows,
-        "num_bytes": path.stat().st_size,
-        "uncompressed_bytes": sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)),
-        "sha256": sha256_file(path),
-    }
-
-
 def _config_files(mixture: Mixture, results: dict[str, ComponentResult], options: BuildOptions) -> dict:
     """The shards a config lists: whole components by reference, fractions and exclusions as their own shards."""
     shards, components = [], []
@@ -462,7 +414,7 @@ def _write_subset(mixture: Mixture, part: Part, result: ComponentResult, out: Pa
                 local = pa.array([i - first for i in chosen[at:end]], type=pa.int64())
                 writer.write_table(table.take(local), row_group_size=2_000)
             first, at = first + shard["rows"], end
-    return _shard_entry(final, out, keep), result.rows - len(eligible)
+    return shard_entry(final, out, keep), result.rows - len(eligible)
 
 
 def _remove_stale_data(out: Path, results: dict, configs: dict) -> None:

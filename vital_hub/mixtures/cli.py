@@ -58,7 +58,7 @@ def build_main(argv: list[str]) -> int:
     )
     try:
         manifest = config.build(config.plan())
-    except (RecordError, ValueError, FileNotFoundError, KeyError) as err:
+    except (RecordError, ValueError, OSError, KeyError) as err:
         print(f"vital build instructions: error: {err}", file=sys.stderr)
         return 1
     print_summary(manifest)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from vital_hub.io import atomic_path, iter_json_records
 from vital_hub.mixtures.build import read_config_rows
-from vital_hub.schema import row_to_llava
+from vital_hub.schema import row_to_llava, validate_llava
 
 MAX_LISTED = 20
 
@@ -50,8 +50,10 @@ def verify_released(repo: Path, config: str, released: Path, progress: bool = Tr
     """Compare a released LLaVA JSON file with a built config.
 
     Reports whether they are identical (same records in the same order), which released records differ from the
-    config's record of the same id and in which fields, which are absent, and which component each released record
-    matches, so that one can tell, say, which LLaVA-Med 60K file a released 150K file was made from.
+    config's record of the same id and in which fields, which are absent, which appear more often than in the config
+    (records are compared as a multiset: a duplicated record is never "same records, different order"), and which
+    component each released record matches, so that one can tell, say, which LLaVA-Med 60K file a released 150K
+    file was made from.
     """
     ordered: list[str] = []
     by_hash: dict[str, str] = {}
@@ -65,13 +67,16 @@ def verify_released(repo: Path, config: str, released: Path, progress: bool = Tr
 
     matched_by_component: Counter = Counter()
     in_place = moved = 0
-    differing, absent = [], []
-    seen_hashes = set()
+    differing, absent, repeated = [], [], []
+    config_counts, released_counts = Counter(ordered), Counter()
     released_count = 0
     for where, record in tqdm(iter_json_records(released), desc="compare", unit=" records", disable=not progress):
+        validate_llava(record, where)  # a record that is not LLaVA JSON is bad input, not a difference
         released_count += 1
         digest = record_hash(record)
-        seen_hashes.add(digest)
+        released_counts[digest] += 1
+        if released_counts[digest] > config_counts[digest] > 0:  # the same record more often than the config has it
+            repeated.append({"index": where.index, "id": record.get("id")})
         if digest in by_hash:
             matched_by_component[by_hash[digest]] += 1
             if where.index < len(ordered) and ordered[where.index] == digest:
@@ -93,11 +98,11 @@ def verify_released(repo: Path, config: str, released: Path, progress: bool = Tr
         else:
             absent.append({"index": where.index, "id": record.get("id")})
 
-    not_released = sum(1 for digest in ordered if digest not in seen_hashes)
+    not_released = sum(1 for digest in ordered if digest not in released_counts)
     identical = in_place == released_count == len(ordered)
     if identical:
         verdict = "identical"
-    elif not differing and not absent and not not_released:
+    elif not differing and not absent and not not_released and not repeated:
         verdict = "same records, different order"
     else:
         verdict = "differs"
@@ -114,5 +119,7 @@ def verify_released(repo: Path, config: str, released: Path, progress: bool = Tr
         "absent_from_config": len(absent),
         "absent_examples": absent[:MAX_LISTED],
         "config_rows_not_in_released": not_released,
+        "repeated_in_released": len(repeated),
+        "repeated_examples": repeated[:MAX_LISTED],
         "released_records_matching_component": dict(sorted(matched_by_component.items())),
     }

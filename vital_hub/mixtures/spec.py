@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from vital_hub.io import read_text
+
 # Which LLaVA-Med 60K file went into the released 150K is not published. LLaVA-Med's own stage-2 default is the
 # plain file; `--llava-med-60k-file llava_med_instruct_60k_inline_mention.json` selects the other, and
 # `vital verify` tells which one a released file matches.
@@ -175,7 +177,7 @@ def _keep_only(plan: MixturePlan, names: list[str], where: str = "") -> None:
 def _extend_plan(plan: MixturePlan, path: Path) -> list[str] | None:
     """Add the YAML's components and mixtures to `plan`; returns its `only` list (None when absent)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_text(path)) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: cannot read mixture YAML: {err}") from err
     unknown_keys = sorted(set(data) - {"components", "mixtures", "only"})

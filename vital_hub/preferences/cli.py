@@ -23,6 +23,7 @@ from pathlib import Path
 
 from vital_hub.config import help_field, parse_config
 from vital_hub.io import atomic_path, write_json_atomic
+from vital_hub.schema import RecordError
 
 # ---------------------------------------------------------------- configs
 
@@ -166,12 +167,23 @@ def build_command(config: BuildConfig) -> int:
     return 0
 
 
-def pairs_command(config: PairsConfig) -> int:
+def read_judge_scores(path) -> list[dict]:
+    """The scores of a `vital judge rubric` output given as input: it must exist and hold scores."""
     from vital_hub.preferences.judge import read_scores
+
+    scores = read_scores(path)
+    if not scores:
+        raise RecordError(
+            "no scores in the file", file=str(Path(path) / "scores.jsonl" if Path(path).is_dir() else path)
+        )
+    return scores
+
+
+def pairs_command(config: PairsConfig) -> int:
     from vital_hub.preferences.pairs import model_pairs
     from vital_hub.preferences.repo import write_config
 
-    scores = [row for path in config.scores for row in read_scores(path)]
+    scores = [row for path in config.scores for row in read_judge_scores(path)]
     pairs = model_pairs(scores, config.n, config.seed, config.test_fraction, config.pairing)
     if len(pairs) < config.n:
         print(f"warning: only {len(pairs)} distinct pairs could be drawn (asked for {config.n})", file=sys.stderr)
@@ -184,7 +196,6 @@ def pairs_command(config: PairsConfig) -> int:
 
 
 def agreement_command(config: AgreementConfig) -> int:
-    from vital_hub.preferences.judge import read_scores
     from vital_hub.preferences.pairs import clinician_pairs, judge_agreement
     from vital_hub.preferences.repo import read_config, write_stats
     from vital_hub.preferences.store import read_judgements
@@ -195,7 +206,7 @@ def agreement_command(config: AgreementConfig) -> int:
         pairs = read_config(config.repo, "clinician")
     else:
         pairs = clinician_pairs(read_judgements(config.annotations), config.aggregate)[0]
-    scores = [row for path in config.scores for row in read_scores(path)]
+    scores = [row for path in config.scores for row in read_judge_scores(path)]
     result = judge_agreement(pairs, scores)
     print(json.dumps(result, indent=2))
     if config.repo is not None:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vital_hub.generation.client import ServerOptions
-from vital_hub.io import iter_jsonl_log, repair_tail, write_json_atomic
+from vital_hub.io import iter_jsonl_log, read_text, repair_tail, write_json_atomic
 from vital_hub.preferences.items import (
     ImageResolver,
     Item,
@@ -34,7 +34,7 @@ from vital_hub.preferences.items import (
     labelled_caption,
     load_items,
 )
-from vital_hub.schema import IMAGE_TOKEN, mention_texts
+from vital_hub.schema import IMAGE_TOKEN, RecordError, mention_texts
 
 RUBRIC_V1 = """You are a senior clinician reviewing training data for a medical vision-language assistant.
 You will see a medical figure, its caption, sentences from the article that mention it, and one question with
@@ -239,7 +239,7 @@ class JudgeConfig(ServerOptions):
     def system_prompt(self) -> tuple[str, str]:
         """(text, version): a file's text is versioned by its hash, so editing it never mixes runs."""
         if self.prompt_file:
-            text = Path(self.prompt_file).read_text(encoding="utf-8").strip()
+            text = read_text(self.prompt_file).strip()
             return text, f"file:{_short_hash(text)}"
         text = get_rubric_prompt(self.prompt)
         return text, f"{self.prompt}:{_short_hash(text)}"
@@ -259,7 +259,23 @@ def read_scores(path: str | Path) -> list[dict]:
     path = Path(path)
     if path.is_dir():
         path = path / "scores.jsonl"
-    return list({row["score_id"]: row for _, row in iter_jsonl_log(path)}.values())
+    rows: dict[str, dict] = {}
+    for number, row in iter_jsonl_log(path):
+        rows[_checked_score(row, number, path)] = row
+    return list(rows.values())
+
+
+def _checked_score(row, number: int, path: Path) -> str:
+    """The score_id of a scores line, or RecordError naming the line and what is wrong with it."""
+    if not isinstance(row, dict) or not isinstance(row.get("score_id"), str) or not row["score_id"]:
+        raise RecordError(f"line {number} has no 'score_id'", file=str(path))
+    score = row.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
+        raise RecordError(f"line {number}: 'score' must be a number or null, got {score!r}", file=str(path))
+    for key in ("question", "answer", "pair_id", "caption"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise RecordError(f"line {number}: {key!r} must be text, got {type(row[key]).__name__}", file=str(path))
+    return row["score_id"]
 
 
 class ScoreLog:
@@ -418,6 +434,9 @@ def batch_answers(client, requests: list[tuple[JudgeUnit, dict]], out: Path):
             if stored is not None:
                 reply, source = stored
                 answered.append(((unit, request), client.result_from_reply(key, reply, batch=source == "batch")))
+                continue
+            if (refused := client.unsendable(key, request)) is not None:
+                answered.append(((unit, request), refused))
                 continue
             waiting += 1
             if key not in waiting_keys:

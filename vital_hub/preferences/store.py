@@ -59,6 +59,12 @@ def validate_judgement(record: dict, file: str | None = None, index: int | None 
         raise RecordError("'better' must be 'a', 'b' or null", file=file, index=index, record_id=item_id)
     if not isinstance(record.get("comment") or "", str):
         raise RecordError("'comment' must be text", file=file, index=index, record_id=item_id)
+    for key in ("pair_id", "question", "answer_a", "answer_b", "caption"):  # they become the pairs' text
+        value = record.get(key)
+        if value is not None and not isinstance(value, str):
+            raise RecordError(
+                f"{key!r} must be text, got {type(value).__name__}", file=file, index=index, record_id=item_id
+            )
     return record
 
 
@@ -124,4 +130,6 @@ def read_judgements(annotations_dir: str | Path) -> list[dict]:
     for path in logs:
         for record in read_log(path):
             records.append(dict(record, annotator=path.stem.casefold()))
+    if not records:
+        raise RecordError(f"no judgements in the annotator logs {[p.name for p in logs]}", file=str(annotations_dir))
     return records

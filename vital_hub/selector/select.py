@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vital_hub.io import atomic_path, sha256_file, write_json_atomic
+from vital_hub.workers import torch_worker_init
 
 NEEDED_COLUMNS = ("candidate_id", "pair_id", "image", "caption", "mentions", "domain", "conversations", "status")
 SCORE_SCHEMA_VERSION = 1
@@ -84,28 +85,48 @@ def candidate_files(sources: list[str]) -> list[Path]:
 
 
 def load_candidates(sources: list[str]) -> tuple[list[dict], dict[str, int]]:
-    """The scoreable candidates sorted by candidate_id, and counts of what was skipped (by status)."""
-    import pyarrow.parquet as pq
+    """The scoreable candidates sorted by candidate_id, and counts of what was skipped (by status).
 
+    Shards are read a row group's batch at a time and only in the columns scoring needs, so memory holds the
+    kept rows, not every column of every shard decoded at once.
+    """
     rows, skipped, seen = [], {}, {}
     for file in candidate_files(sources):
-        table = pq.read_table(file)
-        missing = [c for c in NEEDED_COLUMNS if c not in table.column_names and c != "status"]
+        parquet = _open_shard(file)
+        names = parquet.schema_arrow.names
+        missing = [c for c in NEEDED_COLUMNS if c not in names and c != "status"]
         if missing:
             raise ValueError(f"{file}: candidates shard lacks columns {missing}")
-        columns = [c for c in NEEDED_COLUMNS if c in table.column_names]
-        for index, row in enumerate(table.select(columns).to_pylist()):
-            status = row.get("status") or "ok"
-            if status != "ok":
-                skipped[status] = skipped.get(status, 0) + 1
-                continue
-            cid = row["candidate_id"]
-            if cid in seen:
-                raise ValueError(f"{file}, record {index}, id {cid!r}: duplicate candidate_id (also in {seen[cid]})")
-            seen[cid] = str(file)
-            rows.append(row)
+        columns = [c for c in NEEDED_COLUMNS if c in names]
+        index = -1
+        for batch in parquet.iter_batches(batch_size=1_024, columns=columns):
+            for row in batch.to_pylist():
+                index += 1
+                status = row.get("status") or "ok"
+                if status != "ok":
+                    skipped[status] = skipped.get(status, 0) + 1
+                    continue
+                cid = row["candidate_id"]
+                if not isinstance(cid, str) or not cid:
+                    raise ValueError(f"{file}, record {index}: 'candidate_id' must be non-empty text, got {cid!r}")
+                if cid in seen:
+                    raise ValueError(
+                        f"{file}, record {index}, id {cid!r}: duplicate candidate_id (also in {seen[cid]})"
+                    )
+                seen[cid] = str(file)
+                rows.append(row)
     rows.sort(key=lambda r: r["candidate_id"])
     return rows, skipped
+
+
+def _open_shard(file: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(file)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{file}: not a readable parquet file ({err})") from None
 
 
 def candidates_fingerprint(rows: list[dict]) -> str:
@@ -233,6 +254,7 @@ def score_shards(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers else None,
+        worker_init_fn=torch_worker_init(os.getpid()) if num_workers else None,  # no decoder outlives a kill
     )
     scored = 0
     batch_parts, positions, unreadable, scores = [], [], [], []
@@ -451,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--top must be at least 1")
     if args.top_percent is not None and not 0 < args.top_percent <= 100:
         raise SystemExit("--top-percent must be in (0, 100]")
+    rows, skipped = load_candidates(args.candidates)  # bad input fails before a model is loaded
+    if not rows:
+        raise SystemExit("no candidates with status 'ok' to score")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     from accelerate import PartialState
@@ -464,9 +489,6 @@ def main(argv: list[str] | None = None) -> int:
     if model.config.uses_images and not (args.images or args.figures):
         raise SystemExit("this selector reads images: pass --images DIR or --figures PATH_OR_REPO")
     images = FigureImages(args.images, args.figures) if model.config.uses_images else None
-    rows, skipped = load_candidates(args.candidates)
-    if not rows:
-        raise SystemExit("no candidates with status 'ok' to score")
 
     out = Path(args.out)
     scores_dir = out / "scores"

@@ -7,7 +7,6 @@ or a results JSON written by `vital eval`). It never holds tokens or environment
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from vital_hub.io import atomic_path
+from vital_hub.io import atomic_path, read_json
 
 # Trainer bookkeeping that is not part of the model repo.
 STAGING_SKIP = {"training_args.bin", "trainer_state.json"}
@@ -126,8 +125,7 @@ def read_eval_results(path: str | Path | None) -> dict:
     """Flat metrics from a results JSON (`vital eval` output or the trainer's eval_results.json); {} when absent."""
     if path is None or not Path(path).exists():
         return {}
-    with open(path, encoding="utf-8") as handle:
-        results = json.load(handle)
+    results = read_json(path)
     return {key: value for key, value in flatten(results).items() if isinstance(value, int | float)}
 
 

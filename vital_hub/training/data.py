@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from vital_hub.io import read_text
+
 logger = logging.getLogger(__name__)
 
 KEPT_COLUMNS = ("id", "source", "images", "messages")
@@ -80,8 +82,7 @@ def parse_mixture(value: dict | str | Path) -> DatasetMixture:
     where = "dataset_mixture"
     if isinstance(value, str | Path):
         where = str(value)
-        with open(value, encoding="utf-8") as handle:
-            value = yaml.safe_load(handle)
+        value = yaml.safe_load(read_text(value))
         value = value.get("dataset_mixture", value)
     if not isinstance(value, dict):
         raise ValueError(f"{where}: a mixture must be a mapping with a 'datasets' list")

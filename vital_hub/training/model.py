@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vital_hub.io import read_text
+
 
 def torch_dtype(name: str | None):
     import torch
@@ -29,7 +31,7 @@ def load_processor(model_args, chat_template_path: str | None = None, settings: 
         model_args.model_name_or_path, revision=model_args.model_revision, **(settings or {})
     )
     if chat_template_path and Path(chat_template_path).suffix in (".jinja", ".j2"):
-        processor.chat_template = Path(chat_template_path).read_text(encoding="utf-8")
+        processor.chat_template = read_text(chat_template_path)
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.unk_token or processor.tokenizer.eos_token
     return processor

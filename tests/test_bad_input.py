@@ -1,0 +1,474 @@
+"""Bad input to every command that reads a user's file: one line `vital <command>: error: <file>...: <reason>`,
+exit 1, no traceback, nothing written as if it had worked.
+
+Each case starts from a file the command accepts and breaks it one way: empty, cut in half, an object where
+records are expected, null conversations, a number where a string is expected, a non-UTF-8 byte (0xe9, Latin-1
+"é"), a folder in the file's place, a duplicated record. The table runs in one process through `vital`'s entry
+point (the same code path as the command line, `python -m vital_hub.cli`); a few cases run again as real
+subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.generation_support import make_demonstrations, make_figures
+from tests.test_preferences_pairs import judgement
+from vital_hub.cli import main as vital
+
+DEAD_SERVER = "http://127.0.0.1:9/v1"  # nothing listens: a command that got past its input would fail differently
+
+
+def llava(n: int) -> dict:
+    return {
+        "id": f"rec{n}",
+        "image": f"{n}_F1.jpg",
+        "conversations": [{"from": "human", "value": f"<image>\nQuestion {n}?"}, {"from": "gpt", "value": "A."}],
+    }
+
+
+def qa50_row(n: int) -> dict:
+    return {"question_id": n, "image": f"{n}.jpg", "text": f"What is {n}?\n<image>", "gpt4_answer": f"ref {n}",
+            "type": "conversation", "fig_caption": "c"}  # fmt: skip
+
+
+def vqa_row(n: int) -> dict:
+    return {**llava(n), "id": n, "answer_type": "OPEN"}
+
+
+def url_row(n: int) -> dict:
+    return {"pair_id": f"{n}_F1", "pmcid": f"PMC{n + 1}", "file": f"f{n}.jpg"}
+
+
+def answer_row(n: int) -> dict:
+    return {"question_id": n, "text": f"answer {n}"}
+
+
+@dataclass
+class Input:
+    """One file a command reads: how to write it from records, and which field to break how."""
+
+    name: str
+    records: Callable[[int], dict]
+    jsonl: bool = False
+    string_field: str | None = None  # set to a number: "number where a string is expected"
+    conversations: bool = False  # the records have conversations: "null conversations" applies
+    unique: bool = True  # the command must refuse a duplicated record
+
+    def write(self, path: Path, rows: list) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.jsonl:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        else:
+            path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+
+
+@dataclass
+class Case:
+    command: str
+    file: Input
+    argv: Callable[[Path, Path], list[str]]  # (tmp, path of the file under test) -> argv
+    path: Callable[[Path], Path]  # where the file under test lives
+    prepare: Callable[[Path], None] = lambda tmp: None
+    # documented, correct acceptances: breakage -> (exit code, text the command must print about it)
+    accepted: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+def sources_spec(tmp: Path) -> Path:
+    spec = tmp / "mix.yaml"
+    spec.write_text("only: [ten]\nmixtures:\n  - {name: ten, components: [{name: llava-med-10k}]}\n")
+    return spec
+
+
+CASES = [
+    Case(
+        "build instructions",
+        Input("source", llava, string_field="image", conversations=True),
+        lambda tmp, p: ["build", "instructions", "--sources", str(p.parent), "--out", str(tmp / "repo"),
+                        "--mixtures", str(sources_spec(tmp)), "--allow-unverified", "--workers", "1"],
+        lambda tmp: tmp / "sources" / "llava_med_instruct_10k.json",
+    ),
+    Case(
+        "verify",
+        Input("released", llava, string_field="image", conversations=True),
+        lambda tmp, p: ["verify", "--repo", str(tmp / "built"), "--config", "ten", "--released", str(p)],
+        lambda tmp: tmp / "released.json",
+        prepare=lambda tmp: _built_repo(tmp),
+        accepted={"duplicate": (3, '"repeated_in_released": 1')},  # verify reports it: the verdict is "differs"
+    ),
+    Case(
+        "export llava",
+        Input("manifest", llava, unique=False),
+        lambda tmp, p: ["export", "llava", "--repo", str(p.parent), "--config", "ten", "--out", str(tmp / "x.json")],
+        lambda tmp: tmp / "built" / "manifest.json",
+        prepare=lambda tmp: _built_repo(tmp),
+    ),
+    Case(
+        "generate candidates",
+        Input("captions", lambda n: _caption(n), string_field="fig_caption"),
+        lambda tmp, p: ["generate", "candidates", "--figures", str(tmp / "figs" / "images"), "--captions", str(p),
+                        "--out", str(tmp / "gen"), "--model", "m", "--base-url", DEAD_SERVER, "--demos",
+                        str(make_demonstrations(tmp / "demos.json")), "--max-retries", "0"],
+        lambda tmp: tmp / "captions.json",
+        prepare=lambda tmp: make_figures(tmp / "figs", 2),
+        accepted={"duplicate": (0, "")},  # the same figure under two domains: one figure, by design
+    ),
+    Case(
+        "fetch figures",
+        Input("urls", url_row, jsonl=True, string_field="pair_id"),
+        lambda tmp, p: ["fetch", "figures", "--urls", str(p), "--out", str(tmp / "figs"), "--base-url",
+                        "http://127.0.0.1:9", "--max-retries", "0", "--no-progress"],
+        lambda tmp: tmp / "urls.jsonl",
+        accepted={"duplicate": (0, "1 records repeat an earlier pair_id and were skipped (first: ['1_F1'])")},
+    ),
+    Case(
+        "generate candidates",
+        Input("demos", lambda n: _demo(n), string_field="fig_caption", conversations=True),
+        lambda tmp, p: ["generate", "candidates", "--figures", str(tmp / "figs" / "images"), "--captions",
+                        str(tmp / "figs" / "captions.json"), "--out", str(tmp / "gen"), "--model", "m",
+                        "--base-url", DEAD_SERVER, "--demos", str(p), "--max-retries", "0"],
+        lambda tmp: tmp / "demos.json",
+        prepare=lambda tmp: make_figures(tmp / "figs", 2),
+    ),
+    Case(
+        "generate reference-answers",
+        Input("questions", qa50_row, jsonl=True, string_field="text"),
+        lambda tmp, p: ["generate", "reference-answers", "--questions", str(p), "--out", str(tmp / "ref.jsonl"),
+                        "--model", "m", "--base-url", DEAD_SERVER, "--max-retries", "0"],
+        lambda tmp: tmp / "qa50.jsonl",
+    ),
+    Case(
+        "judge rubric",
+        Input("items", lambda n: _item(n), jsonl=True, string_field="question"),
+        lambda tmp, p: ["judge", "rubric", "--candidates", str(p), "--out", str(tmp / "judge"), "--model", "m",
+                        "--base-url", DEAD_SERVER, "--no-send-images", "--max-retries", "0"],
+        lambda tmp: tmp / "items.jsonl",
+    ),
+    Case(
+        "eval answer",
+        Input("questions", qa50_row, jsonl=True, string_field="text"),
+        lambda tmp, p: ["eval", "answer", "--backend", "openai", "--questions", str(p), "--out",
+                        str(tmp / "answers.jsonl"), "--model", "m", "--base-url", DEAD_SERVER, "--max-retries", "0"],
+        lambda tmp: tmp / "qa50.jsonl",
+    ),
+    Case(
+        "eval chat",
+        Input("answers", answer_row, jsonl=True, string_field="text"),
+        lambda tmp, p: ["eval", "chat", "--questions", str(_qa50(tmp)), "--answers", str(p), "--out-dir",
+                        str(tmp / "chat"), "--judge-model", "m", "--base-url", DEAD_SERVER, "--max-retries", "0"],
+        lambda tmp: tmp / "answers.jsonl",
+    ),
+    Case(
+        "eval chat",
+        Input("questions", qa50_row, jsonl=True, string_field="text"),
+        lambda tmp, p: ["eval", "chat", "--questions", str(p), "--answers", str(_answers(tmp)), "--out-dir",
+                        str(tmp / "chat"), "--judge-model", "m", "--base-url", DEAD_SERVER, "--max-retries", "0"],
+        lambda tmp: tmp / "qa50.jsonl",
+    ),
+    Case(
+        "eval winrate",
+        Input("answers", answer_row, jsonl=True, string_field="text"),
+        lambda tmp, p: ["eval", "winrate", "--questions", str(_qa50(tmp)), "--answers-a", str(p), "--answers-b",
+                        str(_answers(tmp)), "--out-dir", str(tmp / "win"), "--judge-model", "m", "--base-url",
+                        DEAD_SERVER, "--max-retries", "0"],
+        lambda tmp: tmp / "a.jsonl",
+    ),
+    Case(
+        "eval vqa-score",
+        Input("answers", answer_row, jsonl=True, string_field="text"),
+        lambda tmp, p: ["eval", "vqa-score", "--questions", str(_vqa(tmp)), "--answers", str(p), "--out",
+                        str(tmp / "score.json")],
+        lambda tmp: tmp / "a.jsonl",
+    ),
+    Case(
+        "eval vqa-score",
+        Input("questions", vqa_row, string_field="answer_type", conversations=True),
+        lambda tmp, p: ["eval", "vqa-score", "--questions", str(p), "--answers", str(_answers(tmp)), "--out",
+                        str(tmp / "score.json")],
+        lambda tmp: tmp / "vqa.json",
+    ),
+    Case(
+        "preferences pairs",
+        Input("scores", lambda n: _score(n), jsonl=True, string_field="answer", unique=False),
+        lambda tmp, p: ["preferences", "pairs", "--scores", str(p), "--out", str(tmp / "prefs"), "--n", "2"],
+        lambda tmp: tmp / "judge" / "scores.jsonl",
+        # the judge's own log: a cut-off last line is a crash's leftover, and the last line of a unit wins
+        accepted={"truncated": (0, "ignoring an unfinished last line")},
+    ),
+    Case(
+        "preferences build",
+        Input("annotations", lambda n: _annotation(n), jsonl=True, string_field="question", unique=False),
+        lambda tmp, p: ["preferences", "build", "--annotations", str(p.parent), "--out", str(tmp / "prefs")],
+        lambda tmp: tmp / "annotations" / "dr_a.jsonl",
+        # the app's own append-only log: a cut-off last line is what a crash leaves, dropped with a warning
+        accepted={"truncated": (0, "ignoring an unfinished last line")},
+    ),
+]  # fmt: skip
+
+
+def _demo(n: int) -> dict:
+    return _DEMOS[n]
+
+
+def _demo_records() -> list[dict]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return json.loads(make_demonstrations(Path(folder) / "d.json").read_text())
+
+
+_DEMOS = _demo_records()
+
+
+def _caption(n: int) -> dict:
+    return {"pair_id": f"{30000000 + n}_F1", "pmid": str(30000000 + n), "fig_id": "F1", "fig_label": "Figure 1",
+            "fig_caption": f"Caption {n}.", "in_text_mention": None,
+            "domain": {"chest_xray": True, "mri": False, "ct_scan": False, "histology": False, "gross": False}}  # fmt: skip
+
+
+def _score(n: int) -> dict:
+    return {"score_id": f"3000{n}_F1#q0#a", "pair_id": f"3000{n}_F1", "question": "Q?", "answer": f"answer {n}",
+            "caption": "c", "status": "ok", "score": 2.0 + 3 * n}  # fmt: skip
+
+
+def _item(n: int) -> dict:
+    return {"item_id": f"3000{n}_F1#q0", "pair_id": f"3000{n}_F1", "caption": "c", "mentions": [],
+            "question": f"Question {n}?", "answer_a": "a", "answer_b": "b"}  # fmt: skip
+
+
+def _annotation(n: int) -> dict:
+    row = judgement(f"3000{n}_F1#q0", True, False)
+    row.pop("annotator")
+    return row
+
+
+def _qa50(tmp: Path) -> Path:
+    path = tmp / "questions-ok.jsonl"
+    path.write_text("".join(json.dumps(qa50_row(n)) + "\n" for n in range(3)))
+    return path
+
+
+def _vqa(tmp: Path) -> Path:
+    path = tmp / "vqa-ok.json"
+    path.write_text(json.dumps([vqa_row(n) for n in range(3)]))
+    return path
+
+
+def _answers(tmp: Path) -> Path:
+    path = tmp / "answers-ok.jsonl"
+    path.write_text("".join(json.dumps(answer_row(n)) + "\n" for n in range(3)))
+    return path
+
+
+def _built_repo(tmp: Path) -> None:
+    sources = tmp / "built-sources"
+    Input("source", llava).write(sources / "llava_med_instruct_10k.json", [llava(n) for n in range(3)])
+    argv = ["build", "instructions", "--sources", str(sources), "--out", str(tmp / "built"), "--mixtures",
+            str(sources_spec(tmp)), "--allow-unverified", "--workers", "1"]  # fmt: skip
+    assert vital(argv) == 0
+
+
+def breakages(case: Case) -> dict[str, Callable[[Path], None]]:
+    """How to break the case's file, by name: each writes the broken file (or folder) at the path."""
+    file = case.file
+    rows = [file.records(n) for n in range(3)]
+
+    def write_bytes(data: bytes) -> Callable[[Path], None]:
+        return lambda path: (path.parent.mkdir(parents=True, exist_ok=True), path.write_bytes(data))
+
+    def write_rows(changed: list) -> Callable[[Path], None]:
+        return lambda path: file.write(path, changed)
+
+    def valid_bytes() -> bytes:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            target = Path(folder) / "f"
+            file.write(target, rows)
+            return target.read_bytes()
+
+    good = valid_bytes()
+    found = {
+        "empty": write_bytes(b""),
+        "truncated": write_bytes(good[: len(good) // 2]),
+        "object": write_bytes(b'{"not": "records"}\n' if file.jsonl else b'{"not": "records"}'),
+        "non-utf8": write_bytes(good.replace(b"1", b"caf\xe9", 1)),
+        "folder": lambda path: (path.unlink(missing_ok=True), path.mkdir(parents=True, exist_ok=True)),
+    }
+    if file.string_field:
+        found["number"] = write_rows([{**rows[0], file.string_field: 12345}, *rows[1:]])
+    if file.conversations:
+        found["null conversations"] = write_rows([{**rows[0], "conversations": None}, *rows[1:]])
+    if file.unique:
+        found["duplicate"] = write_rows([*rows, rows[1]])
+    return found
+
+
+TABLE = [
+    pytest.param(case, kind, id=f"{case.command}:{case.file.name}:{kind}")
+    for case in CASES
+    for kind in breakages(case)
+]
+
+
+@pytest.mark.parametrize(("case", "kind"), TABLE)
+def test_bad_input_is_one_line_naming_the_file(case, kind, tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.delenv("VITAL_DEBUG", raising=False)
+    case.prepare(tmp_path)
+    path = case.path(tmp_path)
+    breakages(case)[kind](path)
+    argv = case.argv(tmp_path, path)
+    capsys.readouterr()
+    code = vital(argv)
+    out, err = capsys.readouterr()
+    lines = [line for line in err.replace("\r", "\n").splitlines() if ": error: " in line]
+    if kind in case.accepted:
+        expected_code, said = case.accepted[kind]
+        assert code == expected_code and said in out + err + caplog.text, f"exit {code}: {err[-1500:]}"
+        return
+    assert code == 1, f"exit {code}, stderr: {err[-1500:]}"
+    assert "Traceback" not in err
+    assert len(lines) == 1, err[-1500:]
+    assert lines[0].startswith(f"vital {case.command}: error: "), lines[0]
+    assert str(path) in lines[0] or str(path.parent) in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("kind", ["non-utf8", "empty", "folder"])
+def test_a_few_cases_as_real_subprocesses(kind, tmp_path):
+    case = next(c for c in CASES if c.command == "eval chat" and c.file.name == "answers")
+    path = case.path(tmp_path)
+    breakages(case)[kind](path)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OPENAI_API_KEY": "test-key"}
+    env.pop("VITAL_DEBUG", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "vital_hub.cli", *case.argv(tmp_path, path)], env=env, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ": error: " in ln]
+    assert line.startswith(f"vital eval chat: error: {path}")
+
+
+def test_a_second_different_caption_of_a_figure_is_reported_and_the_first_kept(caplog):
+    from vital_hub.figures.dataset import collect_captions
+
+    same, other = _caption(0), {**_caption(0), "fig_caption": "Another caption."}
+    records = [("chest_xray", 0, same), ("mri", 0, same), ("ct_scan", 0, other), ("gross", 0, _caption(1))]
+    captions = collect_captions(records, source="captions.json")
+    assert captions[same["pair_id"]]["fig_caption"] == "Caption 0." and len(captions) == 2
+    assert (
+        "captions.json: 1 figures have a second, different caption; the first one is kept (first: ['30000000_F1'])"
+        in caplog.text
+    )
+
+
+def test_an_oversized_value_is_not_sent_and_its_unit_fails_with_the_reason(tmp_path):
+    """A 50 MB answer went out as one 13M-token request; here a small limit stands in for the default 128k."""
+    from tests.fakes.openai_server import FakeOpenAIServer
+    from tests.test_annotate_app import write_items
+
+    items = write_items(tmp_path / "items", count=2)
+    rows = [json.loads(line) for line in items.read_text().splitlines()]
+    rows[0]["answer_a"] = "very long answer " * 2_000  # about 8,500 tokens
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OPENAI_API_KEY": "test-key"}
+    with FakeOpenAIServer() as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "vital_hub.cli", "judge", "rubric", "--candidates", str(items), "--out",
+             str(tmp_path / "judge"), "--model", "m", "--base-url", server.url, "--no-send-images",
+             "--max-prompt-tokens", "4000"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        sent = server.chat_log()
+    assert done.returncode == 0, done.stderr[-2000:]
+    scores = {
+        r["score_id"]: r for r in map(json.loads, (tmp_path / "judge" / "scores.jsonl").read_text().splitlines())
+    }
+    failed = scores[f"{rows[0]['item_id']}#a"]
+    assert failed["status"] == "error" and "over the limit of 4,000 (max_prompt_tokens): not sent" in failed["error"]
+    assert len(sent) == len(scores) - 1  # every other unit was judged; the oversized one never left
+
+
+def _candidates(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def _candidate(cid) -> dict:
+    return {"candidate_id": cid, "pair_id": "1_F1", "image": "1_F1.jpg", "caption": "c", "mentions": ["m"],
+            "domain": {"ct_scan": True}, "conversations": [{"from": "human", "value": "q"}], "status": "ok"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("not parquet", "not a readable parquet file"),
+        ("empty", "not a readable parquet file"),
+        ("null id", "'candidate_id' must be non-empty text, got None"),
+        ("number id", "'candidate_id' must be non-empty text, got 12345"),
+        ("duplicate", "duplicate candidate_id"),
+        ("no columns", "candidates shard lacks columns"),
+    ],
+)
+def test_select_refuses_bad_candidates_before_loading_a_model(tmp_path, capsys, kind, reason):
+    path = tmp_path / "candidates.parquet"
+    if kind == "not parquet":
+        path.write_bytes(b"caf\xe9 not a parquet file\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "no columns":
+        _candidates(path, [{"x": 1}])
+    else:
+        ids = {"null id": [None, "a#0"], "number id": [12345, 12346], "duplicate": ["a#0", "a#0"]}[kind]
+        _candidates(path, [_candidate(cid) for cid in ids])
+    argv = [
+        "select",
+        "--selector",
+        str(tmp_path / "no-selector"),
+        "--candidates",
+        str(path),
+        "--out",
+        str(tmp_path / "o"),
+        "--top",
+        "1",
+    ]
+    assert vital(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"vital select: error: {path}") and reason in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "chat", "--config"],
+        ["generate", "candidates", "--config"],
+        ["build", "instructions", "--mixtures"],
+    ],
+)
+def test_a_non_utf8_yaml_file_is_named(tmp_path, capsys, argv):
+    """--config is an option file: argparse reports it (usage, then the error line, exit 2); --mixtures is input."""
+    path = tmp_path / "settings.yaml"
+    path.write_bytes(b"judge_model: caf\xe9\n")
+    extra = ["--sources", str(tmp_path), "--out", str(tmp_path / "o")] if argv[0] == "build" else []
+    try:
+        code = vital([*argv, str(path), *extra])
+    except SystemExit as stop:
+        code = stop.code
+    assert code == (2 if argv[-1] == "--config" else 1)
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert line.startswith(
+        f"vital {argv[0]} {argv[1]}: error: {path}: not UTF-8 text: byte 0xe9 at offset 16 (line 1)"
+    )
