@@ -19,6 +19,11 @@ from vital_hub.eval.records import EvalQuestion
         ("Scores: 8, 7.5", (8.0, 7.5)),
         ("**Assistant 1:** 6\n**Assistant 2:** 9\nreasons", (6.0, 9.0)),
         ("Assistant 1 receives a score of 8, while Assistant 2 receives 3.", (8.0, 3.0)),
+        # A valid first line wins over numbered "Assistant N: 1) ..." explanations (LLaVA-Med reads the first line).
+        ("8 6\nAssistant 1: 1) accurate 2) detailed\nAssistant 2: 1) vague 2) short", (8.0, 6.0)),
+        ("7 9\n\nAssistant 1: 3 points are missing.\nAssistant 2: 2 details are wrong.", (7.0, 9.0)),
+        ("Assistant 1 - 8\nAssistant 2 - 6", (8.0, 6.0)),
+        ("8 6\nThe first loses points: -1 for vagueness, -1 for length.", (8.0, 6.0)),
     ],
 )
 def test_two_scores_parsed(reply, expected):
@@ -36,6 +41,8 @@ def test_two_scores_parsed(reply, expected):
         (None, "empty reply"),
         ("8\nThe first has 3 points and 2 figures.", "no line with exactly two scores"),
         ("85 70", "scores outside 0-10"),
+        ("-1 5\nThe first answer is wrong.", "negative score"),  # never read as (1, 5)
+        ("Assistant 1: -1\nAssistant 2: 5", "negative score"),
     ],
 )
 def test_unreadable_replies_are_unparsed_with_a_reason(reply, reason):
