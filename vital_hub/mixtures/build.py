@@ -69,13 +69,20 @@ class BuildOptions:
 
 @dataclass
 class ImageStats:
+    """Rows with their figure (`present`) and rows stored text-only, by why the figure is not there."""
+
     present: int = 0
     missing: int = 0
     empty: int = 0
     corrupt: int = 0
 
     def as_dict(self) -> dict:
-        return {"present": self.present, "missing": self.missing, "empty": self.empty, "corrupt": self.corrupt}
+        return {
+            "present": self.present,
+            "missing": self.missing,
+            "empty": self.empty,
+            "corrupt": self.corrupt,
+        }
 
 
 @dataclass
@@ -178,6 +185,7 @@ def _inputs_key(component: Component, source: dict, options: BuildOptions) -> st
     """What a component's bytes depend on; a stored component with the same key is reused as it is."""
     settings = {
         "builder_version": __version__,
+        "row_schema": hashlib.sha256(str(row_arrow_schema()).encode()).hexdigest(),
         "component": [component.name, component.file_name],
         "source_sha256": source["sha256"],
         "images": options.images_fingerprint,

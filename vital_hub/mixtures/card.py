@@ -59,6 +59,34 @@ def card_metadata(manifest: dict) -> dict:
     }
 
 
+def figure_less_text(manifest: dict) -> list[str]:
+    """What the card says about rows without a figure: how many per config, why, and what they are."""
+    lines = ["| config | rows | text-only rows |", "|---|---:|---:|"]
+    for name, config in manifest["configs"].items():
+        lines.append(f"| `{name}` | {config['rows']:,} | {text_only_rows(manifest, name)} |")
+    return [
+        "Rows without a figure are stored text-only: `images` is `[]` and `messages` has no image part, so they are "
+        "valid TRL rows and train as text conversations. A figure is missing when it was not in the images folder, "
+        "empty or did not decode at build time (each listed with its reason in `data/<component>/missing_images.jsonl`;"
+        " `--require-images` makes that an error). Drop them with `ds.filter(lambda row: len(row['images']) > 0)`.",
+        "",
+        *lines,
+    ]
+
+
+def text_only_rows(manifest: dict, config: str) -> str:
+    """Text-only rows of a config: exact for whole components, the sampled ones' share estimated."""
+    entry = manifest["configs"][config]
+    total = 0.0
+    for part in entry["components"]:
+        component = manifest["components"][part["name"]]
+        images = component["images"]
+        absent = component["rows"] - (0 if images is None else images["present"])
+        total += absent * part["fraction"]
+    exact = all(part["fraction"] == 1.0 for part in entry["components"])
+    return f"{round(total):,}" if exact else f"about {round(total):,}"
+
+
 def card_text(manifest: dict) -> str:
     components = manifest["components"]
     lines = [
@@ -75,7 +103,7 @@ def card_text(manifest: dict) -> str:
         "from datasets import load_dataset",
         "",
         'ds = load_dataset("biomed-vital/instructions", "80k", split="train")',
-        "row = ds[0]  # images: [PIL image or None], messages: TRL chat format",
+        "row = ds[0]  # images: [PIL image], or [] for a text-only row; messages: TRL chat format",
         "```",
         "",
         "Train with `accelerate launch recipes/sft.py --config recipes/...yaml`; get the original LLaVA JSON back with "
@@ -95,16 +123,19 @@ def card_text(manifest: dict) -> str:
         "",
         "## Components",
         "",
-        "| component | rows | source file | sha256 | images present |",
-        "|---|---:|---|---|---|",
+        "| component | rows | source file | sha256 | rows with their figure | text-only rows |",
+        "|---|---:|---|---|---:|---:|",
     ]
     for name, component in components.items():
         source = component["source"]
         images = component["images"]
-        shown = "not embedded" if images is None else f"{images['present']:,} of {component['rows']:,}"
+        present = 0 if images is None else images["present"]
+        shown = "not embedded" if images is None else f"{present:,}"
         lines.append(
-            f"| `{name}` | {component['rows']:,} | `{source['file']}` | `{source['sha256'][:16]}…` | {shown} |"
+            f"| `{name}` | {component['rows']:,} | `{source['file']}` | `{source['sha256'][:16]}…` | {shown} "
+            f"| {component['rows'] - present:,} |"
         )
+    lines += ["", *figure_less_text(manifest)]
     lines += [
         "",
         "## Fields",
@@ -112,9 +143,11 @@ def card_text(manifest: dict) -> str:
         "- `id`, `image_id` (the PMC pair id `<PMID>_<figure id>`), `image_file` (the released `image` field)",
         "- `domain`: the five modality flags (chest_xray, mri, ct_scan, histology, gross), null when the source has none",
         "- `source`: the component a row comes from; `extra`: any other released field, as JSON",
-        "- `images`: one entry, the figure, or null when it was not available at build time "
-        "(listed in `data/<component>/missing_images.jsonl`)",
-        "- `messages`: the conversation in TRL format; the image part stands exactly where `<image>` stood",
+        "- `images`: the figure as a one-entry list, or `[]` when the row is text-only",
+        "- `messages`: the conversation in TRL format; the image part stands exactly where `<image>` stood, and "
+        "only when the row has its figure",
+        "- `image_position`: where the source put `<image>` (index of the image part in the first turn), kept for "
+        "text-only rows too so that the export gives the source record back; null when the source had none",
         "",
         "## Provenance",
         "",
