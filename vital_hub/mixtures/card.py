@@ -25,6 +25,21 @@ CITATION = """@inproceedings{cui2024biomedical,
 }"""
 
 
+# The Hub's size buckets (https://huggingface.co/docs/hub/datasets-cards): (upper bound, label).
+SIZE_CATEGORIES = (
+    (1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+    (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"),
+    (10**11, "10B<n<100B"), (10**12, "100B<n<1T"),
+)  # fmt: skip
+LICENSE_NAME = "pmc-open-access-per-article"  # `license: other` needs an id and a link on the Hub
+LICENSE_LINK = "https://pmc.ncbi.nlm.nih.gov/tools/openftlist/"
+
+
+def size_category(rows: int) -> str:
+    """The Hub's size bucket of a row count."""
+    return next((label for bound, label in SIZE_CATEGORIES if rows < bound), "n>1T")
+
+
 def card_metadata(manifest: dict) -> dict:
     """README YAML: `configs` (shards per config) and `dataset_info` (features, sizes, per-shard checksums).
 
@@ -47,13 +62,16 @@ def card_metadata(manifest: dict) -> dict:
                 "download_checksums": config["checksums"],
             }
         )
+    unique_rows = sum(component["rows"] for component in manifest["components"].values())  # each stored once
     return {
         "license": "other",
+        "license_name": LICENSE_NAME,
+        "license_link": LICENSE_LINK,
         "language": ["en"],
         "task_categories": ["image-text-to-text", "visual-question-answering"],
         "tags": ["biomedical", "medical", "instruction-tuning", "llava", "biomed-vital", "pmc"],
         "pretty_name": "BioMed-VITAL instructions",
-        "size_categories": ["100K<n<1M"],
+        "size_categories": [size_category(unique_rows)],
         "configs": configs,
         "dataset_info": infos,
     }
@@ -163,8 +181,8 @@ def card_text(manifest: dict) -> str:
         lines.append(f"- `{name}`: {component['licence']}")
     lines += [
         "",
-        "Figures come from the PMC Open Access subset under per-article licences. For research use; not for clinical "
-        "decisions.",
+        f"Figures come from the PMC Open Access subset under per-article licences ({LICENSE_LINK}). For research "
+        "use; not for clinical decisions.",
         "",
         "## Citation",
         "",
