@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from vital_hub.io import describe_error
+
 # Formats a PMC figure can be in. Restricting Pillow to them keeps plugins such as EPS (which runs Ghostscript)
 # away from downloaded bytes.
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "BMP", "WEBP")
@@ -77,7 +79,7 @@ def verify_image(data: bytes, limits: Limits) -> VerifiedImage:
         except Rejected:
             raise
         except Exception as err:  # Pillow raises many types for bad bytes; every one means "not an image"
-            raise Rejected(f"not a decodable image ({type(err).__name__}: {err})") from err
+            raise Rejected(f"not a decodable image ({describe_error(err)})") from err
     return VerifiedImage(jpeg=jpeg, format=fmt, width=width, height=height)
 
 

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from vital_hub import __version__
-from vital_hub.io import atomic_path, iter_json_records, write_json_atomic
+from vital_hub.io import atomic_path, describe_error, iter_json_records, write_json_atomic
 from vital_hub.mixtures.spec import Component, Mixture, MixturePlan
 from vital_hub.schema import (
     Location,
@@ -328,7 +328,7 @@ def _undecodable(data: bytes) -> str | None:
             image.draft("RGB", (64, 64))
             image.load()
     except Exception as err:  # PIL raises many types for broken files; the reason is kept, never hidden
-        return f"{type(err).__name__}: {err}"
+        return describe_error(err)
     return None
 
 
