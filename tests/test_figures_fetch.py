@@ -307,3 +307,27 @@ def test_progress_bar_shows_figures_and_bytes_per_second(tmp_path, capsys):
         run_fetch(config_for(pmc, write_urls(tmp_path / "u.jsonl", scenario.records), tmp_path / "o", progress=True))
     bar = capsys.readouterr().err
     assert "6/6" in bar and "fig/s" in bar and "MB/s" in bar
+
+
+def test_a_finished_shard_fetches_added_records_and_refuses_changed_options(tmp_path, capsys):
+    """The completion marker names what it completed: more records are fetched, not "complete already"."""
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=4, figures_per_article=2, routes=("bucket",))
+        urls = write_urls(tmp_path / "u.jsonl", scenario.records[:4])
+        out = tmp_path / "out"
+        assert run_fetch(config_for(pmc, urls, out))["counts"]["ok"] == 4
+        assert run_fetch(config_for(pmc, urls, out)).get("already_complete")
+        write_urls(urls, scenario.records)  # four more records, same --out
+        grown = run_fetch(config_for(pmc, urls, out))
+        assert not grown.get("already_complete")
+        assert grown["this_run"] == {**grown["this_run"], "fetched": 4, "already_done": 4}
+        assert grown["counts"]["ok"] == 8 and len(read_rows(out)) == 8
+        assert run_fetch(config_for(pmc, urls, out)).get("already_complete")
+
+        argv = ["--urls", str(urls), "--out", str(out), "--base-url", pmc.url, "--legacy-base-url", pmc.url,
+                "--no-licence", "--no-progress"]  # fmt: skip
+        before = pmc.requests
+        assert fetch_main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("vital fetch figures: error: ") and "--licence True -> False" in err
+        assert "new --out" in err and pmc.requests == before and len(err.strip().splitlines()) == 1

@@ -32,6 +32,9 @@ def fetch_main(argv: list[str]) -> int:
     except FileNotFoundError as err:
         print(f"vital fetch figures: {err}", file=sys.stderr)
         return 2
+    except ValueError as err:
+        print(f"vital fetch figures: error: {err}", file=sys.stderr)
+        return 1
     print(summary_table(stats))
     return 0
 

@@ -105,6 +105,11 @@ class ShardFiles:
     def done(self) -> Path:
         return self._path(".done")
 
+    @property
+    def options(self) -> Path:
+        """The options that shape the results, recorded when the shard is first fetched."""
+        return self._path(".options.json")
+
 
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
@@ -212,6 +217,17 @@ def write_stats(path: Path, stats: dict) -> None:
     write_json_atomic(path, stats)
 
 
-def mark_done(path: Path) -> None:
+def mark_done(path: Path, completed: dict) -> None:
+    """The completion marker records what it completed (a hash of the shard's records and the options), so a
+    changed URL list is not taken for a finished shard."""
     with atomic_path(path) as tmp:
-        tmp.write_text("complete\n")
+        tmp.write_text(json.dumps(completed, sort_keys=True) + "\n")
+
+
+def read_marker(path: Path) -> dict | None:
+    """What a completion marker says it completed; None when absent or written before markers held it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

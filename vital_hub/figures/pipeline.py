@@ -27,6 +27,7 @@ from vital_hub.figures.index import (
     Shard,
     ShardFiles,
     mark_done,
+    read_marker,
     write_index,
     write_stats,
 )
@@ -49,6 +50,11 @@ from vital_hub.io import atomic_path
 MiB = 1 << 20
 MAX_DOCUMENT_BYTES = 64 * MiB  # metadata JSON, listings and JATS XML
 PARTIAL_DIR = ".partial"
+# Options that change what a figure's row or file is; the others (speed, retries, progress) do not.
+RESULT_OPTIONS = (
+    "base_url", "legacy_base_url", "licence", "legacy", "max_image_mb", "max_pixels", "max_archive_mb",
+    "max_unpacked_mb", "max_held_mb",
+)  # fmt: skip
 REJECTED_MEMBER_SAMPLES = 20
 
 
@@ -561,15 +567,49 @@ async def fetch_articles(config: FetchConfig, todo: list[FigureRequest], out: Pa
     return client.stats, samples, fetcher.rejected_members
 
 
+def records_digest(requests: list[FigureRequest]) -> str:
+    """sha256 of the shard's records as the fetch reads them (pair id, article, file, tarball), in order."""
+    digest = hashlib.sha256()
+    for request in requests:
+        digest.update(f"{request.pair_id}\t{request.pmcid}\t{request.file}\t{request.tar_url or ''}\n".encode())
+    return digest.hexdigest()
+
+
+def result_options(config: FetchConfig) -> dict:
+    return {name: getattr(config, name) for name in RESULT_OPTIONS}
+
+
+def check_same_options(files: ShardFiles, options: dict) -> None:
+    """Refuse to mix rows fetched under different result-shaping options in one shard's index."""
+    before = read_marker(files.options)
+    if before is None:
+        with atomic_path(files.options) as tmp:
+            tmp.write_text(json.dumps(options, sort_keys=True, indent=1) + "\n")
+        return
+    changed = [f"--{name.replace('_', '-')} {before.get(name)!r} -> {options[name]!r}" for name in options
+               if before.get(name) != options[name]]  # fmt: skip
+    if changed:
+        raise ValueError(
+            f"{files.options}: this shard was fetched with other options ({'; '.join(changed)}); its rows would "
+            "mix both. Run with the same options, or fetch into a new --out."
+        )
+
+
 def run_fetch(config: FetchConfig) -> dict:
-    """Fetch one shard to completion (or resume it) and return its stats; the index is written at the end."""
+    """Fetch one shard to completion (or resume it) and return its stats; the index is written at the end.
+
+    A shard is complete only for the records and options its marker names: added records are fetched (the
+    journal keeps what was done), and a changed result-shaping option is refused."""
     out, shard = Path(config.out), config.shard_spec
     files = ShardFiles(out, shard)
-    if files.done.exists() and not config.retry_failed and files.stats.exists():
-        return {**json.loads(files.stats.read_text()), "already_complete": True}
     requests, duplicates = read_shard_requests(config.urls, shard)
+    completed = {"records": len(requests), "records_sha256": records_digest(requests), **result_options(config)}
+    marker = read_marker(files.done)
+    if marker == completed and not config.retry_failed and files.stats.exists():
+        return {**json.loads(files.stats.read_text()), "already_complete": True}
     out.mkdir(parents=True, exist_ok=True)
     files.folder.mkdir(parents=True, exist_ok=True)
+    check_same_options(files, result_options(config))
     partial = out / PARTIAL_DIR / shard.name
     remove_stale_temporaries(out, requests, partial, files)
     partial.mkdir(parents=True, exist_ok=True)
@@ -623,7 +663,7 @@ def run_fetch(config: FetchConfig) -> dict:
         "config": {k: v for k, v in asdict(config).items() if k != "progress"},
     }
     write_stats(files.stats, stats)
-    mark_done(files.done)
+    mark_done(files.done, completed)
     for folder in (partial, partial.parent):
         with contextlib.suppress(OSError):  # still in use by another shard, or not empty
             folder.rmdir()
