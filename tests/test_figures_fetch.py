@@ -331,3 +331,52 @@ def test_a_finished_shard_fetches_added_records_and_refuses_changed_options(tmp_
         err = capsys.readouterr().err
         assert err.startswith("vital fetch figures: error: ") and "--licence True -> False" in err
         assert "new --out" in err and pmc.requests == before and len(err.strip().splitlines()) == 1
+
+
+def test_licence_and_retraction_come_from_the_newest_version(tmp_path):
+    """A figure found at version 1 of an article retracted at version 2 is indexed retracted, with v2's licence."""
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=2, figures_per_article=1, routes=("bucket",))
+        retracted = pmc.articles["PMC1000"]
+        retracted.versions[2] = dict(retracted.versions[1])
+        retracted.retracted_versions = {2}
+        retracted.licences = {2: "CC0"}
+        urls = write_urls(tmp_path / "u.jsonl", scenario.records)
+        run_fetch(config_for(pmc, urls, tmp_path / "out"))
+        rows = {row["pmcid"]: row for row in read_rows(tmp_path / "out").values()}
+    assert rows["PMC1000"]["status"] == "ok" and rows["PMC1000"]["source"] == "bucket"
+    assert (rows["PMC1000"]["retracted"], rows["PMC1000"]["licence"]) == (True, "CC0")
+    assert (rows["PMC1001"]["retracted"], rows["PMC1001"]["licence"]) == (False, "CC BY")
+
+
+def test_metadata_falls_back_to_the_version_folder_and_absent_versions_are_not_asked_for(tmp_path):
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=2, figures_per_article=1, routes=("newer_version",))
+        for article in pmc.articles.values():
+            article.no_metadata_key = {2}  # metadata/PMC<id>.2.json absent; PMC<id>.2/PMC<id>.2.json is there
+        only_v2 = pmc.articles["PMC1001"]
+        only_v2.versions = {2: only_v2.versions[2]}  # an article without a version 1
+        urls = write_urls(tmp_path / "u.jsonl", scenario.records)
+        run_fetch(config_for(pmc, urls, tmp_path / "out"))
+        rows = {row["pmcid"]: row for row in read_rows(tmp_path / "out").values()}
+        assert pmc.hits["/metadata/PMC1001.1.json"] == 0
+    assert {row["status"] for row in rows.values()} == {"ok"}
+    assert {row["source"] for row in rows.values()} == {"metadata"}
+    assert rows["PMC1000"]["licence"] == "CC BY" and rows["PMC1000"]["retracted"] is False
+
+
+def test_retry_failed_repairs_an_ok_image_damaged_in_place(tmp_path):
+    """Same size, other bytes: the indexed sha256 catches it, and the figure is fetched again."""
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=2, figures_per_article=1, routes=("bucket",))
+        urls = write_urls(tmp_path / "u.jsonl", scenario.records)
+        out = tmp_path / "out"
+        run_fetch(config_for(pmc, urls, out))
+        pair_id = scenario.records[0]["pair_id"]
+        figure = out / f"{pair_id}.jpg"
+        damaged = bytearray(figure.read_bytes())
+        damaged[len(damaged) // 2] ^= 0xFF
+        figure.write_bytes(bytes(damaged))
+        repaired = run_fetch(config_for(pmc, urls, out, retry_failed=True))
+    assert repaired["this_run"]["fetched"] == 1 and repaired["this_run"]["already_done"] == 1
+    assert figure.read_bytes() == scenario.expected[pair_id]

@@ -408,3 +408,27 @@ def test_unknown_configs_in_only_are_named_from_the_yaml_and_from_the_flag(tmp_p
         load_plan(only_configs=["80k", "81k"])
     spec.write_text("mixtures:\n  - {name: ten, components: [{name: llava-med-10k}]}\nonly: [ten, 80k]\n")
     assert list(load_plan(spec, only_configs=["ten"]).mixtures) == ["ten"]
+
+
+def test_records_of_retracted_articles_are_left_out_and_counted(sample, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = tmp_path / "figures"
+    shutil.copytree(sample["images"], images)
+    rows = list(read_config_rows(sample["repo"], "llava-med-10k"))
+    gone = rows[0]["image_id"]
+    (images / "index").mkdir()
+    index = pa.table({"pair_id": [gone, rows[1]["image_id"]], "retracted": [True, None]})
+    pq.write_table(index, images / "index" / "shard-00000-of-00001.parquet")
+    manifest = build(sample["sources"], tmp_path / "repo", images)
+    kept = list(read_config_rows(tmp_path / "repo", "llava-med-10k"))
+    assert gone not in {row["image_id"] for row in kept} and len(kept) == len(rows) - 1
+    assert manifest["components"]["llava-med-10k"]["images"]["retracted_left_out"] == 1
+    assert (
+        "left out because PMC marks their figure's article retracted" in (tmp_path / "repo" / "README.md").read_text()
+    )
+    again = build(sample["sources"], tmp_path / "all", images, include_retracted=True)
+    assert again["components"]["llava-med-10k"]["rows"] == len(rows)

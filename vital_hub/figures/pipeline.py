@@ -187,7 +187,7 @@ class ArticleFetcher:
     async def fetch(self, pmcid: str, requests: list[FigureRequest]) -> list[dict]:
         article = ArticleDocuments(self, pmcid)
         states = [FigureState(request) for request in requests]
-        licence_task = article.metadata(1) if self.config.licence else None
+        licence_task = asyncio.ensure_future(article.newest_metadata()) if self.config.licence else None
         await asyncio.gather(*(self._from_bucket_v1(article, state) for state in states))
         if any(not s.done for s in states):
             await self._from_metadata(article, states)
@@ -200,9 +200,8 @@ class ArticleFetcher:
                 state.notes.append("legacy: the record names no tarball")
             elif not state.done and not self.config.legacy:
                 state.notes.append("legacy: tarballs not tried (--no-legacy)")
-        if licence_task is not None:
-            await licence_task
-        licence, retracted = article.licence()
+        newest = await licence_task if licence_task is not None else None
+        licence, retracted = (newest.licence, newest.retracted) if newest is not None else article.licence()
         rows = []
         for state in states:
             row = state.final_row(licence, retracted)
@@ -212,13 +211,13 @@ class ArticleFetcher:
         return rows
 
     async def _from_bucket_v1(self, article: ArticleDocuments, state: FigureState) -> None:
-        """GET `PMC<id>.1/<file>`; its md5 is checked against version 1's metadata when that was read anyway (for
-        the licence, in parallel), else against the S3 ETag."""
+        """GET `PMC<id>.1/<file>`; its md5 is checked against version 1's metadata when the versions are listed
+        anyway (for the licence, in parallel) and version 1 is among them, else against the S3 ETag."""
         url = self.layout.file_url(article.pmcid, 1, state.request.file)
         state.tried.add(url)
         fetched = await self.client.get(url, self.limits.max_image_bytes)
         expected = None
-        if fetched.ok and self.config.licence:
+        if fetched.ok and self.config.licence and 1 in await article.versions():
             metadata = await article.metadata(1)
             media = metadata.media.get(state.request.file) if metadata else None
             expected = media.md5 if media else None
@@ -234,6 +233,9 @@ class ArticleFetcher:
                 return
             metadata = await article.metadata(version)
             if metadata is None:
+                for state in states:
+                    if not state.done:
+                        state.notes.append(f"metadata v{version}: {article.metadata_tried(version)} not readable")
                 continue
             if not metadata.media:
                 for state in states:
@@ -424,8 +426,17 @@ class ArticleDocuments:
             self._jats[version] = asyncio.ensure_future(self._read_jats(version))
         return self._jats[version]
 
+    async def newest_metadata(self) -> ArticleMetadata | None:
+        """The newest version's metadata: licence and retraction are the article's as PMC states them now (a
+        retraction is a new version; the figure itself may have been found at version 1)."""
+        versions = await self.versions()
+        return await self.metadata(versions[0]) if versions else None
+
+    def metadata_tried(self, version: int) -> str:
+        return " and ".join(self.layout.metadata_urls(self.pmcid, version))
+
     def licence(self) -> tuple[str | None, bool | None]:
-        """From the newest version whose metadata was read (version 1 when the bucket object answered)."""
+        """From the newest version whose metadata was read (without --licence, only what resolving read)."""
         known = [t.result() for _, t in sorted(self._metadata.items(), reverse=True) if t.done() and t.result()]
         return (known[0].licence, known[0].retracted) if known else (None, None)
 
@@ -446,13 +457,16 @@ class ArticleDocuments:
                 return tuple(sorted(versions, reverse=True))
 
     async def _read_metadata(self, version: int) -> ArticleMetadata | None:
-        fetched = await self.client.get(self.layout.metadata_url(self.pmcid, version), MAX_DOCUMENT_BYTES)
-        if not fetched.ok:
-            return None
-        try:
-            return parse_metadata(fetched.data, version, self.layout)
-        except ValueError:
-            return None
+        """`metadata/PMC<id>.<N>.json`, else the copy inside the version folder (`PMC<id>.<N>/PMC<id>.<N>.json`)."""
+        for url in self.layout.metadata_urls(self.pmcid, version):
+            fetched = await self.client.get(url, MAX_DOCUMENT_BYTES)
+            if not fetched.ok:
+                continue
+            try:
+                return parse_metadata(fetched.data, version, self.layout)
+            except ValueError:
+                continue
+        return None
 
     async def _read_jats(self, version: int) -> dict[str, list[str]] | None:
         fetched = await self.client.get(self.layout.jats_url(self.pmcid, version), MAX_DOCUMENT_BYTES)
@@ -479,23 +493,36 @@ def read_shard_requests(urls: str | Path, shard: Shard) -> tuple[list[FigureRequ
     return kept, duplicates
 
 
-def plan_shard(requests: list[FigureRequest], journal: dict[str, JournalEntry], out: Path, retry_failed: bool):
-    """Skip figures already finished: ok ones whose file is still there whole, failures unless retrying them."""
+def plan_shard(
+    requests: list[FigureRequest], journal: dict[str, JournalEntry], out: Path, retry_failed: bool, read_row=None
+):
+    """Skip figures already finished: ok ones whose file is still there whole, failures unless retrying them.
+
+    Whole means the indexed size on a resume; with `retry_failed` (the repair pass) also the indexed sha256, so a
+    file damaged in place without changing size is fetched again (`read_row` gives an entry's journal row)."""
     done, todo = set(), []
     for request in requests:
         entry = journal.get(request.pair_id)
-        if entry is not None and _still_done(request, entry, out, retry_failed):
+        if entry is not None and _still_done(request, entry, out, retry_failed, read_row):
             done.add(request.pair_id)
         else:
             todo.append(request)
     return done, todo
 
 
-def _still_done(request: FigureRequest, entry: JournalEntry, out: Path, retry_failed: bool) -> bool:
+def _still_done(request: FigureRequest, entry: JournalEntry, out: Path, retry_failed: bool, read_row) -> bool:
     if entry.status != "ok":
         return not retry_failed
     path = out / request.image_name
-    return path.is_file() and path.stat().st_size == entry.bytes
+    if not (path.is_file() and path.stat().st_size == entry.bytes):
+        return False
+    if not retry_failed or read_row is None:
+        return True
+    return _sha256_of(path) == read_row(entry).get("sha256")
+
+
+def _sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()  # a figure is a few hundred KB at most
 
 
 def group_by_article(requests: list[FigureRequest]) -> Iterator[tuple[str, list[FigureRequest]]]:
@@ -615,7 +642,7 @@ def run_fetch(config: FetchConfig) -> dict:
     partial.mkdir(parents=True, exist_ok=True)
     files.done.unlink(missing_ok=True)
     journal = Journal(files.journal)
-    already_done, todo = plan_shard(requests, journal.load(), out, config.retry_failed)
+    already_done, todo = plan_shard(requests, journal.load(), out, config.retry_failed, journal.read)
     started = time.monotonic()
     try:
         transfer, samples, rejected = asyncio.run(fetch_articles(config, todo, out, partial, journal))

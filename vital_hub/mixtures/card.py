@@ -154,6 +154,13 @@ def card_text(manifest: dict) -> str:
             f"| {component['rows'] - present:,} |"
         )
     lines += ["", *figure_less_text(manifest)]
+    retracted = sum((c["images"] or {}).get("retracted_left_out", 0) for c in components.values())
+    if retracted:
+        lines += [
+            "",
+            f"{retracted:,} source records were left out because PMC marks their figure's article retracted "
+            "(newest version's metadata, from the fetch index); `--include-retracted` keeps them.",
+        ]
     lines += [
         "",
         "## Fields",
