@@ -195,3 +195,42 @@ def test_attached_figure_is_encoded_once_per_question_and_sent_in_both_orders(tm
         assert all(body["messages"][1]["content"][0]["image_url"]["url"] == url for body in with_figure)
     without = [body for body in sent if "Figure 2?" in json.dumps(body)]
     assert len(without) == 2 and all(isinstance(body["messages"][1]["content"], str) for body in without)
+
+
+def test_reviews_file_from_llava_med_is_rescored_without_a_judge(tmp_path):
+    """`--reviews`: LLaVA-Med's score file (question record + ans1, ans2, gpt_eval) gives the same summary files."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    domain = {"chest_xray": False, "mri": True, "ct_scan": False, "histology": False, "gross": False}
+    replies = ["8 6\nAssistant 1: 1) accurate\nAssistant 2: 1) vague", "9 9\nBoth fine.", "5 10\nok", "no scores"]
+    lines = [
+        {"question_id": n, "image": f"{n}.jpg", "text": f"question {n}\n<image>", "gpt4_answer": "reference",
+         "type": "conversation" if n < 2 else "detailed_description", "domain": domain, "fig_caption": "c",
+         "fig_label": "Fig. 1", "in_text_mention": None, "question": f"question {n}\n<image>", "ans1": "reference",
+         "ans2": f"answer {n}", "gpt_eval": reply}
+        for n, reply in enumerate(replies)
+    ]  # fmt: skip
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = subprocess.run(
+        [sys.executable, "-m", "vital_hub.cli", "eval", "chat", "--reviews", str(reviews), "--out-dir",
+         str(tmp_path / "out"), "--bootstrap", "0"],
+        cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "out" / "chat_summary.json").read_text())
+    assert summary["overall"]["relative_score"] == pytest.approx(100 * (6 / 8 + 9 / 9 + 10 / 5) / 3)
+    assert summary["overall"]["status_counts"] == {"ok": 3, "unparsed": 1}
+    assert summary["by_type"]["conversation"]["relative_score"] == pytest.approx(100 * (6 / 8 + 1) / 2)
+    assert summary["by_domain"]["mri"]["n_questions"] == 4 and summary["judge"]["reviews_file"] == str(reviews)
+
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question_id": 1, "text": "q"}) + "\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "vital_hub.cli", "eval", "chat", "--reviews", str(tmp_path / "bad.jsonl"),
+         "--out-dir", str(tmp_path / "o2")],
+        cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "bad.jsonl" in bad.stderr and "gpt_eval" in bad.stderr

@@ -143,9 +143,13 @@ def parse_two_scores(text: str | None) -> ScorePair:
 
 @dataclass
 class ChatJudgeConfig(JudgeOptions):
-    questions: str = field(metadata={"help": "qa50 question file (llava_med_eval_qa50_qa.jsonl)"})
-    answers: str = field(metadata={"help": "the model's answers JSONL"})
-    out_dir: str = field(metadata={"help": "folder for judgements.jsonl and chat_summary.json"})
+    questions: str | None = field(default=None, metadata={"help": "qa50 question file (llava_med_eval_qa50_qa.jsonl)"})
+    answers: str | None = field(default=None, metadata={"help": "the model's answers JSONL"})
+    out_dir: str | None = field(default=None, metadata={"help": "folder for judgements.jsonl and chat_summary.json"})
+    reviews: str | None = field(
+        default=None,
+        metadata={"help": "LLaVA-Med review JSONL (gpt_eval, ans1, ans2 per question): re-score it, no judge call"},
+    )
     reference_answers: str | None = field(
         default=None, metadata={"help": "answers JSONL used as reference instead of the file's gpt4_answer"}
     )
@@ -155,6 +159,12 @@ class ChatJudgeConfig(JudgeOptions):
     image_folder: str | None = field(default=None, metadata={"help": "qa50 images, for attach_image"})
 
     def __post_init__(self):
+        if self.out_dir is None:
+            raise ValueError("--out-dir is required")
+        if self.reviews is None and (self.questions is None or self.answers is None):
+            raise ValueError("give --questions and --answers (to judge), or --reviews (to re-score existing reviews)")
+        if self.reviews is not None and (self.swap or self.answers is not None):
+            raise ValueError("--reviews re-scores one order of existing reviews: no --answers, no --swap")
         if self.zero_reference not in ZERO_REFERENCE_POLICIES:
             raise ValueError(f"zero_reference must be one of {ZERO_REFERENCE_POLICIES}, got {self.zero_reference!r}")
 
