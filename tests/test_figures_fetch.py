@@ -380,3 +380,36 @@ def test_retry_failed_repairs_an_ok_image_damaged_in_place(tmp_path):
         repaired = run_fetch(config_for(pmc, urls, out, retry_failed=True))
     assert repaired["this_run"]["fetched"] == 1 and repaired["this_run"]["already_done"] == 1
     assert figure.read_bytes() == scenario.expected[pair_id]
+
+
+def test_the_rate_limit_halves_on_slow_down_and_recovers_on_success():
+    from vital_hub.figures.download import HostRateLimiter
+
+    limiter = HostRateLimiter(1000.0)
+    assert limiter.rate("h") == 1000.0
+    limiter.slow_down("h")
+    limiter.slow_down("h")
+    assert limiter.rate("h") == 250.0 and limiter.rate("other") == 1000.0  # per host
+    for _ in range(100):
+        limiter.succeeded("h")
+    assert limiter.rate("h") == pytest.approx(350.0)
+    for _ in range(10_000):
+        limiter.succeeded("h")
+    assert limiter.rate("h") == 1000.0  # never above the configured rate
+    for _ in range(50):
+        limiter.slow_down("h")
+    assert limiter.rate("h") == 1.0  # the floor
+    assert limiter.summary()["adapted"]["h"]["lowest"] == 1.0
+
+
+def test_a_throttling_bucket_slows_the_fetch_down_and_every_figure_still_arrives(tmp_path):
+    """503 Slow Down on every 5th request: the per-host rate drops below the default ceiling, nothing is lost."""
+    with FakePmc(throttle_every=5) as pmc:
+        scenario = populate(pmc, articles=6, figures_per_article=2, routes=("bucket",))
+        urls = write_urls(tmp_path / "u.jsonl", scenario.records)
+        stats = run_fetch(config_for(pmc, urls, tmp_path / "out", max_retries=8))
+    assert stats["counts"]["ok"] == 12 and stats["this_run"]["throttled"] > 0
+    limit = stats["this_run"]["rate_limit"]
+    assert limit["configured_per_host"] == FetchConfig.rate_limit == 1000.0
+    (adapted,) = limit["adapted"].values()
+    assert adapted["lowest"] < 1000.0

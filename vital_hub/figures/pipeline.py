@@ -73,7 +73,8 @@ class FetchConfig:
     )
     concurrency: int = help_field("requests in flight at once (one connection pool)", default=HttpOptions.concurrency)
     rate_limit: float = help_field(
-        "requests per second per host (0 = unlimited)", default=HttpOptions.requests_per_second_per_host
+        "requests per second per host: the most, halved on each 503 Slow Down and regained on success (0 = unlimited)",
+        default=HttpOptions.requests_per_second_per_host,
     )
     max_retries: int = help_field(
         "retries on 429, 5xx, timeouts and truncated bodies", default=HttpOptions.max_retries
@@ -591,6 +592,7 @@ async def fetch_articles(config: FetchConfig, todo: list[FigureRequest], out: Pa
             await asyncio.gather(*(worker() for _ in range(max(2, config.concurrency * 2))))
         finally:
             progress.close()
+    client.stats.rate_limit = client.limiter.summary()
     return client.stats, samples, fetcher.rejected_members
 
 
@@ -680,6 +682,7 @@ def run_fetch(config: FetchConfig) -> dict:
             "requests": transfer.requests,
             "retries": transfer.retries,
             "throttled": transfer.throttled,
+            "rate_limit": transfer.rate_limit,
             "http_statuses": dict(sorted(transfer.by_status.items())),
         },
         "error_samples": samples.samples,
