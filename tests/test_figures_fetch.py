@@ -413,3 +413,19 @@ def test_a_throttling_bucket_slows_the_fetch_down_and_every_figure_still_arrives
     assert limit["configured_per_host"] == FetchConfig.rate_limit == 1000.0
     (adapted,) = limit["adapted"].values()
     assert adapted["lowest"] < 1000.0
+
+
+def test_figures_are_not_fsynced_one_by_one(tmp_path, monkeypatch):
+    """An fsync per figure costs milliseconds each; durability comes from one sync per shard and the re-checks
+    of resume (size) and --retry-failed (sha256), so the fetch issues a handful of fsyncs, not one per figure."""
+    import os
+
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real_fsync(fd))
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=10, figures_per_article=3, routes=("bucket",))
+        urls = write_urls(tmp_path / "u.jsonl", scenario.records)
+        stats = run_fetch(config_for(pmc, urls, tmp_path / "out"))
+    assert stats["counts"]["ok"] == 30
+    assert len(calls) < 10, f"{len(calls)} fsyncs for 30 figures"

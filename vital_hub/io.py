@@ -243,8 +243,11 @@ def current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
-    """A temporary path beside `final` that is renamed onto it only when the block finishes without error."""
+def atomic_path(final: str | Path, suffix: str = "", fsync: bool = True) -> Iterator[Path]:
+    """A temporary path beside `final` that is renamed onto it only when the block finishes without error.
+
+    `fsync=False` leaves durability to the caller: for many small files whose content is checked again on resume
+    (the fetched figures), one sync per batch instead of one per file."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix + ".tmp")
@@ -253,8 +256,9 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the umask like open() does
         os.close(fd)
         yield tmp_path
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if fsync:
+            with open(tmp_path, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp_path, final)
     finally:
         tmp_path.unlink(missing_ok=True)
