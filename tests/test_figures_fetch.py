@@ -111,7 +111,7 @@ def test_statuses_missing_not_permitted_corrupt_and_error(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.jpg")) == ["1_F1.jpg"]
     # 403 and 404 are final answers: asked once; 503 is retried max_retries times.
     assert hits["/PMC2.1/w.jpg"] == 1 and hits["/PMC5.1/gone.jpg"] == 1 and hits["/PMC4.1/down.jpg"] == 3
-    assert stats["error_samples"]["corrupt"][0]["pair_id"] == "1_F2"
+    assert "1_F2" in [sample["pair_id"] for sample in stats["error_samples"]["corrupt"]]  # articles end in any order
     assert stats["this_run"]["throttled"] >= 3
 
 
@@ -429,3 +429,18 @@ def test_figures_are_not_fsynced_one_by_one(tmp_path, monkeypatch):
         stats = run_fetch(config_for(pmc, urls, tmp_path / "out"))
     assert stats["counts"]["ok"] == 30
     assert len(calls) < 10, f"{len(calls)} fsyncs for 30 figures"
+
+
+@pytest.mark.parametrize("licence", [True, False], ids=["licence", "no-licence"])
+def test_bucket_bytes_contradicting_the_metadata_md5_are_refused_with_or_without_licence(tmp_path, licence):
+    """--no-licence skips the licence lookup, not the md5 check: both runs keep the same bytes."""
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=2, figures_per_article=1, routes=("bucket",))
+        bad = pmc.articles["PMC1000"]
+        bad.bad_md5 = set(bad.versions[1])  # the metadata's md5 contradicts the object (whose ETag is its md5)
+        urls = write_urls(tmp_path / "u.jsonl", scenario.records)
+        run_fetch(config_for(pmc, urls, tmp_path / "out", licence=licence, legacy=False))
+        rows = {row["pmcid"]: row for row in read_rows(tmp_path / "out").values()}
+    assert rows["PMC1000"]["status"] == "corrupt" and "does not match" in rows["PMC1000"]["error"]
+    assert rows["PMC1001"]["status"] == "ok"
+    assert (rows["PMC1001"]["licence"] is not None) == licence

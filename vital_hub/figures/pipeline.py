@@ -213,13 +213,14 @@ class ArticleFetcher:
         return rows
 
     async def _from_bucket_v1(self, article: ArticleDocuments, state: FigureState) -> None:
-        """GET `PMC<id>.1/<file>`; its md5 is checked against version 1's metadata when the versions are listed
-        anyway (for the licence, in parallel) and version 1 is among them, else against the S3 ETag."""
+        """GET `PMC<id>.1/<file>`; its md5 is checked against version 1's metadata (the object's answer shows that
+        version 1 exists), else, when that lists no md5 for it, against the S3 ETag: with or without --licence,
+        the same bytes are kept."""
         url = self.layout.file_url(article.pmcid, 1, state.request.file)
         state.tried.add(url)
         fetched = await self.client.get(url, self.limits.max_image_bytes)
         expected = None
-        if fetched.ok and self.config.licence and 1 in await article.versions():
+        if fetched.ok:
             metadata = await article.metadata(1)
             media = metadata.media.get(state.request.file) if metadata else None
             expected = media.md5 if media else None
@@ -440,9 +441,13 @@ class ArticleDocuments:
         return " and ".join(self.layout.metadata_urls(self.pmcid, version))
 
     def licence(self) -> tuple[str | None, bool | None]:
-        """From the newest version whose metadata was read (without --licence, only what resolving read)."""
-        known = [t.result() for _, t in sorted(self._metadata.items(), reverse=True) if t.done() and t.result()]
-        return (known[0].licence, known[0].retracted) if known else (None, None)
+        """Without --licence: the newest version's licence and retraction when resolving happened to list the
+        versions and read that one's metadata; otherwise unknown (an older version's could be stale)."""
+        if self._versions is None or not self._versions.done() or not self._versions.result():
+            return None, None
+        task = self._metadata.get(self._versions.result()[0])
+        newest = task.result() if task is not None and task.done() else None
+        return (newest.licence, newest.retracted) if newest is not None else (None, None)
 
     async def _list_versions(self) -> tuple[int, ...]:
         versions: set[int] = set()
