@@ -22,6 +22,7 @@ from pathlib import Path
 from trl import RewardConfig, TrlParser
 
 from vital_hub.selector.data import FigureImages
+from vital_hub.selector.losses import effective_margin
 from vital_hub.selector.trainer import (
     SelectorModelArguments,
     SelectorRewardTrainer,
@@ -104,10 +105,16 @@ def train_one(script_args, training_args, model_args, model, tokenizer, pairs, c
                 "dropped_pairs": dropped,
                 "clinician_weight": clinician_weight or script_args.clinician_weight,
                 "loss_type": script_args.loss_type,
-                "margin": script_args.margin,
+                "margin": effective_margin(script_args.loss_type, script_args.margin),
                 "center_rewards_coefficient": training_args.center_rewards_coefficient,
                 "learning_rate": training_args.learning_rate,
                 "epochs": training_args.num_train_epochs,
+                "max_steps": training_args.max_steps,
+                "epochs_trained": trainer.state.epoch,
+                "steps_trained": trainer.state.global_step,
+                "image_size": model.config.image_size,
+                "text_max_length": model.config.text_max_length,
+                "truncation_side": model.config.truncation_side,
                 "batch_size": training_args.per_device_train_batch_size,
                 "metrics": metrics,
             },

@@ -19,6 +19,11 @@ from vital_hub.eval.records import EvalQuestion
         ("Scores: 8, 7.5", (8.0, 7.5)),
         ("**Assistant 1:** 6\n**Assistant 2:** 9\nreasons", (6.0, 9.0)),
         ("Assistant 1 receives a score of 8, while Assistant 2 receives 3.", (8.0, 3.0)),
+        # A valid first line wins over numbered "Assistant N: 1) ..." explanations (LLaVA-Med reads the first line).
+        ("8 6\nAssistant 1: 1) accurate 2) detailed\nAssistant 2: 1) vague 2) short", (8.0, 6.0)),
+        ("7 9\n\nAssistant 1: 3 points are missing.\nAssistant 2: 2 details are wrong.", (7.0, 9.0)),
+        ("Assistant 1 - 8\nAssistant 2 - 6", (8.0, 6.0)),
+        ("8 6\nThe first loses points: -1 for vagueness, -1 for length.", (8.0, 6.0)),
     ],
 )
 def test_two_scores_parsed(reply, expected):
@@ -36,6 +41,8 @@ def test_two_scores_parsed(reply, expected):
         (None, "empty reply"),
         ("8\nThe first has 3 points and 2 figures.", "no line with exactly two scores"),
         ("85 70", "scores outside 0-10"),
+        ("-1 5\nThe first answer is wrong.", "negative score"),  # never read as (1, 5)
+        ("Assistant 1: -1\nAssistant 2: 5", "negative score"),
     ],
 )
 def test_unreadable_replies_are_unparsed_with_a_reason(reply, reason):
@@ -188,3 +195,42 @@ def test_attached_figure_is_encoded_once_per_question_and_sent_in_both_orders(tm
         assert all(body["messages"][1]["content"][0]["image_url"]["url"] == url for body in with_figure)
     without = [body for body in sent if "Figure 2?" in json.dumps(body)]
     assert len(without) == 2 and all(isinstance(body["messages"][1]["content"], str) for body in without)
+
+
+def test_reviews_file_from_llava_med_is_rescored_without_a_judge(tmp_path):
+    """`--reviews`: LLaVA-Med's score file (question record + ans1, ans2, gpt_eval) gives the same summary files."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    domain = {"chest_xray": False, "mri": True, "ct_scan": False, "histology": False, "gross": False}
+    replies = ["8 6\nAssistant 1: 1) accurate\nAssistant 2: 1) vague", "9 9\nBoth fine.", "5 10\nok", "no scores"]
+    lines = [
+        {"question_id": n, "image": f"{n}.jpg", "text": f"question {n}\n<image>", "gpt4_answer": "reference",
+         "type": "conversation" if n < 2 else "detailed_description", "domain": domain, "fig_caption": "c",
+         "fig_label": "Fig. 1", "in_text_mention": None, "question": f"question {n}\n<image>", "ans1": "reference",
+         "ans2": f"answer {n}", "gpt_eval": reply}
+        for n, reply in enumerate(replies)
+    ]  # fmt: skip
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = subprocess.run(
+        [sys.executable, "-m", "vital_hub.cli", "eval", "chat", "--reviews", str(reviews), "--out-dir",
+         str(tmp_path / "out"), "--bootstrap", "0"],
+        cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "out" / "chat_summary.json").read_text())
+    assert summary["overall"]["relative_score"] == pytest.approx(100 * (6 / 8 + 9 / 9 + 10 / 5) / 3)
+    assert summary["overall"]["status_counts"] == {"ok": 3, "unparsed": 1}
+    assert summary["by_type"]["conversation"]["relative_score"] == pytest.approx(100 * (6 / 8 + 1) / 2)
+    assert summary["by_domain"]["mri"]["n_questions"] == 4 and summary["judge"]["reviews_file"] == str(reviews)
+
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question_id": 1, "text": "q"}) + "\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "vital_hub.cli", "eval", "chat", "--reviews", str(tmp_path / "bad.jsonl"),
+         "--out-dir", str(tmp_path / "o2")],
+        cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "bad.jsonl" in bad.stderr and "gpt_eval" in bad.stderr

@@ -171,6 +171,26 @@ def test_vqa_score_cli(fake_vqa_rad, tmp_path, capsys):
     assert vital(["eval", "vqa-score", *args]) == 0
     assert json.loads(out.read_text())["counts"]["missing_answers"] == 3
 
+    # An empty text is an answer (it scores 0), not a missing one: no --allow-missing needed.
+    texts[1] = ""
+    answers.write_text(
+        "".join(json.dumps({"question_id": i, "text": t}) + "\n" for i, t in zip(ids, texts, strict=True))
+    )
+    assert (
+        vital(["eval", "vqa-score", "--questions", str(questions), "--answers", str(answers), "--out", str(out)]) == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["counts"]["missing_answers"] == 0
+    assert result["open_recall"] == 0.0 + 0.0  # "" and "3 lesions" recall nothing of their references
+
+
+def test_totals_are_sum_over_n_times_100_as_the_original_computes_them():
+    from vital_hub.eval.metrics.med_vqa.vqa_scoring import score_all
+
+    scored = score_all(["yes", "no", "no"], ["yes", "yes", "yes"], ["CLOSED"] * 3)
+    assert scored["closed_accuracy"] == 1 / 3 * 100 != 100 * 1 / 3  # bit for bit, not approximately
+    assert scored["closed_accuracy"] == sum(scored["scores"]) / len(scored["scores"]) * 100
+
 
 @pytest.mark.parametrize(
     ("reply", "label", "status"),

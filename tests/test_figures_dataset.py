@@ -32,6 +32,7 @@ CONTRACT_COLUMNS = {
     "domain",
     "image",
     "licence",
+    "retracted",
     "source_url",
     "sha256",
     "status",
@@ -85,7 +86,7 @@ def test_build_figures_writes_a_loadable_config_with_the_contract_columns(fetche
     captioned = by_id[first]
     assert (captioned["fig_label"], captioned["caption"]) == ("Figure 1", "Axial T2 image.")
     assert captioned["mentions"] == ["As shown in Fig. 1 ,", "second mention"]
-    assert captioned["domain"] == FLAGS and captioned["licence"] == "CC BY"
+    assert captioned["domain"] == FLAGS and captioned["licence"] == "CC BY" and captioned["retracted"] is False
     assert captioned["source_url"].endswith(".jpg")
 
 

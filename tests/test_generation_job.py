@@ -102,6 +102,25 @@ def test_figures_dataset_input(tmp_path, api_key):
     assert candidates[2]["cost_usd"] is None  # model "m" is not in the price table
 
 
+def test_figures_of_retracted_articles_are_left_out_unless_asked(tmp_path, api_key, capsys):
+    from vital_hub.figures.dataset import DATA_DIR, write_shards
+
+    images, _, pair_ids = make_figures(tmp_path, 3)
+    rows = [
+        {"pair_id": pair_id, "fig_label": "Fig. 1", "caption": f"caption {n}", "mentions": [], "status": "ok",
+         "image": {"bytes": (images / f"{pair_id}.jpg").read_bytes(), "path": None}, "retracted": n == 1}
+        for n, pair_id in enumerate(pair_ids)
+    ]  # fmt: skip
+    write_shards(iter(rows), tmp_path / "repo" / DATA_DIR, shard_bytes=1 << 20)
+    with FakeOpenAIServer() as server:
+        args = ["candidates", "--figures", str(tmp_path / "repo"), "--model", "m", "--base-url", server.url]
+        assert generate_main([*args, "--out", str(tmp_path / "out")]) == 0
+        assert "left out 1 figures of retracted articles" in capsys.readouterr().out
+        assert generate_main([*args, "--out", str(tmp_path / "all"), "--include-retracted"]) == 0
+    assert {r["pair_id"] for r in read_candidates(tmp_path / "out")} == {pair_ids[0], pair_ids[2]}
+    assert {r["pair_id"] for r in read_candidates(tmp_path / "all")} == set(pair_ids)
+
+
 def test_unparsable_and_dual_answer_replies(tmp_path, api_key):
     images, captions, _ = make_figures(tmp_path, 2)
     with FakeOpenAIServer(reply=lambda body: "I cannot help with this figure.") as server:

@@ -108,7 +108,7 @@ COMPARE_SCRIPT = textwrap.dedent(
             "rows": len(local),
             "ids": [r["id"] for r in local],
             "sources": sorted({r["source"] for r in local}),
-            "with_image": sum(1 for r in local if r["images"][0] is not None),
+            "with_image": sum(1 for r in local if r["images"]),
             "hub_equal": remote == local,
             "stream_equal": streamed == local,
         }

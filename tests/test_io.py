@@ -1,9 +1,14 @@
 import json
+import os
+import stat
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 import vital_hub.io as vio
+from tests.conftest import REPO_ROOT
 from vital_hub.io import atomic_path, iter_json_records, read_card, write_card_config
 from vital_hub.schema import RecordError
 
@@ -151,3 +156,39 @@ def test_card_config_is_added_then_replaced_keeping_other_configs_and_the_text(t
     assert read_card(tmp_path / "absent.md") == ({}, "")
     (tmp_path / "plain.md").write_text("# No header\n")
     assert read_card(tmp_path / "plain.md") == ({}, "# No header\n")
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
+def test_atomic_path_follows_the_umask(tmp_path, umask):
+    """A shared output folder must be readable by the group when the umask says so (mkstemp alone gives 0600)."""
+    previous = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "out.json") as tmp:
+            tmp.write_text("{}")
+        reference = tmp_path / "plain.txt"
+        reference.write_text("x")  # what open() gives under this umask
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "out.json").stat().st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE(reference.stat().st_mode)
+
+
+def test_a_command_writes_its_outputs_with_the_umask(tmp_path):
+    """`vital demo` run with umask 027: every file of the built repo is group-readable, none world-readable."""
+    done = subprocess.run(
+        [sys.executable, "-m", "vital_hub.cli", "demo", "--out", str(tmp_path / "demo")],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+        timeout=300, preexec_fn=lambda: os.umask(0o027),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    files = [path for path in (tmp_path / "demo" / "repo").rglob("*") if path.is_file()]
+    assert any(path.name == "manifest.json" for path in files) and any(path.suffix == ".parquet" for path in files)
+    modes = {str(path.relative_to(tmp_path)): oct(stat.S_IMODE(path.stat().st_mode)) for path in files}
+    assert set(modes.values()) == {oct(0o640)}, modes
+
+
+def test_describe_error_drops_object_addresses():
+    from vital_hub.io import describe_error
+
+    err = OSError("cannot identify image file <_io.BytesIO object at 0x7f3a2c1d9e40>")
+    assert describe_error(err) == "OSError: cannot identify image file the data"

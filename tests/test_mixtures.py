@@ -74,6 +74,18 @@ def test_readme_yaml_lists_shards_and_checksums(sample):
     assert "&id" not in text and "*id" not in text  # no YAML anchors
 
 
+def test_card_counts_text_only_rows_per_config(sample):
+    text = (sample["repo"] / "README.md").read_text()
+    manifest = sample["manifest"]
+    for config in ("60k", "80k", "150k", "210k"):
+        parts = manifest["configs"][config]["components"]
+        absent = sum(manifest["components"][p["name"]]["rows"] - manifest["components"][p["name"]]["images"]["present"]
+                     for p in parts)  # fmt: skip
+        assert absent > 0
+        assert f"| `{config}` | {manifest['configs'][config]['rows']:,} | {absent:,} |" in text
+    assert "stored text-only" in text and "missing_images.jsonl" in text
+
+
 @pytest.mark.parametrize("config", ["60k", "80k", "150k", "210k"])
 def test_load_dataset_reads_every_config(sample, config, tmp_path):
     from datasets import load_dataset
@@ -82,9 +94,10 @@ def test_load_dataset_reads_every_config(sample, config, tmp_path):
     expected = list(read_config_rows(sample["repo"], config))
     assert len(dataset) == len(expected) == sample["manifest"]["configs"][config]["rows"]
     assert dataset["id"] == [r["id"] for r in expected]
-    first = dataset[0]
-    assert first["messages"][0]["role"] == "user"
-    assert {part["type"] for part in first["messages"][0]["content"]} == {"text", "image"}
+    for row in dataset:  # a valid TRL row either way: an image part exactly when the figure is there
+        assert row["messages"][0]["role"] == "user"
+        parts = {part["type"] for part in row["messages"][0]["content"]}
+        assert parts == ({"text", "image"} if row["images"] else {"text"}) and len(row["images"]) <= 1
     streamed = next(iter(load_dataset(str(sample["repo"]), config, split="train", streaming=True)))
     assert streamed["id"] == expected[0]["id"]
 
@@ -92,9 +105,10 @@ def test_load_dataset_reads_every_config(sample, config, tmp_path):
 def test_images_embedded_and_broken_ones_listed(sample):
     stats = sample["manifest"]["components"]["llava-med-10k"]["images"]
     rows = list(read_config_rows(sample["repo"], "llava-med-10k"))
-    present = [r for r in rows if r["images"][0] is not None]
-    assert stats["present"] == len(present)
+    present = [r for r in rows if r["images"]]
+    assert stats["present"] == len(present) > 0
     assert stats["present"] + stats["missing"] + stats["empty"] + stats["corrupt"] == len(rows)
+    assert len(present) < len(rows)
     listed = [json.loads(line) for line in (sample["repo"] / "data/llava-med-10k/missing_images.jsonl").open()]
     assert len(listed) == len(rows) - len(present)
     broken = {p for names in sample["broken"].values() for p in names}
@@ -283,7 +297,7 @@ def test_real_qa50_as_a_component_round_trips(tmp_path):
     assert verify_released(tmp_path / "repo", "qa50", sources / "qa50.json")["verdict"] == "identical"
     by_pair = {}
     for row in read_config_rows(tmp_path / "repo", "qa50"):
-        by_pair[row["image_id"]] = row["images"][0] is not None
+        by_pair[row["image_id"]] = bool(row["images"])
     assert sum(by_pair.values()) == 29 and len(by_pair) == 50
 
 
@@ -443,3 +457,27 @@ def test_card_data_report_counts_domains_rounds_and_figures_from_the_sources(sam
     for config in ("60k", "80k", "150k", "210k"):
         assert f"![data report of {config}](report/{config}.png)" in card
         assert (sample["repo"] / "report" / f"{config}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_records_of_retracted_articles_are_left_out_and_counted(sample, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = tmp_path / "figures"
+    shutil.copytree(sample["images"], images)
+    rows = list(read_config_rows(sample["repo"], "llava-med-10k"))
+    gone = rows[0]["image_id"]
+    (images / "index").mkdir()
+    index = pa.table({"pair_id": [gone, rows[1]["image_id"]], "retracted": [True, None]})
+    pq.write_table(index, images / "index" / "shard-00000-of-00001.parquet")
+    manifest = build(sample["sources"], tmp_path / "repo", images)
+    kept = list(read_config_rows(tmp_path / "repo", "llava-med-10k"))
+    assert gone not in {row["image_id"] for row in kept} and len(kept) == len(rows) - 1
+    assert manifest["components"]["llava-med-10k"]["images"]["retracted_left_out"] == 1
+    assert (
+        "left out because PMC marks their figure's article retracted" in (tmp_path / "repo" / "README.md").read_text()
+    )
+    again = build(sample["sources"], tmp_path / "all", images, include_retracted=True)
+    assert again["components"]["llava-med-10k"]["rows"] == len(rows)

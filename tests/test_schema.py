@@ -34,25 +34,50 @@ def record(**overrides):
     return base
 
 
-@pytest.mark.parametrize("first", ["What is shown?\n<image>", "<image>\nWhat is shown?", "What is shown?"])
-def test_round_trip_keeps_image_placement(first):
+FIGURE = {"bytes": b"jpeg", "path": "32432162_F1.jpg"}
+
+
+@pytest.mark.parametrize("figure", [FIGURE, None], ids=["figure", "text-only"])
+@pytest.mark.parametrize(
+    "first", ["What is shown?\n<image>", "<image>\nWhat is shown?", "a<image>b", "What is shown?"]
+)
+def test_round_trip_keeps_image_placement_with_or_without_the_figure(first, figure):
     original = record()
     original["conversations"][0]["value"] = first
-    row = llava_to_row(original, "c")
+    row = llava_to_row(original, "c", figure)
     assert row_to_llava(row) == original
     assert json.dumps(row_to_llava(row)) == json.dumps(original)  # key order too
 
 
 def test_row_shape_is_trl_messages():
-    row = llava_to_row(record(), "biomed-vital-80k")
+    row = llava_to_row(record(), "biomed-vital-80k", FIGURE)
     assert row["image_id"] == "32432162_F1"
     assert row["source"] == "biomed-vital-80k"
-    assert row["images"] == [None]
+    assert row["images"] == [FIGURE] and row["image_position"] == 1
     assert row["messages"][0] == {
         "role": "user",
         "content": [{"type": "text", "text": "What is shown?\n"}, {"type": "image", "text": None}],
     }
     assert [m["role"] for m in row["messages"]] == ["user", "assistant", "user", "assistant"]
+
+
+def test_a_row_without_its_figure_is_a_text_only_trl_row():
+    """Stock TRL counts image parts against `images`: a figure-less row must have neither (not `[None]`)."""
+    row = llava_to_row(record(), "c")
+    assert row["images"] == [] and row["image_position"] == 1
+    assert row["messages"][0]["content"] == [{"type": "text", "text": "What is shown?\n"}]
+
+
+def test_a_record_without_image_token_gets_its_figure_first_and_exports_without_it():
+    original = record()
+    original["conversations"][0]["value"] = "What is shown?"
+    row = llava_to_row(original, "c", FIGURE)
+    assert row["images"] == [FIGURE] and row["image_position"] is None
+    assert row["messages"][0]["content"] == [
+        {"type": "image", "text": None},
+        {"type": "text", "text": "What is shown?"},
+    ]
+    assert row_to_llava(row) == original
 
 
 def test_absent_domain_int_id_misspelled_key_and_extra_fields_round_trip():
@@ -203,4 +228,6 @@ def test_row_batch_builder_equals_row_by_row_conversion():
     table = builder.table()
     assert table.equals(expected)
     assert table.schema.equals(expected.schema, check_metadata=True)
-    assert [row_to_llava(row) for row in table.to_pylist()][1]["conversations"] == records[1]["conversatons"]
+    back = [row_to_llava(row) for row in table.to_pylist()]
+    assert back[1]["conversations"] == records[1]["conversatons"]
+    assert [b["conversations"] for b in back[2:]] == [r["conversations"] for r in records[2:]]

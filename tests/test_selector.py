@@ -21,6 +21,7 @@ from selector_helpers import (  # noqa: E402
     write_figures,
 )
 
+from tests.fakes.card_rules import card_errors  # noqa: E402
 from vital_hub.selector.losses import bradley_terry, get_loss, pairwise_hinge, preference_loss  # noqa: E402
 from vital_hub.selector.text import candidate_text, first_round, selector_text  # noqa: E402
 
@@ -466,6 +467,11 @@ def test_reward_recipe_runs_a_clinician_weight_sweep_and_writes_cards(tmp_path, 
     card = (out / "w100" / "README.md").read_text()
     assert "library_name: transformers" in card and "| clinician pair weight | 100.0 |" in card
     assert "eval_clinician_auc" in card and "| loss | hinge" in card
+    assert "(margin 1.0)" in card, "the margin the hinge used, not the unset option"
+    assert "| training length | " in card and ", 2 steps (max_steps 2 configured) |" in card
+    assert "trust_remote_code=True" in card and "import vital_hub" not in card
+    assert "`attention_mask` is required" in card and "draft" in card and "centre-cropped" in card
+    assert card_errors(card, "model") == []
     assert AutoModel.from_pretrained(out / "w100").config.backbone == "biomedclip"
 
 

@@ -1,6 +1,8 @@
 """BiomedCLIP's open_clip layout -> the `biomedclip` selector backbone, checked on a tiny synthetic checkpoint."""
 
+import json
 import math
+import re
 
 import pytest
 import torch
@@ -139,3 +141,49 @@ def test_unknown_keys_are_refused():
     sd["visual.trunk.blocks.0.ls1.gamma"] = torch.zeros(WIDTH)
     with pytest.raises(ConversionError, match="ls1.gamma"):
         convert_open_clip_state_dict(sd)
+
+
+def _without(sd: dict, prefix: str) -> dict:
+    return {key: value for key, value in sd.items() if not key.startswith(prefix)}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda sd: _without(sd, "visual.head.proj.weight"), "missing open_clip key 'visual.head.proj.weight'"),
+        (
+            lambda sd: _without(sd, "visual.trunk.patch_embed.proj.weight"),
+            "missing open_clip key 'visual.trunk.patch_embed.proj.weight'",
+        ),
+        (lambda sd: {f"module.{k}": v for k, v in sd.items()}, "strip the prefix"),
+        (
+            lambda sd: _without(sd, "visual.trunk.blocks.0.mlp.fc2.bias"),
+            "missing open_clip key 'visual.trunk.blocks.0.mlp.fc2.bias'",
+        ),
+        (
+            lambda sd: _without(sd, "text.transformer.encoder.layer.1.output.LayerNorm"),
+            "missing open_clip key 'text.transformer.encoder.layer.1.output.LayerNorm.weight'",
+        ),
+        (lambda sd: _without(sd, "visual.trunk.blocks.0."), "missing open_clip key 'visual.trunk.blocks.0.norm1"),
+    ],
+)
+def test_a_checkpoint_missing_open_clip_keys_names_them(change, message):
+    """Not a bare KeyError nor a torch error naming transformers keys: the open_clip key and what was expected."""
+    sd = change(open_clip_state_dict())
+    for convert in (biomedclip_backbone_config, convert_open_clip_state_dict):
+        with pytest.raises(ConversionError, match=re.escape(message)):
+            convert(sd)
+
+
+def test_a_checkpoint_missing_its_last_block_is_refused_against_the_config(tmp_path):
+    """All of the last block's tensors gone: the layer count alone looks fine; the open_clip config says more."""
+    sd = _without(open_clip_state_dict(), f"visual.trunk.blocks.{LAYERS - 1}.")
+    torch.save(sd, tmp_path / "open_clip_pytorch_model.bin")
+    config = {"model_cfg": {"vision_cfg": {"timm_model_name": "vit_base_patch16_224", "layers": LAYERS}}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match=rf"visual\.trunk\.blocks\.{LAYERS - 1}\.\* and on are missing"):
+        selector_from_open_clip(tmp_path)
+    config["model_cfg"]["vision_cfg"].pop("layers")  # BiomedCLIP's own config names the timm model only
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match="describes 12"):
+        selector_from_open_clip(tmp_path)

@@ -171,7 +171,8 @@ def test_recipe_trains_saves_a_card_resumes_and_pushes(recipe_run, tmp_path, pro
     generation = json.loads((output / "generation_config.json").read_text())
     assert generation["eos_token_id"] == processor.tokenizer.eos_token_id  # "</s>" closes LLaVA-1.5 answers
     card = (output / "README.md").read_text()
-    assert "base_model: " in card and "| 80k | train | `sha256:" in card
+    assert "base_model:" not in card and "A local checkpoint (`" in card  # a local folder is no Hub id
+    assert "| 80k | train | `sha256:" in card
     assert "| learning_rate | 0.001 |" in card and "| freeze_vision_tower | True |" in card
     rows = json.loads((output / "all_results.json").read_text())["train_samples"]
     assert f"| 1 | {rows} |" in card

@@ -249,5 +249,5 @@ def _load_and_count(repo: Path, config: str, cache: Path) -> tuple[int, int]:
 
     dataset = load_dataset(str(repo), config, split="train", cache_dir=str(cache))
     raw = dataset.cast_column("images", List(Image(decode=False)))
-    present = sum(1 for images in raw["images"] if images[0] is not None)
+    present = sum(1 for images in raw["images"] if images)
     return len(dataset), present

@@ -300,18 +300,47 @@ def download_checksums(root: str | Path, files: Iterable[Path]) -> dict[str, dic
     }
 
 
+_OBJECT_ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def describe_error(err: BaseException) -> str:
+    """`Type: message` with object reprs such as `<_io.BytesIO object at 0x7f...>` (Pillow puts the file object
+    in its messages) replaced by "the data", so that records holding the reason are the same on every run."""
+    return f"{type(err).__name__}: {_OBJECT_ADDRESS.sub('the data', str(err))}"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask sets it to read it, which
+    would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
-    """A temporary path beside `final` that is renamed onto it only when the block finishes without error."""
+def atomic_path(final: str | Path, suffix: str = "", fsync: bool = True) -> Iterator[Path]:
+    """A temporary path beside `final` that is renamed onto it only when the block finishes without error.
+
+    `fsync=False` leaves durability to the caller: for many small files whose content is checked again on resume
+    (the fetched figures), one sync per batch instead of one per file."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix + ".tmp")
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the umask like open() does
+        os.close(fd)
         yield tmp_path
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if fsync:
+            with open(tmp_path, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp_path, final)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -7,13 +7,20 @@ A *LLaVA record* is what the released files hold (a JSON array of them)::
 
 A *row* is what the Hub dataset stores and TRL trains from::
 
-    {"id", "image_id", "image_file", "domain", "source", "extra", "images": [image or None],
+    {"id", "image_id", "image_file", "domain", "source", "extra", "image_position": 1, "images": [image],
      "messages": [{"role": "user", "content": [{"type": "text", "text": "q\\n"}, {"type": "image", "text": None}]},
                   {"role": "assistant", "content": [{"type": "text", "text": "..."}]}]}
 
+Every row is a valid TRL row: `messages` holds an image part exactly when `images` holds the figure. A row whose
+figure is not available (missing, empty or broken at build time, or no images folder given) has `images: []` and
+no image part: it is a text-only conversation. A record without `<image>` whose figure is there gets the image
+part first in its first turn (TRL's placement for images without a placeholder). `image_position` keeps where the
+source put `<image>` (the index of the image part among the first turn's parts, null when it had none), figure or
+not, so that the export gives back the source text either way.
+
 The conversion is lossless: text around `<image>` is kept verbatim (so both `q\\n<image>` and `<image>\\nq`
-come back exactly), absent domains stay absent, and any top-level key we do not model is kept as JSON in
-`extra`. A row always has exactly one entry in `images` (None while its picture is missing).
+come back exactly, with or without the figure), absent domains stay absent, and any top-level key we do not model
+is kept as JSON in `extra`.
 """
 
 from __future__ import annotations
@@ -146,10 +153,34 @@ def extra_json(record: dict) -> str | None:
     return json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None
 
 
+def image_position_of(record: dict) -> int | None:
+    """Where the source put `<image>`: the index of the image part among the first turn's content parts (0 for
+    `<image>\\nq`, 1 for `q\\n<image>`), or None when the record has no `<image>`."""
+    first = conversation_of(record)[0]["value"]
+    if IMAGE_TOKEN not in first:
+        return None
+    return 1 if first.split(IMAGE_TOKEN, 1)[0] else 0
+
+
+IMAGE_PART = {"type": "image", "text": None}
+
+
+def turn_content(text: str, with_image: bool, first: bool) -> list[dict]:
+    """A turn's content parts: without the figure, no image part (a text-only turn); with it, the first turn
+    holds exactly one image part, where `<image>` stood or else in front."""
+    content = text_to_content(text)
+    if not with_image:
+        return [part for part in content if part["type"] != "image"]
+    if first and IMAGE_TOKEN not in text:
+        return [dict(IMAGE_PART), *content]
+    return content
+
+
 def llava_to_row(record: dict, source: str, image: Any = None, where: Location = Location()) -> dict:
-    """A validated LLaVA record as a Hub/TRL row; `image` is whatever goes in `images[0]` (bytes dict or None)."""
+    """A validated LLaVA record as a Hub/TRL row; `image` is the figure ({bytes, path} or a PIL image) or None."""
     validate_llava(record, where)
     domain = record.get("domain")
+    with_image = image is not None
     return {
         "id": str(record["id"]),
         "image_id": image_id_of(record["image"]),
@@ -159,23 +190,32 @@ def llava_to_row(record: dict, source: str, image: Any = None, where: Location =
         "source": source,
         "extra": extra_json(record),
         "id_is_int": isinstance(record["id"], int),
-        "images": [image],
+        "image_position": image_position_of(record),
+        "images": [image] if with_image else [],
         "messages": [
-            {"role": ROLE_OF_SPEAKER[turn["from"]], "content": text_to_content(turn["value"])}
-            for turn in conversation_of(record)
+            {"role": ROLE_OF_SPEAKER[turn["from"]], "content": turn_content(turn["value"], with_image, number == 0)}
+            for number, turn in enumerate(conversation_of(record))
         ],
     }
 
 
 def row_to_llava(row: dict) -> dict:
-    """The exact LLaVA record a row was made from."""
+    """The exact LLaVA record a row was made from: `<image>` goes back at `image_position` (a text-only row has no
+    image part; one the source lacked is dropped)."""
     record: dict[str, Any] = {"id": int(row["id"]) if row.get("id_is_int") else row["id"], "image": row["image_file"]}
     if row.get("domain") is not None:
         keys = row.get("domain_keys") or [k for k in DOMAINS if row["domain"].get(k) is not None]
         record["domain"] = {k: row["domain"][k] for k in keys}
-    record["conversations"] = [
-        {"from": SPEAKER_OF_ROLE[m["role"]], "value": content_to_text(m["content"])} for m in row["messages"]
-    ]
+    turns = []
+    position = row.get("image_position")
+    for number, message in enumerate(row["messages"]):
+        content = message["content"]
+        if number == 0 and "image_position" in row:
+            content = [part for part in content if part["type"] != "image"]
+            if position is not None:
+                content = [*content[:position], IMAGE_PART, *content[position:]]
+        turns.append({"from": SPEAKER_OF_ROLE[message["role"]], "value": content_to_text(content)})
+    record["conversations"] = turns
     if row.get("extra"):
         record.update(json.loads(row["extra"]))
     return record
@@ -214,6 +254,7 @@ def row_features():
             "source": Value("string"),
             "extra": Value("string"),
             "id_is_int": Value("bool"),
+            "image_position": Value("int32"),
             "images": List(Image()),
             "messages": List({"role": Value("string"), "content": List(text_part)}),
         }
@@ -252,12 +293,13 @@ class RowBatchBuilder:
 
     def __init__(self):
         self.schema = row_arrow_schema()
-        self._columns: dict[str, list] = {name: [] for name in ("id", "image_id", "image_file", "extra", "id_is_int")}
+        names = ("id", "image_id", "image_file", "extra", "id_is_int", "image_position")
+        self._columns: dict[str, list] = {name: [] for name in names}
         self._sources: list[str] = []
         self._domain_null: list[bool] = []
         self._domain_flags: dict[str, list] = {name: [] for name in DOMAINS}
         self._domain_key_offsets, self._domain_keys = [0], []
-        self._image_bytes, self._image_paths, self._image_null = [], [], []
+        self._image_offsets, self._image_bytes, self._image_paths = [0], [], []
         self._message_offsets, self._roles = [0], []
         self._content_offsets, self._part_types, self._part_texts = [0], [], []
 
@@ -267,6 +309,8 @@ class RowBatchBuilder:
     def append(self, record: dict, source: str, image: dict | None = None) -> None:
         """Add a record that `validate_llava` accepted; `image` is {bytes, path} or None."""
         columns = self._columns
+        with_image = image is not None
+        columns["image_position"].append(image_position_of(record))
         columns["id"].append(str(record["id"]))
         columns["image_id"].append(image_id_of(record["image"]))
         columns["image_file"].append(record["image"])
@@ -280,12 +324,13 @@ class RowBatchBuilder:
         if domain is not None:
             self._domain_keys.extend(domain)
         self._domain_key_offsets.append(len(self._domain_keys))
-        self._image_null.append(image is None)
-        self._image_bytes.append(None if image is None else image["bytes"])
-        self._image_paths.append(None if image is None else image["path"])
-        for turn in conversation_of(record):
+        if with_image:
+            self._image_bytes.append(image["bytes"])
+            self._image_paths.append(image["path"])
+        self._image_offsets.append(len(self._image_bytes))
+        for number, turn in enumerate(conversation_of(record)):
             self._roles.append(ROLE_OF_SPEAKER[turn["from"]])
-            for part in text_to_content(turn["value"]):
+            for part in turn_content(turn["value"], with_image, number == 0):
                 self._part_types.append(part["type"])
                 self._part_texts.append(part["text"])
             self._content_offsets.append(len(self._part_types))
@@ -313,12 +358,12 @@ class RowBatchBuilder:
             "source": pa.array(self._sources, pa.string()),
             "extra": pa.array(self._columns["extra"], pa.string()),
             "id_is_int": pa.array(self._columns["id_is_int"], pa.bool_()),
+            "image_position": pa.array(self._columns["image_position"], pa.int32()),
             "images": pa.ListArray.from_arrays(
-                pa.array(range(len(self) + 1), pa.int32()),
+                pa.array(self._image_offsets, pa.int32()),
                 pa.StructArray.from_arrays(
                     [pa.array(self._image_bytes, pa.binary()), pa.array(self._image_paths, pa.string())],
                     fields=list(fields["images"].type.value_type),
-                    mask=pa.array(self._image_null, pa.bool_()),
                 ),
                 type=fields["images"].type,
             ),

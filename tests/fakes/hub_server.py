@@ -15,7 +15,8 @@ A commit is {"parent", "title", "description", "date", "files": {path: {"oid", "
 Writes need `Authorization: Bearer <token>` when the server has a token; private repos need it for reads too.
 `requests` records (method, path) of every request and `lfs_puts` counts LFS uploads, so tests can check what the
 client did (for instance that a re-run uploads nothing twice). `fail_commits` makes the next N commits fail with a
-500, to test resuming an interrupted push. `tree_page_size` sets how many entries a tree page holds (the
+500, to test resuming an interrupted push. README metadata is checked as the Hub checks it (`card_rules`):
+`/api/validate-yaml` answers 400 with the reasons, and a commit holding a README the Hub would refuse fails. `tree_page_size` sets how many entries a tree page holds (the
 Hub's 1000 by default; tests lower it to exercise pagination).
 """
 
@@ -34,6 +35,8 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+from tests.fakes.card_rules import card_errors
 
 REPO_TYPES = ("model", "dataset", "space")
 LFS_SUFFIXES = (
@@ -278,8 +281,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if raw_path == "/api/repos/create" and method == "POST":
             return self._create_repo()
         if raw_path == "/api/validate-yaml" and method == "POST":
-            self._read_body()
-            return self._send_json({})
+            return self._validate_yaml()
         if raw_path == "/api/whoami-v2" and method == "GET":
             self._require_token()
             return self._send_json({"type": "user", "name": "vital-tester", "orgs": []})
@@ -538,6 +540,20 @@ class HubHandler(BaseHTTPRequestHandler):
         self.send_header("ETag", f'"{oid}"')
         self.end_headers()
 
+    def _validate_yaml(self) -> None:
+        """As the Hub answers huggingface_hub's `RepoCard.validate`: 200 when accepted, else 400 with the reasons."""
+        payload = self._json_body()
+        errors = card_errors(payload.get("content") or "", payload.get("repoType") or "model")
+        if not errors:
+            return self._send_json({})
+        body = "\n".join(errors).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Error-Message", errors[0])
+        self.end_headers()
+        self.wfile.write(body)
+
     def _lfs_verify(self) -> None:
         payload = self._json_body()
         if not self.server.store.has_lfs(payload.get("oid", "")):
@@ -552,6 +568,11 @@ class HubHandler(BaseHTTPRequestHandler):
         if self.server.take_commit_failure():
             raise HubError(500, "injected commit failure")
         operations = [(line["key"], line["value"]) for line in lines[1:]]
+        for key, value in operations:  # the Hub refuses a commit whose README metadata it would not accept
+            if key == "file" and value["path"].strip("/") == "README.md":
+                errors = card_errors(base64.b64decode(value["content"]).decode("utf-8", "replace"), repo_type)
+                if errors:
+                    raise HubError(400, "Invalid metadata in README.md.\n" + "\n".join(f"- {e}" for e in errors))
         oid = self.server.store.commit(repo_type, repo_id, revision, lines[0]["value"], operations)
         url = f"{self._base()}/{self._prefix(repo_type)}{repo_id}/commit/{oid}"
         self._send_json({"success": True, "commitOid": oid, "commitUrl": url, "pullRequestUrl": None})

@@ -101,6 +101,9 @@ class FakeArticle:
     tarball: bytes | None = None
     tar_path: str | None = None
     bad_md5: set[str] = field(default_factory=set)
+    retracted_versions: set[int] = field(default_factory=set)  # versions whose metadata says is_retracted
+    licences: dict[int, str] = field(default_factory=dict)  # a licence per version, where it changed
+    no_metadata_key: set[int] = field(default_factory=set)  # versions missing from metadata/ (folder copy kept)
 
     def metadata(self, version: int) -> dict:
         media = []
@@ -112,8 +115,8 @@ class FakeArticle:
         return {
             "pmcid": self.pmcid,
             "version": version,
-            "license_code": self.licence,
-            "is_retracted": False,
+            "license_code": self.licences.get(version, self.licence),
+            "is_retracted": version in self.retracted_versions,
             "xml_url": f"s3://pmc-oa-opendata/{key}/{key}.xml",
             "media_urls": media,
         }
@@ -236,6 +239,8 @@ class FakePmc:
         if found is None:
             return self._s3_error(404, "NoSuchKey", "The specified key does not exist.")
         article, version = found
+        if version in article.no_metadata_key:
+            return self._s3_error(404, "NoSuchKey", "The specified key does not exist.")
         return json.dumps(article.metadata(version)).encode(), "application/json"
 
     def _object(self, folder: str, name: str):

@@ -58,6 +58,7 @@ LABELED_SCORE = re.compile(
     r"\b(?:assistant|answer|response)\s*(?:#\s*)?([12])\b[^\d\n]{0,30}?[:=\-]\s*\**\s*" + NUMBER + r"(?![\d.]*\d)",
     re.IGNORECASE,
 )
+NEGATIVE = re.compile(r"(?:^|[\s:=(\[,*])-\d")  # "-1 5"; not the dash of "8-9" or of "Assistant 1 - 8"
 REFUSAL = re.compile(r"\b(?:i'?m sorry|i cannot|i can'?t|unable to|as an ai)\b", re.IGNORECASE)
 MARKUP = re.compile(r"[*#_`>|]")
 
@@ -85,27 +86,48 @@ def _line_scores(line: str) -> tuple[list[float], int]:
     return values, len(words)
 
 
+def _labeled_scores(text: str) -> tuple[dict[str, float], bool]:
+    """{"1": score, "2": score} from "Assistant N: <score>" labels, and whether a labeled score was negative."""
+    labeled: dict[str, float] = {}
+    negative = False
+    for match in LABELED_SCORE.finditer(text):
+        before = text[: match.start(2)].rstrip("* ")
+        if before.endswith("-") and before[:-1].rstrip("* ").endswith((":", "=")):
+            negative = True
+        labeled.setdefault(match.group(1), float(match.group(2)))
+    return labeled, negative
+
+
 def parse_two_scores(text: str | None) -> ScorePair:
     """The (Assistant 1, Assistant 2) scores of a judge reply, or an `unparsed` result with the reason.
 
-    Tried in order: "Assistant 1: 8 ... Assistant 2: 7" anywhere; the first non-empty line when it holds exactly
-    two scores; the first later line made of two scores and at most three other words ("Scores: 8 7").
+    Tried in order: the first non-empty line when it holds exactly two scores (what LLaVA-Med's own parser reads,
+    so a numbered explanation below it cannot override it); "Assistant 1: 8 ... Assistant 2: 7" anywhere; the
+    first later line made of two scores and at most three other words ("Scores: 8 7"). A negative score is never
+    read as its absolute value: the reply is unparsed.
     """
     if text is None or not text.strip():
         return ScorePair(None, None, "unparsed", "empty reply")
-    labeled: dict[str, float] = {}
-    for match in LABELED_SCORE.finditer(text):
-        labeled.setdefault(match.group(1), float(match.group(2)))
+    lines = [line for line in text.splitlines() if line.strip()]
+    values, _ = _line_scores(lines[0])
+    if len(values) == 2 and NEGATIVE.search(lines[0]):
+        return ScorePair(None, None, "unparsed", "negative score")
+    if len(values) == 2 and _in_range(values):
+        return ScorePair(values[0], values[1], "ok")
+    labeled, negative = _labeled_scores(text)
+    if negative:
+        return ScorePair(None, None, "unparsed", "negative score")
     if len(labeled) == 2:
         pair = [labeled["1"], labeled["2"]]
         if _in_range(pair):
             return ScorePair(pair[0], pair[1], "ok")
-    lines = [line for line in text.splitlines() if line.strip()]
-    out_of_range = False
-    for position, line in enumerate(lines):
+    out_of_range = len(values) == 2
+    for line in lines[1:]:
         values, other_words = _line_scores(line)
-        if len(values) != 2 or (position > 0 and other_words > 3):
+        if len(values) != 2 or other_words > 3:
             continue
+        if NEGATIVE.search(line):
+            return ScorePair(None, None, "unparsed", "negative score")
         if not _in_range(values):
             out_of_range = True
             continue
@@ -121,9 +143,13 @@ def parse_two_scores(text: str | None) -> ScorePair:
 
 @dataclass
 class ChatJudgeConfig(JudgeOptions):
-    questions: str = field(metadata={"help": "qa50 question file (llava_med_eval_qa50_qa.jsonl)"})
-    answers: str = field(metadata={"help": "the model's answers JSONL"})
-    out_dir: str = field(metadata={"help": "folder for judgements.jsonl and chat_summary.json"})
+    questions: str | None = field(default=None, metadata={"help": "qa50 question file (llava_med_eval_qa50_qa.jsonl)"})
+    answers: str | None = field(default=None, metadata={"help": "the model's answers JSONL"})
+    out_dir: str | None = field(default=None, metadata={"help": "folder for judgements.jsonl and chat_summary.json"})
+    reviews: str | None = field(
+        default=None,
+        metadata={"help": "LLaVA-Med review JSONL (gpt_eval, ans1, ans2 per question): re-score it, no judge call"},
+    )
     reference_answers: str | None = field(
         default=None, metadata={"help": "answers JSONL used as reference instead of the file's gpt4_answer"}
     )
@@ -133,6 +159,12 @@ class ChatJudgeConfig(JudgeOptions):
     image_folder: str | None = field(default=None, metadata={"help": "qa50 images, for attach_image"})
 
     def __post_init__(self):
+        if self.out_dir is None:
+            raise ValueError("--out-dir is required")
+        if self.reviews is None and (self.questions is None or self.answers is None):
+            raise ValueError("give --questions and --answers (to judge), or --reviews (to re-score existing reviews)")
+        if self.reviews is not None and (self.swap or self.answers is not None):
+            raise ValueError("--reviews re-scores one order of existing reviews: no --answers, no --swap")
         if self.zero_reference not in ZERO_REFERENCE_POLICIES:
             raise ValueError(f"zero_reference must be one of {ZERO_REFERENCE_POLICIES}, got {self.zero_reference!r}")
 

@@ -31,7 +31,12 @@ def chat_main(argv: list[str]) -> int:
     from vital_hub.eval.chat import ChatJudgeConfig, run_chat_judge
 
     config = parse_config(ChatJudgeConfig, argv, "vital eval chat", "Judge qa50 answers; relative scores.")
-    summary = run_chat_judge(config)
+    if config.reviews is not None:
+        from vital_hub.eval.reviews import score_reviews
+
+        summary = score_reviews(config)
+    else:
+        summary = run_chat_judge(config)
     _print({"overall": summary["overall"], "by_type": summary["by_type"], "out_dir": config.out_dir})
     return 0
 

@@ -258,7 +258,8 @@ def score_vqa_files(
     """Score an answers file against VQA records under every compatibility mode; `compat` picks the headline.
 
     Questions without an answer stop the run (the original asserted identical id lists) unless `allow_missing`,
-    which scores them as empty answers and counts them.
+    which scores them as empty answers and counts them. An answer whose text is the empty string is an answer
+    (the model said nothing): it scores 0 and is not missing.
     """
     if compat not in COMPATS:
         raise ValueError(f"unknown compat {compat!r}; known: {list(COMPATS)}")
@@ -267,7 +268,7 @@ def score_vqa_files(
     if untyped:
         raise RecordError(f"{len(untyped)} records have no answer_type (first: {untyped[0]!r})", file=str(questions))
     answers_by_id = read_answers(answers)
-    missing = [q.question_id for q in items if not (answers_by_id.get(q.key) or {}).get("text")]
+    missing = [q.question_id for q in items if not isinstance((answers_by_id.get(q.key) or {}).get("text"), str)]
     if missing and not allow_missing:
         raise RecordError(
             f"{len(missing)} questions have no answer (first ids: {missing[:5]}); pass --allow-missing to score "

@@ -52,6 +52,7 @@ def figures_features():
             "domain": {name: Value("bool") for name in DOMAINS},
             "image": Image(),
             "licence": text,
+            "retracted": Value("bool"),
             "source_url": text,
             "sha256": text,
             "status": text,
@@ -258,6 +259,7 @@ def figure_row(index_row: dict, caption: dict | None, images: Path) -> dict:
         "fig_id": fields["fig_id"] or index_row.get("fig_id"),
         "image": image,
         "licence": index_row.get("licence"),
+        "retracted": index_row.get("retracted"),
         "source_url": index_row.get("source_url"),
         "sha256": index_row.get("sha256") if image is not None else None,
         "status": status,
@@ -341,7 +343,8 @@ def card_text(counts: dict[str, int]) -> str:
 Figures of PubMed Central Open Access articles, fetched with `vital fetch figures` and built with
 `vital build figures`. Config `figures`, one row per figure: `pair_id`, `pmcid`, `pmid`, `fig_id`, `fig_label`,
 `caption`, `mentions`, `domain`, `image` (null unless `status` is `ok`), `licence` (the article's PMC licence
-code), `source_url`, `sha256`, `status`.
+code), `retracted` (the article's newest version is marked retracted; null when its metadata was not read),
+`source_url`, `sha256`, `status`. `vital generate candidates` leaves retracted figures out unless asked.
 
 | status | figures |
 |---|---:|

@@ -1,5 +1,5 @@
 """A polite HTTP client for the bucket and tarball mirrors: one connection pool, bounded concurrency, a per-host
-rate limit, and exponential backoff with jitter that honours Retry-After.
+rate limit that adapts to 503 Slow Down, and exponential backoff with jitter that honours Retry-After.
 
 Errors are classified where they happen: 429, 5xx (S3's 503 "Slow Down" among them), timeouts, dropped
 connections and truncated bodies are retried; 403 and 404 are final answers, never retried.
@@ -28,7 +28,7 @@ ERROR_BODY_BYTES = 1 << 16
 @dataclass(frozen=True)
 class HttpOptions:
     concurrency: int = 32
-    requests_per_second_per_host: float = 100.0
+    requests_per_second_per_host: float = 1000.0  # the ceiling: halved on each 503 Slow Down, regained on success
     max_retries: int = 6
     backoff_base_s: float = 0.5
     backoff_max_s: float = 60.0
@@ -60,6 +60,7 @@ class TransferStats:
     throttled: int = 0
     bytes: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
+    rate_limit: dict = field(default_factory=dict)
 
 
 class TooLarge(Exception):
@@ -67,22 +68,53 @@ class TooLarge(Exception):
 
 
 class HostRateLimiter:
-    """Spaces requests to one host at least 1/rate apart; a Retry-After pauses the whole host, not one task."""
+    """Spaces requests to one host at least 1/rate apart; a Retry-After pauses the whole host, not one task.
 
-    def __init__(self, rate: float):
-        self.interval = 1.0 / rate if rate and rate > 0 else 0.0
+    The rate adapts as S3 asks (https://docs.aws.amazon.com/AmazonS3/latest/userguide/optimizing-performance.html:
+    a prefix serves thousands of GETs per second and answers 503 Slow Down above what it can take): each 429/503
+    halves the host's rate (down to `floor`), each success adds `ceiling / 1000` back, up to the configured rate.
+    """
+
+    def __init__(self, rate: float, floor: float = 1.0):
+        self.ceiling = rate if rate and rate > 0 else 0.0
+        self.floor = min(floor, self.ceiling) if self.ceiling else 0.0
+        self.rates: dict[str, float] = {}
+        self.lowest: dict[str, float] = {}
         self.next_slot: dict[str, float] = {}
+
+    def rate(self, host: str) -> float:
+        return self.rates.get(host, self.ceiling)
 
     async def wait(self, host: str) -> None:
         now = time.monotonic()
         slot = max(now, self.next_slot.get(host, now))
-        self.next_slot[host] = slot + self.interval
+        rate = self.rate(host)
+        self.next_slot[host] = slot + (1.0 / rate if rate else 0.0)
         if slot > now:
             await asyncio.sleep(slot - now)
 
     def pause(self, host: str, seconds: float) -> None:
         resume = time.monotonic() + seconds
         self.next_slot[host] = max(self.next_slot.get(host, resume), resume)
+
+    def slow_down(self, host: str) -> None:
+        if self.ceiling:
+            self.rates[host] = max(self.floor, self.rate(host) / 2)
+            self.lowest[host] = min(self.lowest.get(host, self.ceiling), self.rates[host])
+
+    def succeeded(self, host: str) -> None:
+        if self.ceiling and host in self.rates:
+            self.rates[host] = min(self.ceiling, self.rates[host] + self.ceiling / 1000)
+
+    def summary(self) -> dict:
+        """The configured rate and, per host that asked to slow down, the lowest and the last rate used."""
+        return {
+            "configured_per_host": self.ceiling or None,
+            "adapted": {
+                host: {"lowest": round(self.lowest[host], 2), "final": round(self.rates[host], 2)}
+                for host in sorted(self.lowest)
+            },  # fmt: skip
+        }
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -175,6 +207,9 @@ class HttpClient:
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                     if response.status in (429, 503):
                         self.stats.throttled += 1
+                        self.limiter.slow_down(host)
+                    elif response.status < 500:
+                        self.limiter.succeeded(host)
                     if response.status != 200:
                         await response.content.read(ERROR_BODY_BYTES)  # S3 error XML; never a whole hostile body
                         return Fetched(url=url, status=response.status), retry_after

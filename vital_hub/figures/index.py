@@ -105,6 +105,11 @@ class ShardFiles:
     def done(self) -> Path:
         return self._path(".done")
 
+    @property
+    def options(self) -> Path:
+        """The options that shape the results, recorded when the shard is first fetched."""
+        return self._path(".options.json")
+
 
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
@@ -151,7 +156,7 @@ class Journal:
         (bar a torn last line, which `load` cuts off)."""
         if self.fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         data = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode()
         written = 0
         while written < len(data):
@@ -212,6 +217,17 @@ def write_stats(path: Path, stats: dict) -> None:
     write_json_atomic(path, stats)
 
 
-def mark_done(path: Path) -> None:
+def mark_done(path: Path, completed: dict) -> None:
+    """The completion marker records what it completed (a hash of the shard's records and the options), so a
+    changed URL list is not taken for a finished shard."""
     with atomic_path(path) as tmp:
-        tmp.write_text("complete\n")
+        tmp.write_text(json.dumps(completed, sort_keys=True) + "\n")
+
+
+def read_marker(path: Path) -> dict | None:
+    """What a completion marker says it completed; None when absent or written before markers held it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

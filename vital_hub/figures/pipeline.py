@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from vital_hub.figures.index import (
     Shard,
     ShardFiles,
     mark_done,
+    read_marker,
     write_index,
     write_stats,
 )
@@ -51,6 +53,11 @@ from vital_hub.schema import RecordError
 MiB = 1 << 20
 MAX_DOCUMENT_BYTES = 64 * MiB  # metadata JSON, listings and JATS XML
 PARTIAL_DIR = ".partial"
+# Options that change what a figure's row or file is; the others (speed, retries, progress) do not.
+RESULT_OPTIONS = (
+    "base_url", "legacy_base_url", "licence", "legacy", "max_image_mb", "max_pixels", "max_archive_mb",
+    "max_unpacked_mb", "max_held_mb",
+)  # fmt: skip
 REJECTED_MEMBER_SAMPLES = 20
 
 log = logging.getLogger(__name__)
@@ -71,7 +78,8 @@ class FetchConfig:
     )
     concurrency: int = help_field("requests in flight at once (one connection pool)", default=HttpOptions.concurrency)
     rate_limit: float = help_field(
-        "requests per second per host (0 = unlimited)", default=HttpOptions.requests_per_second_per_host
+        "requests per second per host: the most, halved on each 503 Slow Down and regained on success (0 = unlimited)",
+        default=HttpOptions.requests_per_second_per_host,
     )
     max_retries: int = help_field(
         "retries on 429, 5xx, timeouts and truncated bodies", default=HttpOptions.max_retries
@@ -185,7 +193,7 @@ class ArticleFetcher:
     async def fetch(self, pmcid: str, requests: list[FigureRequest]) -> list[dict]:
         article = ArticleDocuments(self, pmcid)
         states = [FigureState(request) for request in requests]
-        licence_task = article.metadata(1) if self.config.licence else None
+        licence_task = asyncio.ensure_future(article.newest_metadata()) if self.config.licence else None
         await asyncio.gather(*(self._from_bucket_v1(article, state) for state in states))
         if any(not s.done for s in states):
             await self._from_metadata(article, states)
@@ -198,9 +206,8 @@ class ArticleFetcher:
                 state.notes.append("legacy: the record names no tarball")
             elif not state.done and not self.config.legacy:
                 state.notes.append("legacy: tarballs not tried (--no-legacy)")
-        if licence_task is not None:
-            await licence_task
-        licence, retracted = article.licence()
+        newest = await licence_task if licence_task is not None else None
+        licence, retracted = (newest.licence, newest.retracted) if newest is not None else article.licence()
         rows = []
         for state in states:
             row = state.final_row(licence, retracted)
@@ -210,13 +217,14 @@ class ArticleFetcher:
         return rows
 
     async def _from_bucket_v1(self, article: ArticleDocuments, state: FigureState) -> None:
-        """GET `PMC<id>.1/<file>`; its md5 is checked against version 1's metadata when that was read anyway (for
-        the licence, in parallel), else against the S3 ETag."""
+        """GET `PMC<id>.1/<file>`; its md5 is checked against version 1's metadata (the object's answer shows that
+        version 1 exists), else, when that lists no md5 for it, against the S3 ETag: with or without --licence,
+        the same bytes are kept."""
         url = self.layout.file_url(article.pmcid, 1, state.request.file)
         state.tried.add(url)
         fetched = await self.client.get(url, self.limits.max_image_bytes)
         expected = None
-        if fetched.ok and self.config.licence:
+        if fetched.ok:
             metadata = await article.metadata(1)
             media = metadata.media.get(state.request.file) if metadata else None
             expected = media.md5 if media else None
@@ -232,6 +240,9 @@ class ArticleFetcher:
                 return
             metadata = await article.metadata(version)
             if metadata is None:
+                for state in states:
+                    if not state.done:
+                        state.notes.append(f"metadata v{version}: {article.metadata_tried(version)} not readable")
                 continue
             if not metadata.media:
                 for state in states:
@@ -328,7 +339,9 @@ class ArticleFetcher:
     def _verify_and_write(self, request: FigureRequest, data: bytes, source: str, url: str, md5: str) -> dict:
         """Decode the bytes fully, then write the JPEG under a temporary name and rename it onto `<pair_id>.jpg`."""
         image = verify_image(data, self.limits)
-        with atomic_path(self.out / request.image_name) as tmp:
+        # No fsync per figure (~6.5 ms each): a resume re-checks every journalled figure's size (and sha256 with
+        # --retry-failed), so one lost to a power cut is fetched again; the shard syncs once before its marker.
+        with atomic_path(self.out / request.image_name, fsync=False) as tmp:
             tmp.write_bytes(image.jpeg)
         return base_row(
             request,
@@ -422,10 +435,23 @@ class ArticleDocuments:
             self._jats[version] = asyncio.ensure_future(self._read_jats(version))
         return self._jats[version]
 
+    async def newest_metadata(self) -> ArticleMetadata | None:
+        """The newest version's metadata: licence and retraction are the article's as PMC states them now (a
+        retraction is a new version; the figure itself may have been found at version 1)."""
+        versions = await self.versions()
+        return await self.metadata(versions[0]) if versions else None
+
+    def metadata_tried(self, version: int) -> str:
+        return " and ".join(self.layout.metadata_urls(self.pmcid, version))
+
     def licence(self) -> tuple[str | None, bool | None]:
-        """From the newest version whose metadata was read (version 1 when the bucket object answered)."""
-        known = [t.result() for _, t in sorted(self._metadata.items(), reverse=True) if t.done() and t.result()]
-        return (known[0].licence, known[0].retracted) if known else (None, None)
+        """Without --licence: the newest version's licence and retraction when resolving happened to list the
+        versions and read that one's metadata; otherwise unknown (an older version's could be stale)."""
+        if self._versions is None or not self._versions.done() or not self._versions.result():
+            return None, None
+        task = self._metadata.get(self._versions.result()[0])
+        newest = task.result() if task is not None and task.done() else None
+        return (newest.licence, newest.retracted) if newest is not None else (None, None)
 
     async def _list_versions(self) -> tuple[int, ...]:
         versions: set[int] = set()
@@ -444,13 +470,16 @@ class ArticleDocuments:
                 return tuple(sorted(versions, reverse=True))
 
     async def _read_metadata(self, version: int) -> ArticleMetadata | None:
-        fetched = await self.client.get(self.layout.metadata_url(self.pmcid, version), MAX_DOCUMENT_BYTES)
-        if not fetched.ok:
-            return None
-        try:
-            return parse_metadata(fetched.data, version, self.layout)
-        except ValueError:
-            return None
+        """`metadata/PMC<id>.<N>.json`, else the copy inside the version folder (`PMC<id>.<N>/PMC<id>.<N>.json`)."""
+        for url in self.layout.metadata_urls(self.pmcid, version):
+            fetched = await self.client.get(url, MAX_DOCUMENT_BYTES)
+            if not fetched.ok:
+                continue
+            try:
+                return parse_metadata(fetched.data, version, self.layout)
+            except ValueError:
+                continue
+        return None
 
     async def _read_jats(self, version: int) -> dict[str, list[str]] | None:
         fetched = await self.client.get(self.layout.jats_url(self.pmcid, version), MAX_DOCUMENT_BYTES)
@@ -486,23 +515,36 @@ def read_shard_requests(urls: str | Path, shard: Shard) -> tuple[list[FigureRequ
     return kept, duplicates
 
 
-def plan_shard(requests: list[FigureRequest], journal: dict[str, JournalEntry], out: Path, retry_failed: bool):
-    """Skip figures already finished: ok ones whose file is still there whole, failures unless retrying them."""
+def plan_shard(
+    requests: list[FigureRequest], journal: dict[str, JournalEntry], out: Path, retry_failed: bool, read_row=None
+):
+    """Skip figures already finished: ok ones whose file is still there whole, failures unless retrying them.
+
+    Whole means the indexed size on a resume; with `retry_failed` (the repair pass) also the indexed sha256, so a
+    file damaged in place without changing size is fetched again (`read_row` gives an entry's journal row)."""
     done, todo = set(), []
     for request in requests:
         entry = journal.get(request.pair_id)
-        if entry is not None and _still_done(request, entry, out, retry_failed):
+        if entry is not None and _still_done(request, entry, out, retry_failed, read_row):
             done.add(request.pair_id)
         else:
             todo.append(request)
     return done, todo
 
 
-def _still_done(request: FigureRequest, entry: JournalEntry, out: Path, retry_failed: bool) -> bool:
+def _still_done(request: FigureRequest, entry: JournalEntry, out: Path, retry_failed: bool, read_row) -> bool:
     if entry.status != "ok":
         return not retry_failed
     path = out / request.image_name
-    return path.is_file() and path.stat().st_size == entry.bytes
+    if not (path.is_file() and path.stat().st_size == entry.bytes):
+        return False
+    if not retry_failed or read_row is None:
+        return True
+    return _sha256_of(path) == read_row(entry).get("sha256")
+
+
+def _sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()  # a figure is a few hundred KB at most
 
 
 def group_by_article(requests: list[FigureRequest]) -> Iterator[tuple[str, list[FigureRequest]]]:
@@ -571,24 +613,59 @@ async def fetch_articles(config: FetchConfig, todo: list[FigureRequest], out: Pa
             await asyncio.gather(*(worker() for _ in range(max(2, config.concurrency * 2))))
         finally:
             progress.close()
+    client.stats.rate_limit = client.limiter.summary()
     return client.stats, samples, fetcher.rejected_members
 
 
+def records_digest(requests: list[FigureRequest]) -> str:
+    """sha256 of the shard's records as the fetch reads them (pair id, article, file, tarball), in order."""
+    digest = hashlib.sha256()
+    for request in requests:
+        digest.update(f"{request.pair_id}\t{request.pmcid}\t{request.file}\t{request.tar_url or ''}\n".encode())
+    return digest.hexdigest()
+
+
+def result_options(config: FetchConfig) -> dict:
+    return {name: getattr(config, name) for name in RESULT_OPTIONS}
+
+
+def check_same_options(files: ShardFiles, options: dict) -> None:
+    """Refuse to mix rows fetched under different result-shaping options in one shard's index."""
+    before = read_marker(files.options)
+    if before is None:
+        with atomic_path(files.options) as tmp:
+            tmp.write_text(json.dumps(options, sort_keys=True, indent=1) + "\n")
+        return
+    changed = [f"--{name.replace('_', '-')} {before.get(name)!r} -> {options[name]!r}" for name in options
+               if before.get(name) != options[name]]  # fmt: skip
+    if changed:
+        raise ValueError(
+            f"{files.options}: this shard was fetched with other options ({'; '.join(changed)}); its rows would "
+            "mix both. Run with the same options, or fetch into a new --out."
+        )
+
+
 def run_fetch(config: FetchConfig) -> dict:
-    """Fetch one shard to completion (or resume it) and return its stats; the index is written at the end."""
+    """Fetch one shard to completion (or resume it) and return its stats; the index is written at the end.
+
+    A shard is complete only for the records and options its marker names: added records are fetched (the
+    journal keeps what was done), and a changed result-shaping option is refused."""
     out, shard = Path(config.out), config.shard_spec
     files = ShardFiles(out, shard)
-    if files.done.exists() and not config.retry_failed and files.stats.exists():
-        return {**json.loads(files.stats.read_text()), "already_complete": True}
     requests, duplicates = read_shard_requests(config.urls, shard)
+    completed = {"records": len(requests), "records_sha256": records_digest(requests), **result_options(config)}
+    marker = read_marker(files.done)
+    if marker == completed and not config.retry_failed and files.stats.exists():
+        return {**json.loads(files.stats.read_text()), "already_complete": True}
     out.mkdir(parents=True, exist_ok=True)
     files.folder.mkdir(parents=True, exist_ok=True)
+    check_same_options(files, result_options(config))
     partial = out / PARTIAL_DIR / shard.name
     remove_stale_temporaries(out, requests, partial, files)
     partial.mkdir(parents=True, exist_ok=True)
     files.done.unlink(missing_ok=True)
     journal = Journal(files.journal)
-    already_done, todo = plan_shard(requests, journal.load(), out, config.retry_failed)
+    already_done, todo = plan_shard(requests, journal.load(), out, config.retry_failed, journal.read)
     started = time.monotonic()
     try:
         transfer, samples, rejected = asyncio.run(fetch_articles(config, todo, out, partial, journal))
@@ -626,6 +703,7 @@ def run_fetch(config: FetchConfig) -> dict:
             "requests": transfer.requests,
             "retries": transfer.retries,
             "throttled": transfer.throttled,
+            "rate_limit": transfer.rate_limit,
             "http_statuses": dict(sorted(transfer.by_status.items())),
         },
         "error_samples": samples.samples,
@@ -636,7 +714,8 @@ def run_fetch(config: FetchConfig) -> dict:
         "config": {k: v for k, v in asdict(config).items() if k != "progress"},
     }
     write_stats(files.stats, stats)
-    mark_done(files.done)
+    os.sync()  # the figures written without their own fsync are durable before the shard says it is complete
+    mark_done(files.done, completed)
     for folder in (partial, partial.parent):
         with contextlib.suppress(OSError):  # still in use by another shard, or not empty
             folder.rmdir()

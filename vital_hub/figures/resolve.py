@@ -144,6 +144,10 @@ class BucketLayout:
     def metadata_url(self, pmcid: str, version: int) -> str:
         return f"{self.root}/metadata/{pmcid}.{version}.json"
 
+    def metadata_urls(self, pmcid: str, version: int) -> tuple[str, str]:
+        """Where a version's metadata is: `metadata/`, then the copy in the version folder."""
+        return self.metadata_url(pmcid, version), f"{self.root}/{pmcid}.{version}/{pmcid}.{version}.json"
+
     def jats_url(self, pmcid: str, version: int) -> str:
         return f"{self.root}/{pmcid}.{version}/{pmcid}.{version}.xml"
 

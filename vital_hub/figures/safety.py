@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from vital_hub.io import describe_error
+
 # Formats a PMC figure can be in. Restricting Pillow to them keeps plugins such as EPS (which runs Ghostscript)
 # away from downloaded bytes.
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "BMP", "WEBP")
@@ -57,7 +59,8 @@ class VerifiedImage:
 
 
 def verify_image(data: bytes, limits: Limits) -> VerifiedImage:
-    """Decode every pixel (truncation shows up only then) after checking the declared size against the caps."""
+    """Decode the whole image (truncation shows up only then) after checking the declared size against the caps; a
+    JPEG, kept as sent, is decoded in draft mode at 1/8 scale: every byte is still read, at two thirds of the CPU."""
     if not data:
         raise Rejected("empty file")
     if len(data) > limits.max_image_bytes:
@@ -69,15 +72,17 @@ def verify_image(data: bytes, limits: Limits) -> VerifiedImage:
                 width, height = image.size
                 if width * height > limits.max_pixels:
                     raise Rejected(f"{width}x{height} pixels exceeds the cap of {limits.max_pixels} (pixel bomb)")
-                image.load()
                 fmt = image.format or "unknown"
+                if fmt == "JPEG":  # kept as sent, pixels unused: decode at 1/8 scale, which still reads every byte
+                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # (a cut-off file still fails)
+                image.load()
                 jpeg = data if fmt == "JPEG" else to_jpeg(image)
         except Image.DecompressionBombError as err:
             raise Rejected(f"pixel bomb: {err}") from err
         except Rejected:
             raise
         except Exception as err:  # Pillow raises many types for bad bytes; every one means "not an image"
-            raise Rejected(f"not a decodable image ({type(err).__name__}: {err})") from err
+            raise Rejected(f"not a decodable image ({describe_error(err)})") from err
     return VerifiedImage(jpeg=jpeg, format=fmt, width=width, height=height)
 
 

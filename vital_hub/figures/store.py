@@ -29,6 +29,7 @@ ROW_KEYS = (
     "domain",
     "image",
     "licence",
+    "retracted",
     "source_url",
     "sha256",
     "status",
@@ -50,6 +51,10 @@ class FigureStore:
 
     def pair_ids(self) -> list[str]:
         return sorted(self._rows)
+
+    def retracted_ids(self) -> set[str]:
+        """Figures of articles whose newest version PMC marks retracted (read from the index, no image decoded)."""
+        return {pair_id for pair_id, row in self._rows.items() if row.get("retracted")}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -124,12 +129,12 @@ def _download_repo(repo_id: str) -> Path:
 
 def _parquet_store(files: list[Path], captions: dict[str, dict]) -> FigureStore:
     rows, refs = {}, {}
-    columns = [c for c in ROW_KEYS if c != "image"]
     for file in files:
         parquet = pq.ParquetFile(file)
+        columns = [c for c in ROW_KEYS if c != "image" and c in parquet.schema_arrow.names]  # older shards: fewer
         for group in range(parquet.num_row_groups):
             for position, row in enumerate(parquet.read_row_group(group, columns=columns).to_pylist()):
-                rows[row["pair_id"]] = row
+                rows[row["pair_id"]] = {key: row.get(key) for key in ROW_KEYS if key != "image"}
                 refs[row["pair_id"]] = _ParquetRef(file, group, position)
     cache: dict = {}
 

@@ -65,6 +65,9 @@ class GenerateConfig(ServerOptions):
     seed: int = field(default=0, metadata={"help": "run seed: demonstrations and API seed derive from it"})
     min_rounds: int = field(default=3, metadata={"help": "fewer complete rounds than this -> status unparsed"})
     limit: int | None = field(default=None, metadata={"help": "only the first N figures"})
+    include_retracted: bool = field(
+        default=False, metadata={"help": "also generate for figures of retracted articles (left out by default)"}
+    )
     backend: str = field(default="online", metadata={"help": "online | batch (OpenAI Batch API)"})
     max_tokens: int = field(default=4096, metadata={"help": "completion budget per request (the paper: 4096)"})
     max_tokens_field: str = field(
@@ -346,6 +349,7 @@ class Job:
     order: list[str]
     identity: dict
     source_lock: threading.Lock = field(default_factory=threading.Lock)
+    retracted_left_out: int = 0
 
     @classmethod
     def prepare(cls, config: GenerateConfig) -> Job:
@@ -363,6 +367,10 @@ class Job:
         rows = RowMaker(config.model, config.mode, prompt_set.version, sampling, config.min_rounds)
         source = open_figure_source(config.figures, config.captions)
         order = list(source.pair_ids())
+        retracted = source.retracted_ids() if hasattr(source, "retracted_ids") else set()
+        if retracted and not config.include_retracted:
+            order = [pair_id for pair_id in order if pair_id not in retracted]
+            print(f"left out {len(retracted)} figures of retracted articles (--include-retracted keeps them)")
         if config.limit is not None:
             order = order[: config.limit]
         identity = {
@@ -379,6 +387,7 @@ class Job:
             "demos_sha256": sha256_file(config.demos) if config.demos else None,
         }
         job = cls(config, folder, PromptBuilder(prompt_set, pool, options), rows, source, order, identity)
+        job.retracted_left_out = 0 if config.include_retracted else len(retracted)
         job.record_run(prompt_set.system)
         return job
 
@@ -538,6 +547,7 @@ def install_stop_handlers(stop: asyncio.Event, task: asyncio.Task | None):
 
 def finish(job: Job, client: ChatClient, writer: PartWriter, waiting: int = 0) -> dict:
     summary = {"usage": client.stats.summary(), "this_run": dict(writer.status_counts), "waiting_in_batches": waiting}
+    summary["retracted_left_out"] = job.retracted_left_out
     if waiting == 0:
         summary["dataset"] = write_dataset(job.folder, job.order, job.config.shard_rows)
         summary["path"] = str(job.folder.data)

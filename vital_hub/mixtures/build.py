@@ -26,13 +26,14 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from vital_hub import __version__
-from vital_hub.io import atomic_path, iter_json_records, read_json, write_json_atomic
+from vital_hub.io import atomic_path, describe_error, iter_json_records, read_json, write_json_atomic
 from vital_hub.mixtures.shards import COMPRESSION, ShardWriter, file_entry, shard_entry
 from vital_hub.mixtures.spec import Component, Mixture, MixturePlan, Part
 from vital_hub.schema import (
     Location,
     RecordError,
     check_unique_ids,
+    image_id_of,
     row_arrow_schema,
     validate_llava,
 )
@@ -56,7 +57,9 @@ class BuildOptions:
     max_batch_bytes: int = 64 << 20
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     show_progress: bool = True
+    include_retracted: bool = False
     images_fingerprint: str | None = field(init=False, default=None)
+    retracted: frozenset[str] = field(init=False, default=frozenset())
 
     def __post_init__(self):
         self.sources, self.out = Path(self.sources), Path(self.out)
@@ -66,17 +69,42 @@ class BuildOptions:
         if self.rows_per_shard < 1 or self.batch_rows < 1:
             raise ValueError("rows_per_shard and batch_rows must be positive")
         self.images_fingerprint = _images_fingerprint(self.images)
+        self.retracted = _retracted_figures(self.images)
+
+
+def _retracted_figures(images: Path | None) -> frozenset[str]:
+    """Pair ids the fetch index of an images folder marks retracted (its article's newest version is)."""
+    if images is None:
+        return frozenset()
+    import pyarrow.compute as pc
+
+    from vital_hub.figures.index import index_files
+
+    retracted: set[str] = set()
+    for shard in index_files(images):
+        table = pq.read_table(shard, columns=["pair_id", "retracted"])
+        retracted.update(table.filter(pc.fill_null(table["retracted"], False))["pair_id"].to_pylist())
+    return frozenset(retracted)
 
 
 @dataclass
 class ImageStats:
+    """Rows with their figure (`present`) and rows stored text-only, by why the figure is not there."""
+
     present: int = 0
     missing: int = 0
     empty: int = 0
     corrupt: int = 0
+    retracted_left_out: int = 0  # rows not built: the figure's article is retracted (--include-retracted keeps)
 
     def as_dict(self) -> dict:
-        return {"present": self.present, "missing": self.missing, "empty": self.empty, "corrupt": self.corrupt}
+        return {
+            "present": self.present,
+            "missing": self.missing,
+            "empty": self.empty,
+            "corrupt": self.corrupt,
+            "retracted_left_out": self.retracted_left_out,
+        }
 
 
 @dataclass
@@ -192,10 +220,12 @@ def _inputs_key(component: Component, source: dict, options: BuildOptions) -> st
     """What a component's bytes depend on; a stored component with the same key is reused as it is."""
     settings = {
         "builder_version": __version__,
+        "row_schema": hashlib.sha256(str(row_arrow_schema()).encode()).hexdigest(),
         "component": [component.name, component.file_name],
         "source_sha256": source["sha256"],
         "images": options.images_fingerprint,
         "require_images": options.require_images,
+        "retracted": None if options.include_retracted else sorted(options.retracted),
         "rows_per_shard": options.rows_per_shard,
         "max_shard_bytes": options.max_shard_bytes,
         "batch_rows": options.batch_rows,
@@ -316,6 +346,9 @@ def _records(
 ) -> Iterator[tuple[dict, dict | None]]:
     """Validated records of a source file, each with its figure when an images folder is given."""
     for where, record in check_unique_ids(_validated(iter_json_records(path))):
+        if options.retracted and not options.include_retracted and image_id_of(record["image"]) in options.retracted:
+            stats.retracted_left_out += 1
+            continue
         image = None if options.images is None else _load_image(record, where, options, stats, missing)
         yield record, image
 
@@ -361,7 +394,7 @@ def _undecodable(data: bytes) -> str | None:
             image.draft("RGB", (64, 64))
             image.load()
     except Exception as err:  # PIL raises many types for broken files; the reason is kept, never hidden
-        return f"{type(err).__name__}: {err}"
+        return describe_error(err)
     return None
 
 

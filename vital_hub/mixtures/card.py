@@ -25,6 +25,21 @@ CITATION = """@inproceedings{cui2024biomedical,
 }"""
 
 
+# The Hub's size buckets (https://huggingface.co/docs/hub/datasets-cards): (upper bound, label).
+SIZE_CATEGORIES = (
+    (1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+    (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"),
+    (10**11, "10B<n<100B"), (10**12, "100B<n<1T"),
+)  # fmt: skip
+LICENSE_NAME = "pmc-open-access-per-article"  # `license: other` needs an id and a link on the Hub
+LICENSE_LINK = "https://pmc.ncbi.nlm.nih.gov/tools/openftlist/"
+
+
+def size_category(rows: int) -> str:
+    """The Hub's size bucket of a row count."""
+    return next((label for bound, label in SIZE_CATEGORIES if rows < bound), "n>1T")
+
+
 def card_metadata(manifest: dict) -> dict:
     """README YAML: `configs` (shards per config) and `dataset_info` (features, sizes, per-shard checksums).
 
@@ -47,16 +62,47 @@ def card_metadata(manifest: dict) -> dict:
                 "download_checksums": config["checksums"],
             }
         )
+    unique_rows = sum(component["rows"] for component in manifest["components"].values())  # each stored once
     return {
         "license": "other",
+        "license_name": LICENSE_NAME,
+        "license_link": LICENSE_LINK,
         "language": ["en"],
         "task_categories": ["image-text-to-text", "visual-question-answering"],
         "tags": ["biomedical", "medical", "instruction-tuning", "llava", "biomed-vital", "pmc"],
         "pretty_name": "BioMed-VITAL instructions",
-        "size_categories": ["100K<n<1M"],
+        "size_categories": [size_category(unique_rows)],
         "configs": configs,
         "dataset_info": infos,
     }
+
+
+def figure_less_text(manifest: dict) -> list[str]:
+    """What the card says about rows without a figure: how many per config, why, and what they are."""
+    lines = ["| config | rows | text-only rows |", "|---|---:|---:|"]
+    for name, config in manifest["configs"].items():
+        lines.append(f"| `{name}` | {config['rows']:,} | {text_only_rows(manifest, name)} |")
+    return [
+        "Rows without a figure are stored text-only: `images` is `[]` and `messages` has no image part, so they are "
+        "valid TRL rows and train as text conversations. A figure is missing when it was not in the images folder, "
+        "empty or did not decode at build time (each listed with its reason in `data/<component>/missing_images.jsonl`;"
+        " `--require-images` makes that an error). Drop them with `ds.filter(lambda row: len(row['images']) > 0)`.",
+        "",
+        *lines,
+    ]
+
+
+def text_only_rows(manifest: dict, config: str) -> str:
+    """Text-only rows of a config: exact for whole components, the sampled ones' share estimated."""
+    entry = manifest["configs"][config]
+    total = 0.0
+    for part in entry["components"]:
+        component = manifest["components"][part["name"]]
+        images = component["images"]
+        absent = component["rows"] - (0 if images is None else images["present"])
+        total += absent * part["fraction"]
+    exact = all(part["fraction"] == 1.0 for part in entry["components"])
+    return f"{round(total):,}" if exact else f"about {round(total):,}"
 
 
 def card_text(manifest: dict, report: list[str] | None = None) -> str:
@@ -75,7 +121,7 @@ def card_text(manifest: dict, report: list[str] | None = None) -> str:
         "from datasets import load_dataset",
         "",
         'ds = load_dataset("biomed-vital/instructions", "80k", split="train")',
-        "row = ds[0]  # images: [PIL image or None], messages: TRL chat format",
+        "row = ds[0]  # images: [PIL image], or [] for a text-only row; messages: TRL chat format",
         "```",
         "",
         "Train with `accelerate launch recipes/sft.py --config recipes/...yaml`; get the original LLaVA JSON back with "
@@ -95,16 +141,26 @@ def card_text(manifest: dict, report: list[str] | None = None) -> str:
         "",
         "## Components",
         "",
-        "| component | rows | source file | sha256 | images present |",
-        "|---|---:|---|---|---|",
+        "| component | rows | source file | sha256 | rows with their figure | text-only rows |",
+        "|---|---:|---|---|---:|---:|",
     ]
     for name, component in components.items():
         source = component["source"]
         images = component["images"]
-        shown = "not embedded" if images is None else f"{images['present']:,} of {component['rows']:,}"
+        present = 0 if images is None else images["present"]
+        shown = "not embedded" if images is None else f"{present:,}"
         lines.append(
-            f"| `{name}` | {component['rows']:,} | `{source['file']}` | `{source['sha256'][:16]}…` | {shown} |"
+            f"| `{name}` | {component['rows']:,} | `{source['file']}` | `{source['sha256'][:16]}…` | {shown} "
+            f"| {component['rows'] - present:,} |"
         )
+    lines += ["", *figure_less_text(manifest)]
+    retracted = sum((c["images"] or {}).get("retracted_left_out", 0) for c in components.values())
+    if retracted:
+        lines += [
+            "",
+            f"{retracted:,} source records were left out because PMC marks their figure's article retracted "
+            "(newest version's metadata, from the fetch index); `--include-retracted` keeps them.",
+        ]
     lines += report or []
     lines += [
         "",
@@ -113,9 +169,11 @@ def card_text(manifest: dict, report: list[str] | None = None) -> str:
         "- `id`, `image_id` (the PMC pair id `<PMID>_<figure id>`), `image_file` (the released `image` field)",
         "- `domain`: the five modality flags (chest_xray, mri, ct_scan, histology, gross), null when the source has none",
         "- `source`: the component a row comes from; `extra`: any other released field, as JSON",
-        "- `images`: one entry, the figure, or null when it was not available at build time "
-        "(listed in `data/<component>/missing_images.jsonl`)",
-        "- `messages`: the conversation in TRL format; the image part stands exactly where `<image>` stood",
+        "- `images`: the figure as a one-entry list, or `[]` when the row is text-only",
+        "- `messages`: the conversation in TRL format; the image part stands exactly where `<image>` stood, and "
+        "only when the row has its figure",
+        "- `image_position`: where the source put `<image>` (index of the image part in the first turn), kept for "
+        "text-only rows too so that the export gives the source record back; null when the source had none",
         "",
         "## Provenance",
         "",
@@ -131,8 +189,8 @@ def card_text(manifest: dict, report: list[str] | None = None) -> str:
         lines.append(f"- `{name}`: {component['licence']}")
     lines += [
         "",
-        "Figures come from the PMC Open Access subset under per-article licences. For research use; not for clinical "
-        "decisions.",
+        f"Figures come from the PMC Open Access subset under per-article licences ({LICENSE_LINK}). For research "
+        "use; not for clinical decisions.",
         "",
         "## Citation",
         "",

@@ -20,6 +20,9 @@ class InstructionsBuildConfig:
     out: str = help_field("repo folder to write (README.md, manifest.json, data/)")
     images: str | None = help_field("folder of <pair_id>.jpg figures to embed", default=None)
     require_images: bool = help_field("fail on a missing or broken figure instead of storing null", default=False)
+    include_retracted: bool = help_field(
+        "keep records whose figure's article is retracted (the --images fetch index says which)", default=False
+    )
     allow_unverified: bool = help_field("accept a source whose checksum does not match", default=False)
     mixtures: str | None = help_field("YAML with extra components and mixtures", default=None)
     configs: list[str] | None = help_field("build only these configs", default=None)
@@ -42,6 +45,7 @@ class InstructionsBuildConfig:
             out=Path(self.out),
             images=self.images,
             require_images=self.require_images,
+            include_retracted=self.include_retracted,
             allow_unverified=self.allow_unverified,
             rows_per_shard=self.rows_per_shard,
             workers=self.workers,

@@ -58,6 +58,82 @@ class ConversionError(ValueError):
     """An open_clip state dict that does not have BiomedCLIP's layout."""
 
 
+REQUIRED_KEYS = (
+    "visual.trunk.cls_token", "visual.trunk.pos_embed", "visual.trunk.patch_embed.proj.weight",
+    "visual.trunk.norm.weight", "visual.trunk.norm.bias", "visual.head.proj.weight",
+    "text.transformer.embeddings.word_embeddings.weight", "text.transformer.embeddings.position_embeddings.weight",
+    "text.transformer.embeddings.token_type_embeddings.weight", "text.transformer.embeddings.LayerNorm.weight",
+    "text.transformer.embeddings.LayerNorm.bias", "text.proj.0.weight", "text.proj.2.weight",
+)  # fmt: skip
+VISION_BLOCK_KEYS = tuple(
+    f"{module}.{kind}"
+    for module in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+    for kind in ("weight", "bias")
+)
+TEXT_LAYER_KEYS = tuple(
+    f"{module}.{kind}"
+    for module in (
+        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+        "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm",
+    )
+    for kind in ("weight", "bias")
+)  # fmt: skip
+# Depth of the timm ViTs open_clip configs name (`vision_cfg.timm_model_name`), for a checkpoint missing a block.
+TIMM_VIT_DEPTH = {"tiny": 12, "small": 12, "base": 12, "large": 24, "huge": 32}
+
+
+def check_open_clip_layout(state_dict: dict, open_clip_config: dict | None = None) -> None:
+    """Raise ConversionError naming the first open_clip key that BiomedCLIP's layout needs and this checkpoint
+    lacks (before any transformers key is involved), and a block count that contradicts the config."""
+    keys = set(state_dict)
+    if keys and all(key.startswith("module.") for key in keys):
+        raise ConversionError(
+            "every key starts with 'module.' (a checkpoint saved from DataParallel/DistributedDataParallel): strip "
+            "the prefix first, e.g. {k.removeprefix('module.'): v for k, v in state_dict.items()}"
+        )
+    for key in REQUIRED_KEYS:
+        if key not in keys:
+            raise ConversionError(f"missing open_clip key {key!r}: BiomedCLIP's layout has it ({_layout_hint(key)})")
+    _check_numbered(keys, "visual.trunk.blocks.", VISION_BLOCK_KEYS, qkv_bias_optional=True)
+    _check_numbered(keys, "text.transformer.encoder.layer.", TEXT_LAYER_KEYS)
+    vision_cfg = ((open_clip_config or {}).get("model_cfg") or {}).get("vision_cfg") or {}
+    expected = vision_cfg.get("layers")
+    match = re.match(r"vit_(tiny|small|base|large|huge)_patch", str(vision_cfg.get("timm_model_name", "")))
+    if expected is None and match:
+        expected = TIMM_VIT_DEPTH[match.group(1)]
+    found = _count_layers(state_dict, r"visual\.trunk\.blocks\.(\d+)\.")
+    if isinstance(expected, int) and found != expected:
+        raise ConversionError(
+            f"the checkpoint has {found} vision blocks (visual.trunk.blocks.0-{found - 1}.*) but open_clip_config.json "
+            f"describes {expected}: visual.trunk.blocks.{found}.* and on are missing"
+        )
+
+
+def _layout_hint(key: str) -> str:
+    if key.startswith("visual.trunk."):
+        return "the timm ViT trunk"
+    if key.startswith("visual.head."):
+        return "the image projection, 768 -> 512 in BiomedCLIP"
+    if key.startswith("text.proj."):
+        return "the MLP text projection, 768 -> 640 -> 512"
+    return "the PubMedBERT text tower"
+
+
+def _check_numbered(keys: set[str], prefix: str, suffixes: tuple[str, ...], qkv_bias_optional: bool = False) -> None:
+    """Every numbered layer 0..max under `prefix` holds every expected tensor."""
+    numbers = {int(m.group(1)) for key in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", key))}
+    if not numbers:
+        raise ConversionError(f"missing open_clip keys {prefix}0.*: no layers found")
+    with_bias = f"{prefix}0.attn.qkv.bias" in keys or not qkv_bias_optional
+    for number in range(max(numbers) + 1):
+        for suffix in suffixes:
+            if suffix == "attn.qkv.bias" and not with_bias:
+                continue
+            key = f"{prefix}{number}.{suffix}"
+            if key not in keys:
+                raise ConversionError(f"missing open_clip key {key!r} (layer {number} of 0-{max(numbers)})")
+
+
 def _vision_targets(name: str, layout: dict) -> list[tuple[str, int | None]]:
     """timm key (without prefix) -> [(HF ViT key, third of the fused qkv or None)]."""
     if name in TIMM_TOP_TO_HF:
@@ -90,6 +166,7 @@ def convert_open_clip_state_dict(state_dict: dict, target_keys: set[str] | None 
 
     `target_keys` (the backbone's own state-dict keys) picks the ViT layout and checks that every tensor lands on
     a real parameter; without it, the installed transformers' layout is used."""
+    check_open_clip_layout(state_dict)
     if target_keys is None:
         layout_name = installed_vit_layout()
     else:
@@ -135,6 +212,7 @@ def biomedclip_backbone_config(state_dict: dict, head_dim: int = 64):
     """The VisionTextDualEncoderConfig (ViT + BERT) that a BiomedCLIP state dict's shapes imply."""
     from transformers import BertConfig, VisionTextDualEncoderConfig, ViTConfig
 
+    check_open_clip_layout(state_dict)
     patch = state_dict[VISION_PREFIX + "patch_embed.proj.weight"]
     width, channels, patch_size = patch.shape[0], patch.shape[1], patch.shape[-1]
     grid = int(round((state_dict[VISION_PREFIX + "pos_embed"].shape[1] - 1) ** 0.5))
@@ -188,6 +266,7 @@ def selector_from_open_clip(folder: str | Path, **selector_kwargs):
     from vital_hub.selector.modeling import SelectorConfig, SelectorModel
 
     state_dict, open_clip_config = read_open_clip_checkpoint(folder)
+    check_open_clip_layout(state_dict, open_clip_config)
     backbone_config = biomedclip_backbone_config(state_dict)
     preprocess = open_clip_config.get("preprocess_cfg", {})
     text_cfg = open_clip_config.get("model_cfg", {}).get("text_cfg", {})

@@ -43,6 +43,15 @@ def get_loss(name: str) -> Callable[..., torch.Tensor]:
     return LOSSES[name]
 
 
+def effective_margin(name: str, margin: float | None) -> float:
+    """The margin a loss actually uses: the given one, or the loss's own default (hinge 1, Bradley-Terry 0)."""
+    import inspect
+
+    if margin is not None:
+        return float(margin)
+    return float(inspect.signature(get_loss(name)).parameters["margin"].default)
+
+
 def preference_loss(
     name: str,
     chosen: torch.Tensor,

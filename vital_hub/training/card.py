@@ -8,6 +8,7 @@ or a results JSON written by `vital eval`). It never holds tokens or environment
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from vital_hub.io import atomic_path, read_json
+from vital_hub.io import atomic_path, read_card, read_json
 
 # Trainer bookkeeping that is not part of the model repo.
 STAGING_SKIP = {"training_args.bin", "trainer_state.json"}
@@ -58,6 +59,29 @@ def hyperparameters_of(training_args, world_size: int, extra: dict | None = None
     return {**values, **(extra or {})}
 
 
+HUB_MODEL_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
+CACHE_FOLDER = re.compile(r"models--([A-Za-z0-9][\w.-]*)--([A-Za-z0-9][\w.-]*)")
+
+
+def hub_base_model(name_or_path: str) -> str | None:
+    """The Hub id a model came from, for the card's `base_model` (the Hub refuses a local path there): the name
+    itself when it is one; for a local folder, the Hub cache folder it lies in (`models--ORG--NAME/snapshots/...`)
+    or the `base_model` of the card a previous run wrote into it (stage 2 starts from stage 1's output); else None."""
+    path = Path(name_or_path)
+    if not path.exists():
+        ok = HUB_MODEL_ID.fullmatch(name_or_path) and ".." not in name_or_path and "--" not in name_or_path
+        return name_or_path if ok else None
+    for part in reversed(path.resolve().parts):
+        if match := CACHE_FOLDER.fullmatch(part):
+            return f"{match.group(1)}/{match.group(2)}"
+    try:
+        meta, _ = read_card(path / "README.md")
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return None
+    base = meta.get("base_model") if isinstance(meta, dict) else None
+    return base if isinstance(base, str) and not Path(base).exists() and hub_base_model(base) == base else None
+
+
 def card_text(
     model_name: str,
     base_model: str,
@@ -68,12 +92,17 @@ def card_text(
 ) -> str:
     """README.md of the trained model: Hub metadata in YAML, then the facts a reader needs to trust and rerun it."""
     hub_datasets = sorted({d.id for d in datasets if not Path(d.id).is_dir()})
-    metadata = {
-        "library_name": "peft" if method == "lora" else "transformers",
-        "base_model": base_model,
-        "pipeline_tag": "image-text-to-text",
-        "tags": ["vital-hub", "biomed-vital", "llava", "sft", "medical", method],
-    }
+    base_id = hub_base_model(base_model)
+    metadata = {"library_name": "peft" if method == "lora" else "transformers"}
+    if base_id is not None:
+        metadata["base_model"] = base_id
+    metadata.update(
+        {
+            "pipeline_tag": "image-text-to-text",
+            "tags": ["vital-hub", "biomed-vital", "llava", "sft", "medical", method],
+        }
+    )
+    base_shown = f"`{base_id}`" if base_id else f"A local checkpoint (`{Path(base_model).name}`)"
     if hub_datasets:
         metadata["datasets"] = hub_datasets
     lines = [
@@ -83,7 +112,7 @@ def card_text(
         "",
         f"# {model_name}",
         "",
-        f"`{base_model}` instruction-tuned ({method}) with vital-hub's `recipes/sft.py` on biomedical visual "
+        f"{base_shown} instruction-tuned ({method}) with vital-hub's `recipes/sft.py` on biomedical visual "
         "instruction data (BioMed-VITAL). The loss is on assistant tokens only; the vision tower stays frozen "
         "unless the hyperparameters below say otherwise.",
         "",

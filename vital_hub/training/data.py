@@ -110,14 +110,16 @@ def mixture_of(
 
 
 def missing_image_indices(dataset) -> list[int]:
-    """Rows whose single image is null (or has neither bytes nor path), read from Arrow without decoding."""
+    """Rows without a usable image: `images` empty (a text-only row), null, or an entry with neither bytes nor
+    path; read from Arrow without decoding."""
     import pyarrow.compute as pc
 
-    table = dataset.with_format("arrow")[:]
-    first = pc.list_element(table.column("images"), 0)
-    absent = pc.or_(pc.is_null(first), pc.and_(pc.is_null(pc.struct_field(first, "bytes")),
-                                                pc.is_null(pc.struct_field(first, "path"))))  # fmt: skip
-    return [int(i) for i in pc.indices_nonzero(pc.fill_null(absent, True)).to_pylist()]
+    images = dataset.with_format("arrow")[:].column("images").combine_chunks()
+    entries = pc.list_flatten(images)
+    usable = pc.invert(pc.or_kleene(pc.is_null(entries), pc.and_(pc.is_null(pc.struct_field(entries, "bytes")),
+                                                                 pc.is_null(pc.struct_field(entries, "path")))))  # fmt: skip
+    with_image = set(pc.filter(pc.list_parent_indices(images), pc.fill_null(usable, False)).to_pylist())
+    return [i for i in range(len(images)) if i not in with_image]
 
 
 def handle_missing_images(dataset, policy: str, name: str):

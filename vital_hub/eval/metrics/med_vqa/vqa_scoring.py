@@ -206,8 +206,9 @@ def score_all(predictions, references, answer_types, compat: str = "llava-med", 
     open_scores = [s for s, t in zip(scores, answer_types, strict=True) if t.upper() == "OPEN"]
     closed_scores = [s for s, t in zip(scores, answer_types, strict=True) if t.upper() == "CLOSED"]
     return {
-        "open_recall": 100 * sum(open_scores) / len(open_scores) if open_scores else None,
-        "closed_accuracy": 100 * sum(closed_scores) / len(closed_scores) if closed_scores else None,
+        # sum / n * 100 in this order, as LLaVA-Med's run_eval.py computes it, so totals compare bit for bit
+        "open_recall": sum(open_scores) / len(open_scores) * 100 if open_scores else None,
+        "closed_accuracy": sum(closed_scores) / len(closed_scores) * 100 if closed_scores else None,
         "open_count": len(open_scores),
         "closed_count": len(closed_scores),
         "scores": scores,
