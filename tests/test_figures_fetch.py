@@ -344,7 +344,7 @@ def test_a_finished_shard_fetches_added_records_and_refuses_changed_options(tmp_
         argv = ["--urls", str(urls), "--out", str(out), "--base-url", pmc.url, "--legacy-base-url", pmc.url,
                 "--no-licence", "--no-progress"]  # fmt: skip
         before = pmc.requests
-        assert fetch_main(argv) == 1
+        assert vital(["fetch", "figures", *argv]) == 1  # the `vital` entry point's one-line error
         err = capsys.readouterr().err
         assert err.startswith("vital fetch figures: error: ") and "--licence True -> False" in err
         assert "new --out" in err and pmc.requests == before and len(err.strip().splitlines()) == 1

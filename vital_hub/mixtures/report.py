@@ -95,6 +95,11 @@ def write_plots(out: Path, reports: dict) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    folder = out / REPORT_DIR
+    wanted = {f"{name}.png" for name in reports}
+    for stale in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if stale.is_file() and stale.name not in wanted:  # a killed build's temporary file, a dropped config's plot
+            stale.unlink()
     paths = {}
     for name, report in reports.items():
         fig, (domains, rounds, lengths) = plt.subplots(1, 3, figsize=(13, 3.4))
