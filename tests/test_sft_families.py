@@ -32,6 +32,7 @@ END_OF_TURN = {
     "qwen3-vl": "<|im_end|>",
     "gemma3": "<end_of_turn>",
     "smolvlm": "<end_of_utterance>",
+    "idefics3": "<end_of_utterance>",
     "internvl": "<|im_end|>",
     "llava-onevision": "<|im_end|>",
 }

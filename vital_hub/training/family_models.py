@@ -162,6 +162,26 @@ def smolvlm(size: str):
     return processor, config
 
 
+def idefics3(size: str):
+    from transformers import Idefics3Config, Idefics3Processor
+
+    Idefics3ImageProcessorPil = pil_class("idefics3", "Idefics3ImageProcessor")
+    grid = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    specials = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *grid]
+    tokenizer = _tokenizer(specials, bos="<|begin_of_text|>", eos="<end_of_utterance>")
+    tile, patch, scale = 32, 8, 2
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer)}
+    text.pop("head_dim")
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": tile, "patch_size": patch}  # fmt: skip
+    config = Idefics3Config(text_config=text, vision_config=vision, scale_factor=scale,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"))  # fmt: skip
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                  image_seq_len=(tile // patch) ** 2 // scale**2, chat_template=chat_template("idefics3"))  # fmt: skip
+    return processor, config
+
+
 def internvl(size: str):
     from transformers import InternVLConfig, InternVLProcessor
 
@@ -226,6 +246,7 @@ BUILDERS = {
     "qwen3-vl": qwen3_vl,
     "gemma3": gemma3,
     "smolvlm": smolvlm,
+    "idefics3": idefics3,
     "internvl": internvl,
     "llava-onevision": llava_onevision,
 }
