@@ -26,12 +26,6 @@ def trainable_parts(stage: str, freeze_vision_tower: bool) -> set[str]:
     return {"projector", "language"} | (set() if freeze_vision_tower else {"vision"})
 
 
-def parameter_parts(model) -> dict[str, str]:
-    """Every parameter name of the model with its part."""
-    family = family_of(model)
-    return {name: part_of(name, family) for name, _ in model.named_parameters()}
-
-
 def set_trainable(model, stage: str = "full", freeze_vision_tower: bool = True) -> dict[str, dict[str, int]]:
     """Freeze every parameter outside the stage's parts; returns parameter counts per part, trainable and frozen.
 
