@@ -200,8 +200,30 @@ def test_generated_figures_every_planted_copy_found_and_no_clean_flagged(tmp_pat
     check_every_plant_found_and_nothing_clean(tmp_path, expected, report)
     assert "contamination audit" in stdout and (tmp_path / "audit" / "contamination.png").stat().st_size > 10_000
     check_decontaminated_build(tmp_path, expected)
-    again, _ = audit(tmp_path)
-    assert again["hash_cache"]["added"] == 0 and again["flagged"] == report["flagged"]
+    # The build stored every figure's hash: the audit decoded none of them.
+    assert report["rows_with_stored_hashes"] == len(expected) + 40 and report["hash_cache"]["added"] == 0
+    assert report["hashed_training_figures"] == len(expected) + 40
+
+
+def test_stored_hashes_are_what_the_audit_computes_and_old_repos_are_hashed_once(tmp_path):
+    from vital_hub.audit.hashing import figure_hash
+
+    eval_figures = {f"1234{k:04d}_F{k}": jpeg(generated_figure(k)) for k in range(3)}
+    clean = [jpeg(generated_figure(2_000 + k)) for k in range(10)]
+    expected = plant(tmp_path, eval_figures, clean, qa50_questions(list(eval_figures)))
+    shards = sorted((tmp_path / "repo" / "data").glob("*/*.parquet"))
+    for shard in shards:  # the column holds exactly the audit's own hash of each embedded figure
+        table = pq.read_table(shard, columns=["images", "image_phash"]).to_pylist()
+        assert table and all(r["image_phash"] == f"{figure_hash(r['images'][0]['bytes']):016x}" for r in table)
+    stored, _ = audit(tmp_path)
+    for shard in shards:  # a repo built before the column existed
+        table = pq.read_table(shard)
+        pq.write_table(table.drop_columns(["image_phash"]), shard)
+    hashed, _ = audit(tmp_path, "--hash-cache", str(tmp_path / "cache.jsonl"))
+    assert hashed["rows_with_stored_hashes"] == 0 and hashed["hash_cache"]["added"] == len(expected) + 10
+    assert hashed["flagged"] == stored["flagged"] and hashed["configs"] == stored["configs"]
+    again, _ = audit(tmp_path, "--hash-cache", str(tmp_path / "cache.jsonl"))
+    assert again["hash_cache"]["added"] == 0 and again["flagged"] == stored["flagged"]
 
 
 def whole_qa50_figures():

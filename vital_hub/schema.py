@@ -176,8 +176,11 @@ def turn_content(text: str, with_image: bool, first: bool) -> list[dict]:
     return content
 
 
-def llava_to_row(record: dict, source: str, image: Any = None, where: Location = Location()) -> dict:
-    """A validated LLaVA record as a Hub/TRL row; `image` is the figure ({bytes, path} or a PIL image) or None."""
+def llava_to_row(
+    record: dict, source: str, image: Any = None, where: Location = Location(), phash: str | None = None
+) -> dict:
+    """A validated LLaVA record as a Hub/TRL row; `image` is the figure ({bytes, path} or a PIL image) or None,
+    `phash` its perceptual hash (16 hex digits, `vital_hub.audit.hashing.figure_hash`) when known."""
     validate_llava(record, where)
     domain = record.get("domain")
     with_image = image is not None
@@ -192,6 +195,7 @@ def llava_to_row(record: dict, source: str, image: Any = None, where: Location =
         "id_is_int": isinstance(record["id"], int),
         "image_position": image_position_of(record),
         "images": [image] if with_image else [],
+        "image_phash": phash if with_image else None,
         "messages": [
             {"role": ROLE_OF_SPEAKER[turn["from"]], "content": turn_content(turn["value"], with_image, number == 0)}
             for number, turn in enumerate(conversation_of(record))
@@ -256,6 +260,9 @@ def row_features():
             "id_is_int": Value("bool"),
             "image_position": Value("int32"),
             "images": List(Image()),
+            # The figure's 64-bit DCT pHash as 16 hex digits (null without a figure): the contamination audit
+            # reads it instead of decoding the figure again.
+            "image_phash": Value("string"),
             "messages": List({"role": Value("string"), "content": List(text_part)}),
         }
     )
@@ -293,7 +300,7 @@ class RowBatchBuilder:
 
     def __init__(self):
         self.schema = row_arrow_schema()
-        names = ("id", "image_id", "image_file", "extra", "id_is_int", "image_position")
+        names = ("id", "image_id", "image_file", "extra", "id_is_int", "image_position", "image_phash")
         self._columns: dict[str, list] = {name: [] for name in names}
         self._sources: list[str] = []
         self._domain_null: list[bool] = []
@@ -306,10 +313,11 @@ class RowBatchBuilder:
     def __len__(self) -> int:
         return len(self._sources)
 
-    def append(self, record: dict, source: str, image: dict | None = None) -> None:
-        """Add a record that `validate_llava` accepted; `image` is {bytes, path} or None."""
+    def append(self, record: dict, source: str, image: dict | None = None, phash: str | None = None) -> None:
+        """Add a record that `validate_llava` accepted; `image` is {bytes, path} or None, `phash` its hash."""
         columns = self._columns
         with_image = image is not None
+        columns["image_phash"].append(phash if with_image else None)
         columns["image_position"].append(image_position_of(record))
         columns["id"].append(str(record["id"]))
         columns["image_id"].append(image_id_of(record["image"]))
@@ -367,6 +375,7 @@ class RowBatchBuilder:
                 ),
                 type=fields["images"].type,
             ),
+            "image_phash": pa.array(self._columns["image_phash"], pa.string()),
             "messages": self._messages(pa, fields["messages"].type),
         }
         return pa.Table.from_arrays([arrays[field.name] for field in self.schema], schema=self.schema)

@@ -83,6 +83,7 @@ class _EvalLookup:
                 for key in ngram_keys(text.text):
                     self.ngrams[key].add((s, figure_of[text.question_id], text.field))
         self.queries = np.array(query_values, dtype=np.uint64)
+        self.from_column = 0  # training rows whose hashes came from the repo's phash column
 
 
 def run_audit(options: AuditOptions) -> dict:
@@ -110,7 +111,7 @@ def run_audit(options: AuditOptions) -> dict:
     finally:
         hasher.close()
     _near_duplicates(lookup, eval_sets, train_rows, np.array(train_hashes, dtype=np.uint64), options, matches)
-    return _report(source, eval_sets, matches, options, cache, len(train_rows))
+    return _report(source, eval_sets, matches, options, cache, len(train_rows), lookup.from_column)
 
 
 def _match(matches, eval_sets, s: int, f: int, component: str, row_id: str, image_id) -> Match:
@@ -123,8 +124,12 @@ def _match(matches, eval_sets, s: int, f: int, component: str, row_id: str, imag
 def _check_batch(batch, hasher, lookup, eval_sets, matches, train_rows, train_hashes) -> None:
     if not batch:
         return
-    hashed = hasher.hash_batch([row.image for row in batch])
+    hashed = hasher.hash_batch([None if row.stored else row.image for row in batch])
     for row, (digest, value) in zip(batch, hashed, strict=True):
+        if row.stored:  # hashed when the repo was built
+            digest = row.sha256 or (sha256_hex(row.image) if row.image else None)
+            value = row.phash
+            lookup.from_column += 1
         for key, found in (("pair_id", row.pair_id), ("pmid", row.pmid), ("pmcid", row.pmcid), ("sha256", digest)):
             for s, f in lookup.keys[key].get(str(found), ()) if found else ():
                 _match(matches, eval_sets, s, f, row.component, row.row_id, row.pair_id).reasons.add(key)
@@ -155,7 +160,9 @@ def _near_duplicates(lookup, eval_sets, train_rows, train_hashes, options, match
         match.distance = d if match.distance is None else min(match.distance, d)
 
 
-def _report(source: TrainSource, eval_sets, matches: dict, options: AuditOptions, cache, hashed_rows: int) -> dict:
+def _report(
+    source: TrainSource, eval_sets, matches: dict, options: AuditOptions, cache, hashed_rows: int, from_column: int
+) -> dict:
     ordered = sorted(matches.values(), key=_match_order)
     configs = {}
     for config in source.configs:
@@ -179,6 +186,7 @@ def _report(source: TrainSource, eval_sets, matches: dict, options: AuditOptions
         "train_kind": source.kind,
         "max_distance": options.max_distance,
         "hashed_training_figures": hashed_rows,
+        "rows_with_stored_hashes": from_column,
         "hash_cache": {"path": str(cache.path), "entries": len(cache.hashes), "added": cache.added},
         "eval_sets": {e.name: _eval_summary(e) for e in eval_sets},
         "configs": configs,

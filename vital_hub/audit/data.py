@@ -36,6 +36,9 @@ class TrainRow:
     pmcid: str | None
     image: bytes | None
     text: str
+    stored: bool = False  # the repo carries the figure's hashes (phash column): no decoding needed
+    phash: int | None = None
+    sha256: str | None = None
 
 
 @dataclass
@@ -51,7 +54,7 @@ class TrainSource:
     def rows(self, component: str, with_images: bool = True, batch_size: int = 256) -> Iterator[TrainRow]:
         for path in self.components[component]:
             parquet = pq.ParquetFile(path)
-            columns = _columns(self.kind, with_images)
+            columns = _columns(self.kind, with_images, set(parquet.schema_arrow.names))
             for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
                 for row in batch.to_pylist():
                     yield _train_row(self.kind, component, row)
@@ -67,11 +70,23 @@ class TrainSource:
         return ids
 
 
-def _columns(kind: str, with_images: bool) -> list[str]:
+def _columns(kind: str, with_images: bool, available: set[str]) -> list[str]:
+    """The columns the audit reads. Built with a `phash` column (figures: also `sha256`), a figures shard is read
+    without its image bytes and an instructions shard's figures are not decoded again."""
     if kind == "figures":
         columns = ["pair_id", "pmid", "pmcid", "caption", "mentions"]
+        if with_images and {"phash", "sha256"} <= available:
+            return columns + ["phash", "sha256"]
         return columns + (["image"] if with_images else [])
-    return ["id", "image_id", "source", "messages"] + (["images"] if with_images else [])
+    columns = ["id", "image_id", "source", "messages"] + (["images"] if with_images else [])
+    return columns + (["image_phash"] if with_images and "image_phash" in available else [])
+
+
+def _stored_hash(row: dict, column: str) -> dict:
+    if column not in row:
+        return {}
+    value = row[column]
+    return {"stored": True, "phash": None if value is None else int(value, 16)}
 
 
 def _train_row(kind: str, component: str, row: dict) -> TrainRow:
@@ -87,12 +102,22 @@ def _train_row(kind: str, component: str, row: dict) -> TrainRow:
             row.get("pmcid"),
             image.get("bytes"),
             text,
+            **_stored_hash(row, "phash"),
+            sha256=row.get("sha256"),
         )
     images = [i for i in row.get("images") or [] if i and i.get("bytes")]
     texts = [part.get("text") or "" for message in row.get("messages") or [] for part in message.get("content") or []]
     pair_id = row.get("image_id")
+    image = images[0]["bytes"] if images else None
     return TrainRow(
-        component, row["id"], pair_id, pmid_of(pair_id), None, images[0]["bytes"] if images else None, "\n".join(texts)
+        component,
+        row["id"],
+        pair_id,
+        pmid_of(pair_id),
+        None,
+        image,
+        "\n".join(texts),
+        **_stored_hash(row, "image_phash"),
     )
 
 

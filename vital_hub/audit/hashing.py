@@ -59,14 +59,26 @@ def _phash(image) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
+def decode_hash(data: bytes) -> int:
+    """The 64-bit pHash of a figure; raises what PIL raises when it does not decode (it reads every byte)."""
+    return _phash(_grey(data))
+
+
 def figure_hash(data: bytes | None) -> int | None:
     """The 64-bit pHash of a figure, or None when it is missing or does not decode."""
     if not data:
         return None
     try:
-        return _phash(_grey(data))
+        return decode_hash(data)
     except Exception:  # PIL raises many types for broken files; a broken figure simply has no hash
         return None
+
+
+def hash_version() -> str:
+    """What the hashes depend on, for the build caches: imagehash's version and the draft size."""
+    from importlib.metadata import version
+
+    return f"imagehash-{version('imagehash')}-draft{DRAFT_SIZE}"
 
 
 def _trim(image):

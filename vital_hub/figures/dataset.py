@@ -55,6 +55,8 @@ def figures_features():
             "retracted": Value("bool"),
             "source_url": text,
             "sha256": text,
+            # 64-bit DCT pHash of the figure, 16 hex digits (vital_hub.audit.hashing); null without a decodable image
+            "phash": text,
             "status": text,
         }
     )
@@ -262,8 +264,16 @@ def figure_row(index_row: dict, caption: dict | None, images: Path) -> dict:
         "retracted": index_row.get("retracted"),
         "source_url": index_row.get("source_url"),
         "sha256": index_row.get("sha256") if image is not None else None,
+        "phash": _phash_hex(image["bytes"]) if image is not None else None,
         "status": status,
     }
+
+
+def _phash_hex(data: bytes) -> str | None:
+    from vital_hub.audit.hashing import figure_hash
+
+    value = figure_hash(data)
+    return None if value is None else f"{value:016x}"
 
 
 def iter_rows(options: BuildOptions) -> Iterator[dict]:
@@ -344,7 +354,8 @@ Figures of PubMed Central Open Access articles, fetched with `vital fetch figure
 `vital build figures`. Config `figures`, one row per figure: `pair_id`, `pmcid`, `pmid`, `fig_id`, `fig_label`,
 `caption`, `mentions`, `domain`, `image` (null unless `status` is `ok`), `licence` (the article's PMC licence
 code), `retracted` (the article's newest version is marked retracted; null when its metadata was not read),
-`source_url`, `sha256`, `status`. `vital generate candidates` leaves retracted figures out unless asked.
+`source_url`, `sha256`, `phash` (the figure's perceptual hash, for `vital audit contamination`), `status`.
+`vital generate candidates` leaves retracted figures out unless asked.
 
 | status | figures |
 |---|---:|

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import io
 import json
 import os
 import random
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from vital_hub import __version__
+from vital_hub.audit.hashing import decode_hash, hash_version
 from vital_hub.io import atomic_path, describe_error, iter_json_records, read_json, write_json_atomic
 from vital_hub.mixtures.shards import COMPRESSION, ShardWriter, file_entry, shard_entry
 from vital_hub.mixtures.spec import Component, Mixture, MixturePlan, Part
@@ -224,6 +224,7 @@ def _inputs_key(component: Component, source: dict, options: BuildOptions) -> st
         "component": [component.name, component.file_name],
         "source_sha256": source["sha256"],
         "images": options.images_fingerprint,
+        "figure_hash": hash_version() if options.images else None,
         "require_images": options.require_images,
         "retracted": None if options.include_retracted else sorted(options.retracted),
         "rows_per_shard": options.rows_per_shard,
@@ -313,10 +314,10 @@ def _build_component(component: Component, path: Path, source: dict, key: str, o
     writer = ShardWriter(scratch, options, component.name)
     with open(missing_log, "w", encoding="utf-8") as missing:
         records = _records(path, options, images, missing)
-        for record, image in tqdm(
+        for record, image, phash in tqdm(
             records, desc=component.name, unit=" rows", position=position, disable=not options.show_progress
         ):
-            writer.add(record, image)
+            writer.add(record, image, phash)
     writer.close()
     target = options.out / "data" / component.name
     shutil.rmtree(target, ignore_errors=True)
@@ -343,14 +344,15 @@ def _build_component(component: Component, path: Path, source: dict, key: str, o
 
 def _records(
     path: Path, options: BuildOptions, stats: ImageStats | None, missing
-) -> Iterator[tuple[dict, dict | None]]:
-    """Validated records of a source file, each with its figure when an images folder is given."""
+) -> Iterator[tuple[dict, dict | None, str | None]]:
+    """Validated records of a source file, each with its figure and the figure's pHash when an images folder is
+    given."""
     for where, record in check_unique_ids(_validated(iter_json_records(path))):
         if options.retracted and not options.include_retracted and image_id_of(record["image"]) in options.retracted:
             stats.retracted_left_out += 1
             continue
-        image = None if options.images is None else _load_image(record, where, options, stats, missing)
-        yield record, image
+        image, phash = (None, None) if options.images is None else _load_image(record, where, options, stats, missing)
+        yield record, image, phash
 
 
 def _validated(records: Iterator[tuple[Location, Any]]) -> Iterator[tuple[Location, dict]]:
@@ -359,8 +361,9 @@ def _validated(records: Iterator[tuple[Location, Any]]) -> Iterator[tuple[Locati
         yield where, record
 
 
-def _load_image(record, where: Location, options: BuildOptions, stats: ImageStats, missing) -> dict | None:
-    """The figure as {bytes, path}, or None (logged) when it is missing, empty or does not decode."""
+def _load_image(record, where: Location, options: BuildOptions, stats: ImageStats, missing):
+    """The figure as {bytes, path} and its pHash (16 hex digits), or None, None (logged) when it is missing, empty
+    or does not decode. Decoding it for the hash is what checks that it decodes."""
     name = os.path.basename(record["image"])
     file = options.images / name
     problem = None
@@ -370,11 +373,13 @@ def _load_image(record, where: Location, options: BuildOptions, stats: ImageStat
         data = file.read_bytes()
         if not data:
             problem = "empty"
-        elif (reason := _undecodable(data)) is not None:
-            problem = "corrupt"
+        else:
+            phash, reason = _decoded_hash(data)
+            if reason is not None:
+                problem = "corrupt"
     if problem is None:
         stats.present += 1
-        return {"bytes": data, "path": name}
+        return {"bytes": data, "path": name}, phash
     setattr(stats, problem, getattr(stats, problem) + 1)
     entry = {"index": where.index, "id": str(record.get("id")), "image": name, "problem": problem}
     if problem == "corrupt":
@@ -382,20 +387,16 @@ def _load_image(record, where: Location, options: BuildOptions, stats: ImageStat
     missing.write(json.dumps(entry) + "\n")
     if options.require_images:
         raise where.error(f"image {name} is {problem} in {options.images} (--require-images)", record.get("id"))
-    return None
+    return None, None
 
 
-def _undecodable(data: bytes) -> str | None:
-    """Why an image cannot be used, or None. JPEG draft mode decodes at 1/8 scale but still reads every byte."""
-    from PIL import Image
-
+def _decoded_hash(data: bytes) -> tuple[str | None, str | None]:
+    """(pHash, None) of a figure that decodes, else (None, why). JPEG draft mode decodes at a fraction of the
+    size but still reads every byte."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (64, 64))
-            image.load()
+        return f"{decode_hash(data):016x}", None
     except Exception as err:  # PIL raises many types for broken files; the reason is kept, never hidden
-        return describe_error(err)
-    return None
+        return None, describe_error(err)
 
 
 def _config_files(mixture: Mixture, results: dict[str, ComponentResult], options: BuildOptions) -> dict:

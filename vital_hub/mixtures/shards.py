@@ -38,8 +38,8 @@ class ShardWriter:
         self.paths: list[Path] = []
         self.rows_per_path: list[int] = []
 
-    def add(self, record: dict, image: dict | None) -> None:
-        self.batch.append(record, self.source, image)
+    def add(self, record: dict, image: dict | None, phash: str | None = None) -> None:
+        self.batch.append(record, self.source, image, phash)
         self.batch_bytes += len(image["bytes"]) if image else 0
         rows_left_in_shard = self.options.rows_per_shard - self.shard_rows
         if len(self.batch) >= min(self.options.batch_rows, rows_left_in_shard) or (
