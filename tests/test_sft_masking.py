@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from vital_hub.training.collator import encode_conversation
 from vital_hub.training.data import model_messages
 from vital_hub.training.masking import (
     IGNORE_INDEX,
     MaskingError,
-    encode_conversation,
     render_with_targets,
     truncate,
 )

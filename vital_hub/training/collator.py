@@ -175,3 +175,14 @@ class VisionSFTCollator:
         batch = truncate_batch(batch, self.max_length, image_token_id_of(self.processor), ids)
         batch = pad_batch(batch, self.pad_to_multiple_of, self.processor.tokenizer.pad_token_id)
         return dict(batch)
+
+
+def encode_conversation(processor, messages: list[dict], images: list, chat_template: str | None = None) -> dict:
+    """input_ids, labels and the processor's image tensors for one conversation (tensors without a batch axis
+    where the processor gives one row per conversation).
+
+    `images` holds one decoded image per image part of `messages` (an empty list for a text-only conversation).
+    """
+    batch = encode_batch(processor, [render_with_targets(processor, messages, chat_template)], [images])
+    length = int(batch["attention_mask"][0].sum())
+    return {key: value[0, :length] if key in batch.token_keys else value for key, value in batch.items()}

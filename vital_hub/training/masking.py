@@ -165,19 +165,6 @@ def image_token_id_of(processor) -> int | None:
     return token_id
 
 
-def encode_conversation(processor, messages: list[dict], images: list, chat_template: str | None = None) -> dict:
-    """input_ids, labels and the processor's image tensors for one conversation (tensors without a batch axis
-    where the processor gives one row per conversation).
-
-    `images` holds one decoded image per image part of `messages` (an empty list for a text-only conversation).
-    """
-    from vital_hub.training.collator import encode_batch
-
-    batch = encode_batch(processor, [render_with_targets(processor, messages, chat_template)], [images])
-    length = int(batch["attention_mask"][0].sum())
-    return {key: value[0, :length] if key in batch.token_keys else value for key, value in batch.items()}
-
-
 TOKEN_TYPE_KEYS = ("mm_token_type_ids", "token_type_ids")  # nonzero where a token belongs to an image
 
 
