@@ -58,6 +58,12 @@ def _special_ids(tokenizer) -> dict[str, int]:
             "eos_token_id": tokenizer.eos_token_id}  # fmt: skip
 
 
+def _qwen_vision_ids(tokenizer) -> dict[str, int]:
+    """The ids of the vision special tokens both Qwen-VL generations' configs take."""
+    return _ids(tokenizer, image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
+                vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>")  # fmt: skip
+
+
 def qwen2_5_vl(size: str):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
 
@@ -80,8 +86,7 @@ def qwen2_5_vl(size: str):
     config = Qwen2_5_VLConfig(
         text_config={**text, **_special_ids(tokenizer)},
         vision_config={**vision, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
-        **_ids(tokenizer, image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
-               vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>"),
+        **_qwen_vision_ids(tokenizer),
     )  # fmt: skip
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=14, merge_size=2, temporal_patch_size=2,
@@ -106,8 +111,7 @@ def qwen3_vl(size: str):
               "deepstack_visual_indexes": [0]}  # fmt: skip
     config = Qwen3VLConfig(
         text_config=text, vision_config=vision,
-        **_ids(tokenizer, image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
-               vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>"),
+        **_qwen_vision_ids(tokenizer),
     )  # fmt: skip
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=16, merge_size=2, temporal_patch_size=2,
