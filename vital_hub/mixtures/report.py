@@ -13,10 +13,19 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from vital_hub.io import atomic_path
+from vital_hub.reporting import (
+    DOMAIN_LABELS,
+    REPORT_DIR,
+    bars,
+    clear_stale,
+    count_domain,
+    histogram,
+    median,
+    pyplot,
+    save_png,
+)
 from vital_hub.schema import DOMAINS
 
-REPORT_DIR = "report"
 LENGTH_BIN = 25  # words per answer-length bin
 COLUMNS = ["images.list.element.path", "domain", "messages"]
 
@@ -25,15 +34,7 @@ def _shard_stats(path: Path) -> dict[str, Counter]:
     stats = {"domain": Counter(), "rounds": Counter(), "answer_words": Counter(), "figures": Counter()}
     for batch in pq.ParquetFile(path).iter_batches(batch_size=2_000, columns=COLUMNS):
         for row in batch.to_pylist():
-            domain = row["domain"]
-            flags = [name for name in DOMAINS if domain and domain.get(name)]
-            if domain is None or all(domain.get(name) is None for name in DOMAINS):
-                stats["domain"]["missing"] += 1
-            elif not flags:
-                stats["domain"]["none true"] += 1
-            else:
-                stats["domain"].update(flags)
-                stats["domain"]["multi-label"] += len(flags) > 1
+            count_domain(stats["domain"], row["domain"])
             answers = [m for m in row["messages"] or [] if m["role"] == "assistant"]
             stats["rounds"][len(answers)] += 1
             for message in answers:
@@ -58,18 +59,6 @@ def config_reports(out: Path, manifest: dict) -> dict[str, dict[str, Counter]]:
     return reports
 
 
-def _median(histogram: Counter) -> float | None:
-    total = sum(histogram.values())
-    if not total:
-        return None
-    seen = 0
-    for value in sorted(histogram):
-        seen += histogram[value]
-        if seen * 2 >= total:
-            return value
-    return None
-
-
 def summary_rows(reports: dict) -> list[str]:
     """Markdown table rows: config, rows, each domain, multi-label, none, missing, rounds, answers, figures."""
     lines = []
@@ -77,8 +66,8 @@ def summary_rows(reports: dict) -> list[str]:
         domain, rounds, figures = report["domain"], report["rounds"], report["figures"]
         rows = sum(rounds.values())
         mean_rounds = sum(k * v for k, v in rounds.items()) / rows if rows else 0
-        median = _median(report["answer_words"])
-        answers = "-" if median is None else f"{median}-{median + LENGTH_BIN - 1}"
+        middle = median(report["answer_words"])
+        answers = "-" if middle is None else f"{middle}-{middle + LENGTH_BIN - 1}"
         cells = [f"`{name}`", f"{rows:,}", *(f"{domain[d]:,}" for d in DOMAINS)]
         cells += [f"{domain['multi-label']:,}", f"{domain['none true']:,}", f"{domain['missing']:,}"]
         cells += [f"{mean_rounds:.2f}", answers, f"{figures['present']:,} / {figures['missing']:,}"]
@@ -87,46 +76,32 @@ def summary_rows(reports: dict) -> list[str]:
 
 
 def write_plots(out: Path, reports: dict) -> dict[str, str]:
-    """One PNG per config under report/; returns config -> path relative to the repo (empty without matplotlib)."""
-    try:
-        import matplotlib
-    except ModuleNotFoundError:
+    """One PNG per config under report/; returns config -> path relative to the repo (empty without matplotlib).
+    Other files of report/ are deleted, except `figures.png`, which `vital build figures` writes."""
+    plt = pyplot()
+    clear_stale(out / REPORT_DIR, {f"{name}.png" for name in reports} | {"figures.png"})
+    if plt is None:
         return {}
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder = out / REPORT_DIR
-    wanted = {f"{name}.png" for name in reports}
-    for stale in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if stale.is_file() and stale.name not in wanted:  # a killed build's temporary file, a dropped config's plot
-            stale.unlink()
     paths = {}
     for name, report in reports.items():
         fig, (domains, rounds, lengths) = plt.subplots(1, 3, figsize=(13, 3.4))
-        labels = [*DOMAINS, "multi-label", "none true", "missing"]
-        domains.bar(labels, [report["domain"][label] for label in labels], color="#4c72b0")
-        domains.set_title("rows by domain")
-        domains.tick_params(axis="x", rotation=45, labelsize=8)
-        counts = sorted(report["rounds"])
-        rounds.bar([str(c) for c in counts], [report["rounds"][c] for c in counts], color="#55a868")
-        rounds.set_title("rounds per conversation")
-        rounds.set_xlabel("assistant turns")
-        bins = sorted(report["answer_words"])
-        lengths.bar(
-            bins, [report["answer_words"][b] for b in bins], width=LENGTH_BIN * 0.9, align="edge", color="#c44e52"
+        bars(
+            domains,
+            {label: report["domain"][label] for label in DOMAIN_LABELS},
+            "rows by domain",
+            "#4c72b0",
+            rotate=True,
         )
-        lengths.set_title("answer length")
-        lengths.set_xlabel("words")
+        counts = {c: report["rounds"][c] for c in sorted(report["rounds"])}
+        bars(rounds, counts, "rounds per conversation", "#55a868", xlabel="assistant turns")
+        histogram(lengths, report["answer_words"], LENGTH_BIN, "answer length", "#c44e52", "words")
         figures = report["figures"]
         fig.suptitle(
             f"{name}: {sum(report['rounds'].values()):,} rows, figures present {figures['present']:,}, "
             f"missing {figures['missing']:,}",
             fontsize=10,
         )
-        fig.tight_layout()
         relative = f"{REPORT_DIR}/{name}.png"
-        with atomic_path(out / relative, ".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None})
-        plt.close(fig)
+        save_png(plt, fig, out / relative)
         paths[name] = relative
     return paths
