@@ -91,3 +91,79 @@ def test_figures_card_reports_statuses_licences_retractions_domains_and_sizes(tm
     card = readme.read_text()
     assert card.count("## Data report") == 1 and "Notes kept." in card
     assert "| 0 | 0 | 0 | 0 | 0 | 0 | 0 | 5 |" in card  # no captions file this time: no domains
+
+
+def _selection_folder(folder):
+    """What `vital select --top 3` writes, through its own writers: 6 candidates scored, one figure unreadable."""
+    from vital_hub.selector.select import SelectorRef, write_scores, write_selection
+
+    rows = [
+        {
+            "candidate_id": f"c{i}",
+            "pair_id": f"{500 + i}_F1",
+            "domain": {
+                "chest_xray": i % 2 == 0,
+                "mri": i % 2 == 1,
+                "ct_scan": False,
+                "histology": False,
+                "gross": False,
+            },
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is shown?"},
+                {"from": "gpt", "value": "A lung."},
+            ],
+        }
+        for i in range(6)
+    ]
+    scores = [0.9, 0.1, 0.7, 0.3, 0.5, 0.0]
+    write_scores(folder / "scores", 0, [r["candidate_id"] for r in rows], scores, [False] * 5 + [True])
+    ref = SelectorRef(folder, "tiny-selector", "sha256:0123456789abcdef")
+    summary = write_selection(folder, rows, folder / "scores", 1, 3, None, ref, {})
+    assert summary["score_of_last_kept"] == 0.5 and summary["kept"] == 3
+    return rows
+
+
+def test_instructions_card_shows_selector_scores_licences_and_retractions(tmp_path):
+    sources, images = tmp_path / "sources", tmp_path / "images"
+    rows = _selection_folder(sources / "mine")
+    (sources / "plain.json").write_text(
+        json.dumps([{"id": "p1", "image": "900_F1.jpg", "conversations": rows[0]["conversations"]}])
+    )
+    images.mkdir()
+    index = []
+    for row, licence, retracted in zip(
+        rows, ["CC BY", None, "CC BY", None, "CC0", None], [False, None, True, None, None, None], strict=True
+    ):
+        (images / f"{row['pair_id']}.jpg").write_bytes(_jpeg((64, 48)))
+        index.append({"pair_id": row["pair_id"], "status": "ok", "licence": licence, "retracted": retracted})
+    write_index(index, images / "index" / "shard-00000-of-00001.parquet")
+    spec = tmp_path / "mix.yaml"
+    spec.write_text(
+        "components:\n  mine: {file: mine/selected.json}\n  plain: {file: plain.json}\n"
+        "mixtures:\n  - {name: mine, components: [{name: mine}]}\n  - {name: both, components: [{name: mine}, {name: plain}]}\n"
+        "only: [mine, both]\n"
+    )
+    outputs = []
+    for name in ("a", "b"):
+        args = ["--sources", str(sources), "--images", str(images), "--mixtures", str(spec), "--allow-unverified"]
+        result = run_vital("build", "instructions", *args, "--out", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        outputs.append((tmp_path / name / "report" / "selection-mine.png").read_bytes())
+    assert outputs[0][:4] == b"\x89PNG" and outputs[0] == outputs[1]
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    selection = manifest["components"]["mine"]["selection"]
+    assert (selection["scored"], selection["kept"], selection["unreadable"], selection["cut"]) == (5, 3, 1, 0.5)
+    assert sum(selection["histogram"]["counts"]) == 5 and selection["histogram_covers"] == "all candidates"
+    card = (tmp_path / "a" / "README.md").read_text()
+    line = next(x for x in card.splitlines() if x.startswith("| `mine` | tiny-selector |"))
+    assert line == "| `mine` | tiny-selector | `sha256:0123456789abcdef` | 5 | 3 | 1 | 0.5000 | all candidates |"
+    assert "![selector scores of mine](report/selection-mine.png)" in card
+    assert "`plain`: no `vital select` output beside `plain.json`" in card and "unavailable" in card
+    # Kept: c0 (CC BY), c2 (CC BY, retracted: left out), c4 (CC0); plain's figure was never fetched.
+    assert "| config | CC BY | CC0 | not in fetch index | figure retracted (kept) |" in card
+    assert "| `mine` | 1 | 1 | 0 | 0 | 1 | 1 |" in card  # c4's retraction is unknown
+    assert "| `both` | 1 | 1 | 1 | 0 | 2 | 1 |" in card
+    # A resumed build (the README and manifest gone, components reused) records the same selection.
+    (tmp_path / "a" / "README.md").unlink()
+    assert run_vital("build", "instructions", *args, "--out", str(tmp_path / "a")).returncode == 0
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == manifest

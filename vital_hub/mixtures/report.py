@@ -27,13 +27,38 @@ from vital_hub.reporting import (
 from vital_hub.schema import DOMAINS
 
 LENGTH_BIN = 25  # words per answer-length bin
-COLUMNS = ["images.list.element.path", "domain", "messages"]
+COLUMNS = ["image_id", "images.list.element.path", "domain", "messages"]
+KEYS = ("domain", "rounds", "answer_words", "figures", "licence", "retracted")
+NOT_INDEXED = "not in fetch index"
 
 
-def _shard_stats(path: Path) -> dict[str, Counter]:
-    stats = {"domain": Counter(), "rounds": Counter(), "answer_words": Counter(), "figures": Counter()}
+def figure_facts(images: Path | None) -> dict[str, tuple[str, str]] | None:
+    """pair_id -> (licence code, retracted yes/no/unknown) from the fetch index of an images folder; None when
+    the folder has no index (a plain folder of figures), so licences and retractions are unknown."""
+    from vital_hub.figures.index import index_files
+
+    shards = index_files(images) if images is not None else []
+    if not shards:
+        return None
+    facts = {}
+    for shard in shards:
+        names = pq.read_schema(shard).names  # an index written by hand may lack a column: its facts are unknown
+        table = pq.read_table(shard, columns=[c for c in ("pair_id", "licence", "retracted") if c in names])
+        none = [None] * table.num_rows
+        columns = [table[c].to_pylist() if c in names else none for c in ("pair_id", "licence", "retracted")]
+        for pair_id, licence, retracted in zip(*columns, strict=True):
+            facts[pair_id] = (licence or "unknown", "unknown" if retracted is None else "yes" if retracted else "no")
+    return facts
+
+
+def _shard_stats(path: Path, facts: dict | None) -> dict[str, Counter]:
+    stats = {key: Counter() for key in KEYS}
     for batch in pq.ParquetFile(path).iter_batches(batch_size=2_000, columns=COLUMNS):
         for row in batch.to_pylist():
+            if facts is not None:
+                licence, retracted = facts.get(row["image_id"], (NOT_INDEXED, NOT_INDEXED))
+                stats["licence"][licence] += 1
+                stats["retracted"][retracted] += 1
             count_domain(stats["domain"], row["domain"])
             answers = [m for m in row["messages"] or [] if m["role"] == "assistant"]
             stats["rounds"][len(answers)] += 1
@@ -45,14 +70,16 @@ def _shard_stats(path: Path) -> dict[str, Counter]:
     return stats
 
 
-def config_reports(out: Path, manifest: dict) -> dict[str, dict[str, Counter]]:
+def config_reports(out: Path, manifest: dict, facts: dict | None = None) -> dict[str, dict[str, Counter]]:
+    """Per config, the sum of its shards' counters; each shard is read once. With `facts` (see figure_facts),
+    rows are counted by their figure's licence code and retraction too."""
     per_shard: dict[str, dict[str, Counter]] = {}
     reports = {}
     for name, config in manifest["configs"].items():
-        total = {"domain": Counter(), "rounds": Counter(), "answer_words": Counter(), "figures": Counter()}
+        total = {key: Counter() for key in KEYS}
         for shard in config["shards"]:
             if shard not in per_shard:
-                per_shard[shard] = _shard_stats(out / shard)
+                per_shard[shard] = _shard_stats(out / shard, facts)
             for key, counts in per_shard[shard].items():
                 total[key].update(counts)
         reports[name] = total
@@ -75,13 +102,57 @@ def summary_rows(reports: dict) -> list[str]:
     return lines
 
 
-def write_plots(out: Path, reports: dict) -> dict[str, str]:
-    """One PNG per config under report/; returns config -> path relative to the repo (empty without matplotlib).
-    Other files of report/ are deleted, except `figures.png`, which `vital build figures` writes."""
+def retracted_left_out(manifest: dict, config: str) -> str:
+    """Source records a config's components left out as retracted: exact for whole components, estimated for
+    sampled ones, "unknown" when a component was built without an images folder (nothing to know it from)."""
+    total, exact = 0.0, True
+    for part in manifest["configs"][config]["components"]:
+        images = manifest["components"][part["name"]]["images"]
+        if images is None:
+            return "unknown"
+        total += images.get("retracted_left_out", 0) * part["fraction"]
+        exact = exact and part["fraction"] == 1.0
+    return f"{round(total):,}" if exact else f"about {round(total):,}"
+
+
+def licence_lines(reports: dict, manifest: dict, known: bool) -> list[str]:
+    """Markdown: per config, rows by their figure's licence code and retraction, and the retracted left out."""
+    if not known:
+        return [
+            "Licence codes and retractions of the rows' figures: unknown (the images folder has no fetch index; "
+            "build with `--images` pointing at a `vital fetch figures` folder). Retracted rows left out, per config: "
+            + ", ".join(f"`{name}` {retracted_left_out(manifest, name)}" for name in reports)
+            + ".",
+        ]
+    codes = sorted({code for report in reports.values() for code in report["licence"]})
+    columns = ["config", *codes, "figure retracted (kept)", "retraction unknown", "retracted left out"]
+    lines = [
+        "Rows by their figure's licence code (from the fetch index of the images folder; `unknown`: the article's "
+        f"licence was not read; `{NOT_INDEXED}`: the figure was never fetched), rows kept although their figure's "
+        "article is retracted (`--include-retracted`), and source records left out as retracted:",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * (len(columns) - 1),
+    ]
+    for name, report in reports.items():
+        retracted = report["retracted"]
+        cells = [f"`{name}`", *(f"{report['licence'][code]:,}" for code in codes)]
+        cells += [f"{retracted['yes']:,}", f"{retracted['unknown'] + retracted[NOT_INDEXED]:,}"]
+        lines.append("| " + " | ".join([*cells, retracted_left_out(manifest, name)]) + " |")
+    return lines
+
+
+def write_plots(out: Path, reports: dict, manifest: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """One PNG per config and one per selected component's scores under report/; returns (config -> path,
+    component -> path) relative to the repo (both empty without matplotlib). Other files of report/ are deleted,
+    except `figures.png`, which `vital build figures` writes."""
+    from vital_hub.mixtures.selection import plot_names, write_selection_plots
+
     plt = pyplot()
-    clear_stale(out / REPORT_DIR, {f"{name}.png" for name in reports} | {"figures.png"})
+    keep = {f"{name}.png" for name in reports} | {"figures.png"}
+    clear_stale(out / REPORT_DIR, keep | {Path(p).name for p in plot_names(manifest).values()})
     if plt is None:
-        return {}
+        return {}, {}
     paths = {}
     for name, report in reports.items():
         fig, (domains, rounds, lengths) = plt.subplots(1, 3, figsize=(13, 3.4))
@@ -104,4 +175,4 @@ def write_plots(out: Path, reports: dict) -> dict[str, str]:
         relative = f"{REPORT_DIR}/{name}.png"
         save_png(plt, fig, out / relative)
         paths[name] = relative
-    return paths
+    return paths, write_selection_plots(plt, out, manifest)
