@@ -81,8 +81,8 @@ def test_figures_card_reports_statuses_licences_retractions_domains_and_sizes(tm
         assert line in report
     # chest_xray, mri, ct_scan, histology, gross, multi-label, none true, missing
     assert "| 0 | 2 | 0 | 1 | 0 | 0 | 0 | 2 |" in report
-    assert "Captions: 3 of 5 figures have one; median length 0-9 words" in report
-    assert "median 256-511 px over 2 present figures" in report  # 1200 and 300 px: the lower of two bins
+    assert "Captions: 3 of 5 figures have one; median length 6 words" in report
+    assert "median 300 px over 2 present figures" in report  # 1200 and 300 px: the lower of the two
     assert "![data report of figures](report/figures.png)" in card
     # A rebuild replaces the section instead of adding a second one; another writer's text stays.
     readme = tmp_path / "a" / "README.md"

@@ -67,10 +67,25 @@ def bars(axis, counts: dict, title: str, color: str, xlabel: str | None = None, 
     _finish(axis, bool(counts))
 
 
-def histogram(axis, counts: Counter, width: float, title: str, color: str, xlabel: str) -> None:
-    """Bars of a binned histogram {bin start: count}."""
-    starts = sorted(counts)
-    axis.bar(starts, [counts[s] for s in starts], width=width * 0.9, align="edge", color=color)
+def rebin(counts: Counter, bins: int = 30) -> tuple[Counter, int]:
+    """{value: count} of whole numbers grouped into at most about `bins` bins of a whole-number width that fits
+    their range (so 28-35 word answers get 1-word bins, 20-900 word ones 30-word bins); (bin start -> count,
+    width)."""
+    if not counts:
+        return Counter(), 1
+    low, high = min(counts), max(counts)
+    width = max(1, -(-(high - low + 1) // bins))
+    grouped = Counter()
+    for value, count in counts.items():
+        grouped[value // width * width] += count
+    return grouped, width
+
+
+def histogram(axis, counts: Counter, title: str, color: str, xlabel: str) -> None:
+    """Bars of the {whole-number value: count} histogram, binned to fit its range."""
+    grouped, width = rebin(counts)
+    starts = sorted(grouped)
+    axis.bar(starts, [grouped[s] for s in starts], width=width * 0.9, align="edge", color=color)
     axis.set_title(title)
     axis.set_xlabel(xlabel)
     _finish(axis, bool(counts))

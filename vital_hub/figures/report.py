@@ -27,8 +27,6 @@ from vital_hub.reporting import (
 )
 
 PLOT = f"{REPORT_DIR}/figures.png"
-CAPTION_BIN = 10  # words per caption-length bin
-SIZE_BIN = 256  # pixels per longest-side bin
 COLUMNS = ["pair_id", "status", "licence", "retracted", "domain", "caption"]
 SECTION_START = "<!-- vital figures data report -->"
 SECTION_END = "<!-- end of vital figures data report -->"
@@ -54,15 +52,15 @@ def figures_report(shards: list[Path], index_shards: list[Path]) -> dict[str, Co
                 report["retracted"]["unknown" if retracted is None else "yes" if retracted else "no"] += 1
                 count_domain(report["domain"], row["domain"])
                 if row["caption"] is not None:
-                    report["caption_words"][len(row["caption"].split()) // CAPTION_BIN * CAPTION_BIN] += 1
+                    report["caption_words"][len(row["caption"].split())] += 1
                 if row["status"] == "ok" and row["pair_id"] in sizes:
-                    report["longest_side"][sizes[row["pair_id"]] // SIZE_BIN * SIZE_BIN] += 1
+                    report["longest_side"][sizes[row["pair_id"]]] += 1
     return report
 
 
-def _range(histogram_: Counter, width: int) -> str:
+def _median(histogram_: Counter) -> str:
     middle = median(histogram_)
-    return "-" if middle is None else f"{middle}-{middle + width - 1}"
+    return "-" if middle is None else f"{middle:,}"
 
 
 def report_lines(report: dict, plot: str | None) -> list[str]:
@@ -93,12 +91,8 @@ def report_lines(report: dict, plot: str | None) -> list[str]:
         "| " + " | ".join(f"{report['domain'][label]:,}" for label in DOMAIN_LABELS) + " |",
         "",
         f"Captions: {captioned:,} of {rows:,} figures have one; median length "
-        f"{_range(report['caption_words'], CAPTION_BIN)} words. Image size (longest side, from the fetch index): "
-        + (
-            f"median {_range(report['longest_side'], SIZE_BIN)} px over {sized:,} present figures."
-            if sized
-            else "unknown."
-        ),
+        f"{_median(report['caption_words'])} words. Image size (longest side, from the fetch index): "
+        + (f"median {_median(report['longest_side'])} px over {sized:,} present figures." if sized else "unknown."),
     ]
     if plot:
         lines += ["", f"![data report of figures]({plot})"]
@@ -123,8 +117,8 @@ def write_plot(out: Path, report: dict) -> str | None:
         "#55a868",
         rotate=True,
     )
-    histogram(panels[3], report["caption_words"], CAPTION_BIN, "caption length", "#c44e52", "words")
-    histogram(panels[4], report["longest_side"], SIZE_BIN, "image size (present)", "#dd8452", "longest side, px")
+    histogram(panels[3], report["caption_words"], "caption length", "#c44e52", "words")
+    histogram(panels[4], report["longest_side"], "image size (present)", "#dd8452", "longest side, px")
     retracted = report["retracted"]
     fig.suptitle(
         f"figures: {sum(report['status'].values()):,} rows, present {report['status'].get('ok', 0):,}, "

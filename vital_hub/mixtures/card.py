@@ -226,7 +226,7 @@ def data_report_section(out: Path, manifest: dict, images: Path | None = None) -
         "no flag true",
         "no domain",
         "rounds (mean)",
-        "answer words (median bin)",
+        "answer words (median)",
         "figures present / missing",
     ]
     lines = [

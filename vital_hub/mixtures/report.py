@@ -26,7 +26,6 @@ from vital_hub.reporting import (
 )
 from vital_hub.schema import DOMAINS
 
-LENGTH_BIN = 25  # words per answer-length bin
 COLUMNS = ["image_id", "images.list.element.path", "domain", "messages"]
 KEYS = ("domain", "rounds", "answer_words", "figures", "licence", "retracted")
 NOT_INDEXED = "not in fetch index"
@@ -64,7 +63,7 @@ def _shard_stats(path: Path, facts: dict | None) -> dict[str, Counter]:
             stats["rounds"][len(answers)] += 1
             for message in answers:
                 words = sum(len((part.get("text") or "").split()) for part in message["content"] or [])
-                stats["answer_words"][words // LENGTH_BIN * LENGTH_BIN] += 1
+                stats["answer_words"][words] += 1
             images = row["images"] or []
             stats["figures"]["present" if any(i and i.get("path") for i in images) else "missing"] += 1
     return stats
@@ -94,7 +93,7 @@ def summary_rows(reports: dict) -> list[str]:
         rows = sum(rounds.values())
         mean_rounds = sum(k * v for k, v in rounds.items()) / rows if rows else 0
         middle = median(report["answer_words"])
-        answers = "-" if middle is None else f"{middle}-{middle + LENGTH_BIN - 1}"
+        answers = "-" if middle is None else f"{middle:,}"
         cells = [f"`{name}`", f"{rows:,}", *(f"{domain[d]:,}" for d in DOMAINS)]
         cells += [f"{domain['multi-label']:,}", f"{domain['none true']:,}", f"{domain['missing']:,}"]
         cells += [f"{mean_rounds:.2f}", answers, f"{figures['present']:,} / {figures['missing']:,}"]
@@ -119,10 +118,9 @@ def licence_lines(reports: dict, manifest: dict, known: bool) -> list[str]:
     """Markdown: per config, rows by their figure's licence code and retraction, and the retracted left out."""
     if not known:
         return [
-            "Licence codes and retractions of the rows' figures: unknown (the images folder has no fetch index; "
-            "build with `--images` pointing at a `vital fetch figures` folder). Retracted rows left out, per config: "
-            + ", ".join(f"`{name}` {retracted_left_out(manifest, name)}" for name in reports)
-            + ".",
+            "Licence codes and retractions of the rows' figures, and how many source records were left out as "
+            "retracted: unknown (no images folder, or one without the fetch index of `vital fetch figures`, which "
+            "records each figure's licence and its article's retraction).",
         ]
     codes = sorted({code for report in reports.values() for code in report["licence"]})
     columns = ["config", *codes, "figure retracted (kept)", "retraction unknown", "retracted left out"]
@@ -165,7 +163,7 @@ def write_plots(out: Path, reports: dict, manifest: dict) -> tuple[dict[str, str
         )
         counts = {c: report["rounds"][c] for c in sorted(report["rounds"])}
         bars(rounds, counts, "rounds per conversation", "#55a868", xlabel="assistant turns")
-        histogram(lengths, report["answer_words"], LENGTH_BIN, "answer length", "#c44e52", "words")
+        histogram(lengths, report["answer_words"], "answer length", "#c44e52", "words")
         figures = report["figures"]
         fig.suptitle(
             f"{name}: {sum(report['rounds'].values()):,} rows, figures present {figures['present']:,}, "

@@ -135,7 +135,10 @@ def write_selection_plots(plt, out: Path, manifest: dict) -> dict[str, str]:
         axis.bar(starts, histogram["counts"], width=width * 0.95, align="edge", color="#4c72b0")
         if summary["cut"] is not None:
             axis.axvline(summary["cut"], color="#c44e52", linestyle="--", label=f"cut {summary['cut']:.4f}")
-            axis.legend(fontsize=8)
+            axis.legend(fontsize=8, loc="best")
+        from matplotlib.ticker import MaxNLocator
+
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("selector score")
         axis.set_ylabel("candidates")
         axis.set_title(
