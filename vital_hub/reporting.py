@@ -86,6 +86,9 @@ def histogram(axis, counts: Counter, title: str, color: str, xlabel: str) -> Non
     grouped, width = rebin(counts)
     starts = sorted(grouped)
     axis.bar(starts, [grouped[s] for s in starts], width=width * 0.9, align="edge", color=color)
+    if 0 < len(starts) <= 3:
+        axis.set_xticks(starts)  # one or two values: a tick at each bin start, not a scale of fractions
+        axis.set_xlim(starts[0] - width, starts[-1] + 2 * width)
     axis.set_title(title)
     axis.set_xlabel(xlabel)
     _finish(axis, bool(counts))
