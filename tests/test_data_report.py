@@ -167,3 +167,22 @@ def test_instructions_card_shows_selector_scores_licences_and_retractions(tmp_pa
     (tmp_path / "a" / "README.md").unlink()
     assert run_vital("build", "instructions", *args, "--out", str(tmp_path / "a")).returncode == 0
     assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == manifest
+
+
+def test_an_unreadable_selection_summary_is_one_error_line_naming_it(tmp_path):
+    sources = tmp_path / "sources"
+    _selection_folder(sources / "mine")
+    (sources / "mine" / "selection.json").write_text("{cut off")
+    spec = tmp_path / "mix.yaml"
+    spec.write_text(
+        "components:\n  mine: {file: mine/selected.json}\nmixtures:\n  - {name: m, components: [{name: mine}]}\n"
+        "only: [m]\n"
+    )
+    args = ["--sources", str(sources), "--out", str(tmp_path / "repo"), "--mixtures", str(spec), "--allow-unverified"]
+    result = run_vital("build", "instructions", *args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"vital build instructions: error: {sources / 'mine' / 'selection.json'}: not a selection summary")
+    )

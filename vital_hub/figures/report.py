@@ -102,7 +102,8 @@ def report_lines(report: dict, plot: str | None) -> list[str]:
 def write_plot(out: Path, report: dict) -> str | None:
     """`report/figures.png` (its relative path), or None without matplotlib."""
     plt = pyplot()
-    clear_stale(out / REPORT_DIR, {"figures.png"}, re.compile(r"^\.figures\.png\..*\.tmp$"))
+    keep = {"figures.png"} if plt is not None else set()  # without matplotlib an older plot would be stale
+    clear_stale(out / REPORT_DIR, keep, re.compile(r"^\.?figures\.png(\..*\.tmp)?$"))
     if plt is None:
         return None
     fig, panels = plt.subplots(1, 5, figsize=(20, 3.6))

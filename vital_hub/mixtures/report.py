@@ -147,8 +147,10 @@ def write_plots(out: Path, reports: dict, manifest: dict) -> tuple[dict[str, str
     from vital_hub.mixtures.selection import plot_names, write_selection_plots
 
     plt = pyplot()
-    keep = {f"{name}.png" for name in reports} | {"figures.png"}
-    clear_stale(out / REPORT_DIR, keep | {Path(p).name for p in plot_names(manifest).values()})
+    keep = {"figures.png"}  # written by `vital build figures`
+    if plt is not None:  # without matplotlib, older plots would be stale: they go
+        keep |= {f"{name}.png" for name in reports} | {Path(p).name for p in plot_names(manifest).values()}
+    clear_stale(out / REPORT_DIR, keep)
     if plt is None:
         return {}, {}
     paths = {}
