@@ -454,6 +454,7 @@ def test_card_data_report_counts_domains_rounds_and_figures_from_the_sources(sam
     assert cells[10] == f"{sum(rounds) / len(rounds):.2f}"
     present = sample["manifest"]["components"]["biomed-vital-80k"]["images"]["present"]
     assert cells[12] == f"{present} / {len(records) - present}"
+    assert "left out as retracted: unknown (no images folder, or one without the fetch index" in report  # not 0
     for config in ("60k", "80k", "150k", "210k"):
         assert f"![data report of {config}](report/{config}.png)" in card
         assert (sample["repo"] / "report" / f"{config}.png").read_bytes()[:4] == b"\x89PNG"

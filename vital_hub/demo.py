@@ -189,6 +189,56 @@ def write_sample_sources(folder: str | Path, seed: int = 0) -> dict:
     }
 
 
+def write_sample_fetch_index(folder: Path, images: Path, seed: int = 0) -> Path:
+    """A finished fetch index for the sample figures, as `vital fetch figures` leaves one: status by what is on
+    disk (absent: missing; empty or cut off: corrupt), per-article licence codes (some unread), a few retracted
+    articles; returns the fetch folder."""
+    import hashlib
+
+    from PIL import Image
+
+    from vital_hub.figures.index import write_index
+
+    rng = random.Random(seed + 1)
+    pair_ids = sorted({p.stem for p in images.glob("*.jpg")} | _captioned(images))
+    rows = []
+    for number, pair_id in enumerate(pair_ids):
+        file = images / f"{pair_id}.jpg"
+        data = file.read_bytes() if file.is_file() else None
+        status, size = ("missing", None) if data is None else ("corrupt", None) if not data else ("ok", None)
+        if status == "ok":
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    image.load()
+                    size = image.size
+            except OSError:
+                status = "corrupt"
+        pmid = pair_id.split("_")[0]
+        rows.append(
+            {
+                "pair_id": pair_id,
+                "pmcid": f"PMC{int(pmid) % 9_000_000 + 1_000_000}",
+                "pmid": pmid,
+                "fig_id": pair_id.split("_", 1)[1],
+                "status": status,
+                "licence": rng.choice(["CC BY", "CC BY", "CC BY-NC", "CC0", "CC BY-NC-ND", None]),
+                "retracted": None if number % 11 == 3 else number % 37 == 5,
+                "sha256": hashlib.sha256(data).hexdigest() if status == "ok" else None,
+                "width": size[0] if size else None,
+                "height": size[1] if size else None,
+            }
+        )
+    write_index(rows, folder / "index" / "shard-00000-of-00001.parquet")
+    (folder / "index" / "shard-00000-of-00001.done").write_text("{}\n", encoding="utf-8")
+    return folder
+
+
+def _captioned(images: Path) -> set[str]:
+    """Pair ids of the sample's captions file (figures written or not)."""
+    captions = json.loads((images.parent / "sources" / CAPTIONS_FILE).read_text(encoding="utf-8"))
+    return {record["pair_id"] for records in captions.values() for record in records}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vital demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder (default: demo_out)")
@@ -224,6 +274,15 @@ def main(argv: list[str]) -> int:
 
     report = verify_released(repo, "llava-med-10k", sample["sources"] / "llava_med_instruct_10k.json", progress=False)
     console.print(f"[bold]3.[/] round trip: the llava-med-10k component against its source file: {report['verdict']}")
+    from vital_hub.figures.dataset import BuildOptions as FiguresOptions
+    from vital_hub.figures.dataset import build_figures
+
+    fetch = write_sample_fetch_index(args.out / "fetch", sample["images"], seed=args.seed)
+    captions = str(sample["sources"] / CAPTIONS_FILE)
+    figures = FiguresOptions(
+        index=str(fetch), out=str(args.out / "figures_repo"), captions=captions, images=str(sample["images"])
+    )
+    console.print(f"[bold]4.[/] figures config from a synthetic fetch index: {build_figures(figures)}")
     console.print(f"done in {time.perf_counter() - started:.1f} s\n")
     print(
         "Next, on the real data:\n"

@@ -251,9 +251,10 @@ def read_card(path: str | Path) -> tuple[dict, str]:
     return yaml.safe_load(match.group(1)) or {}, text[match.end() :]
 
 
-def write_card_config(readme: str | Path, config: dict, info: dict, default_body: str) -> None:
+def write_card_config(readme: str | Path, config: dict, info: dict, default_body: str, edit=None) -> None:
     """Add or replace one config's entries under `configs` and `dataset_info` of a repo card, keeping every other
-    config and the card's text (`default_body` when it has none)."""
+    config and the card's text (`default_body` when it has none); `edit(text)`, when given, returns the text to
+    write instead (for instance with one section replaced)."""
     import yaml
 
     meta, body = read_card(readme)
@@ -264,6 +265,8 @@ def write_card_config(readme: str | Path, config: dict, info: dict, default_body
     meta["dataset_info"] = [i for i in infos if i.get("config_name") != name] + [info]
     if not body.strip():
         body = default_body
+    if edit is not None:
+        body = edit(body)
     with atomic_path(readme) as tmp:
         tmp.write_text(
             f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n{body}", encoding="utf-8"

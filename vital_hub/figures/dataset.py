@@ -324,8 +324,9 @@ def write_shards(rows: Iterator[dict], folder: Path, shard_bytes: int) -> tuple[
     return final, counts
 
 
-def update_readme(out: Path, shards: list[Path], counts: dict[str, int]) -> None:
-    """Add or replace the `figures` entries of the card's YAML, keeping every other config and the card text."""
+def update_readme(out: Path, shards: list[Path], counts: dict[str, int], index: str | Path | None = None) -> None:
+    """Add or replace the `figures` entries of the card's YAML, keeping every other config and the card text,
+    whose data report section (built from the shards, image sizes from the fetch index) is replaced."""
     config = {
         "config_name": CONFIG_NAME,
         "data_files": [{"split": "train", "path": f"{DATA_DIR.as_posix()}/*.parquet"}],
@@ -342,7 +343,13 @@ def update_readme(out: Path, shards: list[Path], counts: dict[str, int]) -> None
         ],
         "download_checksums": checksums,
     }
-    write_card_config(out / "README.md", config, info, card_text(counts))
+    from vital_hub.figures.report import figures_report, replace_section, report_lines, write_plot
+
+    report = figures_report(shards, index_files(Path(index)) if index else [])
+    lines = report_lines(report, write_plot(out, report))
+    write_card_config(
+        out / "README.md", config, info, card_text(counts), edit=lambda body: replace_section(body, lines)
+    )
 
 
 def card_text(counts: dict[str, int]) -> str:
@@ -368,6 +375,6 @@ Each image keeps its article's licence (column `licence`); check it before redis
 def build_figures(options: BuildOptions) -> str:
     out = Path(options.out)
     shards, counts = write_shards(iter_rows(options), out / DATA_DIR, int(options.shard_mb * (1 << 20)))
-    update_readme(out, shards, counts)
+    update_readme(out, shards, counts, options.index)
     summary = ", ".join(f"{status} {count}" for status, count in counts.items())
     return f"wrote {len(shards)} shard(s) of config '{CONFIG_NAME}' to {out / DATA_DIR} ({summary})"

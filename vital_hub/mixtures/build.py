@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from vital_hub import __version__
 from vital_hub.audit.hashing import decode_hash, hash_version
 from vital_hub.io import atomic_path, describe_error, iter_json_records, read_json, write_json_atomic
+from vital_hub.mixtures.selection import selection_summary
 from vital_hub.mixtures.shards import COMPRESSION, ShardWriter, file_entry, shard_entry
 from vital_hub.mixtures.spec import Component, Mixture, MixturePlan, Part
 from vital_hub.schema import (
@@ -119,6 +120,7 @@ class ComponentResult:
     description: str = ""
     licence: str = ""
     missing_images: dict | None = None  # {path, num_bytes, sha256} of the list of figures not embedded
+    selection: dict | None = None  # a `vital select` output's selector, counts, cut and score histogram
 
     def as_dict(self) -> dict:
         return {
@@ -131,6 +133,7 @@ class ComponentResult:
             "images": self.images,
             "missing_images": self.missing_images,
             "inputs_key": self.inputs_key,
+            "selection": self.selection,
         }
 
 
@@ -166,7 +169,7 @@ def _build_repo(plan: MixturePlan, options: BuildOptions, check_source: SourceCh
     }
     from vital_hub.mixtures.card import write_readme
 
-    write_readme(options.out, manifest)
+    write_readme(options.out, manifest, options.images)
     write_json_atomic(options.out / MANIFEST, manifest)
     shutil.rmtree(options.out / SCRATCH, ignore_errors=True)
     return manifest
@@ -262,10 +265,13 @@ def _build_or_reuse(
         )
     source = {"file": component.file_name, **check_source(path, options.allow_unverified)}
     key = _inputs_key(component, source, options)
+    selection = selection_summary(path)  # read again on every build: a reused component records the same
     done = _completed(component.name, key, options.out, previous)
     if done is not None:
+        done.selection = selection
         return done
     result = _build_component(component, path, source, key, options, position)
+    result.selection = selection
     write_json_atomic(options.out / SCRATCH / "done" / f"{component.name}.json", result.as_dict())
     return result
 

@@ -211,11 +211,15 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
-def data_report_section(out: Path, manifest: dict) -> list[str]:
-    """The card's "Data report": a table per config and the PNG plots written beside the card."""
-    from vital_hub.mixtures.report import config_reports, summary_rows, write_plots
+def data_report_section(out: Path, manifest: dict, images: Path | None = None) -> list[str]:
+    """The card's "Data report": a table per config and the PNG plots written beside the card; licences and
+    retractions come from the fetch index of the `images` folder when it has one."""
+    from vital_hub.mixtures.report import config_reports, figure_facts, licence_lines, summary_rows, write_plots
+    from vital_hub.mixtures.selection import selection_lines
+    from vital_hub.mixtures.spec import builtin_components
 
-    reports = config_reports(out, manifest)
+    facts = figure_facts(images)
+    reports = config_reports(out, manifest, facts)
     columns = [
         "config",
         "rows",
@@ -224,7 +228,7 @@ def data_report_section(out: Path, manifest: dict) -> list[str]:
         "no flag true",
         "no domain",
         "rounds (mean)",
-        "answer words (median bin)",
+        "answer words (median)",
         "figures present / missing",
     ]
     lines = [
@@ -232,19 +236,22 @@ def data_report_section(out: Path, manifest: dict) -> list[str]:
         "## Data report",
         "",
         "Rows by domain count each true flag (a multi-label row counts under each of its flags and once under "
-        "multi-label). Licence codes and retractions are per figure: see the `figures` config.",
+        "multi-label).",
         "",
         "| " + " | ".join(columns) + " |",
         "|---|" + "---:|" * (len(columns) - 1),
         *summary_rows(reports),
+        "",
+        *licence_lines(reports, manifest, facts is not None),
     ]
-    for name, path in write_plots(out, reports).items():
+    plots, selection_plots = write_plots(out, reports, manifest)
+    for name, path in plots.items():
         lines += ["", f"![data report of {name}]({path})"]
-    return lines
+    return lines + selection_lines(manifest, selection_plots, set(builtin_components()))
 
 
-def write_readme(out: Path, manifest: dict) -> None:
+def write_readme(out: Path, manifest: dict, images: Path | None = None) -> None:
     header = yaml.dump(card_metadata(manifest), Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=1000)
-    text = card_text(manifest, data_report_section(out, manifest))
+    text = card_text(manifest, data_report_section(out, manifest, images))
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text(f"---\n{header}---\n\n{text}", encoding="utf-8")

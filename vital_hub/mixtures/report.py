@@ -13,61 +13,76 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from vital_hub.io import atomic_path
+from vital_hub.reporting import (
+    DOMAIN_LABELS,
+    REPORT_DIR,
+    bars,
+    clear_stale,
+    count_domain,
+    histogram,
+    median,
+    pyplot,
+    save_png,
+)
 from vital_hub.schema import DOMAINS
 
-REPORT_DIR = "report"
-LENGTH_BIN = 25  # words per answer-length bin
-COLUMNS = ["images.list.element.path", "domain", "messages"]
+COLUMNS = ["image_id", "images.list.element.path", "domain", "messages"]
+KEYS = ("domain", "rounds", "answer_words", "figures", "licence", "retracted")
+NOT_INDEXED = "not in fetch index"
 
 
-def _shard_stats(path: Path) -> dict[str, Counter]:
-    stats = {"domain": Counter(), "rounds": Counter(), "answer_words": Counter(), "figures": Counter()}
+def figure_facts(images: Path | None) -> dict[str, tuple[str, str]] | None:
+    """pair_id -> (licence code, retracted yes/no/unknown) from the fetch index of an images folder; None when
+    the folder has no index (a plain folder of figures), so licences and retractions are unknown."""
+    from vital_hub.figures.index import index_files
+
+    shards = index_files(images) if images is not None else []
+    if not shards:
+        return None
+    facts = {}
+    for shard in shards:
+        names = pq.read_schema(shard).names  # an index written by hand may lack a column: its facts are unknown
+        table = pq.read_table(shard, columns=[c for c in ("pair_id", "licence", "retracted") if c in names])
+        none = [None] * table.num_rows
+        columns = [table[c].to_pylist() if c in names else none for c in ("pair_id", "licence", "retracted")]
+        for pair_id, licence, retracted in zip(*columns, strict=True):
+            facts[pair_id] = (licence or "unknown", "unknown" if retracted is None else "yes" if retracted else "no")
+    return facts
+
+
+def _shard_stats(path: Path, facts: dict | None) -> dict[str, Counter]:
+    stats = {key: Counter() for key in KEYS}
     for batch in pq.ParquetFile(path).iter_batches(batch_size=2_000, columns=COLUMNS):
         for row in batch.to_pylist():
-            domain = row["domain"]
-            flags = [name for name in DOMAINS if domain and domain.get(name)]
-            if domain is None or all(domain.get(name) is None for name in DOMAINS):
-                stats["domain"]["missing"] += 1
-            elif not flags:
-                stats["domain"]["none true"] += 1
-            else:
-                stats["domain"].update(flags)
-                stats["domain"]["multi-label"] += len(flags) > 1
+            if facts is not None:
+                licence, retracted = facts.get(row["image_id"], (NOT_INDEXED, NOT_INDEXED))
+                stats["licence"][licence] += 1
+                stats["retracted"][retracted] += 1
+            count_domain(stats["domain"], row["domain"])
             answers = [m for m in row["messages"] or [] if m["role"] == "assistant"]
             stats["rounds"][len(answers)] += 1
             for message in answers:
                 words = sum(len((part.get("text") or "").split()) for part in message["content"] or [])
-                stats["answer_words"][words // LENGTH_BIN * LENGTH_BIN] += 1
+                stats["answer_words"][words] += 1
             images = row["images"] or []
             stats["figures"]["present" if any(i and i.get("path") for i in images) else "missing"] += 1
     return stats
 
 
-def config_reports(out: Path, manifest: dict) -> dict[str, dict[str, Counter]]:
+def config_reports(out: Path, manifest: dict, facts: dict | None = None) -> dict[str, dict[str, Counter]]:
+    """Per config, the sum of its shards' counters; each shard is read once. With `facts` (see figure_facts),
+    rows are counted by their figure's licence code and retraction too."""
     per_shard: dict[str, dict[str, Counter]] = {}
     reports = {}
     for name, config in manifest["configs"].items():
-        total = {"domain": Counter(), "rounds": Counter(), "answer_words": Counter(), "figures": Counter()}
+        total = {key: Counter() for key in KEYS}
         for shard in config["shards"]:
             if shard not in per_shard:
-                per_shard[shard] = _shard_stats(out / shard)
+                per_shard[shard] = _shard_stats(out / shard, facts)
             for key, counts in per_shard[shard].items():
                 total[key].update(counts)
         reports[name] = total
     return reports
-
-
-def _median(histogram: Counter) -> float | None:
-    total = sum(histogram.values())
-    if not total:
-        return None
-    seen = 0
-    for value in sorted(histogram):
-        seen += histogram[value]
-        if seen * 2 >= total:
-            return value
-    return None
 
 
 def summary_rows(reports: dict) -> list[str]:
@@ -77,8 +92,8 @@ def summary_rows(reports: dict) -> list[str]:
         domain, rounds, figures = report["domain"], report["rounds"], report["figures"]
         rows = sum(rounds.values())
         mean_rounds = sum(k * v for k, v in rounds.items()) / rows if rows else 0
-        median = _median(report["answer_words"])
-        answers = "-" if median is None else f"{median}-{median + LENGTH_BIN - 1}"
+        middle = median(report["answer_words"])
+        answers = "-" if middle is None else f"{middle:,}"
         cells = [f"`{name}`", f"{rows:,}", *(f"{domain[d]:,}" for d in DOMAINS)]
         cells += [f"{domain['multi-label']:,}", f"{domain['none true']:,}", f"{domain['missing']:,}"]
         cells += [f"{mean_rounds:.2f}", answers, f"{figures['present']:,} / {figures['missing']:,}"]
@@ -86,47 +101,78 @@ def summary_rows(reports: dict) -> list[str]:
     return lines
 
 
-def write_plots(out: Path, reports: dict) -> dict[str, str]:
-    """One PNG per config under report/; returns config -> path relative to the repo (empty without matplotlib)."""
-    try:
-        import matplotlib
-    except ModuleNotFoundError:
-        return {}
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def retracted_left_out(manifest: dict, config: str) -> str:
+    """Source records a config's components left out as retracted: exact for whole components, estimated for
+    sampled ones, "unknown" when a component was built without an images folder (nothing to know it from)."""
+    total, exact = 0.0, True
+    for part in manifest["configs"][config]["components"]:
+        images = manifest["components"][part["name"]]["images"]
+        if images is None:
+            return "unknown"
+        total += images.get("retracted_left_out", 0) * part["fraction"]
+        exact = exact and part["fraction"] == 1.0
+    return f"{round(total):,}" if exact else f"about {round(total):,}"
 
-    folder = out / REPORT_DIR
-    wanted = {f"{name}.png" for name in reports}
-    for stale in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if stale.is_file() and stale.name not in wanted:  # a killed build's temporary file, a dropped config's plot
-            stale.unlink()
+
+def licence_lines(reports: dict, manifest: dict, known: bool) -> list[str]:
+    """Markdown: per config, rows by their figure's licence code and retraction, and the retracted left out."""
+    if not known:
+        return [
+            "Licence codes and retractions of the rows' figures, and how many source records were left out as "
+            "retracted: unknown (no images folder, or one without the fetch index of `vital fetch figures`, which "
+            "records each figure's licence and its article's retraction).",
+        ]
+    codes = sorted({code for report in reports.values() for code in report["licence"]})
+    columns = ["config", *codes, "figure retracted (kept)", "retraction unknown", "retracted left out"]
+    lines = [
+        "Rows by their figure's licence code (from the fetch index of the images folder; `unknown`: the article's "
+        f"licence was not read; `{NOT_INDEXED}`: the figure was never fetched), rows kept although their figure's "
+        "article is retracted (`--include-retracted`), and source records left out as retracted:",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * (len(columns) - 1),
+    ]
+    for name, report in reports.items():
+        retracted = report["retracted"]
+        cells = [f"`{name}`", *(f"{report['licence'][code]:,}" for code in codes)]
+        cells += [f"{retracted['yes']:,}", f"{retracted['unknown'] + retracted[NOT_INDEXED]:,}"]
+        lines.append("| " + " | ".join([*cells, retracted_left_out(manifest, name)]) + " |")
+    return lines
+
+
+def write_plots(out: Path, reports: dict, manifest: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """One PNG per config and one per selected component's scores under report/; returns (config -> path,
+    component -> path) relative to the repo (both empty without matplotlib). Other files of report/ are deleted,
+    except `figures.png`, which `vital build figures` writes."""
+    from vital_hub.mixtures.selection import plot_names, write_selection_plots
+
+    plt = pyplot()
+    keep = {"figures.png"}  # written by `vital build figures`
+    if plt is not None:  # without matplotlib, older plots would be stale: they go
+        keep |= {f"{name}.png" for name in reports} | {Path(p).name for p in plot_names(manifest).values()}
+    clear_stale(out / REPORT_DIR, keep)
+    if plt is None:
+        return {}, {}
     paths = {}
     for name, report in reports.items():
         fig, (domains, rounds, lengths) = plt.subplots(1, 3, figsize=(13, 3.4))
-        labels = [*DOMAINS, "multi-label", "none true", "missing"]
-        domains.bar(labels, [report["domain"][label] for label in labels], color="#4c72b0")
-        domains.set_title("rows by domain")
-        domains.tick_params(axis="x", rotation=45, labelsize=8)
-        counts = sorted(report["rounds"])
-        rounds.bar([str(c) for c in counts], [report["rounds"][c] for c in counts], color="#55a868")
-        rounds.set_title("rounds per conversation")
-        rounds.set_xlabel("assistant turns")
-        bins = sorted(report["answer_words"])
-        lengths.bar(
-            bins, [report["answer_words"][b] for b in bins], width=LENGTH_BIN * 0.9, align="edge", color="#c44e52"
+        bars(
+            domains,
+            {label: report["domain"][label] for label in DOMAIN_LABELS},
+            "rows by domain",
+            "#4c72b0",
+            rotate=True,
         )
-        lengths.set_title("answer length")
-        lengths.set_xlabel("words")
+        counts = {c: report["rounds"][c] for c in sorted(report["rounds"])}
+        bars(rounds, counts, "rounds per conversation", "#55a868", xlabel="assistant turns")
+        histogram(lengths, report["answer_words"], "answer length", "#c44e52", "words")
         figures = report["figures"]
         fig.suptitle(
             f"{name}: {sum(report['rounds'].values()):,} rows, figures present {figures['present']:,}, "
             f"missing {figures['missing']:,}",
             fontsize=10,
         )
-        fig.tight_layout()
         relative = f"{REPORT_DIR}/{name}.png"
-        with atomic_path(out / relative, ".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None})
-        plt.close(fig)
+        save_png(plt, fig, out / relative)
         paths[name] = relative
-    return paths
+    return paths, write_selection_plots(plt, out, manifest)
