@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from vital_hub import __version__
-from vital_hub.audit.hashing import decode_hash, hash_version
-from vital_hub.io import atomic_path, describe_error, iter_json_records, read_json, write_json_atomic
+from vital_hub.audit.hashing import hash_version
+from vital_hub.io import atomic_path, iter_json_records, read_json, write_json_atomic
+from vital_hub.mixtures.images import ImageStats, images_fingerprint, load_image, retracted_figures
 from vital_hub.mixtures.selection import selection_summary
 from vital_hub.mixtures.shards import COMPRESSION, ShardWriter, file_entry, shard_entry
 from vital_hub.mixtures.spec import Component, Mixture, MixturePlan, Part
@@ -69,43 +70,8 @@ class BuildOptions:
             raise FileNotFoundError(f"--images {self.images} is not a folder")
         if self.rows_per_shard < 1 or self.batch_rows < 1:
             raise ValueError("rows_per_shard and batch_rows must be positive")
-        self.images_fingerprint = _images_fingerprint(self.images)
-        self.retracted = _retracted_figures(self.images)
-
-
-def _retracted_figures(images: Path | None) -> frozenset[str]:
-    """Pair ids the fetch index of an images folder marks retracted (its article's newest version is)."""
-    if images is None:
-        return frozenset()
-    import pyarrow.compute as pc
-
-    from vital_hub.figures.index import index_files
-
-    retracted: set[str] = set()
-    for shard in index_files(images):
-        table = pq.read_table(shard, columns=["pair_id", "retracted"])
-        retracted.update(table.filter(pc.fill_null(table["retracted"], False))["pair_id"].to_pylist())
-    return frozenset(retracted)
-
-
-@dataclass
-class ImageStats:
-    """Rows with their figure (`present`) and rows stored text-only, by why the figure is not there."""
-
-    present: int = 0
-    missing: int = 0
-    empty: int = 0
-    corrupt: int = 0
-    retracted_left_out: int = 0  # rows not built: the figure's article is retracted (--include-retracted keeps)
-
-    def as_dict(self) -> dict:
-        return {
-            "present": self.present,
-            "missing": self.missing,
-            "empty": self.empty,
-            "corrupt": self.corrupt,
-            "retracted_left_out": self.retracted_left_out,
-        }
+        self.images_fingerprint = images_fingerprint(self.images)
+        self.retracted = retracted_figures(self.images)
 
 
 @dataclass
@@ -238,20 +204,6 @@ def _inputs_key(component: Component, source: dict, options: BuildOptions) -> st
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def _images_fingerprint(images: Path | None) -> str | None:
-    """A cheap summary of the images folder (file names and sizes), computed once per build, so that added or
-    re-fetched figures make components rebuild. No mtimes: the same figures copied elsewhere give the same
-    manifest. The figures' content itself is covered by each component's `rows_sha256`."""
-    if images is None:
-        return None
-    digest = hashlib.sha256()
-    with os.scandir(images) as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            if entry.is_file():
-                digest.update(f"{entry.name}\0{entry.stat().st_size}\n".encode())
-    return digest.hexdigest()
-
-
 def _build_or_reuse(
     component: Component, options: BuildOptions, previous: dict, check_source, position: int = 0
 ) -> ComponentResult:
@@ -357,7 +309,11 @@ def _records(
         if options.retracted and not options.include_retracted and image_id_of(record["image"]) in options.retracted:
             stats.retracted_left_out += 1
             continue
-        image, phash = (None, None) if options.images is None else _load_image(record, where, options, stats, missing)
+        image, phash = (
+            (None, None)
+            if options.images is None
+            else load_image(record, where, options.images, options.require_images, stats, missing)
+        )
         yield record, image, phash
 
 
@@ -365,44 +321,6 @@ def _validated(records: Iterator[tuple[Location, Any]]) -> Iterator[tuple[Locati
     for where, record in records:
         validate_llava(record, where)
         yield where, record
-
-
-def _load_image(record, where: Location, options: BuildOptions, stats: ImageStats, missing):
-    """The figure as {bytes, path} and its pHash (16 hex digits), or None, None (logged) when it is missing, empty
-    or does not decode. Decoding it for the hash is what checks that it decodes."""
-    name = os.path.basename(record["image"])
-    file = options.images / name
-    problem = None
-    if not file.is_file():
-        problem = "missing"
-    else:
-        data = file.read_bytes()
-        if not data:
-            problem = "empty"
-        else:
-            phash, reason = _decoded_hash(data)
-            if reason is not None:
-                problem = "corrupt"
-    if problem is None:
-        stats.present += 1
-        return {"bytes": data, "path": name}, phash
-    setattr(stats, problem, getattr(stats, problem) + 1)
-    entry = {"index": where.index, "id": str(record.get("id")), "image": name, "problem": problem}
-    if problem == "corrupt":
-        entry["reason"] = reason
-    missing.write(json.dumps(entry) + "\n")
-    if options.require_images:
-        raise where.error(f"image {name} is {problem} in {options.images} (--require-images)", record.get("id"))
-    return None, None
-
-
-def _decoded_hash(data: bytes) -> tuple[str | None, str | None]:
-    """(pHash, None) of a figure that decodes, else (None, why). JPEG draft mode decodes at a fraction of the
-    size but still reads every byte."""
-    try:
-        return f"{decode_hash(data):016x}", None
-    except Exception as err:  # PIL raises many types for broken files; the reason is kept, never hidden
-        return None, describe_error(err)
 
 
 def _config_files(mixture: Mixture, results: dict[str, ComponentResult], options: BuildOptions) -> dict:
