@@ -317,3 +317,47 @@ def test_index_overflowing_buckets_and_duplicates_are_found():
     got = sorted(zip(*(a.tolist() for a in index.search(base[:60])), strict=True))
     want = sorted(zip(*(a.tolist() for a in all_pairs(base[:60], train, 10)), strict=True))
     assert got == want and len(want) == 60 + 3 * 40 + 50
+
+
+def test_a_figures_repo_is_audited_from_its_hash_columns(tmp_path):
+    """`--train` a `vital build figures` repo: its phash and sha256 columns are read (no image bytes, nothing
+    hashed), and copies, near copies and copied caption text are found; the clean figure is not flagged."""
+    import hashlib
+
+    from vital_hub.figures.index import write_index
+
+    eval_figures = {f"5555{k:04d}_F1": jpeg(generated_figure(40 + k)) for k in range(2)}
+    questions = qa50_questions(list(eval_figures))
+    eval_dir = tmp_path / "eval" / "images"
+    eval_dir.mkdir(parents=True)
+    for pair_id, data in eval_figures.items():
+        (eval_dir / f"{pair_id}.jpg").write_bytes(data)
+    (tmp_path / "eval" / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    first, second = eval_figures.values()
+    resized = Image.open(io.BytesIO(second)).convert("RGB")
+    figures = {
+        "9001_F1": (first, "An unrelated caption about a bar chart."),
+        "9002_F1": (jpeg(resized.resize((resized.width // 2, resized.height // 2))), "Another plain caption."),
+        "9003_F1": (jpeg(generated_figure(4_000)), questions[0]["gpt4_answer"]),
+        "9004_F1": (jpeg(generated_figure(4_001)), "A clean figure with its own caption text."),
+    }
+    fetch = tmp_path / "fetch"
+    fetch.mkdir()
+    rows, captions = [], {"mri": []}
+    for pair_id, (data, caption) in figures.items():
+        (fetch / f"{pair_id}.jpg").write_bytes(data)
+        pmid, fig = pair_id.split("_")
+        rows.append({"pair_id": pair_id, "pmcid": f"PMC{pmid}", "pmid": pmid, "fig_id": fig, "status": "ok",
+                     "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
+        captions["mri"].append({"pair_id": pair_id, "fig_caption": caption, "domain": "mri"})
+    write_index(rows, fetch / "index" / "shard-00000-of-00001.parquet")
+    (fetch / "index" / "shard-00000-of-00001.done").write_text("{}\n")
+    (fetch / "captions.json").write_text(json.dumps(captions))
+    built = run_vital("build", "figures", "--index", str(fetch), "--out", str(tmp_path / "repo"),
+                      "--captions", str(fetch / "captions.json"))  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    report, _ = audit(tmp_path)
+    assert report["train_kind"] == "figures" and report["hash_cache"]["added"] == 0
+    assert report["rows_with_stored_hashes"] == report["hashed_training_figures"] == 4
+    reasons = {m["row_id"]: set(m["reasons"]) for m in report["matches"]}
+    assert reasons == {"9001_F1": {"sha256", "phash"}, "9002_F1": {"phash"}, "9003_F1": {"text13"}}
