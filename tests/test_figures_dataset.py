@@ -255,3 +255,18 @@ def test_captions_from_the_real_qa50_jsonl_file(tmp_path):
     broken.write_text(qa50.read_text().splitlines()[0] + "\n{not json\n")
     with pytest.raises(ValueError, match="line 2 is not valid JSON"):
         load_captions(broken)
+
+
+def test_build_figures_hashes_the_same_on_one_or_several_processes(fetched, tmp_path):
+    out, captions, _, _ = fetched
+    shards = {}
+    for workers in ("1", "2"):
+        repo = tmp_path / f"repo-{workers}"
+        assert (
+            build_main(["--index", str(out), "--out", str(repo), "--captions", str(captions), "--workers", workers])
+            == 0
+        )
+        shards[workers] = {p.name: p.read_bytes() for p in sorted((repo / "data" / "figures").glob("*.parquet"))}
+        hashes = pq.read_table(repo / "data" / "figures", columns=["status", "phash"]).to_pylist()
+        assert all((row["phash"] is not None) == (row["status"] == "ok") for row in hashes)
+    assert shards["1"] and shards["1"] == shards["2"]

@@ -70,6 +70,9 @@ class BuildOptions:
     images: str | None = help_field("folder of <pair_id>.jpg (default: the --index folder)", default=None)
     shard_mb: float = help_field("target parquet shard size in MB", default=256.0)
     allow_incomplete: bool = help_field("build even if a fetch shard is unfinished", default=False)
+    workers: int = help_field(
+        "processes computing the figures' perceptual hashes", default=min(os.cpu_count() or 1, 8)
+    )
 
 
 CAPTION_KEYS = ("pair_id", "pmid", "fig_id", "fig_label", "fig_caption", "in_text_mention", "domain")
@@ -264,7 +267,7 @@ def figure_row(index_row: dict, caption: dict | None, images: Path) -> dict:
         "retracted": index_row.get("retracted"),
         "source_url": index_row.get("source_url"),
         "sha256": index_row.get("sha256") if image is not None else None,
-        "phash": _phash_hex(image["bytes"]) if image is not None else None,
+        "phash": None,  # filled by _with_hashes, in worker processes
         "status": status,
     }
 
@@ -274,6 +277,33 @@ def _phash_hex(data: bytes) -> str | None:
 
     value = figure_hash(data)
     return None if value is None else f"{value:016x}"
+
+
+def _with_hashes(rows: Iterator[dict], workers: int, batch: int = 512) -> Iterator[dict]:
+    """The rows with `phash` set for each embedded figure, hashed `batch` rows at a time on `workers` processes
+    (which die with the build); order is kept."""
+    from concurrent.futures import ProcessPoolExecutor
+    from itertools import islice
+
+    from vital_hub.workers import die_with_parent
+
+    pool = None
+    if workers > 1:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
+        while chunk := list(islice(rows, batch)):
+            datas = [row["image"]["bytes"] for row in chunk if row["image"] is not None]
+            if pool is None:
+                hashes = iter([_phash_hex(data) for data in datas])
+            else:
+                hashes = pool.map(_phash_hex, datas, chunksize=max(1, len(datas) // (4 * workers)))
+            for row in chunk:
+                if row["image"] is not None:
+                    row["phash"] = next(hashes)
+                yield row
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def iter_rows(options: BuildOptions) -> Iterator[dict]:
@@ -374,7 +404,9 @@ Each image keeps its article's licence (column `licence`); check it before redis
 
 def build_figures(options: BuildOptions) -> str:
     out = Path(options.out)
-    shards, counts = write_shards(iter_rows(options), out / DATA_DIR, int(options.shard_mb * (1 << 20)))
+    shards, counts = write_shards(
+        _with_hashes(iter_rows(options), options.workers), out / DATA_DIR, int(options.shard_mb * (1 << 20))
+    )
     update_readme(out, shards, counts, options.index)
     summary = ", ".join(f"{status} {count}" for status, count in counts.items())
     return f"wrote {len(shards)} shard(s) of config '{CONFIG_NAME}' to {out / DATA_DIR} ({summary})"
