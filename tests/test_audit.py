@@ -361,3 +361,56 @@ def test_a_figures_repo_is_audited_from_its_hash_columns(tmp_path):
     assert report["rows_with_stored_hashes"] == report["hashed_training_figures"] == 4
     reasons = {m["row_id"]: set(m["reasons"]) for m in report["matches"]}
     assert reasons == {"9001_F1": {"sha256", "phash"}, "9002_F1": {"phash"}, "9003_F1": {"text13"}}
+
+
+def test_kill_9_mid_hashing_leaves_no_worker_and_the_rerun_resumes_from_the_cache(tmp_path):
+    """An old repo (no hash column) audited on 2 processes, killed once hashing has started: no worker outlives
+    it, and the re-run keeps the hashes already cached and flags what an uninterrupted audit flags."""
+    import os
+    import signal
+    import time
+
+    eval_figures = {f"1234{k:04d}_F{k}": jpeg(generated_figure(k)) for k in range(2)}
+    clean = [jpeg(generated_figure(3_000 + k, (320, 240))) for k in range(700)]  # hashed in batches of 256
+    plant(tmp_path, eval_figures, clean, qa50_questions(list(eval_figures)))
+    for shard in sorted((tmp_path / "repo" / "data").glob("*/*.parquet")):
+        pq.write_table(pq.read_table(shard).drop_columns(["image_phash"]), shard)
+    reference, _ = audit(tmp_path)
+    out, cache = tmp_path / "killed", tmp_path / "killed" / "figure_hashes.jsonl"
+    command = [sys.executable, "-m", "vital_hub.cli", "audit", "contamination", "--train", str(tmp_path / "repo"),
+               "--out", str(out), "--eval", f"qa50={tmp_path / 'eval' / 'questions.jsonl'},{tmp_path / 'eval' / 'images'}",
+               "--workers", "2"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (cache.exists() and cache.stat().st_size) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the audit finished before it could be killed"
+    deadline = time.monotonic() + 3
+    while _processes_mentioning(str(out)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _processes_mentioning(str(out)), "a hashing worker outlived the killed audit"
+    kept = len(cache.read_text().splitlines())
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = json.loads((out / "contamination.json").read_text())
+    assert 0 < kept and again["hash_cache"]["added"] == again["hash_cache"]["entries"] - kept
+    assert again["flagged"] == reference["flagged"] and again["configs"] == reference["configs"]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if text in cmdline and "zombie" not in state:
+            found.append(int(entry.name))
+    return found

@@ -169,7 +169,12 @@ class Hasher:
 
     def __init__(self, cache: HashCache, workers: int = 1):
         self.cache = cache
-        self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        self.pool = None
+        if workers > 1:
+            from vital_hub.workers import die_with_parent
+
+            # The workers die with the audit, however it dies (kill -9 included).
+            self.pool = ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
         self.workers = workers
 
     def hash_batch(self, figures: list[bytes | None]) -> list[tuple[str | None, int | None]]:
