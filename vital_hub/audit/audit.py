@@ -83,7 +83,6 @@ class _EvalLookup:
                 for key in ngram_keys(text.text):
                     self.ngrams[key].add((s, figure_of[text.question_id], text.field))
         self.queries = np.array(query_values, dtype=np.uint64)
-        self.from_column = 0  # training rows whose hashes came from the repo's phash column
 
 
 def run_audit(options: AuditOptions) -> dict:
@@ -98,6 +97,7 @@ def run_audit(options: AuditOptions) -> dict:
     matches: dict[tuple, Match] = {}
     train_rows: list[tuple[str, str, str | None]] = []
     train_hashes: list[int] = []
+    from_column = 0  # training rows whose hashes came from the repo's phash column
     try:
         for component in source.components:
             rows = source.rows(component)
@@ -105,13 +105,13 @@ def run_audit(options: AuditOptions) -> dict:
             for row in tqdm(rows, desc=f"audit {component}", unit=" rows", disable=not options.show_progress):
                 batch.append(row)
                 if len(batch) == 256:
-                    _check_batch(batch, hasher, lookup, eval_sets, matches, train_rows, train_hashes)
+                    from_column += _check_batch(batch, hasher, lookup, eval_sets, matches, train_rows, train_hashes)
                     batch = []
-            _check_batch(batch, hasher, lookup, eval_sets, matches, train_rows, train_hashes)
+            from_column += _check_batch(batch, hasher, lookup, eval_sets, matches, train_rows, train_hashes)
     finally:
         hasher.close()
     _near_duplicates(lookup, eval_sets, train_rows, np.array(train_hashes, dtype=np.uint64), options, matches)
-    return _report(source, eval_sets, matches, options, cache, len(train_rows), lookup.from_column)
+    return _report(source, eval_sets, matches, options, cache, len(train_rows), from_column)
 
 
 def _match(matches, eval_sets, s: int, f: int, component: str, row_id: str, image_id) -> Match:
@@ -121,15 +121,15 @@ def _match(matches, eval_sets, s: int, f: int, component: str, row_id: str, imag
     return matches[key]
 
 
-def _check_batch(batch, hasher, lookup, eval_sets, matches, train_rows, train_hashes) -> None:
+def _check_batch(batch, hasher, lookup, eval_sets, matches, train_rows, train_hashes) -> int:
+    """Check a batch of training rows; returns how many carried their figure's hash."""
     if not batch:
-        return
+        return 0
     hashed = hasher.hash_batch([None if row.stored else row.image for row in batch])
     for row, (digest, value) in zip(batch, hashed, strict=True):
         if row.stored:  # hashed when the repo was built
             digest = row.sha256 or (sha256_hex(row.image) if row.image else None)
             value = row.phash
-            lookup.from_column += 1
         for key, found in (("pair_id", row.pair_id), ("pmid", row.pmid), ("pmcid", row.pmcid), ("sha256", digest)):
             for s, f in lookup.keys[key].get(str(found), ()) if found else ():
                 _match(matches, eval_sets, s, f, row.component, row.row_id, row.pair_id).reasons.add(key)
@@ -145,6 +145,7 @@ def _check_batch(batch, hasher, lookup, eval_sets, matches, train_rows, train_ha
         if value is not None:
             train_rows.append((row.component, row.row_id, row.pair_id))
             train_hashes.append(value)
+    return sum(row.stored for row in batch)
 
 
 def _near_duplicates(lookup, eval_sets, train_rows, train_hashes, options, matches) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from vital_hub.audit.hashing import from_hex
 from vital_hub.schema import mention_texts
 
 FIGURES_DIR = Path("data") / "figures"
@@ -83,10 +84,7 @@ def _columns(kind: str, with_images: bool, available: set[str]) -> list[str]:
 
 
 def _stored_hash(row: dict, column: str) -> dict:
-    if column not in row:
-        return {}
-    value = row[column]
-    return {"stored": True, "phash": None if value is None else int(value, 16)}
+    return {"stored": True, "phash": from_hex(row[column])} if column in row else {}
 
 
 def _train_row(kind: str, component: str, row: dict) -> TrainRow:

@@ -74,6 +74,15 @@ def figure_hash(data: bytes | None) -> int | None:
         return None
 
 
+def to_hex(value: int | None) -> str | None:
+    """A pHash as stored in caches and columns: 16 hex digits (None stays None)."""
+    return None if value is None else f"{value:016x}"
+
+
+def from_hex(text: str | None) -> int | None:
+    return None if text is None else int(text, 16)
+
+
 def hash_version() -> str:
     """What the hashes depend on, for the build caches: imagehash's version and the draft size."""
     from importlib.metadata import version
@@ -140,8 +149,7 @@ class HashCache:
                     entry = json.loads(line)
                 except json.JSONDecodeError:  # a torn last line from an interrupted run: hashed again
                     continue
-                value = entry.get("phash")
-                self.hashes[entry["sha256"]] = None if value is None else int(value, 16)
+                self.hashes[entry["sha256"]] = from_hex(entry.get("phash"))
         self.added = 0
 
     def __contains__(self, sha256: str) -> bool:
@@ -156,7 +164,7 @@ class HashCache:
             if sha256 in self.hashes:
                 continue
             self.hashes[sha256] = value
-            lines.append(json.dumps({"sha256": sha256, "phash": None if value is None else f"{value:016x}"}))
+            lines.append(json.dumps({"sha256": sha256, "phash": to_hex(value)}))
         if lines:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as handle:
@@ -165,37 +173,37 @@ class HashCache:
 
 
 class Hasher:
-    """Hashes batches of figures, in worker processes when workers > 1, through a cache."""
+    """Hashes figures, in worker processes (which die with this process, however it dies) when workers > 1;
+    `hash_batch` goes through a cache, `hash_all` does not."""
 
-    def __init__(self, cache: HashCache, workers: int = 1):
+    def __init__(self, cache: HashCache | None, workers: int = 1):
         self.cache = cache
         self.pool = None
         if workers > 1:
             from vital_hub.workers import die_with_parent
 
-            # The workers die with the audit, however it dies (kill -9 included).
             self.pool = ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
         self.workers = workers
 
+    def hash_all(self, datas: list[bytes]) -> list[int | None]:
+        """figure_hash of every figure, in order."""
+        if self.pool is None:
+            return [figure_hash(data) for data in datas]
+        return list(self.pool.map(figure_hash, datas, chunksize=max(1, len(datas) // (4 * self.workers))))
+
     def hash_batch(self, figures: list[bytes | None]) -> list[tuple[str | None, int | None]]:
-        """(sha256, pHash) per figure; None, None for a missing one."""
+        """(sha256, pHash) per figure through the cache; None, None for a missing one."""
         digests = [sha256_hex(data) if data else None for data in figures]
         todo = {
             digest: data for digest, data in zip(digests, figures, strict=True) if digest and digest not in self.cache
         }
         if todo:
-            items = list(todo.items())
-            datas = [data for _, data in items]
-            if self.pool is None:
-                values = [figure_hash(data) for data in datas]
-            else:
-                values = list(self.pool.map(figure_hash, datas, chunksize=max(1, len(datas) // (4 * self.workers))))
-            self.cache.add_many(zip([d for d, _ in items], values, strict=True))
+            self.cache.add_many(zip(todo, self.hash_all(list(todo.values())), strict=True))
         return [(digest, None if digest is None else self.cache.get(digest)) for digest in digests]
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.shutdown()
+            self.pool.shutdown(cancel_futures=True)
 
 
 def default_workers() -> int:

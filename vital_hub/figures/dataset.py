@@ -272,38 +272,22 @@ def figure_row(index_row: dict, caption: dict | None, images: Path) -> dict:
     }
 
 
-def _phash_hex(data: bytes) -> str | None:
-    from vital_hub.audit.hashing import figure_hash
-
-    value = figure_hash(data)
-    return None if value is None else f"{value:016x}"
-
-
 def _with_hashes(rows: Iterator[dict], workers: int, batch: int = 512) -> Iterator[dict]:
     """The rows with `phash` set for each embedded figure, hashed `batch` rows at a time on `workers` processes
     (which die with the build); order is kept."""
-    from concurrent.futures import ProcessPoolExecutor
     from itertools import islice
 
-    from vital_hub.workers import die_with_parent
+    from vital_hub.audit.hashing import Hasher, to_hex
 
-    pool = None
-    if workers > 1:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
+    hasher = Hasher(None, workers)
     try:
         while chunk := list(islice(rows, batch)):
-            datas = [row["image"]["bytes"] for row in chunk if row["image"] is not None]
-            if pool is None:
-                hashes = iter([_phash_hex(data) for data in datas])
-            else:
-                hashes = pool.map(_phash_hex, datas, chunksize=max(1, len(datas) // (4 * workers)))
-            for row in chunk:
-                if row["image"] is not None:
-                    row["phash"] = next(hashes)
-                yield row
+            embedded = [row for row in chunk if row["image"] is not None]
+            for row, value in zip(embedded, hasher.hash_all([row["image"]["bytes"] for row in embedded]), strict=True):
+                row["phash"] = to_hex(value)
+            yield from chunk
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        hasher.close()
 
 
 def iter_rows(options: BuildOptions) -> Iterator[dict]:
