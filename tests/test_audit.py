@@ -6,11 +6,12 @@ from collections import defaultdict
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from PIL import Image
 
 from tests.audit_support import TRANSFORMS, generated_figure, jpeg
-from tests.conftest import shared_fixture
+from tests.conftest import processes_mentioning, shared_fixture
 from vital_hub.audit.index import HashIndex, all_pairs
 
 
@@ -363,6 +364,7 @@ def test_a_figures_repo_is_audited_from_its_hash_columns(tmp_path):
     assert reasons == {"9001_F1": {"sha256", "phash"}, "9002_F1": {"phash"}, "9003_F1": {"text13"}}
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_kill_9_mid_hashing_leaves_no_worker_and_the_rerun_resumes_from_the_cache(tmp_path):
     """An old repo (no hash column) audited on 2 processes, killed once hashing has started: no worker outlives
     it, and the re-run keeps the hashes already cached and flags what an uninterrupted audit flags."""
@@ -388,29 +390,12 @@ def test_kill_9_mid_hashing_leaves_no_worker_and_the_rerun_resumes_from_the_cach
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the audit finished before it could be killed"
     deadline = time.monotonic() + 3
-    while _processes_mentioning(str(out)) and time.monotonic() < deadline:
+    while processes_mentioning(str(out)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _processes_mentioning(str(out)), "a hashing worker outlived the killed audit"
+    assert not processes_mentioning(str(out)), "a hashing worker outlived the killed audit"
     kept = len(cache.read_text().splitlines())
     resumed = subprocess.run(command, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     again = json.loads((out / "contamination.json").read_text())
     assert 0 < kept and again["hash_cache"]["added"] == again["hash_cache"]["entries"] - kept
     assert again["flagged"] == reference["flagged"] and again["configs"] == reference["configs"]
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    from pathlib import Path
-
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
-        except (OSError, StopIteration):
-            continue
-        if text in cmdline and "zombie" not in state:
-            found.append(int(entry.name))
-    return found
