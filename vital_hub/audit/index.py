@@ -74,9 +74,10 @@ def _window(values: np.ndarray, end: int) -> np.ndarray:
 
 
 class _Chunk:
-    """One chunk's buckets: a dense table of `capacity` slots per bucket (mean size plus 1.5 standard deviations) holding 32 other bits of each hash (a
-    first check: those bits alone must be within t minus the bits flipped in the chunk), the training ids of the
-    slots (-1: empty), and a sorted overflow list for the few entries of buckets larger than the capacity."""
+    """One chunk's buckets: a dense table of `capacity` slots per bucket (mean size plus 1.5 standard deviations)
+    holding 32 other bits of each hash (a first check: those bits alone must be within t minus the bits flipped in
+    the chunk), the training ids of the slots (-1: empty), and a sorted overflow list for the few entries of
+    buckets larger than the capacity."""
 
     def __init__(self, hashes: np.ndarray, start: int, width: int, radius: int, max_distance: int):
         self.start, self.width = start, width
