@@ -64,7 +64,7 @@ def bars(axis, counts: dict, title: str, color: str, xlabel: str | None = None, 
         axis.set_xlabel(xlabel)
     if rotate:
         axis.tick_params(axis="x", rotation=45, labelsize=8)
-    _finish(axis, bool(counts))
+    finish_axis(axis, bool(counts))
 
 
 def rebin(counts: Counter, bins: int = 30) -> tuple[Counter, int]:
@@ -91,10 +91,10 @@ def histogram(axis, counts: Counter, title: str, color: str, xlabel: str) -> Non
         axis.set_xlim(starts[0] - width, starts[-1] + 2 * width)
     axis.set_title(title)
     axis.set_xlabel(xlabel)
-    _finish(axis, bool(counts))
+    finish_axis(axis, bool(counts))
 
 
-def _finish(axis, has_data: bool) -> None:
+def finish_axis(axis, has_data: bool) -> None:
     """Whole-number count ticks; an empty panel says "none" with no axis ticks instead of a meaningless scale."""
     from matplotlib.ticker import MaxNLocator
 

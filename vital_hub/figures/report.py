@@ -58,6 +58,11 @@ def figures_report(shards: list[Path], index_shards: list[Path]) -> dict[str, Co
     return report
 
 
+def _by_count(counts: Counter) -> dict:
+    """Most frequent first, ties by name: the order of the licence table and of its bars."""
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
 def _median(histogram_: Counter) -> str:
     middle = median(histogram_)
     return "-" if middle is None else f"{middle:,}"
@@ -81,7 +86,7 @@ def report_lines(report: dict, plot: str | None) -> list[str]:
         "",
         "| licence | figures |",
         "|---|---:|",
-        *(f"| {name} | {count:,} |" for name, count in sorted(report["licence"].items(), key=lambda i: (-i[1], i[0]))),
+        *(f"| {name} | {count:,} |" for name, count in _by_count(report["licence"]).items()),
         "",
         "Rows by domain (from the captions file; a multi-label figure counts under each flag and once under "
         "multi-label):",
@@ -109,8 +114,7 @@ def write_plot(out: Path, report: dict) -> str | None:
     fig, panels = plt.subplots(1, 5, figsize=(20, 3.6))
     status = {name: report["status"][name] for name in sorted(report["status"], key=lambda s: (s != "ok", s))}
     bars(panels[0], status, "figures by status", "#4c72b0", rotate=True)
-    licences = dict(sorted(report["licence"].items(), key=lambda item: (-item[1], item[0])))
-    bars(panels[1], licences, "licence codes", "#8172b2", rotate=True)
+    bars(panels[1], _by_count(report["licence"]), "licence codes", "#8172b2", rotate=True)
     bars(
         panels[2],
         {label: report["domain"][label] for label in DOMAIN_LABELS},

@@ -123,7 +123,7 @@ def plot_names(manifest: dict) -> dict[str, str]:
 
 def write_selection_plots(plt, out: Path, manifest: dict) -> dict[str, str]:
     """One histogram per selected component with the cut as a vertical line; returns component -> path."""
-    from vital_hub.reporting import save_png
+    from vital_hub.reporting import finish_axis, save_png
 
     paths = plot_names(manifest)
     for name, path in paths.items():
@@ -136,9 +136,7 @@ def write_selection_plots(plt, out: Path, manifest: dict) -> dict[str, str]:
         if summary["cut"] is not None:
             axis.axvline(summary["cut"], color="#c44e52", linestyle="--", label=f"cut {summary['cut']:.4f}")
             axis.legend(fontsize=8, loc="best")
-        from matplotlib.ticker import MaxNLocator
-
-        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+        finish_axis(axis, True)
         axis.set_xlabel("selector score")
         axis.set_ylabel("candidates")
         axis.set_title(
