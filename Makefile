@@ -10,12 +10,18 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.core: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[plots]"
 	touch $@
 
-# The CPU torch wheel is installed first so that no extra can pull a CUDA build.
+# The CPU torch wheel is installed first, from PyTorch's CPU index, so that no extra can pull a CUDA build (a plain
+# `pip install torch` on Linux brings the CUDA build and several GB of NVIDIA wheels). Where that index cannot be
+# reached, the package index's torch is taken instead, with a warning.
+TORCH ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q --index-url $(TORCH_CPU_INDEX) "$(TORCH)" || \
+	  { echo "warning: $(TORCH_CPU_INDEX) unreachable; installing $(TORCH) from the package index" >&2; \
+	    $(BIN)/pip install -q "$(TORCH)"; }
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
