@@ -58,6 +58,13 @@ def usable_pairs(script_args, config) -> tuple:
         dropped = dropped_train + dropped_test
         if dropped:
             logger.warning("dropped %d pairs whose figure could not be read", dropped)
+    if not any(origin == "clinician" for origin in (test["origin"] if len(test) else [])):
+        logger.warning(
+            "no clinician pair in the test split of %s: eval_clinician_alignment and eval_clinician_auc will not be "
+            "reported; build the clinician config with held-out pairs (`vital preferences build --test-fraction 0.2`, "
+            "the default)",
+            script_args.dataset_name,
+        )
     return train, test, images, dropped
 
 
