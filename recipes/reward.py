@@ -152,7 +152,33 @@ def main(script_args, training_args, model_args):
     return rows
 
 
+def device_overrides(argv: list[str]) -> list[str]:
+    """`--bf16 false` when the config asks for bf16 and no GPU is there (a CPU smoke run), with a log line; an
+    explicit `--bf16` on the command line is left alone."""
+    import torch
+    import yaml
+
+    if torch.cuda.is_available() or any(a == "--bf16" or a.startswith("--bf16=") for a in argv):
+        return []
+    config = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    asked = yaml.safe_load(Path(config).read_text(encoding="utf-8")).get("bf16") if config else False
+    if not asked:
+        return []
+    logger.warning("no GPU: bf16 switched off (the config's bf16: true needs one); training runs in fp32 on CPU")
+    return ["--bf16", "false"]
+
+
 if __name__ == "__main__":
+    import os
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:]
     parser = TrlParser((SelectorScriptArguments, RewardConfig, SelectorModelArguments))
-    script_args, training_args, model_args = parser.parse_args_and_config()
-    main(script_args, training_args, model_args)
+    try:
+        script_args, training_args, model_args = parser.parse_args_and_config(argv + device_overrides(argv))
+        main(script_args, training_args, model_args)
+    except (OSError, ValueError) as err:
+        if os.environ.get("VITAL_DEBUG"):
+            raise
+        sys.exit(f"recipes/reward.py: error: {err}")

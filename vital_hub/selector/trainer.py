@@ -126,9 +126,9 @@ def build_selector(args: SelectorModelArguments):
 
         folder = Path(args.model_name_or_path)
         if not folder.is_dir():
-            from huggingface_hub import snapshot_download
+            from vital_hub.hub import download_repo
 
-            folder = Path(snapshot_download(args.model_name_or_path))
+            folder = download_repo(local_or_hub_id(args.model_name_or_path, "model_name_or_path"), "model")
         model, open_clip_config = selector_from_open_clip(folder, **kwargs)
         text_cfg = open_clip_config.get("model_cfg", {}).get("text_cfg", {})
         tokenizer_source = args.tokenizer_name_or_path or text_cfg.get("hf_tokenizer_name") or str(folder)
@@ -145,7 +145,31 @@ def build_selector(args: SelectorModelArguments):
         model.backbone.load_state_dict(backbone.state_dict())
     if tokenizer_source is None:
         raise ValueError("a selector built from a config needs tokenizer_name_or_path")
-    return model, AutoTokenizer.from_pretrained(tokenizer_source)
+    return model, load_tokenizer(tokenizer_source)
+
+
+def local_or_hub_id(source: str, option: str) -> str:
+    """`source` when it is a local path or could be a Hub id; a path that is not there is an error naming it, so
+    a typo never becomes a network error that names neither."""
+    if Path(source).exists():
+        return source
+    shaped_as_path = source.startswith((".", "/", "~")) or source.endswith("/") or source.count("/") > 1
+    if shaped_as_path or "\\" in source:
+        raise FileNotFoundError(f"{option} {source}: no such folder (nor is it a Hub id ORG/NAME)")
+    return source
+
+
+def load_tokenizer(source: str):
+    """AutoTokenizer from a folder or a Hub id; a failure is one line naming the source."""
+    from transformers import AutoTokenizer
+
+    source = local_or_hub_id(str(source), "tokenizer_name_or_path")
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        where = "an existing folder" if Path(source).exists() else "a local folder, and the Hub could not provide it"
+        raise OSError(f"tokenizer_name_or_path {source}: not {where} ({reason})") from None
 
 
 def image_mean_std(name_or_path: str) -> dict:
