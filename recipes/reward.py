@@ -21,6 +21,7 @@ from pathlib import Path
 
 from trl import RewardConfig, TrlParser
 
+from vital_hub.selector.card import write_model_card
 from vital_hub.selector.data import FigureImages
 from vital_hub.selector.losses import effective_margin
 from vital_hub.selector.trainer import (
@@ -31,7 +32,6 @@ from vital_hub.selector.trainer import (
     drop_pairs_without_images,
     load_pairs,
     with_clinician_weight,
-    write_model_card,
     write_sweep_table,
 )
 
@@ -124,6 +124,7 @@ def train_one(script_args, training_args, model_args, model, tokenizer, pairs, c
                 "truncation_side": model.config.truncation_side,
                 "batch_size": training_args.per_device_train_batch_size,
                 "metrics": metrics,
+                "license": script_args.model_license,
             },
         )
         if script_args.push_to_hub_repo:

@@ -62,6 +62,10 @@ def card_metadata(manifest: dict) -> dict:
                 "download_checksums": config["checksums"],
             }
         )
+    default = "80k" if "80k" in manifest["configs"] else next(iter(manifest["configs"]), None)
+    for entry in configs:  # `load_dataset(repo)` without a config name loads this one
+        if entry["config_name"] == default:
+            entry["default"] = True
     unique_rows = sum(component["rows"] for component in manifest["components"].values())  # each stored once
     return {
         "license": "other",
