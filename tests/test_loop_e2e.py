@@ -291,8 +291,10 @@ def vqa_questions(folder: Path, items: list[dict]) -> Path:
             "id": n,
             "image": f"{item['pair_id']}.jpg",
             "answer_type": "OPEN",
-            "conversations": [{"from": "human", "value": f"<image>\n{item['question']}"},
-                              {"from": "gpt", "value": "lesion"}],  # fmt: skip
+            "conversations": [
+                {"from": "human", "value": f"<image>\n{item['question']}"},
+                {"from": "gpt", "value": "lesion"},
+            ],  # fmt: skip
         }
         for n, item in enumerate(items)
     ]
