@@ -38,7 +38,7 @@ PRIVATE_PATTERNS = (
     "checkpoint-*/**", "global_step*/**", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt",
     "rng_state*.pth", "trainer_state.json", "training_args.bin",
     "*.sqlite", "*.sqlite-journal", "*.sqlite-wal", "*.sqlite-shm",
-    "*.log", "runs/**", "logs/**", "wandb/**", "run.json",
+    "*.log", "runs/**", "logs/**", "wandb/**", "run.json", "batches/input-*.jsonl",
 )  # fmt: skip
 
 
