@@ -52,3 +52,10 @@ def test_a_missing_tokenizer_folder_is_one_line_naming_it(tmp_path):
         f"recipes/reward.py: error: tokenizer_name_or_path {missing}: no such folder (nor is it a Hub id ORG/NAME)"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_a_bare_name_that_is_neither_a_folder_nor_on_the_hub_is_one_line_naming_it(tmp_path):
+    done = reward(["--dataset_name", str(tmp_path / "prefs"), "--tokenizer_name_or_path", "tokenizer"], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("recipes/reward.py: error: tokenizer_name_or_path tokenizer: not a local folder")
