@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 from tests.fakes.card_rules import card_errors
 from vital_hub.demo import write_sample_sources
@@ -30,6 +32,7 @@ def own_sources(tmp_path):
     return sources, spec, sample["images"]
 
 
+@pytest.mark.slow
 def test_only_your_own_mixture_needs_no_released_files(tmp_path):
     from huggingface_hub import DatasetCard
 

@@ -44,6 +44,7 @@ def test_the_smoke_recipe_runs_on_cpu_with_only_the_data_paths(tmp_path):
     assert "eval_clinician_auc" in training.get("metrics", training)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and TRL
 def test_a_missing_tokenizer_folder_is_one_line_naming_it(tmp_path):
     missing = tmp_path / "no-such-tokenizer"
     done = reward(["--dataset_name", str(tmp_path / "prefs"), "--tokenizer_name_or_path", str(missing)], tmp_path)
@@ -54,6 +55,7 @@ def test_a_missing_tokenizer_folder_is_one_line_naming_it(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_bare_name_that_is_neither_a_folder_nor_on_the_hub_is_one_line_naming_it(tmp_path):
     done = reward(["--dataset_name", str(tmp_path / "prefs"), "--tokenizer_name_or_path", "tokenizer"], tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
