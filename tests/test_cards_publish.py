@@ -124,3 +124,22 @@ def test_converted_model_card_keeps_the_source_licence(tmp_path):
     assert fields["license_link"] == "https://huggingface.co/org/model/blob/abc/LICENSE"
     (hub / "README.md").write_text("---\n: [unbalanced\n---\n")  # a hostile card is not trusted, nor fatal
     assert source_licence(Source(hub, "org/model", "abc"))["license"] == "other"
+
+
+@pytest.mark.slow
+def test_convert_shows_progress_and_its_card_has_a_licence(tmp_path, monkeypatch):
+    from tests.fakes.original_llava import build_clip, build_original
+    from vital_hub.cli import main as vital
+
+    tower = build_clip(tmp_path / "clip", weights=False)
+    source = build_original(tmp_path / "original", "llama", vision=True, tower=str(tower))
+    (source / "README.md").write_text("---\nlicense: apache-2.0\n---\n# original\n")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert vital(["convert", "llava-original", "--model", str(source), "--out", str(tmp_path / "out")]) == 0
+    assert "convert" in terminal.getvalue() and "tensor" in terminal.getvalue()
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert (
+        card_errors(text, "model") == []
+        and ModelCard.load(tmp_path / "out" / "README.md").data.license == "apache-2.0"
+    )
