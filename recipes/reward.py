@@ -11,7 +11,7 @@ Clinician-weight sweep (the paper tried 1, 10, 100, 200, 300, 400), one run per 
     accelerate launch recipes/reward.py --config recipes/selector/config_sweep.yaml
 
 Any YAML key can be overridden on the command line (`--learning_rate 2e-5`). Pushing goes through
-`vital_hub.hub.push_folder`; the same folder can be pushed later with `vital push DIR REPO --repo-type model`.
+`vital_hub.hub.push_folder`; the same folder can be pushed later with `vital push --repo DIR --to ORG/NAME --repo-type model`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from trl import RewardConfig, TrlParser
 
+from vital_hub.selector.card import write_model_card
 from vital_hub.selector.data import FigureImages
 from vital_hub.selector.losses import effective_margin
 from vital_hub.selector.trainer import (
@@ -31,7 +32,6 @@ from vital_hub.selector.trainer import (
     drop_pairs_without_images,
     load_pairs,
     with_clinician_weight,
-    write_model_card,
     write_sweep_table,
 )
 
@@ -58,6 +58,13 @@ def usable_pairs(script_args, config) -> tuple:
         dropped = dropped_train + dropped_test
         if dropped:
             logger.warning("dropped %d pairs whose figure could not be read", dropped)
+    if not any(origin == "clinician" for origin in (test["origin"] if len(test) else [])):
+        logger.warning(
+            "no clinician pair in the test split of %s: eval_clinician_alignment and eval_clinician_auc will not be "
+            "reported; build the clinician config with held-out pairs (`vital preferences build --test-fraction 0.2`, "
+            "the default)",
+            script_args.dataset_name,
+        )
     return train, test, images, dropped
 
 
@@ -117,6 +124,7 @@ def train_one(script_args, training_args, model_args, model, tokenizer, pairs, c
                 "truncation_side": model.config.truncation_side,
                 "batch_size": training_args.per_device_train_batch_size,
                 "metrics": metrics,
+                "license": script_args.model_license,
             },
         )
         if script_args.push_to_hub_repo:
@@ -145,7 +153,33 @@ def main(script_args, training_args, model_args):
     return rows
 
 
+def device_overrides(argv: list[str]) -> list[str]:
+    """`--bf16 false` when the config asks for bf16 and no GPU is there (a CPU smoke run), with a log line; an
+    explicit `--bf16` on the command line is left alone."""
+    import torch
+    import yaml
+
+    if torch.cuda.is_available() or any(a == "--bf16" or a.startswith("--bf16=") for a in argv):
+        return []
+    config = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    asked = yaml.safe_load(Path(config).read_text(encoding="utf-8")).get("bf16") if config else False
+    if not asked:
+        return []
+    logger.warning("no GPU: bf16 switched off (the config's bf16: true needs one); training runs in fp32 on CPU")
+    return ["--bf16", "false"]
+
+
 if __name__ == "__main__":
+    import os
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:]
     parser = TrlParser((SelectorScriptArguments, RewardConfig, SelectorModelArguments))
-    script_args, training_args, model_args = parser.parse_args_and_config()
-    main(script_args, training_args, model_args)
+    try:
+        script_args, training_args, model_args = parser.parse_args_and_config(argv + device_overrides(argv))
+        main(script_args, training_args, model_args)
+    except (OSError, ValueError) as err:
+        if os.environ.get("VITAL_DEBUG"):
+            raise
+        sys.exit(f"recipes/reward.py: error: {err}")

@@ -209,9 +209,9 @@ def test_figures_that_failed_are_said_recorded_and_kept_out_of_pairs(tmp_path):
     prefs = tmp_path / "prefs"
     built = vital("preferences", "build", "--annotations", str(out), "--out", str(prefs))
     assert built.returncode == 0, built.stderr
-    import pyarrow.parquet as pq
+    from vital_hub.preferences.repo import read_config
 
-    rows = pq.read_table(prefs / "data" / "clinician" / "train-00000-of-00001.parquet").to_pylist()
+    rows = read_config(prefs, "clinician")  # both splits: clinician pairs are held out by default
     assert sorted(r["pair_key"] for r in rows) == sorted(f"clinician:{ids[i]}" for i in good)
     assert {r["figure_status"] for r in rows} == {"shown"} and rows[0]["comments"].startswith("dr_a: fine")
     outcomes = [json.loads(line) for line in (prefs / "stats" / "clinician_outcomes.jsonl").open()]
@@ -227,7 +227,7 @@ def test_figures_that_failed_are_said_recorded_and_kept_out_of_pairs(tmp_path):
     )  # fmt: skip
     assert with_them.returncode == 0, with_them.stderr
     assert "warning: 1 figures could not be embedded" in with_them.stderr
-    rows = pq.read_table(prefs / "data" / "clinician" / "train-00000-of-00001.parquet").to_pylist()
+    rows = read_config(prefs, "clinician")
     assert len(rows) == len(good) + 1 and "unavailable" in {r["figure_status"] for r in rows}
 
 

@@ -334,3 +334,96 @@ def test_the_push_plan_counts_exactly_the_files_the_upload_sends(tmp_path):
         (folder / name).write_bytes(b"12345")
     plan = plan_push(folder, "biomed-vital/x", "dataset", None)
     assert plan.files == len(kept) and plan.bytes == 5 * len(kept)
+
+
+# ---- what a push leaves home
+
+
+def training_output(folder: Path) -> dict[str, bytes]:
+    """A Trainer output folder as a full fine-tune leaves it: the model at the top, resumable state in checkpoints,
+    bookkeeping, a log and tensorboard events beside it."""
+    files = {
+        "config.json": b'{"model_type": "llava"}\n',
+        "model.safetensors": os.urandom(2048),
+        "tokenizer.json": b"{}",
+        "README.md": b"---\nlicense: apache-2.0\n---\n# model\n",
+        "adapter/adapter_config.json": b"{}",
+        "trainer_state.json": b"{}",
+        "training_args.bin": b"pickle",
+        "run.json": b"{}",
+        "cache.sqlite": b"SQLite format 3\0",
+        "train.log": b"step 1\n",
+        "runs/Dec07/events.out.tfevents.1": b"tb",
+        "checkpoint-2/model.safetensors": os.urandom(512),
+        "checkpoint-2/optimizer.pt": os.urandom(4096),
+        "checkpoint-2/scheduler.pt": b"s",
+        "checkpoint-2/rng_state_0.pth": b"r",
+        "checkpoint-2/trainer_state.json": b"{}",
+        "nested/checkpoint-4/optimizer.pt": b"o",
+    }
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return files
+
+
+MODEL_FILES = ["README.md", "adapter/adapter_config.json", "config.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_a_model_push_leaves_checkpoints_caches_logs_and_run_files_home(tmp_path, hub, token):
+    folder = tmp_path / "sft-out"
+    files = training_output(folder)
+    env = hub_env(hub.endpoint, tmp_path / "hf_home", token)
+
+    dry = vital(["push", "--repo", str(folder), "--to", "me/sft", "--repo-type", "model", "--dry-run"], env)
+    assert dry.returncode == 0, dry.stderr
+    listed = [line.split()[-1] for line in dry.stdout.splitlines() if line.startswith(" ") or line[0].isdigit()]
+    assert [name for name in listed if name in files][: len(MODEL_FILES)] == MODEL_FILES
+    assert "2.0 KB  model.safetensors" in dry.stdout  # sizes shown
+    assert "5 files" in dry.stdout and "checkpoint-2/optimizer.pt" in dry.stdout.split("held back")[1]
+    assert not any(method in ("POST", "PUT") for method, _ in hub.requests)
+
+    pushed = vital(["push", "--repo", str(folder), "--to", "me/sft", "--repo-type", "model"], env)
+    assert pushed.returncode == 0, pushed.stderr
+    assert "pushing 5 files" in pushed.stdout and "12 held back" in pushed.stdout
+    assert sorted(hub.list_files("me/sft", repo_type="model")) == MODEL_FILES
+
+    asked = ["--include", "checkpoint-*", "--include", "run.json"]
+    again = vital(["push", "--repo", str(folder), "--to", "me/sft", "--repo-type", "model", *asked], env)
+    assert again.returncode == 0, again.stderr
+    assert sorted(hub.list_files("me/sft", repo_type="model")) == sorted(
+        [*MODEL_FILES, "run.json", *(name for name in files if name.startswith("checkpoint-2/"))]
+    )
+
+
+def test_library_pushes_use_the_same_rules(tmp_path, hub, token):
+    """`push_folder` (a candidates folder, as a dataset) and the recipes' `push_folder_to_hub` (a training output)."""
+    candidates = tmp_path / "candidates"
+    small_repo(candidates)
+    for name in ("cache.sqlite", "cache.sqlite-wal", "run.json", "summary.json"):
+        (candidates / name).write_bytes(b"x")
+    model = tmp_path / "sft-out"
+    training_output(model)
+    script = textwrap.dedent(
+        """
+        import sys
+        from vital_hub.hub import push_folder
+        from vital_hub.training.card import push_folder_to_hub
+        push_folder(sys.argv[1], "me/candidates")
+        push_folder_to_hub(sys.argv[2], "me/sft", private=False, message="trained")
+        """
+    )
+    result = run_python(["-c", script, str(candidates), str(model)], hub_env(hub.endpoint, tmp_path / "h", token))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(hub.list_files("me/candidates")) == [
+        "README.md",
+        "data/alpha/train-00000-of-00001.parquet",
+        "data/beta/train-00000-of-00001.parquet",
+        "summary.json",
+    ]
+    assert sorted(hub.list_files("me/sft", repo_type="model")) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]

@@ -212,7 +212,7 @@ def test_pairs_agreement_and_mixed_from_the_command_line(tmp_path, monkeypatch):
     repo = tmp_path / "prefs"
     assert preferences_main(["build", "--annotations", str(annotations), "--out", str(repo)]) == 0
     clinician = read_config(repo, "clinician")
-    assert [p["pair_key"] for p in clinician] == ["clinician:30001_F1#q0", "clinician:30002_F1#q0"]
+    assert sorted(p["pair_key"] for p in clinician) == ["clinician:30001_F1#q0", "clinician:30002_F1#q0"]
     stats = json.loads((repo / "stats" / "annotators.json").read_text())
     assert stats["annotator_pairs"][0]["overlap"] == 1 and stats["mean_item_agreement"] == 0.0
     outcomes = [json.loads(line) for line in (repo / "stats" / "clinician_outcomes.jsonl").read_text().splitlines()]
@@ -255,8 +255,10 @@ def test_pairs_agreement_and_mixed_from_the_command_line(tmp_path, monkeypatch):
         "disagree": 1,
         "tie": 0,
         "missing": 1,
+        "not_judged": 0,  # judged, but the reply gave no score
         "agreement": 0.0,
         "agreement_without_ties": 0.0,
+        "missing_pairs": [],
     }
 
     assert preferences_main(["mix", "--repo", str(repo), "--clinician-weight", "300"]) == 0
@@ -481,3 +483,54 @@ def test_batch_backend_never_uploads_an_oversized_request(tmp_path, monkeypatch)
     assert "very long answer" not in "".join(uploaded)
     failed = {r["score_id"]: r for r in read_scores(out)}["30000_F1#q0#a"]
     assert failed["status"] == "error" and "(max_prompt_tokens): not sent" in failed["error"]
+
+
+def test_agreement_with_a_judge_of_another_candidate_set_says_what_to_run(tmp_path, capsys):
+    """The judge scored single-answer candidates, the clinicians saw dual answers: exit 1 naming the items."""
+    items = write_items(tmp_path / "items", count=4)
+    annotations = tmp_path / "annotations"
+    store = JudgementStore(annotations, "dr_a")
+    for line in items.read_text().splitlines():
+        item = json.loads(line)
+        fields = ("item_id", "pair_id", "question", "answer_a", "answer_b", "caption", "mentions")
+        store.append({**{k: item[k] for k in fields}, "acceptable_a": True, "acceptable_b": False, "better": None})
+    repo = tmp_path / "prefs"
+    assert preferences_main(["build", "--annotations", str(annotations), "--out", str(repo)]) == 0
+    assert "no clinician pair is held out" not in capsys.readouterr().err
+    assert {p["split"] for p in read_config(repo, "clinician")} >= {"train"}
+
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    rows = [
+        {"score_id": f"c{i}#r0", "question": f"Other question {i}?", "answer": "other", "score": 5, "status": "ok"}
+        for i in range(3)
+    ]
+    (judge / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (judge / "run.json").write_text(json.dumps({"config": {"candidates": "single-answer-cands/"}}))
+    argv = ["agreement", "--scores", str(judge), "--repo", str(repo)]
+    assert preferences_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "4 of 4 clinician pairs have an answer the judge never scored" in err
+    assert all(f"3000{i}_F1#q0" in err for i in range(4))
+    assert f"{judge} scored single-answer-cands/" in err
+    assert "vital judge rubric --candidates ITEMS.jsonl" in err
+    assert not (repo / "stats" / "judge_agreement.json").exists()
+
+    assert preferences_main([*argv, "--allow-missing"]) == 0
+    assert json.loads((repo / "stats" / "judge_agreement.json").read_text())["not_judged"] == 4
+
+
+def test_build_holds_clinician_pairs_out_by_default_and_warns_when_none_are(tmp_path, capsys):
+    items = write_items(tmp_path / "items", count=5)
+    annotations = tmp_path / "annotations"
+    store = JudgementStore(annotations, "dr_a")
+    for line in items.read_text().splitlines():
+        item = json.loads(line)
+        fields = ("item_id", "pair_id", "question", "answer_a", "answer_b", "caption", "mentions")
+        store.append({**{k: item[k] for k in fields}, "acceptable_a": False, "acceptable_b": True, "better": None})
+    assert preferences_main(["build", "--annotations", str(annotations), "--out", str(tmp_path / "p")]) == 0
+    assert "test" in {p["split"] for p in read_config(tmp_path / "p", "clinician")}
+    argv = ["build", "--annotations", str(annotations), "--out", str(tmp_path / "q"), "--test-fraction", "0"]
+    assert preferences_main(argv) == 0
+    assert "no clinician pair is held out" in capsys.readouterr().err

@@ -256,8 +256,10 @@ def test_judge_agreement_counts_agreement_ties_and_missing_scores():
         "disagree": 1,
         "tie": 1,
         "missing": 1,
+        "not_judged": 1,
         "agreement": pytest.approx(1 / 3),
         "agreement_without_ties": 0.5,
+        "missing_pairs": [{"pair_key": "clinician:f3#q0", "item_id": "f3#q0", "not_judged": ["chosen", "rejected"]}],
     }
 
 

@@ -3,7 +3,9 @@
 Every other stage calls these functions instead of huggingface_hub directly, so the endpoint (`HF_ENDPOINT`), the
 token (`HF_TOKEN` or the login file, never an argument, never printed or written) and the way uploads resume are
 decided in one place. `upload_folder` is resumable by re-running: files the Hub already holds (LFS objects from an
-interrupted push, unchanged files) are not sent again.
+interrupted push, unchanged files) are not sent again. Training state (checkpoint folders, optimizer, scheduler and
+RNG state), caches, logs and run files stay home unless `--include PATTERN` names them; `--dry-run` lists what
+would go up.
 
     vital push --repo out/instructions --to biomed-vital/instructions
     vital push --repo runs/selector --to biomed-vital/selector --repo-type model --revision v1
@@ -12,6 +14,7 @@ interrupted push, unchanged files) are not sent again.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import sys
@@ -28,6 +31,15 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # Temporary names that atomic writes leave while a build runs, and caches that never belong in a repo.
 RESUME_HINT = "re-run the same command to resume; files already uploaded are skipped"
 IGNORE_PATTERNS = ["**/.*.tmp", ".*.tmp", "__pycache__/**", "**/__pycache__/**", ".cache/**"]
+# What a training or generation folder holds besides the artifact itself, left home unless `--include` asks for it:
+# resumable-training state (whole checkpoint folders, optimizer/scheduler/RNG state, the Trainer's own bookkeeping),
+# request caches (the reply cache of a candidates run is ~1 GB at full scale), logs and the job's run files.
+PRIVATE_PATTERNS = (
+    "checkpoint-*/**", "global_step*/**", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt",
+    "rng_state*.pth", "trainer_state.json", "training_args.bin",
+    "*.sqlite", "*.sqlite-journal", "*.sqlite-wal", "*.sqlite-shm",
+    "*.log", "runs/**", "logs/**", "wandb/**", "run.json", "batches/input-*.jsonl",
+)  # fmt: skip
 
 
 class HubError(RuntimeError):
@@ -45,6 +57,8 @@ class PushPlan:
     revision: str
     files: int
     bytes: int
+    upload: tuple[tuple[str, int], ...] = ()  # (path in the repo, size) of every file that goes up
+    skipped: tuple[str, ...] = ()  # files held back by PRIVATE_PATTERNS
 
     @property
     def url(self) -> str:
@@ -82,15 +96,20 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def plan_push(folder: str | Path, repo_id: str, repo_type: str, revision: str | None) -> PushPlan:
+def plan_push(
+    folder: str | Path, repo_id: str, repo_type: str, revision: str | None, include: list[str] | tuple = ()
+) -> PushPlan:
+    """What `push_folder` sends: every file but temporary files, caches, checkpoint state, logs and run files
+    (PRIVATE_PATTERNS), except those matching one of the `include` glob patterns."""
     folder = Path(folder)
     if not folder.is_dir():
         raise HubError(f"{folder}: not a folder (expected a repo folder, e.g. the --out of `vital build`)")
     if repo_type not in REPO_TYPES:
         raise HubError(f"repo type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
-    files = _files_to_upload(folder)
+    files, skipped = _files_to_upload(folder, include)
     if not files:
-        raise HubError(f"{folder}: no files to push")
+        hint = f" ({len(skipped)} held back as training state, caches or logs: --include PATTERN)" if skipped else ""
+        raise HubError(f"{folder}: no files to push{hint}")
     if repo_type == "dataset" and not (folder / "README.md").exists():
         raise HubError(f"{folder}: a dataset repo needs a README.md (its YAML `configs:` tells datasets what to load)")
     return PushPlan(
@@ -100,17 +119,32 @@ def plan_push(folder: str | Path, repo_id: str, repo_type: str, revision: str | 
         endpoint=hub_endpoint(),
         revision=revision or "main",
         files=len(files),
-        bytes=sum(p.stat().st_size for p in files),
+        bytes=sum(size for _, size in files),
+        upload=tuple(files),
+        skipped=tuple(skipped),
     )
 
 
-def _files_to_upload(folder: Path) -> list[Path]:
-    """The files `upload_folder` sends: the same ignore patterns, its defaults (.git, its cache) included."""
+def is_private_file(name: str, include: list[str] | tuple = ()) -> bool:
+    """Whether a repo path is training state, a cache, a log or a run file (at any depth) and not re-admitted by
+    one of the `include` patterns (fnmatch globs on the path in the repo, or on its file name)."""
+    from fnmatch import fnmatch
+
+    parts = name.split("/")
+    tails = ["/".join(parts[i:]) for i in range(len(parts))]
+    private = any(fnmatch(tail, pattern) for tail in tails for pattern in PRIVATE_PATTERNS)
+    return private and not any(fnmatch(name, p) or fnmatch(parts[-1], p) for p in include)
+
+
+def _files_to_upload(folder: Path, include: list[str] | tuple = ()) -> tuple[list[tuple[str, int]], list[str]]:
+    """The (path, size) pairs `upload_folder` sends given the same ignore patterns (its defaults: .git, its cache),
+    and the paths held back as private."""
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
     files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
-    kept = filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS)
-    return [files[name] for name in kept]
+    kept = sorted(filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS))
+    skipped = [name for name in kept if is_private_file(name, include)]
+    return [(name, files[name].stat().st_size) for name in kept if name not in set(skipped)], skipped
 
 
 def push_folder(
@@ -120,11 +154,13 @@ def push_folder(
     private: bool | None = None,
     revision: str | None = None,
     commit_message: str | None = None,
+    include: list[str] | tuple = (),
 ) -> str:
     """Create the repo if needed (and the branch, for a revision other than main), upload the folder, and return
     the commit URL. Re-running after an interruption is the resume: objects already on the Hub are skipped.
-    `private=None` leaves a new repo's visibility to the namespace default; an existing repo keeps its own."""
-    plan = plan_push(folder, repo_id, repo_type, revision)
+    `private=None` leaves a new repo's visibility to the namespace default; an existing repo keeps its own.
+    Training state, caches, logs and run files stay home unless an `include` pattern names them."""
+    plan = plan_push(folder, repo_id, repo_type, revision, include)
     return _push(plan, private=private, commit_message=commit_message)
 
 
@@ -153,7 +189,7 @@ def _push(plan: PushPlan, private: bool | None, commit_message: str | None) -> s
             repo_type=plan.repo_type,
             revision=plan.revision,
             commit_message=commit_message,
-            ignore_patterns=list(IGNORE_PATTERNS),
+            ignore_patterns=IGNORE_PATTERNS + [glob.escape(name) for name in plan.skipped],
         )
     except HfHubHTTPError as err:
         raise HubError(_explain_http_error(err, plan, token)) from None
@@ -308,16 +344,41 @@ def build_push_parser() -> argparse.ArgumentParser:
     parser.add_argument("--private", action="store_true", help="create the repo as private (if it is new)")
     parser.add_argument("--revision", default=None, metavar="BRANCH", help="branch to commit to (created if new)")
     parser.add_argument("--commit-message", default=None, help="commit title (default: Upload <folder> ...)")
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also upload files matching this glob, which are held back by default: checkpoint folders, "
+        "optimizer/scheduler/RNG state, trainer_state.json, training_args.bin, *.sqlite caches, logs, run.json "
+        "(repeatable)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list the files that would go up, then stop")
     return parser
+
+
+def describe_plan(plan: PushPlan) -> str:
+    """The dry run's listing: every file that would go up with its size, then what stays home."""
+    width = max(len(_human_bytes(size)) for _, size in plan.upload)
+    lines = [f"{_human_bytes(size):>{width}}  {name}" for name, size in plan.upload]
+    lines.append(f"{plan.files} files, {_human_bytes(plan.bytes)} would go to {plan.url} (branch {plan.revision})")
+    if plan.skipped:
+        lines.append(f"held back ({len(plan.skipped)}; upload them with --include PATTERN):")
+        lines += [f"  {name}" for name in plan.skipped]
+    return "\n".join(lines)
 
 
 def push_main(argv: list[str]) -> int:
     args = build_push_parser().parse_args(argv)
     try:
-        plan = plan_push(args.repo, args.to, args.repo_type, args.revision)
+        plan = plan_push(args.repo, args.to, args.repo_type, args.revision, args.include)
+        if args.dry_run:
+            print(describe_plan(plan))
+            return 0
+        held = f"; {len(plan.skipped)} held back (training state, caches, logs: --dry-run lists them)"
         print(
             f"pushing {plan.files} files ({_human_bytes(plan.bytes)}) from {plan.folder} "
-            f"to {plan.url} (branch {plan.revision})",
+            f"to {plan.url} (branch {plan.revision}){held if plan.skipped else ''}",
             flush=True,
         )
         commit_url = _push(plan, private=True if args.private else None, commit_message=args.commit_message)

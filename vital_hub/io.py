@@ -251,15 +251,24 @@ def read_card(path: str | Path) -> tuple[dict, str]:
     return yaml.safe_load(match.group(1)) or {}, text[match.end() :]
 
 
-def write_card_config(readme: str | Path, config: dict, info: dict, default_body: str, edit=None) -> None:
+def write_card_config(
+    readme: str | Path, config: dict, info: dict, default_body: str, edit=None, defaults: dict | None = None
+) -> None:
     """Add or replace one config's entries under `configs` and `dataset_info` of a repo card, keeping every other
     config and the card's text (`default_body` when it has none); `edit(text)`, when given, returns the text to
-    write instead (for instance with one section replaced)."""
+    write instead (for instance with one section replaced). `defaults` are card fields (licence, task categories,
+    pretty name) set where the card has none; the config is marked `default` when no other config is, so
+    `load_dataset(repo)` needs no config name."""
     import yaml
 
     meta, body = read_card(readme)
     name = config["config_name"]
-    meta["configs"] = [c for c in meta.get("configs") or [] if c.get("config_name") != name] + [config]
+    for key, value in (defaults or {}).items():
+        meta.setdefault(key, value)
+    others = [c for c in meta.get("configs") or [] if c.get("config_name") != name]
+    if not any(c.get("default") for c in others):
+        config = {**config, "default": True}
+    meta["configs"] = others + [config]
     infos = meta.get("dataset_info") or []
     infos = [infos] if isinstance(infos, dict) else infos
     meta["dataset_info"] = [i for i in infos if i.get("config_name") != name] + [info]

@@ -164,14 +164,17 @@ def sentencepiece_options(folder: Path) -> dict:
 def write_weights(folder: Path, weights, clip_weights, mapping: dict, targets: dict, dtype: str, args) -> list[Path]:
     """Every source shard in turn, renamed and written before the next is read; then the tower's weights."""
     import torch
+    from tqdm import tqdm
 
     from vital_hub.convert import llava_original as lo
     from vital_hub.convert.tensors import ShardWriter, iter_tensors
 
     writer = ShardWriter(folder, int(args.max_shard_gb * 1024**3))
     cast = getattr(torch, dtype) if args.dtype != "auto" else None
+    progress = tqdm(total=len(weights.all_keys), unit="tensor", desc="convert", mininterval=1.0, disable=None)
     for path in weights.files:
         for key, tensor in iter_tensors(path):
+            progress.update()
             if lo.rename(key, targets) is None:
                 continue
             if key not in mapping:
@@ -185,6 +188,7 @@ def write_weights(folder: Path, weights, clip_weights, mapping: dict, targets: d
                 if target is not None:
                     writer.add(target, fit(path, key, target, tensor, targets, getattr(torch, dtype)))
             writer.end_shard()
+    progress.close()
     return writer.finish()
 
 
@@ -216,10 +220,43 @@ def mean_row(matrix, block: int = 4096):
     return (total / matrix.shape[0]).to(matrix.dtype)[None]
 
 
+def source_licence(source: Source) -> dict:
+    """The converted model keeps its source's licence: the source card's licence fields (a licence file it links
+    to becomes a link into the source repo), else `other` linked to the source repo on the Hub, else `unknown` (a
+    local folder without a card says nothing)."""
+    import yaml
+
+    from vital_hub.io import read_card
+
+    on_hub = not Path(source.name).exists()
+    try:
+        meta = read_card(source.folder / "README.md")[0]
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        meta = {}
+    fields = {
+        key: meta[key] for key in ("license", "license_name", "license_link") if isinstance(meta, dict) and key in meta
+    }
+    link = fields.get("license_link")
+    if isinstance(link, str) and not link.startswith("https://"):
+        if not on_hub:
+            return {"license": "unknown"}
+        fields["license_link"] = f"https://huggingface.co/{source.name}/blob/{source.revision or 'main'}/{link}"
+    if "license" in fields:
+        return fields
+    if on_hub:
+        return {
+            "license": "other",
+            "license_name": "source-model-licence",
+            "license_link": f"https://huggingface.co/{source.name}",
+        }
+    return {"license": "unknown"}
+
+
 def card(source: Source, clip: Source | None, settings, weights) -> str:
     revision = source.revision or "not recorded (converted from a local folder)"
     tower = f"`{clip.name}`" + (f" at revision `{clip.revision}`" if clip.revision else "") if clip else None
     front = {"library_name": "transformers", "pipeline_tag": "image-text-to-text", "tags": ["llava", "biomedical"]}
+    front.update(source_licence(source))
     if not Path(source.name).exists():
         front["base_model"] = source.name
     lines = ["---", *(f"{key}: {json.dumps(value)}" for key, value in front.items()), "---", ""]

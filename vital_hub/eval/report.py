@@ -7,18 +7,28 @@ a Hub dataset), model-index metadata and a card section with a plot of the per-d
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vital_hub.io import atomic_path, download_checksums, iter_json_records, read_json, write_json_atomic
+from vital_hub.eval.details import config_name, push_details, write_details_dataset
+from vital_hub.eval.plot import plot_scores
+from vital_hub.io import atomic_path, iter_json_records, read_json, write_json_atomic
 
 SECTION_START = "<!-- vital-eval:start -->"
 SECTION_END = "<!-- vital-eval:end -->"
 PLOT_NAME = "eval_scores.png"
 QA50_DATASET = ("llava-med-qa50", "LLaVA-Med qa50 open visual chat")
+# Public Hub copies of the VQA test sets, for the model-index `dataset.type` (a Hub dataset id, so the Hub links it).
+HUB_DATASETS = {
+    "vqa_rad": "flaviagiammarino/vqa-rad",
+    "vqarad": "flaviagiammarino/vqa-rad",
+    "slake": "BoKelvin/SLAKE",
+    "pathvqa": "flaviagiammarino/path-vqa",
+    "path_vqa": "flaviagiammarino/path-vqa",
+}
 VQA_TASK = ("visual-question-answering", "Medical visual question answering")
 CHAT_TASK = ("visual-question-answering", "Open visual chat")
 
@@ -33,15 +43,34 @@ class ReportConfig:
     card: str | None = field(default=None, metadata={"help": "model card README.md to update in place"})
     push_details: str | None = field(default=None, metadata={"help": "Hub dataset repo id for the details"})
     details_url: str | None = field(default=None, metadata={"help": "link to the details dataset in the card"})
-
-
-def config_name(text: str) -> str:
-    """A Hub config name from a dataset or folder name."""
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "results"
+    dataset_id: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=ORG/REPO: the Hub dataset id of an evaluation set, for the model-index (repeatable; "
+            "VQA-RAD, SLAKE and PathVQA are known; otherwise the pushed details repo is named)"
+        },
+    )
 
 
 def _read_json(path: Path):
     return read_json(path)
+
+
+def unique_names(paths: list[str], option: str) -> list[str]:
+    """Names for result folders given on the command line: the shortest trailing part of each path that tells
+    it from the others (`vqa-rad/winrate`, `slake/winrate`), so no result silently replaces another."""
+    resolved = [Path(p).resolve() for p in paths]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise ValueError(f"{paths[i]}: given twice to {option}")
+    parts = [Path(p).resolve().parts for p in paths]
+    names = []
+    for own in parts:
+        depth = 1
+        while depth < len(own) and sum(other[-depth:] == own[-depth:] for other in parts) > 1:
+            depth += 1
+        names.append("/".join(own[-depth:]))
+    return names
 
 
 def load_parts(config: ReportConfig) -> dict:
@@ -59,10 +88,16 @@ def load_parts(config: ReportConfig) -> dict:
         details = []
         if details_file and Path(details_file).exists():
             details = [record for _, record in iter_json_records(details_file)]
-        parts["vqa"][result.get("dataset") or Path(path).stem] = {"summary": result, "details": details}
-    for folder in config.winrate:
+        name = result.get("dataset") or Path(path).stem
+        if name in parts["vqa"]:
+            raise ValueError(
+                f"{path}: a second --vqa result for dataset {name!r} ({parts['vqa'][name]['path']} is the first); "
+                "pass one result per dataset, or re-run `vital eval vqa-prepare` with a distinct --name"
+            )
+        parts["vqa"][name] = {"summary": result, "details": details, "path": str(path)}
+    for name, folder in zip(unique_names(config.winrate, "--winrate"), config.winrate, strict=True):
         folder = Path(folder)
-        parts["winrate"][folder.name] = {
+        parts["winrate"][name] = {
             "summary": _read_json(folder / "winrate_summary.json"),
             "details": _read_json(folder / "winrate_details.json"),
         }
@@ -100,118 +135,105 @@ def summary_of(parts: dict, model_id: str) -> dict:
     return summary
 
 
-def eval_results(summary: dict) -> list:
-    """huggingface_hub EvalResult entries for the card's model-index."""
+def hub_dataset_ids(pairs: list[str]) -> dict[str, str]:
+    """`--dataset-id NAME=ORG/REPO` entries, keyed by config name."""
+    from vital_hub.hub import check_repo_id
+
+    ids = {}
+    for pair in pairs:
+        name, sep, repo_id = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--dataset-id {pair!r}: expected NAME=ORG/REPO, e.g. vqa-rad=flaviagiammarino/vqa-rad")
+        ids[config_name(name)] = check_repo_id(repo_id)
+    return ids
+
+
+def sources(parts: dict, ids: dict[str, str]) -> dict[str, str]:
+    """Where each evaluation set comes from, for the details card's terms: a Hub dataset page or the qa50 file."""
+    from vital_hub.hub import repo_url
+
+    found = {}
+    if parts["chat"]:
+        found["chat_qa50"] = "https://github.com/microsoft/LLaVA-Med (llava_med_eval_qa50_qa.jsonl)"
+    for name in parts["vqa"]:
+        repo_id = ids.get(config_name(name)) or HUB_DATASETS.get(config_name(name))
+        found[f"vqa_{config_name(name)}"] = repo_url(repo_id, "dataset", "https://huggingface.co") if repo_id else name
+    return found
+
+
+def dataset_ref(name: str, config: str, ids: dict[str, str], details_repo: str | None) -> tuple[str, str | None]:
+    """The model-index `dataset.type` (a Hub dataset id) and `dataset.config` of one evaluation: the id given or
+    known for it, else the pushed details dataset and the config holding its rows; ("", None) when neither."""
+    key = config_name(name)
+    if key in ids or key in HUB_DATASETS:
+        return ids.get(key) or HUB_DATASETS[key], None
+    return (details_repo, config) if details_repo else ("", None)
+
+
+def eval_results(summary: dict, ids: dict[str, str] | None = None, details_repo: str | None = None) -> list:
+    """huggingface_hub EvalResult entries for the card's model-index. `dataset.type` is always a Hub dataset id
+    (`--dataset-id`, a known public copy, or the pushed details repo); an evaluation with none is left out of the
+    model-index (its table in the card section stays) and named in `summary["model_index_skipped"]`."""
     from huggingface_hub import EvalResult
 
-    results = []
+    ids = ids or {}
+    results, skipped = [], []
+
+    def add(name: str, config: str, **fields) -> None:
+        dataset_type, dataset_config = dataset_ref(name, config, ids, details_repo)
+        if not dataset_type:
+            skipped.append(name)
+            return
+        results.append(EvalResult(dataset_type=dataset_type, dataset_config=dataset_config, **fields))
+
     chat = summary.get("open_visual_chat")
     if chat and chat["overall"]["relative_score"] is not None:
-        results.append(
-            EvalResult(
-                task_type=CHAT_TASK[0],
-                task_name=CHAT_TASK[1],
-                dataset_type=QA50_DATASET[0],
-                dataset_name=QA50_DATASET[1],
-                dataset_split="test",
-                metric_type="relative_score",
-                metric_name="Relative score vs reference (x100)",
-                metric_value=round(chat["overall"]["relative_score"], 2),
-            )
+        add(
+            QA50_DATASET[0],
+            "chat_qa50",
+            task_type=CHAT_TASK[0],
+            task_name=CHAT_TASK[1],
+            dataset_name=QA50_DATASET[1],
+            dataset_split="test",
+            metric_type="relative_score",
+            metric_name="Relative score vs reference (x100)",
+            metric_value=round(chat["overall"]["relative_score"], 2),
         )
     for name, vqa in summary.get("medical_vqa", {}).items():
         for metric in ("open_recall", "closed_accuracy"):
             if vqa[metric] is None:
                 continue
-            results.append(
-                EvalResult(
-                    task_type=VQA_TASK[0],
-                    task_name=VQA_TASK[1],
-                    dataset_type=name,
-                    dataset_name=name,
-                    dataset_split="test",
-                    metric_type=metric,
-                    metric_name=f"{metric.replace('_', ' ')} ({vqa['compat']})",
-                    metric_config=vqa["compat"],
-                    metric_value=round(vqa[metric], 2),
-                )
+            add(
+                name,
+                f"vqa_{config_name(name)}",
+                task_type=VQA_TASK[0],
+                task_name=VQA_TASK[1],
+                dataset_name=name,
+                dataset_split="test",
+                metric_type=metric,
+                metric_name=f"{metric.replace('_', ' ')} ({vqa['compat']})",
+                metric_config=vqa["compat"],
+                metric_value=round(vqa[metric], 2),
             )
     for name, rates in summary.get("win_rate", {}).items():
         value = rates["questions"]["win_rate_excluding_ties"]
         if value is not None:
-            results.append(
-                EvalResult(
-                    task_type=VQA_TASK[0],
-                    task_name=f"Win rate vs {rates['model_b']}",
-                    dataset_type=name,
-                    dataset_name=name,
-                    metric_type="win_rate",
-                    metric_name="wins / (wins + losses), both orders",
-                    metric_value=round(value, 2),
-                )
+            add(
+                name,
+                f"winrate_{config_name(name)}",
+                task_type=VQA_TASK[0],
+                task_name=f"Win rate vs {rates['model_b']}",
+                dataset_name=name,
+                metric_type="win_rate",
+                metric_name="wins / (wins + losses), both orders",
+                metric_value=round(value, 2),
             )
+    if skipped:
+        summary["model_index_skipped"] = sorted(set(skipped))
     return results
 
 
 # ---------------------------------------------------------------- plot and card section
-
-
-def plot_scores(summary: dict, path: Path) -> Path:
-    """Per-domain (and per-type) relative scores with 95% intervals, and VQA scores when present."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = []
-    chat = summary.get("open_visual_chat")
-    if chat:
-        panels += [
-            ("qa50 relative score by domain", chat["by_domain"]),
-            ("qa50 relative score by type", chat["by_type"]),
-        ]
-    vqa = summary.get("medical_vqa", {})
-    fig, axes = plt.subplots(1, len(panels) + bool(vqa), figsize=(5.5 * (len(panels) + bool(vqa)), 4), squeeze=False)
-    for axis, (title, groups) in zip(axes[0], panels, strict=False):
-        names = list(groups)
-        values = [groups[n]["relative_score"] or 0.0 for n in names]
-        errors = [
-            [max(v - (groups[n]["ci95"] or [v, v])[0], 0) for n, v in zip(names, values, strict=True)],
-            [max((groups[n]["ci95"] or [v, v])[1] - v, 0) for n, v in zip(names, values, strict=True)],
-        ]
-        bars = axis.bar(names, values, yerr=errors, capsize=4, color="#4C72B0")
-        for bar, name in zip(bars, names, strict=True):
-            axis.annotate(
-                f"n={groups[name]['n_scored']}",
-                (bar.get_x() + bar.get_width() / 2, 0),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-                color="white",
-            )
-        axis.axhline(100, color="grey", linestyle="--", linewidth=1)
-        axis.set_title(title)
-        axis.set_ylabel("model / reference x 100")
-        axis.tick_params(axis="x", rotation=30)
-    if vqa:
-        axis = axes[0][-1]
-        labels, width = list(vqa), 0.2
-        for offset, (mode, metric) in enumerate(
-            [(m, k) for m in ("llava-med", "strict") for k in ("open_recall", "closed_accuracy")]
-        ):
-            values = [vqa[name]["variants"][mode][metric] or 0.0 for name in labels]
-            positions = [i + (offset - 1.5) * width for i in range(len(labels))]
-            axis.bar(positions, values, width, label=f"{metric.replace('_', ' ')} ({mode})")
-        axis.set_xticks(range(len(labels)), labels)
-        axis.set_ylim(0, 100)
-        axis.set_title("medical VQA (x100)")
-        axis.legend(fontsize=7)
-    fig.suptitle(summary["model_id"])
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -318,100 +340,40 @@ def update_model_card(card_path: Path, section: str, results: list, model_id: st
         shutil.copyfile(plot, card_path.parent / plot.name)
 
 
-# ---------------------------------------------------------------- details dataset
-
-
-def _rows_for_parquet(rows: list[dict]) -> list[dict]:
-    """Ids as text and nested values as JSON, so every shard has one stable schema."""
-    clean = []
-    for row in rows:
-        clean.append(
-            {
-                key: (
-                    str(value)
-                    if key == "question_id"
-                    else json.dumps(value)
-                    if isinstance(value, dict | list)
-                    else value
-                )
-                for key, value in row.items()
-            }
-        )
-    return clean
-
-
-def write_details_dataset(parts: dict, folder: Path, model_id: str) -> dict[str, int]:
-    """A Hub dataset folder with one config per evaluation (split `test`) and a README declaring them."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import yaml
-
-    tables: dict[str, list[dict]] = {}
-    if parts["chat"]:
-        tables["chat_qa50"] = parts["chat"]["details"]
-    for name, part in parts["vqa"].items():
-        tables[f"vqa_{config_name(name)}"] = part["details"]
-    for name, part in parts["winrate"].items():
-        tables[f"winrate_{config_name(name)}"] = part["details"]
-    configs, infos, counts = [], [], {}
-    for name, rows in tables.items():
-        if not rows:
-            continue
-        relative = f"data/{name}/test-00000-of-00001.parquet"
-        target = folder / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target, suffix=".parquet") as tmp:
-            pq.write_table(pa.Table.from_pylist(_rows_for_parquet(rows)), tmp)
-        configs.append({"config_name": name, "data_files": [{"split": "test", "path": f"data/{name}/*.parquet"}]})
-        # A content-dependent field, so that datasets never serves a stale cache of an older report.
-        infos.append({"config_name": name, "download_checksums": download_checksums(folder, [target])})
-        counts[name] = len(rows)
-    header = yaml.safe_dump({"configs": configs, "dataset_info": infos}, sort_keys=False)
-    body = (
-        f"# Evaluation details: {model_id}\n\nPer-sample results written by `vital eval report`: one config per "
-        "evaluation, split `test`.\n\n"
-        + "\n".join(f"- `{name}`: {count} rows" for name, count in counts.items())
-        + "\n\n```python\nfrom datasets import load_dataset\n\n"
-        + f'rows = load_dataset("<this repo>", "{next(iter(counts), "chat_qa50")}", split="test")\n```\n'
-    )
-    with atomic_path(folder / "README.md") as tmp:
-        tmp.write_text(f"---\n{header}---\n\n{body}", encoding="utf-8")
-    return counts
-
-
 def build_report(config: ReportConfig) -> dict:
     """Write summary.json, the plot, the card section and the details dataset; optionally update a card and
     push the details. Returns the summary."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = load_parts(config)
+    ids = hub_dataset_ids(config.dataset_id)
     summary = summary_of(parts, config.model_id)
     plot = (
         plot_scores(summary, out / PLOT_NAME)
         if (summary.get("open_visual_chat") or summary.get("medical_vqa"))
         else None
     )
-    summary["details_configs"] = write_details_dataset(parts, out / "details", config.model_id)
+    summary["details_configs"] = write_details_dataset(
+        parts, out / "details", config.model_id, sources(parts, ids), config.push_details
+    )
     details_url = config.details_url
     if config.push_details:
         details_url = push_details(out / "details", config.push_details)
         summary["details_pushed_to"] = details_url
     section = card_section(summary, plot.name if plot else None, details_url)
     (out / "card_section.md").write_text(section, encoding="utf-8")
-    results = eval_results(summary)
+    results = eval_results(summary, ids, config.push_details)
     summary["model_index"] = [
         {"task": r.task_type, "dataset": r.dataset_type, "metric": r.metric_type, "value": r.metric_value}
         for r in results
     ]
+    if summary.get("model_index_skipped"):
+        print(
+            f"note: {', '.join(summary['model_index_skipped'])} left out of the model-index: no Hub dataset id "
+            "(pass --dataset-id NAME=ORG/REPO or --push-details ORG/NAME)",
+            file=sys.stderr,
+        )
     if config.card:
         update_model_card(Path(config.card), section, results, config.model_id, plot)
     write_json_atomic(out / "summary.json", summary)
     return summary
-
-
-def push_details(folder: Path, repo_id: str) -> str:
-    """Upload the details folder as a Hub dataset through the project's one Hub module."""
-    from vital_hub.hub import push_folder, repo_url
-
-    push_folder(folder, repo_id, repo_type="dataset", commit_message="Upload evaluation details")
-    return repo_url(repo_id, "dataset")

@@ -362,8 +362,29 @@ def update_readme(out: Path, shards: list[Path], counts: dict[str, int], index: 
     report = figures_report(shards, index_files(Path(index)) if index else [])
     lines = report_lines(report, write_plot(out, report))
     write_card_config(
-        out / "README.md", config, info, card_text(counts), edit=lambda body: replace_section(body, lines)
+        out / "README.md",
+        config,
+        info,
+        card_text(counts),
+        edit=lambda body: replace_section(body, lines),
+        defaults=card_defaults(),
     )
+
+
+def card_defaults() -> dict:
+    """Card fields the Hub expects: each figure keeps its article's licence, so the repo's is `other`, linked to
+    PMC's licence terms, and the card's data report tabulates the licence codes."""
+    from vital_hub.mixtures.card import LICENSE_LINK, LICENSE_NAME
+
+    return {
+        "pretty_name": "PMC figures",
+        "license": "other",
+        "license_name": LICENSE_NAME,
+        "license_link": LICENSE_LINK,
+        "language": ["en"],
+        "task_categories": ["image-to-text", "visual-question-answering"],
+        "tags": ["biomedical", "medical", "pmc", "figures", "vital-hub"],
+    }
 
 
 def card_text(counts: dict[str, int]) -> str:
@@ -382,15 +403,22 @@ code), `retracted` (the article's newest version is marked retracted; null when 
 |---|---:|
 {table}
 
-Each image keeps its article's licence (column `licence`); check it before redistributing.
+Each image keeps its article's licence (column `licence`; the data report counts each licence code, and PMC
+lists what the codes mean: https://pmc.ncbi.nlm.nih.gov/tools/openftlist/); check it before redistributing.
 """
 
 
 def build_figures(options: BuildOptions) -> str:
+    from tqdm import tqdm
+
     out = Path(options.out)
-    shards, counts = write_shards(
-        _with_hashes(iter_rows(options), options.workers), out / DATA_DIR, int(options.shard_mb * (1 << 20))
-    )
+    total = sum(pq.ParquetFile(shard).metadata.num_rows for shard in index_files(Path(options.index)))
+    rows = tqdm(  # shown on a terminal (disable=None), not in logs
+        _with_hashes(iter_rows(options), options.workers), total=total, unit="figure", desc="build figures",
+        mininterval=1.0, disable=None,
+    )  # fmt: skip
+    with rows:
+        shards, counts = write_shards(rows, out / DATA_DIR, int(options.shard_mb * (1 << 20)))
     update_readme(out, shards, counts, options.index)
     summary = ", ".join(f"{status} {count}" for status, count in counts.items())
     return f"wrote {len(shards)} shard(s) of config '{CONFIG_NAME}' to {out / DATA_DIR} ({summary})"

@@ -60,6 +60,7 @@ class BuildOptions:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     show_progress: bool = True
     include_retracted: bool = False
+    repo_id: str | None = None  # where the folder will be pushed, for the card's load example
     images_fingerprint: str | None = field(init=False, default=None)
     retracted: frozenset[str] = field(init=False, default=frozenset())
 
@@ -133,6 +134,8 @@ def _build_repo(plan: MixturePlan, options: BuildOptions, check_source: SourceCh
         "components": {name: result.as_dict() for name, result in results.items()},
         "configs": configs,
     }
+    if options.repo_id:
+        manifest["repo_id"] = options.repo_id
     from vital_hub.mixtures.card import write_readme
 
     write_readme(options.out, manifest, options.images)
@@ -211,10 +214,15 @@ def _build_or_reuse(
     if path.is_dir():
         raise IsADirectoryError(f"{path}: source file of component {component.name!r} is a folder, not a file")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: source file of component {component.name!r} is missing "
-            f"(fetch it with `vital sources fetch --dir {options.sources}`)"
+        from vital_hub.mixtures.spec import builtin_components
+
+        released = builtin_components().get(component.name)
+        hint = (
+            f"fetch it with `vital sources fetch --dir {options.sources}`"
+            if released is not None and released.file_name == component.file_name
+            else f"the `file` of component {component.name!r} in the --mixtures YAML, read from --sources"
         )
+        raise FileNotFoundError(f"{path}: source file of component {component.name!r} is missing ({hint})")
     source = {"file": component.file_name, **check_source(path, options.allow_unverified)}
     key = _inputs_key(component, source, options)
     selection = selection_summary(path)  # read again on every build: a reused component records the same

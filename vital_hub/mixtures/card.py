@@ -62,6 +62,10 @@ def card_metadata(manifest: dict) -> dict:
                 "download_checksums": config["checksums"],
             }
         )
+    default = "80k" if "80k" in manifest["configs"] else next(iter(manifest["configs"]), None)
+    for entry in configs:  # `load_dataset(repo)` without a config name loads this one
+        if entry["config_name"] == default:
+            entry["default"] = True
     unique_rows = sum(component["rows"] for component in manifest["components"].values())  # each stored once
     return {
         "license": "other",
@@ -105,8 +109,27 @@ def text_only_rows(manifest: dict, config: str) -> str:
     return f"{round(total):,}" if exact else f"about {round(total):,}"
 
 
+RELEASED_REPO = "biomed-vital/instructions"
+
+
+def load_example(manifest: dict) -> tuple[str, str, list[str]]:
+    """(repo id, config, note lines) of the card's load example: the repo the folder is pushed to (`--repo-id`),
+    the released repo when every config is a released one, else ORG/NAME with a note to replace it."""
+    from vital_hub.mixtures.spec import builtin_mixtures
+
+    configs = list(manifest["configs"])
+    config = "80k" if "80k" in configs else configs[0]
+    if manifest.get("repo_id"):
+        return manifest["repo_id"], config, []
+    if set(configs) <= set(builtin_mixtures()):
+        return RELEASED_REPO, config, []
+    note = "`ORG/NAME` is the repo this folder is pushed to (`vital build instructions --repo-id` writes it here)."
+    return "ORG/NAME", config, ["", note]
+
+
 def card_text(manifest: dict, report: list[str] | None = None) -> str:
     components = manifest["components"]
+    repo_id, example, note = load_example(manifest)
     lines = [
         "# BioMed-VITAL instruction mixtures",
         "",
@@ -120,12 +143,13 @@ def card_text(manifest: dict, report: list[str] | None = None) -> str:
         "```python",
         "from datasets import load_dataset",
         "",
-        'ds = load_dataset("biomed-vital/instructions", "80k", split="train")',
+        f'ds = load_dataset("{repo_id}", "{example}", split="train")',
         "row = ds[0]  # images: [PIL image], or [] for a text-only row; messages: TRL chat format",
         "```",
+        *note,
         "",
         "Train with `accelerate launch recipes/sft.py --config recipes/...yaml`; get the original LLaVA JSON back with "
-        "`vital export llava --repo <this folder> --config 80k --out 80k.json`.",
+        f"`vital export llava --repo <this folder> --config {example} --out {example}.json`.",
         "",
         "## Configs",
         "",

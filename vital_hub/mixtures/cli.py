@@ -25,7 +25,14 @@ class InstructionsBuildConfig:
     )
     allow_unverified: bool = help_field("accept a source whose checksum does not match", default=False)
     mixtures: str | None = help_field("YAML with extra components and mixtures", default=None)
-    configs: list[str] | None = help_field("build only these configs", default=None)
+    configs: list[str] | None = help_field(
+        "build only these configs (default: all; with --mixtures, the YAML's own mixtures plus the released "
+        "configs whose source files are in --sources)",
+        default=None,
+    )
+    repo_id: str | None = help_field(
+        "the Hub repo id this folder will be pushed to, shown in the card's load example", default=None
+    )
     llava_med_60k_file: str = help_field(
         "which LLaVA-Med 60K file is llava-med-60k", default=DEFAULT_LLAVA_MED_60K_FILE
     )
@@ -35,7 +42,10 @@ class InstructionsBuildConfig:
     def plan(self):
         from vital_hub.mixtures.spec import load_plan
 
-        return load_plan(self.mixtures, self.llava_med_60k_file, self.configs)
+        plan = load_plan(self.mixtures, self.llava_med_60k_file, self.configs)
+        if self.mixtures and not self.configs:
+            skip_unsourced_builtins(plan, Path(self.mixtures), Path(self.sources))
+        return plan
 
     def build(self, plan) -> dict:
         from vital_hub.mixtures.build import BuildOptions, build_repo
@@ -49,8 +59,38 @@ class InstructionsBuildConfig:
             allow_unverified=self.allow_unverified,
             rows_per_shard=self.rows_per_shard,
             workers=self.workers,
+            repo_id=self.repo_id,
         )
         return build_repo(plan, options)
+
+
+def skip_unsourced_builtins(plan, yaml_path: Path, sources: Path) -> None:
+    """With a mixtures YAML of its own and no `only`/`--configs`, a user building only their mixtures does not
+    need the released files: the released configs whose source files are absent are left out, and said so."""
+    import yaml
+
+    from vital_hub.io import read_text
+    from vital_hub.mixtures.spec import builtin_mixtures
+
+    named = (yaml.safe_load(read_text(yaml_path)) or {}).get("only")
+    released = builtin_mixtures()
+    own = [name for name, mixture in plan.mixtures.items() if released.get(name) != mixture]
+    if named or not own:
+        return
+    skipped = [
+        name
+        for name, mixture in plan.mixtures.items()
+        if name not in own
+        and any(not (sources / plan.components[p.component].file_name).is_file() for p in mixture.parts)
+    ]
+    for name in skipped:
+        del plan.mixtures[name]
+    if skipped:
+        print(
+            f"note: building {', '.join(own)}; the released configs {', '.join(skipped)} are left out, their source "
+            f"files are not in {sources} (`vital sources fetch --dir {sources}` adds them)",
+            file=sys.stderr,
+        )
 
 
 def build_main(argv: list[str]) -> int:
@@ -66,7 +106,7 @@ def build_main(argv: list[str]) -> int:
         print(f"vital build instructions: error: {err}", file=sys.stderr)
         return 1
     print_summary(manifest)
-    print(f"\nwrote {config.out} (push it with: vital push --repo {config.out} --to ORG/NAME)")
+    print(f"\nwrote {config.out} (push it with: vital push --repo {config.out} --to {config.repo_id or 'ORG/NAME'})")
     return 0
 
 

@@ -52,7 +52,10 @@ class BuildConfig:
     include_without_figure: bool = help_field(
         "also pair judgements made while the figure could not be shown (kept out by default)", default=False
     )
-    test_fraction: float = help_field("share of clinician pairs held out (stable per item)", default=0.0)
+    test_fraction: float = help_field(
+        "share of clinician pairs held out (stable per item), for the selector's clinician alignment and AUC",
+        default=0.2,
+    )
     seed: int = help_field("seed of the held-out split", default=0)
     max_pairs: int | None = help_field(
         "keep only the first N pairs in judging order (the paper used 50)", default=None
@@ -83,6 +86,10 @@ class AgreementConfig:
     repo: str | None = help_field("preferences repo whose clinician config to compare with", default=None)
     annotations: str | None = help_field("or: annotator logs to build the clinician pairs from", default=None)
     aggregate: str = help_field("with --annotations: unanimous | majority | each", default="unanimous")
+    allow_missing: bool = help_field(
+        "report on the pairs the judge scored even when it was never given some clinician answers (default: an error)",
+        default=False,
+    )
 
 
 @dataclass
@@ -163,6 +170,12 @@ def build_command(config: BuildConfig) -> int:
         f"clinician pairs: {counts}; item outcomes: {outcome_counts}; "
         f"mean item agreement: {stats['mean_item_agreement']}"
     )
+    if pairs and not any(row["split"] == "test" for row in pairs):
+        print(
+            f"warning: no clinician pair is held out (--test-fraction {config.test_fraction:g}, {len(pairs)} pairs): "
+            "the selector will report no clinician alignment or AUC; use --test-fraction 0.2 (the default)",
+            file=sys.stderr,
+        )
     refresh_mixed(config.out, config.clinician_weight)
     return 0
 
@@ -208,10 +221,35 @@ def agreement_command(config: AgreementConfig) -> int:
         pairs = clinician_pairs(read_judgements(config.annotations), config.aggregate)[0]
     scores = [row for path in config.scores for row in read_judge_scores(path)]
     result = judge_agreement(pairs, scores)
+    if result["not_judged"] and not config.allow_missing:
+        print(f"vital preferences agreement: error: {missing_message(result, config.scores)}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2))
     if config.repo is not None:
         write_stats(config.repo, "judge_agreement.json", result)
     return 0
+
+
+def missing_message(result: dict, scores: list) -> str:
+    """Which clinician pairs the judge output cannot rate, what the judge scored instead, and what to run."""
+    items = sorted({pair["item_id"] for pair in result["missing_pairs"]})
+    shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+    judged = []
+    for path in scores:
+        run = Path(path) / "run.json"
+        try:
+            candidates = json.loads(run.read_text(encoding="utf-8"))["config"]["candidates"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        judged.append(f"{path} scored {candidates}")
+    scored = f" ({'; '.join(judged)})" if judged else ""
+    return (
+        f"{result['not_judged']} of {result['pairs']} clinician pairs have an answer the judge never scored "
+        f"(items {shown}){scored}: the judge must score the answers the clinicians saw. Run "
+        "`vital judge rubric --candidates ITEMS.jsonl --model MODEL --out judge-items/` on the items file given to "
+        "`vital annotate serve` (or on the dual-answer candidates it was sampled from), then "
+        "`vital preferences agreement --scores judge-items/ ...`; --allow-missing reports on the scored pairs only"
+    )
 
 
 def mix_command(config: MixConfig) -> int:

@@ -373,14 +373,27 @@ def answer_key(question: str, answer: str) -> str:
 
 
 def judge_agreement(pairs: Iterable[dict], scores: Iterable[dict]) -> dict:
-    """How often the judge scores the clinicians' chosen answer above the rejected one."""
+    """How often the judge scores the clinicians' chosen answer above the rejected one. `missing` counts pairs with
+    an answer that has no score; `not_judged` those with an answer the judge was never given (it judged another
+    candidate set), listed in `missing_pairs` (pair key, item, sides)."""
+    scores = list(scores)
+    seen = {answer_key(s["question"], s["answer"]) for s in scores if s.get("question") and s.get("answer")}
     lookup = {answer_key(s["question"], s["answer"]): s["score"] for s in usable_scores(scores)}
     counts = Counter()
+    missing = []
     for pair in pairs:
-        chosen = lookup.get(answer_key(pair["question"], pair["chosen"]))
-        rejected = lookup.get(answer_key(pair["rejected_question"] or pair["question"], pair["rejected"]))
+        keys = {
+            "chosen": answer_key(pair["question"], pair["chosen"]),
+            "rejected": answer_key(pair["rejected_question"] or pair["question"], pair["rejected"]),
+        }
+        chosen, rejected = lookup.get(keys["chosen"]), lookup.get(keys["rejected"])
         if chosen is None or rejected is None:
             counts["missing"] += 1
+            never = [side for side, key in keys.items() if key not in seen]
+            if never:
+                counts["not_judged"] += 1
+                item = (pair.get("chosen_id") or "").rsplit("#", 1)[0] or pair.get("pair_key")
+                missing.append({"pair_key": pair.get("pair_key"), "item_id": item, "not_judged": never})
         elif chosen > rejected:
             counts["agree"] += 1
         elif chosen < rejected:
@@ -391,7 +404,8 @@ def judge_agreement(pairs: Iterable[dict], scores: Iterable[dict]) -> dict:
     decided = counts["agree"] + counts["disagree"]
     return {
         "pairs": compared + counts["missing"],
-        **{k: counts[k] for k in ("agree", "disagree", "tie", "missing")},
+        **{k: counts[k] for k in ("agree", "disagree", "tie", "missing", "not_judged")},
         "agreement": counts["agree"] / compared if compared else None,
         "agreement_without_ties": counts["agree"] / decided if decided else None,
+        "missing_pairs": missing,
     }

@@ -127,10 +127,26 @@ def write_card(repo: Path) -> None:
             }
         )
         lines.append(f"- `{config}`: {CONFIG_DESCRIPTIONS[config]}")
-    front = yaml.safe_dump({"configs": configs, "dataset_info": infos}, sort_keys=False)
+    if configs:  # `load_dataset(repo)` loads the selector's training set, or what there is so far
+        default = next((c for c in configs if c["config_name"] == "mixed"), configs[0])
+        default["default"] = True
+    meta = {
+        "pretty_name": "BioMed-VITAL preference pairs",
+        "license": "other",
+        "license_name": "model-output-and-study-terms",
+        "license_link": TERMS_FILE,
+        "language": ["en"],
+        "task_categories": ["visual-question-answering", "image-text-to-text"],
+        "tags": ["biomedical", "medical", "preference", "reward-modeling", "vital-hub"],
+        "configs": configs,
+        "dataset_info": infos,
+    }
+    front = yaml.safe_dump(meta, sort_keys=False)
     body = CARD_BODY.format(config_lines="\n".join(lines))
     with atomic_path(repo / "README.md") as tmp:
         tmp.write_text(f"---\n{front}---\n{body}", encoding="utf-8")
+    with atomic_path(repo / TERMS_FILE) as tmp:
+        tmp.write_text(TERMS, encoding="utf-8")
 
 
 def write_stats(repo: str | Path, name: str, data) -> Path:
@@ -142,6 +158,16 @@ def write_stats(repo: str | Path, name: str, data) -> Path:
         write_json_atomic(path, data)
     return path
 
+
+TERMS_FILE = "LICENSE.md"
+TERMS = """# Terms of this dataset
+
+The questions and answers are the output of the vision LLM that generated the candidates, under the terms of
+that model's provider. The clinician judgements (config `clinician` and the clinician rows of `mixed`) are the
+study's; the rubric-judge scores (config `model`) are output of the judge model, under its provider's terms.
+Figures, when embedded, are PubMed Central Open Access figures, each under its article's licence
+(https://pmc.ncbi.nlm.nih.gov/tools/openftlist/).
+"""
 
 CONFIG_DESCRIPTIONS = {
     "clinician": "pairs from clinician judgements (one answer acceptable, the other not); `origin` = clinician",
@@ -160,6 +186,8 @@ Columns: `pair_key`, `pair_id` (figure of the chosen side), `image` (embedded on
 provenance (`chosen_id`, `rejected_id`, `chosen_score`, `rejected_score`, `annotators`) and the rejected side's
 own context (`rejected_pair_id`, `rejected_caption`, `rejected_mention`, `rejected_question`), which differs from
 the chosen side's for model pairs.
+
+`mixed` is the default config. Terms of use: [LICENSE.md](LICENSE.md).
 
 `stats/` holds every judged item's outcome (ties and both-unacceptable included) and annotator agreement.
 Built with `vital preferences` (vital-hub).

@@ -111,9 +111,7 @@ def serve(args: argparse.Namespace) -> int:
         who = f"for {store.annotator} ({annotation.done(store)} judged; local only)"
     else:
         who = f"for {len(accounts.names())} clinicians (accounts in {accounts.path})"
-    print(
-        f"serving {len(items)} items {who} on {scheme}://{shown_host}:{port}/ ; judgements in {args.out}", flush=True
-    )
+    line = f"serving {len(items)} items {who} on {scheme}://{shown_host}:{port}/ ; judgements in {args.out}"
     config = uvicorn.Config(
         create_app(annotation, gate),
         log_level="warning",
@@ -123,8 +121,21 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=bool(args.forwarded_allow_ips),
         forwarded_allow_ips=args.forwarded_allow_ips,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    announcing_server(uvicorn, config, line).run(sockets=[sock])
     return 0
+
+
+def announcing_server(uvicorn, config, line: str):
+    """A uvicorn server that prints `line` (the URL) only once it accepts connections, so a script or a person
+    that opens the URL as soon as it appears is answered."""
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                print(line, flush=True)
+
+    return AnnouncingServer(config)
 
 
 def add(args: argparse.Namespace) -> int:
