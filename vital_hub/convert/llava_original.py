@@ -221,12 +221,17 @@ def rename_clip(key: str, targets: dict) -> str | None:
     return next((name for name in names if name in targets), None)
 
 
-def plan_keys(source: SourceWeights, targets: dict, clip: SourceWeights | None, where: Path) -> dict[str, str]:
+def plan_keys(
+    source: SourceWeights, targets: dict, clip: SourceWeights | None, where: Path, drop_tower: bool = False
+) -> dict[str, str]:
     """Original key -> transformers key for every source tensor, checked before anything is written: an unknown,
-    unexpected or missing key fails naming the key and the file."""
+    unexpected or missing key fails naming the key and the file. `drop_tower` leaves out a tower stored in the
+    checkpoint (the original code never loaded it)."""
     mapping: dict[str, str] = {}
     for path in source.files:
         for key in source.keys[path]:
+            if drop_tower and key.startswith("model.vision_tower."):
+                continue
             try:
                 target = rename(key, targets)
             except ConversionError as err:
