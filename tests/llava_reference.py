@@ -118,15 +118,16 @@ class SlowLlamaTokenizer:
 
 
 class FastTokenizer:
-    """The fast tokenizer of a `tokenizer.json`, as transformers 4.36 ran it: the file's pipeline as it is."""
+    """The fast tokenizer of a `tokenizer.json`, as transformers 4.36's `LlamaTokenizerFast` ran it: the file's
+    pipeline as it is, the beginning-of-sequence token added by the class (`add_bos_token`, default true)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, bos_id: int):
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(path))
+        self.tokenizer, self.bos_id = Tokenizer.from_file(str(path)), bos_id
 
     def __call__(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        return [self.bos_id] + self.tokenizer.encode(text, add_special_tokens=False).ids
 
 
 def image_token_ids(prompt: str, tokenize) -> list[int]:
@@ -233,13 +234,20 @@ class OriginalForward:
         text = config_cls(**TINY_TEXT, vocab_size=self.raw["vocab_size"], rope_theta=self.raw["rope_theta"])
         self.lm = model_cls(text).eval()
         self.lm.load_state_dict(
-            {k: v for k, v in state.items() if not k.startswith(("model.mm_", "model.vision_tower")) and "rotary" not in k}
+            {
+                k: v
+                for k, v in state.items()
+                if not k.startswith(("model.mm_", "model.vision_tower")) and "rotary" not in k
+            }
         )
         self.tower = CLIPVisionModel(CLIPVisionConfig(**TINY_CLIP)).eval()
         clip_state = read_state(clip_folder)
         self.tower.load_state_dict(
-            {k.removeprefix("vision_model."): v.float() for k, v in clip_state.items()
-             if k.startswith("vision_model.") and "position_ids" not in k}  # fmt: skip
+            {
+                k.removeprefix("vision_model."): v.float()
+                for k, v in clip_state.items()
+                if k.startswith("vision_model.") and "position_ids" not in k
+            }  # fmt: skip
         )
         self.projector = [state[f"model.mm_projector.{i}.{p}"] for i in (0, 2) for p in ("weight", "bias")]
         self.eos = self.raw["eos_token_id"]
@@ -332,7 +340,7 @@ def reference_outputs(source: Path, clip: Path, lineage: str) -> dict:
     tokenize = (
         SlowLlamaTokenizer(source / "tokenizer.model", legacy=False)
         if lineage == "llava-1.5"
-        else FastTokenizer(source / "tokenizer.json")
+        else FastTokenizer(source / "tokenizer.json", bos_id=1)
     )
     forward = OriginalForward(source, clip)
     drawn = offsets(lineage, [image.size for image, _ in cases.values()])
@@ -355,6 +363,8 @@ def record() -> Path:
     DATA.mkdir(parents=True, exist_ok=True)
     if not (DATA / "tokenizer.model").is_file():
         make_tokenizer(DATA)
+    if not (DATA / "mistral_tokenizer.json").is_file():
+        make_fast_tokenizer(DATA)
     outputs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for lineage in LINEAGE_FAMILY:
@@ -366,10 +376,8 @@ def record() -> Path:
 
 def make_tokenizer(folder: Path) -> None:
     """A small BPE SentencePiece model set as LLaMA's (byte fallback, dummy prefix, whitespace kept, identity
-    normalisation), and the fast `tokenizer.json` LLaVA-Med-style checkpoints ship beside it."""
+    normalisation)."""
     import sentencepiece as spm
-    from tokenizers import normalizers
-    from transformers import AutoTokenizer
 
     corpus = folder / "corpus.txt"
     lines = [
@@ -385,12 +393,25 @@ def make_tokenizer(folder: Path) -> None:
     )  # fmt: skip
     corpus.unlink()
     (folder / "tokenizer.vocab").unlink()
-    with __import__("tempfile").TemporaryDirectory() as tmp:
+
+
+def make_fast_tokenizer(folder: Path) -> None:
+    """The fast `tokenizer.json` LLaVA-Med-style checkpoints ship beside `tokenizer.model`: SentencePiece's dummy
+    prefix on every piece, spaces as `▁`, `<s>` in front."""
+    import tempfile
+
+    from tokenizers import normalizers, processors
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(folder / "tokenizer.model", Path(tmp) / "tokenizer.model")
         fast = AutoTokenizer.from_pretrained(tmp, legacy=True)
     backend = fast.backend_tokenizer
     backend.normalizer = normalizers.Sequence([normalizers.Prepend(SPIECE), normalizers.Replace(" ", SPIECE)])
     backend.pre_tokenizer = None
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", fast.convert_tokens_to_ids("<s>"))]
+    )
     backend.save(str(folder / "mistral_tokenizer.json"))
 
 

@@ -128,7 +128,9 @@ def convert(args: argparse.Namespace) -> dict:
         files = write_weights(partial, weights, clip_weights, mapping, targets, dtype, lineage["vision_dtype"], args)
         config.save_pretrained(partial)
         carried = generation_config(tokenizer, source_generation(source.folder, raw))
-        carried.save_pretrained(partial)
+        # written as the source had them: sampling values beside a greedy default were valid there (ignored while
+        # do_sample is false), which save_pretrained refuses
+        carried.to_json_file(partial / "generation_config.json", use_diff=True)
         processor = build_processor(
             tokenizer, vision.image_size, vision.patch_size, settings.pad_to_square, settings.chat_format,
             settings.select_strategy,

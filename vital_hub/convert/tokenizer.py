@@ -55,6 +55,7 @@ def original_tokenizer(folder: Path, family: str):
         legacy = config.get("legacy")
         legacy = True if legacy is None else bool(legacy)
         tokenizer = from_sentencepiece(folder, legacy)
+        sequence_ends(tokenizer, config.get("add_bos_token", True), config.get("add_eos_token", False))
         source = "`tokenizer.model`" + (" (its `tokenizer.json` is not what the original read)" if has_json else "")
         how = f"the slow SentencePiece tokenizer's ids from {source}, `legacy: {str(legacy).lower()}`"
     elif has_json:
@@ -104,9 +105,24 @@ def verbatim(folder: Path, config: dict):
 
     specials = {name: token(name) for name in ("bos_token", "eos_token", "unk_token", "pad_token") if token(name)}
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **specials)
+    if config.get("tokenizer_class", "").startswith("LlamaTokenizer"):  # transformers 4.36's LlamaTokenizerFast
+        sequence_ends(tokenizer, config.get("add_bos_token", True), config.get("add_eos_token", False))
     if config.get("model_max_length"):
         tokenizer.model_max_length = config["model_max_length"]
     return tokenizer
+
+
+def sequence_ends(tokenizer, bos: bool, eos: bool) -> None:
+    """The begin/end-of-sequence tokens as the class set them, whatever the file's post-processor says."""
+    from tokenizers import processors
+
+    ends = [(token, tokenizer.convert_tokens_to_ids(token)) for token, on in
+            ((tokenizer.bos_token, bos), (tokenizer.eos_token, eos)) if on and token]  # fmt: skip
+    first = f"{tokenizer.bos_token} " if bos and tokenizer.bos_token else ""
+    last = f" {tokenizer.eos_token}" if eos and tokenizer.eos_token else ""
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{first}$A{last}", pair=f"{first}$A{last} {first}$B{last}", special_tokens=ends
+    )
 
 
 def keep_pipeline(folder: Path) -> None:
