@@ -107,6 +107,7 @@ def test_converted_folder_gives_the_original_ids_pixels_logits_and_answers(linea
         assert generated.tolist()[: len(recorded[f"{key}/greedy"])] == recorded[f"{key}/greedy"].tolist(), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lineage", list(LINEAGE_FAMILY))
 def test_vital_eval_answer_answers_as_the_original_code(lineage, recorded, converted, tmp_path):
     """The command as a user runs it: pictures as files in their own modes (PNG keeps L and RGBA), questions in
@@ -233,3 +234,34 @@ def test_the_stored_tower_is_used_only_when_asked_and_the_card_says_so(tmp_path)
         stored = handle.get_tensor(key)
     name = "model.vision_tower.vision_tower.vision_model." + key.removeprefix("model.vision_tower.")
     torch.testing.assert_close(stored, original[name])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lineage", list(LINEAGE_FAMILY))
+def test_real_qa50_figures_reach_the_model_as_in_the_original(lineage):
+    """Every readable qa50 figure (six are grayscale) at the real tower size: the converted processor on the picture
+    prepared for the lineage gives the reference's pixels, offsets drawn in question order."""
+    from PIL import Image
+
+    from tests.conftest import shared_fixture
+    from tests.llava_reference import clip_pixels, offsets, square
+    from vital_hub.convert.formats import image_processor
+    from vital_hub.convert.lineage import draw_offsets, lineage_settings, prepare_image
+
+    folder = shared_fixture("llava_med", "qa50_images")
+    pictures = []
+    for path in sorted(folder.iterdir()):
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                pictures.append(opened.copy())
+        except OSError:  # empty and cut-off downloads
+            continue
+    assert sum(picture.mode == "L" for picture in pictures) >= 1
+    settings = lineage_settings(LINEAGE_FAMILY[lineage], pad_to_square=True)
+    sizes = [picture.size for picture in pictures]
+    ours, theirs = draw_offsets(sizes, 0, settings), offsets(lineage, sizes)  # theirs: None = centred
+    processor = image_processor(336, pad_to_square=True)
+    for picture, offset, expected in zip(pictures, ours, theirs, strict=True):
+        got = processor(prepare_image(picture, settings, offset), return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(got, clip_pixels(square(picture, lineage, expected), 336), atol=1e-6, rtol=0)
