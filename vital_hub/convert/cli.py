@@ -127,7 +127,8 @@ def convert(args: argparse.Namespace) -> dict:
     try:
         files = write_weights(partial, weights, clip_weights, mapping, targets, dtype, lineage["vision_dtype"], args)
         config.save_pretrained(partial)
-        carried = generation_config(tokenizer, source_generation(source.folder, raw))
+        from_source = source_generation(source.folder, raw)
+        carried = generation_config(tokenizer, from_source)
         # written as the source had them: sampling values beside a greedy default were valid there (ignored while
         # do_sample is false), which save_pretrained refuses
         carried.to_json_file(partial / "generation_config.json", use_diff=True)
@@ -138,7 +139,7 @@ def convert(args: argparse.Namespace) -> dict:
         processor.save_pretrained(partial)
         keep_pipeline(partial)
         notes = {"tokenizer": tokenizer_note, "stored_tower": use_stored, "lineage": lineage,
-                 "generation": carried.to_diff_dict()}  # fmt: skip
+                 "generation": from_source}  # fmt: skip
         (partial / "README.md").write_text(
             card(source, clip if clip_weights is not None else None, settings, weights, notes)
         )

@@ -202,8 +202,7 @@ def as_original_lineage(config: AnswerConfig, model, todo: list[Pending]) -> lis
         print(f"vital eval answer: {warning}", file=sys.stderr)
     # the original drew one random offset per non-square picture, in question order, done ones included
     questions = load_questions(config.questions)[: config.limit]
-    pictures = [load_image(config.image_folder, question.image).image for question in questions]
-    sizes = [None if picture is None else picture.size for picture in pictures]
+    sizes = [picture_size(load_image(config.image_folder, question.image)) for question in questions]
     offsets = dict(zip((q.key for q in questions), draw_offsets(sizes, config.seed, settings), strict=True))
     for item in todo:
         if item.image.image is not None:
@@ -212,6 +211,10 @@ def as_original_lineage(config: AnswerConfig, model, todo: list[Pending]) -> lis
                 prepared = prepare_image(opened, settings, offsets.get(item.question.key))
             item.image = replace(item.image, image=prepared)
     return todo
+
+
+def picture_size(check: ImageCheck) -> tuple[int, int] | None:
+    return None if check.image is None else check.image.size
 
 
 def shard_path(out: Path, rank: int, world: int) -> Path:
