@@ -412,7 +412,11 @@ def make_fast_tokenizer(folder: Path) -> None:
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", fast.convert_tokens_to_ids("<s>"))]
     )
-    backend.save(str(folder / "mistral_tokenizer.json"))
+    # in the layout the tokenizers of transformers 4.36 read (merges as "a b" strings), as the real file is
+    data = json.loads(backend.to_str())
+    data["model"]["merges"] = [" ".join(pair) if isinstance(pair, list) else pair for pair in data["model"]["merges"]]
+    data["model"].pop("ignore_merges", None)
+    (folder / "mistral_tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=2))
 
 
 if __name__ == "__main__":
