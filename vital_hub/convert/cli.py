@@ -113,7 +113,8 @@ def convert(args: argparse.Namespace) -> dict:
     tokenizer, tokenizer_note = original_tokenizer(source.folder, settings.family)
     dtype = (raw.get("torch_dtype") or raw.get("dtype") or "float16") if args.dtype == "auto" else args.dtype
     lineage = lineage_settings(settings.family, settings.pad_to_square)
-    # the tower at the precision the original ran it (LLaVA-1.5's builder kept CLIP in float32)
+    # the tower at the precision the original ran it (LLaVA-1.5's builder kept CLIP in float32, LLaVA-Med's cast it
+    # to the language model's dtype)
     lineage["vision_dtype"] = "float32" if args.dtype == "float32" or lineage["vision_dtype"] == "float32" else dtype
     vision = lo.vision_config(settings, clip.folder if clip else None)
     config = lo.llava_config(raw, settings, tokenizer, vision, dtype)

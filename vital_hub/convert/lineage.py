@@ -30,7 +30,7 @@ LINEAGES = {
     "llama": {"lineage": "llava-1.5", "image_mode": "rgb", "gray_pad": False, "random_offset": False,
               "vision_dtype": "float32"},
     "mistral": {"lineage": "llava-med", "image_mode": "as-opened", "gray_pad": True, "random_offset": True,
-                "vision_dtype": "float16"},
+                "vision_dtype": "model"},  # the language model's dtype
 }  # fmt: skip
 
 
