@@ -7,7 +7,9 @@
 The folder is written as `OUT.partial` and renamed when complete, so an interrupted run leaves no half model
 under OUT and re-running starts that conversion again; once OUT is complete, re-running with `--push-to` only
 pushes (the upload resumes). Shards are converted one at a time (see
-`vital_hub.convert.tensors`).
+`vital_hub.convert.tensors`). What reaches the model is the original's: its tokenizer
+(`vital_hub.convert.tokenizer`), its tower and the tower's precision, its image handling
+(`vital_hub.convert.lineage`) and its generation settings.
 """
 
 from __future__ import annotations
