@@ -265,3 +265,27 @@ def test_real_qa50_figures_reach_the_model_as_in_the_original(lineage):
     for picture, offset, expected in zip(pictures, ours, theirs, strict=True):
         got = processor(prepare_image(picture, settings, offset), return_tensors="np")["pixel_values"][0]
         np.testing.assert_allclose(got, clip_pixels(square(picture, lineage, expected), 336), atol=1e-6, rtol=0)
+
+
+def test_tower_options_fail_in_one_line_naming_the_problem(tmp_path, capsys):
+    from tests.fakes.original_llava import build_clip, build_original
+
+    no_tower = build_original(tmp_path / "no-tower", "llama", vision=False)
+    argv = [
+        "convert",
+        "llava-original",
+        "--model",
+        str(no_tower),
+        "--out",
+        str(tmp_path / "a"),
+        "--tower-from-checkpoint",
+    ]
+    assert vital(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--tower-from-checkpoint" in err and "no vision tower weights" in err and len(err.splitlines()) == 1
+    config_only = build_clip(tmp_path / "clip-config", weights=False)
+    stored = build_original(tmp_path / "stored", "mistral", vision=True, tower=str(config_only))
+    assert vital(["convert", "llava-original", "--model", str(stored), "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "vision tower" in err and "--tower-from-checkpoint" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
