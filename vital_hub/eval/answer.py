@@ -200,16 +200,21 @@ def as_original_lineage(config: AnswerConfig, model, todo: list[Pending]) -> lis
     warning = run_tower_as_original(model, config.model if Path(config.model).is_dir() else None, settings)
     if warning:
         print(f"vital eval answer: {warning}", file=sys.stderr)
-    # the original drew one random offset per non-square picture, in question order, done ones included
-    questions = load_questions(config.questions)[: config.limit]
-    sizes = [picture_size(load_image(config.image_folder, question.image)) for question in questions]
-    offsets = dict(zip((q.key for q in questions), draw_offsets(sizes, config.seed, settings), strict=True))
+    offsets = {}
+    if settings.get("random_offset"):  # one draw per non-square picture, in question order, done ones included
+        questions = load_questions(config.questions)[: config.limit]
+        sizes = [picture_size(load_image(config.image_folder, question.image)) for question in questions]
+        offsets = dict(zip((q.key for q in questions), draw_offsets(sizes, config.seed, settings), strict=True))
     for item in todo:
-        if item.image.image is not None:
+        if item.image.image is None:
+            continue
+        if settings.get("image_mode") == "rgb":  # the original's Image.open(...).convert('RGB'), as loaded
+            prepared = prepare_image(item.image.image, settings)
+        else:
             with Image.open(Path(config.image_folder) / item.question.image) as opened:  # in the file's own mode
                 opened.load()
                 prepared = prepare_image(opened, settings, offsets.get(item.question.key))
-            item.image = replace(item.image, image=prepared)
+        item.image = replace(item.image, image=prepared)
     return todo
 
 
