@@ -257,6 +257,10 @@ def mean_row(matrix, block: int = 4096):
 def card(source: Source, clip: Source | None, settings, weights, notes: dict) -> str:
     revision = source.revision or "not recorded (converted from a local folder)"
     tower = f"`{clip.name}`" + (f" at revision `{clip.revision}`" if clip.revision else "") if clip else None
+    if tower and clip.name != settings.vision_tower:
+        tower += f" (in place of `mm_vision_tower` `{settings.vision_tower}`)"
+    elif tower:
+        tower += " (the config's `mm_vision_tower`, as the original loaded it)"
     if notes["stored_tower"]:
         tower = "the copy stored in the checkpoint (`--tower-from-checkpoint`; the original code ignored it and loaded"
         tower += f" `{settings.vision_tower}`)"
@@ -279,7 +283,7 @@ def card(source: Source, clip: Source | None, settings, weights, notes: dict) ->
         "added to the embedding and output matrices (mean-initialised; the image features replace that embedding).",
         "",
         f"- Source files: {', '.join(f'`{path.name}`' for path in weights.files)}",
-        f"- Vision tower: {tower} (`{settings.vision_tower}`), hidden layer "
+        f"- Vision tower: {tower}, hidden layer "
         f"{settings.select_layer}, strategy `{settings.select_strategy}`, stored in {lineage['vision_dtype']} as the "
         f"original ran it",
         f"- Image preprocessing: {'pad to a square with the mean colour, then ' if settings.pad_to_square else ''}"
