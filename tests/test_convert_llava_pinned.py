@@ -26,6 +26,7 @@ from tests.llava_reference import (
 from vital_hub.cli import main as vital
 
 pytest.importorskip("sentencepiece")
+pytest.importorskip("google.protobuf")
 CASES = list(case_images())
 N_IMAGE = (TINY_CLIP["image_size"] // TINY_CLIP["patch_size"]) ** 2
 
