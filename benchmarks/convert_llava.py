@@ -5,7 +5,7 @@ The checkpoint has random fp16 weights in the original format (`model.layers.N..
 `lm_head`; no vision tower, as LLaVA-1.5 ships) with Llama-2-13B widths (hidden 5120, MLP 13824, 40 heads,
 vocabulary 32000) and, by default, 6 of its 40 layers in 3 `.bin` shards, so that it fits a 24 GiB machine and
 runs in a couple of minutes; `--layers 40 --shards 3` is the real size (26 GB, three ~9.9 GB shards). The vision
-tower comes from a random CLIP ViT-L/14-336 folder (the real tower's shape). Each case runs in its own process
+tower comes from a random float32 CLIP ViT-L/14-336 folder (the real tower's shape and dtype). Each case runs in its own process
 and reports its peak resident set (VmHWM from /proc, or `ru_maxrss`; both count the memory-mapped shard pages
 it touches):
 
@@ -113,8 +113,8 @@ def build_clip(folder: Path) -> None:
     from vital_hub.convert.llava_original import VIT_L_14
 
     config = CLIPVisionConfig(**VIT_L_14, image_size=336)
-    with torch.device("cpu"):
-        CLIPVisionModel(config).to(torch.float16).save_pretrained(folder)
+    with torch.device("cpu"):  # float32, as openai/clip-vit-large-patch14-336 is stored and the tower is written
+        CLIPVisionModel(config).save_pretrained(folder)
 
 
 def measure(case: str, args_json: str) -> None:

@@ -159,14 +159,27 @@ def llava15(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llava_med(tmp_path_factory):
-    """LLaVA-Med v1.5 shape: Mistral, tower weights in the checkpoint, three safetensors shards."""
+    """LLaVA-Med v1.5 shape: Mistral, tower weights in the checkpoint (used with --tower-from-checkpoint), three
+    safetensors shards."""
     root = tmp_path_factory.mktemp("llava_med")
     tower_config = build_clip(root / "clip-config", weights=False)
     source = build_original(root / "original", "mistral", vision=True, shards=3, fmt="safetensors",
                             tower=str(tower_config))  # fmt: skip
     out = root / "converted"
     assert (
-        vital(["convert", "llava-original", "--model", str(source), "--out", str(out), "--max-shard-gb", "0.0001"])
+        vital(
+            [
+                "convert",
+                "llava-original",
+                "--model",
+                str(source),
+                "--out",
+                str(out),
+                "--max-shard-gb",
+                "0.0001",
+                "--tower-from-checkpoint",
+            ]
+        )
         == 0
     )
     return source, None, out
@@ -273,7 +286,9 @@ def test_bad_keys_fail_naming_the_key(tmp_path, capsys, edit, message):
     )
     rewrite(source, edit)
     out = tmp_path / "out"
-    assert vital(["convert", "llava-original", "--model", str(source), "--out", str(out)]) == 1
+    assert (
+        vital(["convert", "llava-original", "--model", str(source), "--out", str(out), "--tower-from-checkpoint"]) == 1
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("vital convert llava-original: error: ") and message in err and len(err.splitlines()) == 1
     assert not out.exists() and not (tmp_path / "out.partial").exists()  # the shape error stops mid-write

@@ -45,7 +45,27 @@ def tokenizer():
     return tok
 
 
-def build_clip(folder: Path, seed: int = 1, weights: bool = True) -> Path:
+def numpy_filled(state: dict, seed: int) -> dict:
+    """Every floating tensor refilled from numpy's PCG64 generator, in name order: the same values on every torch
+    and transformers version (norm weights near 1, the rest small), for recorded reference outputs."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    filled = {}
+    for key in sorted(state):
+        tensor = state[key]
+        if not tensor.is_floating_point() or key.endswith("inv_freq"):
+            filled[key] = tensor
+            continue
+        values = rng.standard_normal(tuple(tensor.shape)).astype(np.float32)
+        is_norm = "norm" in key and key.endswith("weight")
+        values = 1.0 + 0.1 * values if is_norm else values * (0.02 if key.endswith("bias") else 0.2)
+        filled[key] = torch.from_numpy(values).to(tensor.dtype)
+    return {key: filled[key] for key in state}
+
+
+def build_clip(folder: Path, seed: int = 1, weights: bool = True, numpy_seed: int | None = None) -> Path:
     """A tiny CLIP saved the way `openai/clip-vit-large-patch14-336` is: a CLIPConfig with `vision_config`, and
     `vision_model.*` weights beside text-model ones that conversion must leave out."""
     import torch
@@ -60,6 +80,8 @@ def build_clip(folder: Path, seed: int = 1, weights: bool = True) -> Path:
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     if weights:
         state = {f"vision_model.{key}": value for key, value in CLIPVisionModel(vision).state_dict().items()}
+        if numpy_seed is not None:
+            state = numpy_filled(state, numpy_seed)
         state["text_model.embeddings.token_embedding.weight"] = torch.randn(10, 16)
         state["visual_projection.weight"] = torch.randn(16, 16)
         state["logit_scale"] = torch.tensor(2.6592)
@@ -75,9 +97,14 @@ def build_original(
     fmt: str = "bin",
     tower: str = "openai/clip-vit-large-patch14-336",
     seed: int = 0,
+    numpy_seed: int | None = None,
+    tokenizer_writer=None,
+    dtype: str = "float32",
     **config_overrides,
 ) -> Path:
-    """Write a checkpoint folder in the original format; `vision=False` leaves the tower out, as LLaVA-1.5 does."""
+    """Write a checkpoint folder in the original format; `vision=False` leaves the tower out, as LLaVA-1.5 does.
+    `numpy_seed` fills the weights with version-independent values; `tokenizer_writer(folder)` writes another
+    tokenizer (returning its vocabulary size and the ids of `<s>` and `</s>`) instead of the byte-level one."""
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -90,6 +117,10 @@ def build_original(
 
     tok = tokenizer()
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "vocab_size": len(tok)}
+    if tokenizer_writer is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        vocab_size, bos, eos = tokenizer_writer(folder)
+        special = {"bos_token_id": bos, "eos_token_id": eos, "vocab_size": vocab_size}
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}[
         family
     ]
@@ -111,11 +142,16 @@ def build_original(
         for key, value in clip.state_dict().items():
             state[f"model.vision_tower.vision_tower.vision_model.{key}"] = value.clone()
         state["model.vision_tower.vision_tower.vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    if numpy_seed is not None:
+        state = numpy_filled(state, numpy_seed)
+    state = {
+        key: value.to(getattr(torch, dtype)) if value.is_floating_point() else value for key, value in state.items()
+    }
 
     architecture, model_type = ARCHITECTURES[family]
     raw = {
         **{key: value for key, value in text.to_dict().items() if key in TINY_TEXT or key in special},
-        "architectures": [architecture], "model_type": model_type, "hidden_act": "silu", "torch_dtype": "float32",
+        "architectures": [architecture], "model_type": model_type, "hidden_act": "silu", "torch_dtype": dtype,
         "rope_theta": text.rope_parameters["rope_theta"], "tie_word_embeddings": False, "use_cache": True,
         "mm_vision_tower": tower, "mm_hidden_size": TINY_CLIP["hidden_size"], "mm_projector_type": "mlp2x_gelu",
         "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad",
@@ -126,7 +162,8 @@ def build_original(
     raw.update(config_overrides)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(raw, indent=2))
-    tok.save_pretrained(folder)
+    if tokenizer_writer is None:
+        tok.save_pretrained(folder)
     write_state(folder, state, shards, fmt)
     return folder
 

@@ -7,7 +7,9 @@
 The folder is written as `OUT.partial` and renamed when complete, so an interrupted run leaves no half model
 under OUT and re-running starts that conversion again; once OUT is complete, re-running with `--push-to` only
 pushes (the upload resumes). Shards are converted one at a time (see
-`vital_hub.convert.tensors`).
+`vital_hub.convert.tensors`). What reaches the model is the original's: its tokenizer
+(`vital_hub.convert.tokenizer`), its tower and the tower's precision, its image handling
+(`vital_hub.convert.lineage`) and its generation settings.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ HUB_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 MODEL_PATTERNS = (["*.json", "*.model", "*.txt", "*.safetensors"], ["*.json", "*.model", "*.txt", "*.bin"])
 CLIP_PATTERNS = (["config.json", "*.safetensors"], ["config.json", "*.bin"])
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+TOWER_PREFIX = "model.vision_tower."
+# generation settings of the source that describe the model, not this converter's token ids
+GENERATION_FIELDS = ("max_length", "max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "num_beams",
+                     "repetition_penalty", "no_repeat_ngram_size", "length_penalty")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,12 +73,11 @@ def resolve(model: str, revision: str | None, patterns: tuple[list[str], list[st
 
 
 def convert(args: argparse.Namespace) -> dict:
-    import transformers
-    from transformers import AutoTokenizer
-
     from vital_hub.convert import llava_original as lo
     from vital_hub.convert.formats import build_processor, generation_config
+    from vital_hub.convert.lineage import CONFIG_KEY, lineage_settings
     from vital_hub.convert.tensors import find_weights
+    from vital_hub.convert.tokenizer import keep_pipeline, original_tokenizer
 
     out = Path(args.out)
     if (out / "config.json").exists():
@@ -85,44 +90,62 @@ def convert(args: argparse.Namespace) -> dict:
     raw = lo.read_config(source.folder)
     settings = lo.original_settings(raw, source.folder, args.chat_format)
     weights = find_weights(source.folder)
-    has_vision = any(key.startswith("model.vision_tower.") for key in weights.all_keys)
+    stored_tower = any(key.startswith(TOWER_PREFIX) for key in weights.all_keys)
+    if args.tower_from_checkpoint and not stored_tower:
+        raise ConversionError(
+            f"{source.folder}: --tower-from-checkpoint, but the checkpoint has no vision tower weights"
+        )
+    use_stored = args.tower_from_checkpoint
     tower = args.vision_tower or settings.vision_tower
-    clip = None  # where the tower's config (and, when the checkpoint lacks them, its weights) come from
-    if not has_vision:
+    clip = None  # where the tower's config (and, unless the stored copy is used, its weights) come from
+    if not use_stored:  # the original loaded mm_vision_tower and dropped any copy in the checkpoint
         clip = resolve(tower, None, CLIP_PATTERNS)
     elif Path(tower).is_dir():
         clip = Source(Path(tower), tower, None)
-    clip_weights = find_weights(clip.folder) if clip is not None and not has_vision else None
+    clip_weights = None
+    if clip is not None and not use_stored:
+        try:
+            clip_weights = find_weights(clip.folder)
+        except ValueError as err:
+            hint = " (or --tower-from-checkpoint for the copy the checkpoint holds)" if stored_tower else ""
+            raise ConversionError(
+                f"vision tower: {err}; pass --vision-tower with a CLIP folder or Hub id{hint}"
+            ) from None
 
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # it reads config.json and warns that llava_llama is unknown
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source.folder, **sentencepiece_options(source.folder))
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-    if "<image>" not in tokenizer.get_vocab():
-        tokenizer.add_tokens(["<image>"], special_tokens=True)
-    if tokenizer.pad_token is None:  # the original set the pad token to <unk> for these formats
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer, tokenizer_note = original_tokenizer(source.folder, settings.family)
     dtype = (raw.get("torch_dtype") or raw.get("dtype") or "float16") if args.dtype == "auto" else args.dtype
+    lineage = lineage_settings(settings.family, settings.pad_to_square)
+    # the tower at the precision the original ran it (LLaVA-1.5's builder kept CLIP in float32, LLaVA-Med's cast it
+    # to the language model's dtype)
+    lineage["vision_dtype"] = "float32" if args.dtype == "float32" or lineage["vision_dtype"] == "float32" else dtype
     vision = lo.vision_config(settings, clip.folder if clip else None)
     config = lo.llava_config(raw, settings, tokenizer, vision, dtype)
+    setattr(config, CONFIG_KEY, lineage)
     targets = lo.target_shapes(config)
-    mapping = lo.plan_keys(weights, targets, clip_weights, source.folder)
+    mapping = lo.plan_keys(weights, targets, clip_weights, source.folder, drop_tower=not use_stored)
 
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        files = write_weights(partial, weights, clip_weights, mapping, targets, dtype, args)
+        files = write_weights(partial, weights, clip_weights, mapping, targets, dtype, lineage["vision_dtype"], args)
         config.save_pretrained(partial)
-        generation_config(tokenizer).save_pretrained(partial)
+        from_source = source_generation(source.folder, raw)
+        carried = generation_config(tokenizer, from_source)
+        # written as the source had them: sampling values beside a greedy default were valid there (ignored while
+        # do_sample is false), which save_pretrained refuses
+        carried.to_json_file(partial / "generation_config.json", use_diff=True)
         processor = build_processor(
             tokenizer, vision.image_size, vision.patch_size, settings.pad_to_square, settings.chat_format,
             settings.select_strategy,
         )  # fmt: skip
         processor.save_pretrained(partial)
-        (partial / "README.md").write_text(card(source, clip if clip_weights is not None else None, settings, weights))
+        keep_pipeline(partial)
+        notes = {"tokenizer": tokenizer_note, "stored_tower": use_stored, "lineage": lineage,
+                 "generation": from_source}  # fmt: skip
+        (partial / "README.md").write_text(
+            card(source, clip if clip_weights is not None else None, settings, weights, notes)
+        )
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # a half-written folder is of no use; the source is untouched
         raise
@@ -134,6 +157,8 @@ def convert(args: argparse.Namespace) -> dict:
         "revision": source.revision,
         "chat_format": settings.chat_format,
         "pad_to_square": settings.pad_to_square,
+        "lineage": lineage["lineage"],
+        "vision_tower": "checkpoint" if use_stored else (clip.name if clip else tower),
     }
     if args.push_to:
         result["pushed"] = push(out, args.push_to, source.label)
@@ -152,17 +177,11 @@ def converted_from(out: Path, model: str) -> bool:
     return card_path.is_file() and f"original-LLaVA checkpoint `{model}" in card_path.read_text(encoding="utf-8")
 
 
-def sentencepiece_options(folder: Path) -> dict:
-    """`legacy=True` for a SentencePiece Llama/Mistral tokenizer: the original cut the prompt at `<image>` and
-    tokenised each piece on its own, so the text after the image starts with SentencePiece's `▁` prefix; the
-    legacy tokenizer puts that prefix after special tokens too, giving the same ids around the image."""
-    if (folder / "tokenizer.json").is_file() or not (folder / "tokenizer.model").is_file():
-        return {}
-    return {"legacy": True}
-
-
-def write_weights(folder: Path, weights, clip_weights, mapping: dict, targets: dict, dtype: str, args) -> list[Path]:
-    """Every source shard in turn, renamed and written before the next is read; then the tower's weights."""
+def write_weights(
+    folder: Path, weights, clip_weights, mapping: dict, targets: dict, dtype: str, vision_dtype: str, args
+) -> list[Path]:
+    """Every source shard in turn, renamed and written before the next is read; then the tower's weights. Tower
+    tensors are written at `vision_dtype`, the rest at the checkpoint's dtype (or `--dtype`)."""
     import torch
     from tqdm import tqdm
 
@@ -172,24 +191,43 @@ def write_weights(folder: Path, weights, clip_weights, mapping: dict, targets: d
     writer = ShardWriter(folder, int(args.max_shard_gb * 1024**3))
     cast = getattr(torch, dtype) if args.dtype != "auto" else None
     progress = tqdm(total=len(weights.all_keys), unit="tensor", desc="convert", mininterval=1.0, disable=None)
+    tower_cast = getattr(torch, vision_dtype)
+    keep_tower = any(name.startswith(TOWER_PREFIX) for name in mapping)
     for path in weights.files:
         for key, tensor in iter_tensors(path):
             progress.update()
             if lo.rename(key, targets) is None:
                 continue
             if key not in mapping:
+                if key.startswith(TOWER_PREFIX) and not keep_tower:
+                    continue  # the stored tower copy, dropped as the original dropped it
                 raise ConversionError(f"{path}: key {key!r} is in the shard but not in its index")
-            writer.add(mapping[key], fit(path, key, mapping[key], tensor, targets, cast))
+            target = mapping[key]
+            tensor_cast = tower_cast if key.startswith(TOWER_PREFIX) else cast
+            writer.add(target, fit(path, key, target, tensor, targets, tensor_cast))
         writer.end_shard()
-    if clip_weights is not None:  # the tower in the model's dtype, as the original ran it
+    if clip_weights is not None:  # the tower named by mm_vision_tower (or --vision-tower), as the original loaded it
         for path in clip_weights.files:
             for key, tensor in iter_tensors(path):
                 target = mapping.get(f"clip:{key}")
                 if target is not None:
-                    writer.add(target, fit(path, key, target, tensor, targets, getattr(torch, dtype)))
+                    writer.add(target, fit(path, key, target, tensor, targets, tower_cast))
             writer.end_shard()
     progress.close()
     return writer.finish()
+
+
+def source_generation(folder: Path, raw: dict) -> dict:
+    """The source's generation settings: its generation_config.json, else the same fields of its config.json (where
+    transformers 4.3x also read them)."""
+    path = folder / "generation_config.json"
+    values = raw
+    if path.is_file():
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ConversionError(f"{path}: not JSON: {err}") from None
+    return {key: values[key] for key in GENERATION_FIELDS if values.get(key) is not None}
 
 
 def fit(path: Path, key: str, target: str, tensor, targets: dict, cast):
@@ -252,9 +290,23 @@ def source_licence(source: Source) -> dict:
     return {"license": "unknown"}
 
 
-def card(source: Source, clip: Source | None, settings, weights) -> str:
+def card(source: Source, clip: Source | None, settings, weights, notes: dict) -> str:
     revision = source.revision or "not recorded (converted from a local folder)"
     tower = f"`{clip.name}`" + (f" at revision `{clip.revision}`" if clip.revision else "") if clip else None
+    if tower and clip.name != settings.vision_tower:
+        tower += f" (in place of `mm_vision_tower` `{settings.vision_tower}`)"
+    elif tower:
+        tower += " (the config's `mm_vision_tower`, as the original loaded it)"
+    if notes["stored_tower"]:
+        tower = "the copy stored in the checkpoint (`--tower-from-checkpoint`; the original code ignored it and loaded"
+        tower += f" `{settings.vision_tower}`)"
+    lineage = notes["lineage"]
+    images = {
+        "llava-1.5": "converted to RGB, then padded to a square with the CLIP mean colour (122, 116, 104), centred",
+        "llava-med": "kept in the file's mode and padded to a square with gray 114 (grayscale) or the CLIP mean "
+        "colour, at a random one-pixel offset (Python `random`, seeded 0, one draw per non-square picture)",
+    }[lineage["lineage"]]
+    generation = ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in sorted(notes["generation"].items()))
     front = {"library_name": "transformers", "pipeline_tag": "image-text-to-text", "tags": ["llava", "biomedical"]}
     front.update(source_licence(source))
     if not Path(source.name).exists():
@@ -268,11 +320,19 @@ def card(source: Source, clip: Source | None, settings, weights) -> str:
         "added to the embedding and output matrices (mean-initialised; the image features replace that embedding).",
         "",
         f"- Source files: {', '.join(f'`{path.name}`' for path in weights.files)}",
-        f"- Vision tower: {tower or 'from the checkpoint itself'} (`{settings.vision_tower}`), hidden layer "
-        f"{settings.select_layer}, strategy `{settings.select_strategy}`",
+        f"- Vision tower: {tower}, hidden layer "
+        f"{settings.select_layer}, strategy `{settings.select_strategy}`, stored in {lineage['vision_dtype']} as the "
+        f"original ran it",
         f"- Image preprocessing: {'pad to a square with the mean colour, then ' if settings.pad_to_square else ''}"
-        "CLIP resize and centre crop (`do_pad` of the processor)",
+        "CLIP resize and centre crop (`do_pad` of the processor)"
+        + (
+            f"; `vital eval answer` does as the original `{lineage['lineage']}` code: {images}"
+            if settings.pad_to_square
+            else ""
+        ),
+        f"- Tokenizer: {notes['tokenizer']}",
         f"- Chat template: the original `{settings.chat_format}` conversation format; stops at `</s>`",
+        f"- Generation settings of the source: {generation or 'none'}",
         "",
         "```python",
         "from transformers import AutoModelForImageTextToText, AutoProcessor",
@@ -296,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subfolder", help="the model's folder inside --model, for repos that hold several")
     parser.add_argument(
         "--vision-tower", help="CLIP folder or Hub id for the tower (default: the config's mm_vision_tower)"
+    )
+    parser.add_argument(
+        "--tower-from-checkpoint",
+        action="store_true",
+        help="use the tower weights stored in the checkpoint (the original code ignored them and loaded "
+        "mm_vision_tower)",
     )
     parser.add_argument("--chat-format", choices=sorted(CHAT_FORMATS), help="default: by language model family")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto keeps the checkpoint's dtype")

@@ -114,14 +114,16 @@ def build_processor(tokenizer, image_size: int, patch_size: int, pad_to_square: 
     )
 
 
-def generation_config(tokenizer):
-    """Greedy by default, stopping at `</s>`: both formats close an answer with it (the original scripts stopped
-    on the keyword `</s>`, the tokenizer's end-of-sequence token)."""
+def generation_config(tokenizer, source: dict | None = None):
+    """The source's generation settings (`max_length`, sampling defaults, ...), greedy where it names none, stopping
+    at `</s>`: both formats close an answer with it (the original scripts stopped on the keyword `</s>`, the
+    tokenizer's end-of-sequence token)."""
     from transformers import GenerationConfig
 
+    settings = {"do_sample": False, **(source or {})}
     return GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        do_sample=False,
+        **settings,
     )

@@ -4,12 +4,13 @@ transformers `LlavaForConditionalGeneration` folder: BioMed-VITAL's released mod
 The original model (https://github.com/haotian-liu/LLaVA, `llava/model/`) is a causal LM with two extra parts,
 configured by fields of its config.json:
 
-- the vision tower `mm_vision_tower` (CLIP; its weights are usually *not* in the checkpoint and were loaded from
-  that Hub id), read at hidden layer `mm_vision_select_layer` with `mm_vision_select_feature` `patch` (CLS dropped)
+- the vision tower `mm_vision_tower` (CLIP, always loaded from that Hub id: the original built the tower lazily
+  and never loaded a copy stored in the checkpoint), read at hidden layer `mm_vision_select_layer` with `mm_vision_select_feature` `patch` (CLS dropped)
   -> `vision_feature_layer`, `vision_feature_select_strategy: default`;
 - the projector `mm_projector_type: mlp2x_gelu` (Linear, GELU, Linear: `model.mm_projector.0/2`) ->
   `multi_modal_projector.linear_1/linear_2`;
-- `image_aspect_ratio: pad` (pad to a square with the mean colour, then CLIP's resize) -> the processor's `do_pad`.
+- `image_aspect_ratio: pad` (pad to a square, then CLIP's resize) -> the processor's `do_pad` (the mean colour,
+  centred); each lineage's exact handling is recorded beside it (`vital_hub.convert.lineage`).
 
 The image token: the original spliced image features at a placeholder id (-200) that no tokenizer knows; here
 `<image>` is added to the tokenizer and the embedding and output matrices grow by rows (rounded up to a multiple
@@ -221,12 +222,17 @@ def rename_clip(key: str, targets: dict) -> str | None:
     return next((name for name in names if name in targets), None)
 
 
-def plan_keys(source: SourceWeights, targets: dict, clip: SourceWeights | None, where: Path) -> dict[str, str]:
+def plan_keys(
+    source: SourceWeights, targets: dict, clip: SourceWeights | None, where: Path, drop_tower: bool = False
+) -> dict[str, str]:
     """Original key -> transformers key for every source tensor, checked before anything is written: an unknown,
-    unexpected or missing key fails naming the key and the file."""
+    unexpected or missing key fails naming the key and the file. `drop_tower` leaves out a tower stored in the
+    checkpoint (the original code never loaded it)."""
     mapping: dict[str, str] = {}
     for path in source.files:
         for key in source.keys[path]:
+            if drop_tower and key.startswith("model.vision_tower."):
+                continue
             try:
                 target = rename(key, targets)
             except ConversionError as err:

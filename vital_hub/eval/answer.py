@@ -16,8 +16,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -186,6 +187,41 @@ def generate_batch(processor, model, config: AnswerConfig, batch: list[Pending],
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
+def as_original_lineage(config: AnswerConfig, model, todo: list[Pending]) -> list[Pending]:
+    """A converted LLaVA-1.5 / LLaVA-Med model (`vital convert llava-original`): its pictures prepared and its tower
+    run as the original evaluation code did (vital_hub.convert.lineage); other models as they are."""
+    from PIL import Image
+
+    from vital_hub.convert.lineage import draw_offsets, lineage_of, prepare_image, run_tower_as_original
+
+    settings = lineage_of(model)
+    if settings is None:
+        return todo
+    warning = run_tower_as_original(model, config.model if Path(config.model).is_dir() else None, settings)
+    if warning:
+        print(f"vital eval answer: {warning}", file=sys.stderr)
+    offsets = {}
+    if settings.get("random_offset"):  # one draw per non-square picture, in question order, done ones included
+        questions = load_questions(config.questions)[: config.limit]
+        sizes = [picture_size(load_image(config.image_folder, question.image)) for question in questions]
+        offsets = dict(zip((q.key for q in questions), draw_offsets(sizes, config.seed, settings), strict=True))
+    for item in todo:
+        if item.image.image is None:
+            continue
+        if settings.get("image_mode") == "rgb":  # the original's Image.open(...).convert('RGB'), as loaded
+            prepared = prepare_image(item.image.image, settings)
+        else:
+            with Image.open(Path(config.image_folder) / item.question.image) as opened:  # in the file's own mode
+                opened.load()
+                prepared = prepare_image(opened, settings, offsets.get(item.question.key))
+        item.image = replace(item.image, image=prepared)
+    return todo
+
+
+def picture_size(check: ImageCheck) -> tuple[int, int] | None:
+    return None if check.image is None else check.image.size
+
+
 def shard_path(out: Path, rank: int, world: int) -> Path:
     return out if world == 1 else out.with_name(f"{out.name}.rank{rank}-of-{world}")
 
@@ -212,6 +248,7 @@ def answer_with_transformers(config: AnswerConfig) -> dict:
     state.wait_for_everyone()
     set_seed(config.seed)
     processor, model = load_model(config, state.device)
+    todo = as_original_lineage(config, model, todo)
     stop_ids = stop_token_ids(processor, model)
     written = 0
     with state.split_between_processes(todo) as mine:
