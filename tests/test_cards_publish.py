@@ -131,7 +131,7 @@ def test_convert_shows_progress_and_its_card_has_a_licence(tmp_path, monkeypatch
     from tests.fakes.original_llava import build_clip, build_original
     from vital_hub.cli import main as vital
 
-    tower = build_clip(tmp_path / "clip", weights=False)
+    tower = build_clip(tmp_path / "clip")  # the converter loads the tower mm_vision_tower names, as the original did
     source = build_original(tmp_path / "original", "llama", vision=True, tower=str(tower))
     (source / "README.md").write_text("---\nlicense: apache-2.0\n---\n# original\n")
     terminal = Terminal()
