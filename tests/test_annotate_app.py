@@ -2,6 +2,7 @@
 (`vital annotate serve` in a subprocess, httpx as the client). The browser tests are in test_annotate_browser.py."""
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -37,6 +38,12 @@ def sign_in(port: int, credential: str, **options) -> httpx.Client:
     answer = session.post("/login", data={"key": credential, "next": "/"})
     assert answer.status_code == 303, answer.text
     return session
+
+
+def csrf_token(session: httpx.Client) -> str:
+    """The sign-out form's token, from the page a signed-in browser gets."""
+    page = session.get("/", headers={"Accept": "text/html"}).text
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
 
 
 def test_identity_comes_from_the_credential_alone(tmp_path):
@@ -97,7 +104,9 @@ def test_sessions_are_random_end_at_logout_and_expire(tmp_path):
         cookie_1, cookie_2 = first.cookies["vital_annotate_session"], second.cookies["vital_annotate_session"]
         assert cookie_1 != cookie_2 and key.split(":", 1)[1] not in cookie_1
         assert first.get("/api/state").status_code == 200
-        assert first.post("/logout").status_code == 303
+        assert first.post("/logout").status_code == 403  # without the page's CSRF token: not signed out
+        assert first.get("/api/state").status_code == 200
+        assert first.post("/logout", data={"csrf": csrf_token(first)}).status_code == 303
         stale = client(port, cookies={"vital_annotate_session": cookie_1})
         assert stale.get("/api/state").status_code == 401  # logged out: the old cookie is worth nothing
         assert second.get("/api/state").status_code == 200  # the other session is untouched
@@ -164,8 +173,9 @@ def test_api_input_is_checked_and_errors_reveal_no_server_paths(tmp_path):
             answer = local.post("/api/judgements", json=body)
             assert answer.status_code == status, (body, answer.text)
             assert str(tmp_path) not in answer.text and "/" not in answer.json()["detail"].replace("a/b", "")
-        assert local.post("/api/judgements", content=b"{not json").status_code == 400
-        assert local.post("/api/judgements", content=b"[" * 40000).status_code == 413
+        json_type = {"Content-Type": "application/json"}
+        assert local.post("/api/judgements", content=b"{not json", headers=json_type).status_code == 400
+        assert local.post("/api/judgements", content=b"[" * 40000, headers=json_type).status_code == 413
         assert not log_lines(out, "dr_a")
         assert local.post("/api/judgements", json=verdict("30000_F1#q0", 0, comment="x" * 4000)).status_code == 200
         assert local.get("/api/state", params={"annotator": "dr_b"}).status_code == 403

@@ -6,6 +6,8 @@ never into HTML), and the page is served with a strict Content-Security-Policy, 
 cannot run script in a clinician's browser.
 """
 
+import html
+
 from vital_hub.preferences.page_js import APP_JS, LOGIN_JS
 
 __all__ = ["APP_CSS", "APP_JS", "LOGIN_HTML", "LOGIN_JS", "page_html"]
@@ -180,9 +182,14 @@ background:#fff;padding:16px;border-radius:8px}h1{font-size:18px}.error{color:#c
 """
 
 
-LOGOUT_FORM = '<form method="post" action="/logout"><button type="submit" id="logout">Sign out</button></form>'
+LOGOUT_FORM = (
+    '<form method="post" action="/logout"><input type="hidden" name="csrf" value="__CSRF__">'
+    '<button type="submit" id="logout">Sign out</button></form>'
+)
 
 
-def page_html(signed_in: bool = False) -> str:
+def page_html(csrf_token: str | None = None) -> str:
+    """The page; with a session's CSRF token (accounts), a sign-out form that sends it back."""
     rows = "".join(f"<dt>{key}</dt><dd>{meaning}</dd>" for key, meaning in SHORTCUTS)
-    return PAGE_HTML.replace("__SHORTCUTS__", rows).replace("__LOGOUT__", LOGOUT_FORM if signed_in else "")
+    logout = LOGOUT_FORM.replace("__CSRF__", html.escape(csrf_token)) if csrf_token else ""
+    return PAGE_HTML.replace("__SHORTCUTS__", rows).replace("__LOGOUT__", logout)

@@ -12,7 +12,8 @@ const state = { annotator: "", total: 0, done: 0, index: 0, item: null, hasImage
   marks: { a: null, b: null }, better: null, saved: null, busy: false, ticket: 0, queue: [], acknowledged: false };
 const $ = (id) => document.getElementById(id);
 const PROBLEMS = { missing: "Figure unavailable: its file is missing.",
-  damaged: "Figure unavailable: its file is damaged (it does not open as an image)." };
+  damaged: "Figure unavailable: its file is damaged (it does not open as an image).",
+  too_large: "Figure unavailable: its file is too large to show safely (a decompression bomb or an oversized file)." };
 
 async function api(path, options) {
   let response;
