@@ -4,10 +4,13 @@ The tests skip, saying why, only where no chromium exists (`apt-get install -y c
 VITAL_DOC_SCREENSHOTS=1 the two-clinician test also writes the screenshots that docs/ shows.
 """
 
+import contextlib
+import http.server
 import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -277,3 +280,96 @@ def test_two_clinicians_with_their_own_invite_links(tmp_path, browser):
 def ready_admin(page):
     page.wait_for_selector("#progress-table", timeout=20000)
     return page
+
+
+ATTACK_PAGE = """<!doctype html><html><body>
+<iframe name="sink"></iframe>
+<form id="judge" method="post" action="__APP__/api/judgements" enctype="text/plain" target="sink">
+<input name='{"index": 0, "item_id": "30000_F1#q0", "acceptable_a": false, "acceptable_b": false,
+"comment": "forged form", "x": "' value='"}'></form>
+<form id="login" method="post" action="__APP__/login"><input name="key" value="__KEY__">
+<input name="next" value="/"></form>
+<script>
+async function forge() {
+  const body = JSON.stringify({index: 0, item_id: "30000_F1#q0", acceptable_a: false, acceptable_b: false,
+                               comment: "forged fetch"});
+  for (const options of [{mode: "no-cors"}, {mode: "no-cors", headers: {"Content-Type": "text/plain"}},
+                         {mode: "cors", headers: {"Content-Type": "application/json"}}]) {
+    try {
+      await fetch("__APP__/api/judgements", Object.assign({method: "POST", credentials: "include", body}, options));
+    } catch (err) { /* a refused preflight */ }
+  }
+}
+</script></body></html>"""
+
+
+@contextlib.contextmanager
+def attacker_site(host: str, page: str):
+    """A page served from `host` on a port of its own: the attacker's."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 -- the name http.server calls
+            body = page.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("where", ["another port of this host", "another site"])
+@pytest.mark.parametrize("mode", ["accounts", "local"])
+def test_pages_elsewhere_cannot_write_judgements_or_sign_a_browser_in(tmp_path, browser, mode, where):
+    """A clinician's browser, signed in (or local), opens a page on another port of the same host (same-site, so a
+    SameSite=Strict cookie goes along) or on another site: its no-cors fetches, its text/plain form carrying JSON
+    and its auto-submitted sign-in form with the attacker's own key change nothing."""
+    items = write_items(tmp_path / "items")
+    out = tmp_path / "annotations"
+    key = invite(out, "dr_a") if mode == "accounts" else None
+    intruder = invite(out, "intruder") if mode == "accounts" else "intruder:unused"
+    proc, port = start_server(items, out, annotator=None if key else "dr_a")
+    base = f"http://127.0.0.1:{port}"
+    context = browser.new_context()
+    seen = []
+    try:
+        if key:
+            ready(open_invite(context, base, key))
+        else:
+            visit(context.new_page(), base)
+        host = "127.0.0.1" if where == "another port of this host" else "127.0.0.2"
+        with attacker_site(host, ATTACK_PAGE.replace("__APP__", base).replace("__KEY__", intruder)) as url:
+            page = context.new_page()
+            page.on("response", lambda r: seen.append((r.request.method, r.url.removeprefix(base), r.status)))
+            page.goto(url)
+            page.evaluate("forge()")
+            with page.expect_response(lambda r: r.url == f"{base}/api/judgements" and r.request.method == "POST"):
+                page.evaluate("document.getElementById('judge').submit()")
+            with page.expect_response(lambda r: r.url == f"{base}/login" and r.request.method == "POST"):
+                page.evaluate("document.getElementById('login').submit()")
+        forged = [status for method, path, status in seen if method == "POST" and path == "/api/judgements"]
+        assert len(forged) >= 3 and set(forged) == {403}, seen  # two no-cors fetches and the form reached the app
+        assert [status for method, path, status in seen if method == "POST" and path == "/login"] == [403], seen
+        state = context.request.get(f"{base}/api/state")
+        assert state.ok and state.json()["annotator"] == "dr_a"  # the browser is still the clinician's
+        ok = visit(context.new_page(), base)  # and the app's own page still works in it
+        ok.keyboard.press("1")
+        ok.keyboard.press("4")
+        ok.keyboard.press("Enter")
+        expect(ok.locator("#status")).to_have_text("Saved item 1.")
+    finally:
+        context.close()
+        stop(proc)
+    assert [(r["annotator"], r["comment"]) for r in log_lines(out, "dr_a")] == [("dr_a", "")]
+    assert not log_lines(out, "intruder")
