@@ -74,17 +74,18 @@ def test_forged_requests_write_nothing_and_sign_no_one_in(tmp_path, mode):
 def test_signing_out_needs_the_pages_token(tmp_path):
     items = write_items(tmp_path / "items")
     out = tmp_path / "annotations"
-    key = invite(out, "dr_a")
+    keys = {"/": invite(out, "dr_a"), "/admin": invite(out, "boss", admin=True)}
     proc, port = start_server(items, out)
     try:
-        browser = client(port)
-        browser.post("/login", data={"key": key}, headers=same_origin(port))
-        page = browser.get("/", headers={"Accept": "text/html"}).text
-        token = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-        assert browser.post("/logout", data={"csrf": "guess"}, headers=same_origin(port)).status_code == 403
-        assert browser.get("/api/state").status_code == 200
-        assert browser.post("/logout", data={"csrf": token}, headers=same_origin(port)).status_code == 303
-        assert browser.get("/api/state").status_code == 401
+        for page_path, key in keys.items():  # the clinician's page and the admin's
+            browser = client(port)
+            browser.post("/login", data={"key": key}, headers=same_origin(port))
+            page = browser.get(page_path, headers={"Accept": "text/html"}).text
+            token = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            assert browser.post("/logout", data={"csrf": "guess"}, headers=same_origin(port)).status_code == 403
+            assert browser.get("/api/admin" if page_path == "/admin" else "/api/state").status_code == 200
+            assert browser.post("/logout", data={"csrf": token}, headers=same_origin(port)).status_code == 303
+            assert browser.get("/api/state").status_code == 401
     finally:
         stop(proc)
 

@@ -250,7 +250,8 @@ def create_app(annotation: Annotation, gate: Gate):
     def admin(request: Request):
         if not request.state.account.is_admin:
             raise HTTPException(403, "only admin accounts see everyone's progress")
-        return admin_page(progress_report(annotation, gate.accounts))
+        token = gate.sessions.csrf_token(request.cookies.get(COOKIE))
+        return admin_page(progress_report(annotation, gate.accounts), token)
 
     @app.get("/api/admin")
     def admin_api(request: Request):

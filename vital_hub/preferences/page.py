@@ -10,7 +10,7 @@ import html
 
 from vital_hub.preferences.page_js import APP_JS, LOGIN_JS
 
-__all__ = ["APP_CSS", "APP_JS", "LOGIN_HTML", "LOGIN_JS", "page_html"]
+__all__ = ["APP_CSS", "APP_JS", "LOGIN_HTML", "LOGIN_JS", "logout_form", "page_html"]
 
 SHORTCUTS = (
     ("1", "answer A acceptable"),
@@ -188,8 +188,12 @@ LOGOUT_FORM = (
 )
 
 
+def logout_form(csrf_token: str | None) -> str:
+    """The sign-out button of a session: its form sends the session's CSRF token back (none without accounts)."""
+    return LOGOUT_FORM.replace("__CSRF__", html.escape(csrf_token)) if csrf_token else ""
+
+
 def page_html(csrf_token: str | None = None) -> str:
     """The page; with a session's CSRF token (accounts), a sign-out form that sends it back."""
     rows = "".join(f"<dt>{key}</dt><dd>{meaning}</dd>" for key, meaning in SHORTCUTS)
-    logout = LOGOUT_FORM.replace("__CSRF__", html.escape(csrf_token)) if csrf_token else ""
-    return PAGE_HTML.replace("__SHORTCUTS__", rows).replace("__LOGOUT__", logout)
+    return PAGE_HTML.replace("__SHORTCUTS__", rows).replace("__LOGOUT__", logout_form(csrf_token))
