@@ -172,3 +172,30 @@ def test_a_key_in_a_successful_reply_is_written_nowhere(tmp_path, name, carrier)
         if name in ("generate candidates", "judge rubric"):
             recorded = json.loads((outputs[0] / "run.json").read_text())["config"]["base_url"]
             assert recorded == server.url  # the endpoint, without user:password@
+
+
+def test_batch_jobs_on_an_endpoint_with_credentials_are_collected_with_them_given_again(tmp_path, monkeypatch):
+    """run.json keeps `--base-url` without user:password@; collect gets the URL again, for that endpoint only."""
+    from vital_hub.generation.batch import collect
+    from vital_hub.generation.client import FatalAPIError
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    images, captions, _ = make_figures(tmp_path / "figs", 2)
+    out = tmp_path / "gen"
+    with FakeOpenAIServer(require_credential=f"proxyuser:{URL_PASSWORD}", echo_credentials_in_reply=True) as server:
+        secret_url = server.url.replace("://", f"://proxyuser:{URL_PASSWORD}@")
+        done = subprocess.run(
+            [sys.executable, "-m", "vital_hub.cli", "generate", "candidates", "--figures", str(images), "--captions",
+             str(captions), "--out", str(out), "--model", "gpt-4o", "--demos",
+             str(make_demonstrations(tmp_path / "demos.json")), "--base-url", secret_url, "--backend", "batch"],
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads((out / "run.json").read_text())["config"]["base_url"] == server.url
+        with pytest.raises(FatalAPIError, match="HTTP 401"):
+            collect(out)  # the recorded endpoint alone: no credentials
+        with pytest.raises(SystemExit, match="is not the endpoint these jobs were submitted to"):
+            collect(out, base_url=f"http://proxyuser:{URL_PASSWORD}@127.0.0.1:1/v1")
+        assert collect(out, base_url=secret_url)["candidates"]
+    assert URL_PASSWORD not in written_text([out])

@@ -67,6 +67,7 @@ class FakeOpenAIServer:
     finish_reason: str = "stop"
     echo_credentials: bool = False  # error bodies quote the key they got, as some servers do on a 401
     echo_credentials_in_reply: bool = False  # successful replies quote it too (a careless or hostile server)
+    require_credential: str | None = None  # set: every route answers 401 unless the request carries this credential
     log: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
@@ -126,7 +127,7 @@ class FakeOpenAIServer:
         await runner.cleanup()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=512 * 1024 * 1024)
+        app = web.Application(client_max_size=512 * 1024 * 1024, middlewares=[self._check_credential])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)  # Azure OpenAI
         app.router.add_post("/v1/files", self.upload_file)
@@ -138,6 +139,13 @@ class FakeOpenAIServer:
         return app
 
     # -------------------------------------------------------------- helpers
+
+    @web.middleware
+    async def _check_credential(self, request: web.Request, handler):
+        if self.require_credential is not None and self._credential(request) != self.require_credential:
+            self._record("auth", request, 401)
+            return self._error(401, "missing or wrong credentials")
+        return await handler(request)
 
     def chat_log(self, status: int | None = 200) -> list[dict]:
         return [e for e in self.log if e["route"] == "chat" and (status is None or e["status"] == status)]
