@@ -12,8 +12,10 @@ import httpx
 import pytest
 
 from tests.annotate_helpers import (
+    BOUND,
     invite,
     log_lines,
+    login_form,
     qa50_items,
     start_server,
     stop,
@@ -27,7 +29,7 @@ from vital_hub.preferences.items import ImageResolver, load_items
 
 
 def client(port: int, credential: str | None = None, scheme: str = "http", **options) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+    headers = {**BOUND, **({"Authorization": f"Bearer {credential}"} if credential else {})}
     return httpx.Client(
         base_url=f"{scheme}://127.0.0.1:{port}", headers=headers, trust_env=False, follow_redirects=False, **options
     )
@@ -35,7 +37,7 @@ def client(port: int, credential: str | None = None, scheme: str = "http", **opt
 
 def sign_in(port: int, credential: str, **options) -> httpx.Client:
     session = client(port, **options)
-    answer = session.post("/login", data={"key": credential, "next": "/"})
+    answer = session.post("/login", data=login_form(credential, next="/"))
     assert answer.status_code == 303, answer.text
     return session
 
@@ -131,7 +133,7 @@ def test_two_hundred_parallel_wrong_logins_get_only_a_handful_of_answers(tmp_pat
 
             def wrong(n: int, name: str, forwarded: bool) -> int:
                 headers = {"X-Forwarded-For": f"198.51.100.{n % 250}"} if forwarded else {}
-                return session.post("/login", data={"key": f"{name}:guess{n}"}, headers=headers).status_code
+                return session.post("/login", data=login_form(f"{name}:guess{n}"), headers=headers).status_code
 
             started = time.monotonic()
             with ThreadPoolExecutor(48) as pool:
@@ -146,7 +148,7 @@ def test_two_hundred_parallel_wrong_logins_get_only_a_handful_of_answers(tmp_pat
             elapsed = time.monotonic() - started
             assert spread.count(401) <= 5 + elapsed / 12 and set(spread) <= {401, 429}  # 5, then 1 per 12 s
             # another clinician from another address is not locked out by either flood
-            ok = session.post("/login", data={"key": other}, headers={"X-Forwarded-For": "203.0.113.9"})
+            ok = session.post("/login", data=login_form(other), headers={"X-Forwarded-For": "203.0.113.9"})
             assert ok.status_code == 303
     finally:
         stop(proc)
@@ -288,7 +290,7 @@ def test_https_with_secure_cookies(tmp_path):
 
         trust = ssl.create_default_context(cafile=str(cert))
         with client(port, scheme="https", verify=trust) as session:
-            answer = session.post("/login", data={"key": key, "next": "/"})
+            answer = session.post("/login", data=login_form(key, next="/"))
             assert answer.status_code == 303
             cookie = answer.headers["set-cookie"].lower()
             assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie

@@ -13,10 +13,22 @@ import shutil
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.annotate_helpers import invite, log_lines, qa50_items, start_server, stop, vital, write_items
+from tests.annotate_helpers import (
+    BOUND,
+    invite,
+    log_lines,
+    login_form,
+    qa50_items,
+    start_server,
+    stop,
+    verdict,
+    vital,
+    write_items,
+)
 from tests.conftest import REPO_ROOT, shared_fixture
 
 CHROMIUM = "/usr/bin/chromium"
@@ -167,6 +179,11 @@ def test_one_clinician_flow(tmp_path, browser):
     assert len(log_lines(out, "dr_a")) == 5
 
 
+def bound_headers(page) -> dict:
+    """The header the app's script sends with API calls, for requests made outside the page."""
+    return {"X-Vital-Binding": page.evaluate("localStorage.getItem('vital_annotate_binding')")}
+
+
 def open_invite(context, base: str, credential: str):
     page = context.new_page()
     page.goto(f"{base}/login#key={credential}")
@@ -198,13 +215,15 @@ def test_two_clinicians_with_their_own_invite_links(tmp_path, browser):
         # dr_b names dr_a in the page address and in API calls made with dr_b's session: refused or ignored
         visit(page_b, f"{base}/?annotator=dr_a")
         assert page_b.inner_text("#annotator") == "dr_b"
-        assert page_b.request.get(f"{base}/api/item/0?annotator=dr_a").status == 403
+        bound_b = bound_headers(page_b)
+        assert page_b.request.get(f"{base}/api/item/0?annotator=dr_a", headers=bound_b).status == 403
         forged = {"index": 0, "item_id": json.loads(items.read_text().splitlines()[0])["item_id"],
                   "acceptable_a": False, "acceptable_b": False}  # fmt: skip
-        assert page_b.request.post(f"{base}/api/judgements?annotator=dr_a", data=forged).status == 403
-        assert page_b.request.post(f"{base}/api/judgements", data=dict(forged, annotator="dr_a")).status == 403
-        assert page_b.request.get(f"{base}/api/admin").status == 403
-        own = page_b.request.get(f"{base}/api/item/0").json()["judgement"]
+        assert page_b.request.post(f"{base}/api/judgements?annotator=dr_a", data=forged, headers=bound_b).status == 403
+        spoofed = dict(forged, annotator="dr_a")
+        assert page_b.request.post(f"{base}/api/judgements", data=spoofed, headers=bound_b).status == 403
+        assert page_b.request.get(f"{base}/api/admin", headers=bound_b).status == 403
+        own = page_b.request.get(f"{base}/api/item/0", headers=bound_b).json()["judgement"]
         assert (own["annotator"], own["acceptable_a"]) == ("dr_b", False)
 
         # a broken real download: said so; dr_a cannot judge it, dr_b judges it from the text
@@ -304,8 +323,8 @@ async function forge() {
 
 
 @contextlib.contextmanager
-def attacker_site(host: str, page: str):
-    """A page served from `host` on a port of its own: the attacker's."""
+def attacker_site(host: str, page: str, cookie: str | None = None):
+    """A page served from `host` on a port of its own: the attacker's (setting `cookie` for that host if given)."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 -- the name http.server calls
@@ -313,6 +332,8 @@ def attacker_site(host: str, page: str):
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
+            if cookie:
+                self.send_header("Set-Cookie", cookie)
             self.end_headers()
             self.wfile.write(body)
 
@@ -361,9 +382,9 @@ def test_pages_elsewhere_cannot_write_judgements_or_sign_a_browser_in(tmp_path, 
         forged = [status for method, path, status in seen if method == "POST" and path == "/api/judgements"]
         assert len(forged) >= 3 and set(forged) == {403}, seen  # two no-cors fetches and the form reached the app
         assert [status for method, path, status in seen if method == "POST" and path == "/login"] == [403], seen
-        state = context.request.get(f"{base}/api/state")
-        assert state.ok and state.json()["annotator"] == "dr_a"  # the browser is still the clinician's
-        ok = visit(context.new_page(), base)  # and the app's own page still works in it
+        ok = visit(context.new_page(), base)  # the app's own page still works in this browser
+        state = context.request.get(f"{base}/api/state", headers=bound_headers(ok))
+        assert state.ok and state.json()["annotator"] == "dr_a"  # and it is still the clinician's
         ok.keyboard.press("1")
         ok.keyboard.press("4")
         ok.keyboard.press("Enter")
@@ -373,3 +394,37 @@ def test_pages_elsewhere_cannot_write_judgements_or_sign_a_browser_in(tmp_path, 
         stop(proc)
     assert [(r["annotator"], r["comment"]) for r in log_lines(out, "dr_a")] == [("dr_a", "")]
     assert not log_lines(out, "intruder")
+
+
+def test_a_session_cookie_planted_from_another_port_answers_nothing(tmp_path, browser):
+    """Cookies ignore ports: a server on another port of the host can overwrite the clinician's session cookie
+    with the attacker's own session. The app's script sends the value its sign-in page kept in this origin's
+    localStorage, which the planted session lacks, so the page signs in again instead of judging as the attacker."""
+    items = write_items(tmp_path / "items")
+    out = tmp_path / "annotations"
+    key, intruder = invite(out, "dr_a"), invite(out, "intruder")
+    proc, port = start_server(items, out)
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, headers=BOUND, trust_env=False) as attacker:
+        assert attacker.post("/login", data=login_form(intruder)).status_code == 303
+        planted = attacker.cookies["vital_annotate_session"]
+    context = browser.new_context()
+    try:
+        ready(open_invite(context, base, key))
+        plant = f"vital_annotate_session={planted}; Path=/; HttpOnly; SameSite=Strict"
+        with attacker_site("127.0.0.1", "<p>nothing to see</p>", cookie=plant) as url:
+            context.new_page().goto(url)
+        assert [c["value"] for c in context.cookies(base) if c["name"] == "vital_annotate_session"] == [planted]
+        victim = context.new_page()
+        victim.goto(base)
+        victim.wait_for_selector("input[name=key]", timeout=20000)  # asked to sign in, not shown as the intruder
+        assert victim.url.startswith(f"{base}/login")
+        answer = context.request.post(f"{base}/api/judgements", data=verdict("30000_F1#q0", 0),
+                                      headers={"Origin": base, **bound_headers(victim)})  # fmt: skip
+        assert answer.status == 401
+        ready(open_invite(context, base, key))  # the invite link signs the clinician in again
+        expect_progress(context.pages[-1], "Item 1 of 5 · 0 judged")
+    finally:
+        context.close()
+        stop(proc)
+    assert not log_lines(out, "intruder") and not log_lines(out, "dr_a")

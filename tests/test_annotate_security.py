@@ -12,13 +12,26 @@ import zlib
 import httpx
 import pytest
 
-from tests.annotate_helpers import invite, log_lines, phantom_png, start_server, stop, verdict, vital, write_items
+from tests.annotate_helpers import (
+    BOUND,
+    invite,
+    log_lines,
+    login_form,
+    phantom_png,
+    start_server,
+    stop,
+    verdict,
+    vital,
+    write_items,
+)
 
 JUDGEMENT = verdict("30000_F1#q0", 0, comment="forged")
 
 
 def client(port: int, **options) -> httpx.Client:
-    return httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, follow_redirects=False, **options)
+    return httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", trust_env=False, follow_redirects=False, headers=BOUND, **options
+    )
 
 
 def forged_requests(port: int) -> dict[str, dict]:
@@ -48,14 +61,14 @@ def test_forged_requests_write_nothing_and_sign_no_one_in(tmp_path, mode):
     try:
         victim = client(port)
         if key:
-            assert victim.post("/login", data={"key": key}, headers=same_origin(port)).status_code == 303
+            assert victim.post("/login", data=login_form(key), headers=same_origin(port)).status_code == 303
         for name, headers in forged_requests(port).items():
             # a JSON body sent as text/plain is what a no-cors fetch or a text/plain form can send
             for extra in ({"Content-Type": "text/plain"}, {"Content-Type": "application/json"}):
                 answer = victim.post("/api/judgements", content=json.dumps(JUDGEMENT), headers={**headers, **extra})
                 assert answer.status_code == 403, (name, answer.text)
                 assert "another site" in answer.json()["detail"]
-            signed = victim.post("/login", data={"key": intruder or "x:y"}, headers=headers)
+            signed = victim.post("/login", data=login_form(intruder or "x:y"), headers=headers)
             assert signed.status_code in (403, 303) and "set-cookie" not in signed.headers, name
             assert victim.post("/logout", headers=headers).status_code == 403, name
             assert victim.post("/api/anything", headers=headers).status_code == 403, name
@@ -79,7 +92,7 @@ def test_signing_out_needs_the_pages_token(tmp_path):
     try:
         for page_path, key in keys.items():  # the clinician's page and the admin's
             browser = client(port)
-            browser.post("/login", data={"key": key}, headers=same_origin(port))
+            browser.post("/login", data=login_form(key), headers=same_origin(port))
             page = browser.get(page_path, headers={"Accept": "text/html"}).text
             token = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
             assert browser.post("/logout", data={"csrf": "guess"}, headers=same_origin(port)).status_code == 403
@@ -144,8 +157,8 @@ def test_oversized_bodies_are_refused_without_being_read(tmp_path, mode):
         cookie = {}
         if key:
             with client(port) as browser:
-                browser.post("/login", data={"key": key})
-                cookie = {"Cookie": f"vital_annotate_session={browser.cookies['vital_annotate_session']}"}
+                browser.post("/login", data=login_form(key))
+                cookie = {"Cookie": f"vital_annotate_session={browser.cookies['vital_annotate_session']}", **BOUND}
         before = rss_kib(proc.pid)
         for path in ("/login", "/api/judgements", "/logout"):
             # a declared 300 MB body: refused from its headers
@@ -176,17 +189,17 @@ def test_a_flood_of_wrong_keys_locks_no_clinician_out(tmp_path):
     try:
         attacker = {"X-Forwarded-For": "198.51.100.7"}
         with client(port) as session:
-            codes = [session.post("/login", data={"key": f"dr_a:guess{n}"}, headers=attacker).status_code
+            codes = [session.post("/login", data=login_form(f"dr_a:guess{n}"), headers=attacker).status_code
                      for n in range(40)]  # fmt: skip
             assert codes.count(401) <= 12 and codes[-1] == 429, codes
-            refused = session.post("/login", data={"key": "dr_a:guess"}, headers={"X-Forwarded-For": "203.0.113.5"})
+            refused = session.post("/login", data=login_form("dr_a:guess"), headers={"X-Forwarded-For": "203.0.113.5"})
             assert refused.status_code == 429 and "Too many wrong access keys" in refused.text
             bearer = session.get("/api/state", headers={"Authorization": "Bearer dr_a:guess", **attacker})
             assert bearer.status_code == 429 and "wait a minute" in bearer.json()["detail"]
             # the clinician's own key: from another address, and from the attacker's own (a shared NAT)
             for address in ("203.0.113.5", "198.51.100.7"):
                 signed = client(port)
-                answer = signed.post("/login", data={"key": key}, headers={"X-Forwarded-For": address})
+                answer = signed.post("/login", data=login_form(key), headers={"X-Forwarded-For": address})
                 assert answer.status_code == 303, (address, answer.text)
                 assert signed.get("/api/state").json()["annotator"] == "dr_a"
             assert session.get("/api/state", headers={"Authorization": f"Bearer {key}", **attacker}).is_success
@@ -295,9 +308,9 @@ def test_an_accounts_file_broken_while_serving_keeps_the_accounts_read_before(tm
         path = out / "annotators.json"
         path.write_text(annotators({"dr_a": {"role": "annotator", "secret_sha256": "broken"}}))
         with client(port) as session:
-            assert session.post("/login", data={"key": key}).status_code == 303
+            assert session.post("/login", data=login_form(key)).status_code == 303
             assert session.get("/api/state").json()["annotator"] == "dr_a"
-            assert session.post("/login", data={"key": "dr_a:wrong"}).status_code == 401
+            assert session.post("/login", data=login_form("dr_a:wrong")).status_code == 401
     finally:
         logs = stop(proc)
     assert logs.count("'secret_sha256' must be 64 lowercase hex digits") == 1 and "Traceback" not in logs

@@ -8,7 +8,11 @@ A credential reads `NAME:SECRET`. Only the name is used to find the account; the
 hash matches, so no URL parameter or request field can ever choose whom a request speaks for.
 
 A signed-in browser holds only a random session id (a cookie); the session table maps it to the name, an
-expiry and the session's CSRF token (which the page must send back to sign out), and logging out removes the row.
+expiry, the session's CSRF token (which the page must send back to sign out) and its binding, and logging out
+removes the row. The binding is a random value the sign-in page made and kept in its origin's localStorage; the
+page sends it with every API call. A cookie is not bound to a port, so a page on another port of the same host
+can plant its own session cookie in the browser ("cookie tossing"); it cannot write this origin's localStorage,
+so a planted session answers no API call of the page.
 Sessions live in the server's memory: a restart signs everyone out, and the invite link signs them in again.
 
 The file is checked whole when the server starts (a malformed hash, a wrong type, a name given twice stops it with
@@ -188,41 +192,51 @@ class Accounts:
         return Account(name, entry["role"]) if entry else None
 
 
+@dataclass(frozen=True)
+class Session:
+    name: str
+    expires: float  # time.monotonic()
+    csrf_token: str  # sent back by the page's forms (sign out)
+    binding: str  # kept by the page that signed in (localStorage) and sent with every API call
+
+
 class Sessions:
-    """Random session ids -> (name, expiry, CSRF token); ended by logout or by time."""
+    """Random session ids -> Session; ended by logout or by time."""
 
     def __init__(self, lifetime_s: float = SESSION_HOURS * 3600):
         self.lifetime_s = lifetime_s
-        self._table: dict[str, tuple[str, float, str]] = {}
+        self._table: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def start(self, name: str) -> str:
+    def start(self, name: str, binding: str) -> str:
         session_id = secrets.token_urlsafe(32)
         now = time.monotonic()
         with self._lock:
-            self._table = {k: v for k, v in self._table.items() if v[1] > now}
-            self._table[session_id] = (name, now + self.lifetime_s, secrets.token_urlsafe(32))
+            self._table = {k: v for k, v in self._table.items() if v.expires > now}
+            self._table[session_id] = Session(name, now + self.lifetime_s, secrets.token_urlsafe(32), binding)
         return session_id
 
-    def csrf_token(self, session_id: str | None) -> str | None:
-        """The token a page of this session sends back with a form (none for an unknown or ended session)."""
-        if self.name_of(session_id) is None:
-            return None
-        with self._lock:
-            entry = self._table.get(session_id)
-            return entry[2] if entry else None
-
-    def name_of(self, session_id: str | None) -> str | None:
+    def get(self, session_id: str | None) -> Session | None:
+        """The live session of an id (None for an unknown, ended or expired one)."""
         if not session_id:
             return None
         with self._lock:
-            entry = self._table.get(session_id)
-            if entry is None:
+            session = self._table.get(session_id)
+            if session is None:
                 return None
-            if entry[1] <= time.monotonic():
+            if session.expires <= time.monotonic():
                 del self._table[session_id]
                 return None
-            return entry[0]
+            return session
+
+    def name_of(self, session_id: str | None) -> str | None:
+        session = self.get(session_id)
+        return session.name if session else None
+
+    def csrf_token(self, session_id: str | None) -> str | None:
+        """The token a page of this session sends back with a form (none for an unknown or ended session)."""
+        session = self.get(session_id)
+        return session.csrf_token if session else None
 
     def end(self, session_id: str | None) -> None:
         with self._lock:

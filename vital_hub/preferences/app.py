@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import html
 import json
+import re
 import threading
 from collections import OrderedDict
 from urllib.parse import parse_qs, quote
@@ -43,6 +44,8 @@ from vital_hub.preferences.page import APP_CSS, APP_JS, LOGIN_HTML, LOGIN_JS, pa
 from vital_hub.preferences.store import CANNOT_JUDGE, MAX_COMMENT_CHARS, JudgementStore, check_annotator
 
 COOKIE = "vital_annotate_session"
+BINDING_HEADER = "X-Vital-Binding"
+BINDING = re.compile(r"[A-Za-z0-9_-]{32,128}")
 IMAGE_CACHE_SIZE = 32
 MAX_BODY_BYTES = 32 * 1024  # a judgement with a 4000-character comment, escaped
 MAX_FORM_BYTES = 8 * 1024  # the sign-in and sign-out forms
@@ -53,6 +56,8 @@ LOGIN_MESSAGES = {
     "slow": "Too many wrong access keys from this address or for this name: check the key (the part after "
     "#key= in your invite link) and try again in a minute.",
     "out": "You are signed out.",
+    "unbound": "This browser did not send its sign-in check: allow JavaScript and local storage for this site, "
+    "then open your invite link again.",
 }
 CSP = (
     "default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -124,13 +129,24 @@ class Gate:
             client = request.client.host if request.client else None
             local = is_loopback(client) and is_loopback(host_of(request.headers.get("host")))
             return self.local if local else None
-        name = self.sessions.name_of(request.cookies.get(COOKIE))
-        if name is not None:
-            return self.accounts.current(name)
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is not None:
+            return self.accounts.current(session.name) if bound(request, session.binding) else None
         authorization = request.headers.get("authorization", "")
         if authorization.lower().startswith("bearer "):
             return self.check_credential(authorization[7:].strip(), request.client.host if request.client else None)
         return None
+
+
+def bound(request: Request, binding: str) -> bool:
+    """Whether a request may use the session whose binding is `binding`: API calls (all but the pictures, which
+    are the same for everyone and load through <img>) must send it, so a session cookie planted by a page on
+    another port of this host answers nothing. Pages and static files need no binding: they hold no one's data
+    (the admin page only shows progress)."""
+    path = request.url.path
+    if not path.startswith("/api/") or path.startswith("/api/image/"):
+        return True
+    return hmac.compare_digest(request.headers.get(BINDING_HEADER, "").encode(), binding.encode())
 
 
 def create_app(annotation: Annotation, gate: Gate):
@@ -210,6 +226,9 @@ def create_app(annotation: Annotation, gate: Gate):
         form = parse_qs((await bounded_body(request, MAX_FORM_BYTES, "a sign-in form")).decode("utf-8", "replace"))
         target = safe_next((form.get("next") or ["/"])[0])
         client = request.client.host if request.client else None
+        binding = (form.get("binding") or [""])[0]
+        if not BINDING.fullmatch(binding):
+            return HTMLResponse(login_page(target, LOGIN_MESSAGES["unbound"]), status_code=400)
         account = gate.check_credential((form.get("key") or [""])[0].strip(), client)
         if not isinstance(account, Account):
             code = "slow" if account == "slow" else "wrong"
@@ -220,7 +239,7 @@ def create_app(annotation: Annotation, gate: Gate):
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             COOKIE,
-            gate.sessions.start(account.name),
+            gate.sessions.start(account.name, binding),
             max_age=int(gate.sessions.lifetime_s),
             httponly=True,
             samesite="strict",

@@ -175,6 +175,7 @@ background:#fff;padding:16px;border-radius:8px}h1{font-size:18px}.error{color:#c
 <p>Open the invite link you were given, or paste its access key (the part after <code>#key=</code>).</p>
 <form method="post" action="/login" id="login">
 <input type="hidden" name="next" value="__NEXT__">
+<input type="hidden" name="binding" id="binding">
 <input type="password" name="key" id="key" autocomplete="off" autofocus style="width:100%;font:inherit;padding:6px">
 <p><button type="submit">Sign in</button></p>
 <p id="status" class="error">__MESSAGE__</p>
