@@ -314,3 +314,30 @@ def test_an_accounts_file_broken_while_serving_keeps_the_accounts_read_before(tm
     finally:
         logs = stop(proc)
     assert logs.count("'secret_sha256' must be 64 lowercase hex digits") == 1 and "Traceback" not in logs
+
+
+def test_sign_in_limits_keep_a_bounded_table_and_count_ipv6_by_network():
+    from vital_hub.preferences.accounts import RateLimit
+    from vital_hub.preferences.guard import address_group
+
+    limit = RateLimit(burst=2, every_s=60.0, max_keys=100)
+    for n in range(5000):  # a flood from ever new addresses
+        limit.allow(f"198.51.{n // 250}.{n % 250}")
+    assert len(limit._buckets) <= 100
+    assert limit.allow("victim") and limit.allow("victim") and not limit.allow("victim")
+    assert address_group("2001:db8::1") == address_group("2001:db8::ffff:2") == "2001:db8::/64"
+    assert address_group("::ffff:192.0.2.7") == "192.0.2.7" and address_group("192.0.2.7") == "192.0.2.7"
+    assert address_group(None) == "?" and address_group("testclient") == "testclient"
+
+
+def test_the_picture_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
+    from vital_hub.preferences import app
+    from vital_hub.preferences.items import ImageResolver, load_items
+
+    annotation = app.Annotation(load_items(write_items(tmp_path / "items")), str(tmp_path / "out"), ImageResolver())
+    size = len(annotation.image(0)[0])
+    monkeypatch.setattr(app, "IMAGE_CACHE_BYTES", int(size * 2.5))
+    for index in range(4):
+        assert annotation.image(index)[0] is not None
+    assert sum(len(data) for data, _ in annotation._images.values()) <= size * 2.5 + 200
+    assert list(annotation._images) == [2, 3]

@@ -244,7 +244,9 @@ class Sessions:
 
 
 class RateLimit:
-    """Token buckets per key: `burst` wrong attempts at once, then one every `every_s` seconds."""
+    """Token buckets per key: `burst` wrong attempts at once, then one every `every_s` seconds. At most
+    `max_keys` buckets are kept (full ones go first, then the least recently used), so a flood of new addresses
+    or names cannot grow the table without end."""
 
     def __init__(self, burst: int, every_s: float, max_keys: int = 10000):
         self.burst, self.every_s, self.max_keys = burst, every_s, max_keys
@@ -260,11 +262,12 @@ class RateLimit:
                 full = [k for k, (t, s) in self._buckets.items() if t + (now - s) / self.every_s >= self.burst]
                 for stale in full:
                     del self._buckets[stale]
-            if tokens < 1.0:
-                self._buckets[key] = (tokens, now)
-                return False
-            self._buckets[key] = (tokens - 1.0, now)
-            return True
+                while len(self._buckets) >= self.max_keys:
+                    del self._buckets[next(iter(self._buckets))]  # the least recently charged
+            self._buckets.pop(key, None)  # re-inserted last: the dict's order is the order of use
+            allowed = tokens >= 1.0
+            self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+            return allowed
 
     def refund(self, key: str) -> None:
         """Give back the charge of an attempt that succeeded: only failures use up a bucket."""

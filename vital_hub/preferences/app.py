@@ -33,6 +33,7 @@ from vital_hub.preferences.accounts import Account, Accounts, RateLimit, Session
 from vital_hub.preferences.admin import admin_page, progress_report
 from vital_hub.preferences.guard import (
     SAFE_METHODS,
+    address_group,
     bounded_body,
     cross_origin_reason,
     host_of,
@@ -47,6 +48,7 @@ COOKIE = "vital_annotate_session"
 BINDING_HEADER = "X-Vital-Binding"
 BINDING = re.compile(r"[A-Za-z0-9_-]{32,128}")
 IMAGE_CACHE_SIZE = 32
+IMAGE_CACHE_BYTES = 256 * 1024 * 1024  # and at most this much: one figure may be up to MAX_FIGURE_BYTES
 MAX_BODY_BYTES = 32 * 1024  # a judgement with a 4000-character comment, escaped
 MAX_FORM_BYTES = 8 * 1024  # the sign-in and sign-out forms
 OPEN_PATHS = ("/login", "/static/login.js", "/static/app.css")
@@ -88,14 +90,17 @@ class Annotation:
         return sum(item_id in store.latest for item_id in self.ids)
 
     def image(self, index: int) -> tuple[bytes | None, str | None]:
-        """(picture, None) or (None, 'missing' | 'damaged' | 'too_large'); the last few are kept, as pages ask repeatedly."""
+        """(picture, None) or (None, 'missing' | 'damaged' | 'too_large'); the last few are kept (at most
+        IMAGE_CACHE_SIZE pictures and IMAGE_CACHE_BYTES), as pages ask repeatedly."""
         with self._lock:
             if index in self._images:
                 self._images.move_to_end(index)
                 return self._images[index]
             data, _, problem = self.resolver.resolve(self.items[index])
             self._images[index] = (data, problem)
-            if len(self._images) > IMAGE_CACHE_SIZE:
+            while len(self._images) > IMAGE_CACHE_SIZE or (
+                len(self._images) > 1 and sum(len(d or b"") for d, _ in self._images.values()) > IMAGE_CACHE_BYTES
+            ):
                 self._images.popitem(last=False)
             return data, problem
 
@@ -116,7 +121,7 @@ class Gate:
         account = self.accounts.verify(credential[:1024])
         if account is not None:
             return account
-        name, client = Accounts.claimed_name(credential) or "?", client or "?"
+        name, client = Accounts.claimed_name(credential) or "?", address_group(client)
         if not self.per_client.allow(client):
             return "slow"
         if not self.per_name.allow(name):

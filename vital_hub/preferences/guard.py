@@ -47,6 +47,19 @@ def is_loopback(host: str | None) -> bool:
     return (mapped or address).is_loopback
 
 
+def address_group(host: str | None) -> str:
+    """What sign-in limits count per client: the IPv4 address, or the /64 network of an IPv6 one (one
+    machine commonly holds a whole /64, and would otherwise get a fresh limit per address)."""
+    try:
+        address = ipaddress.ip_address((host or "").strip("[]"))
+    except ValueError:
+        return host or "?"
+    mapped = getattr(address, "ipv4_mapped", None)
+    if address.version == 6 and mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(mapped or address)
+
+
 def host_of(host_header: str | None) -> str | None:
     """The host name of a Host header ('[::1]:8000' -> '::1')."""
     if not host_header:
