@@ -10,7 +10,9 @@ Who may use it:
   judgements are those of the server's `--annotator`.
 
 Every state-changing request must come from the app's own page (guard.py: Origin / Sec-Fetch-Site, JSON for
-judgements, the session's CSRF token to sign out), and every body is read only up to a small limit.
+judgements, the session's CSRF token to sign out); a session's API calls must carry the binding its sign-in page
+kept (accounts.py), so a session cookie planted from another port of the host answers nothing; and every body is
+read only up to a small limit.
 
 Each annotator's judgements go to `<out>/<annotator>.jsonl`, appended and fsynced before the browser hears
 "saved"; the page opens at the annotator's first unjudged item.
