@@ -139,7 +139,9 @@ class Accounts:
         self._stamp: tuple[int, int] | None = None
         self._accounts: dict[str, dict] = {}
         self._lock = threading.Lock()
+        self._started = False  # until the first read: a bad file then stops the server
         self.reload()
+        self._started = True
 
     def reload(self) -> None:
         """Read the file again if it changed. The first read raises on a bad file (the server must not start);
@@ -156,7 +158,7 @@ class Accounts:
             try:
                 self._accounts = read_accounts(self.path)
             except ValueError as err:
-                if self._stamp is None and not self._accounts:
+                if not self._started:
                     raise
                 print(f"vital annotate: {err}; keeping the accounts read before", file=sys.stderr, flush=True)
             self._stamp = stamp
