@@ -259,7 +259,8 @@ def create_app(annotation: Annotation, gate: Gate):
         form = parse_qs((await bounded_body(request, MAX_FORM_BYTES, "a sign-out form")).decode("utf-8", "replace"))
         session = request.cookies.get(COOKIE)
         expected = gate.sessions.csrf_token(session)
-        if expected is not None and not hmac.compare_digest((form.get("csrf") or [""])[0], expected):
+        sent = (form.get("csrf") or [""])[0].encode()
+        if expected is not None and not hmac.compare_digest(sent, expected.encode()):
             raise HTTPException(403, "sign out from the app's own page")
         gate.sessions.end(session)
         response = RedirectResponse("/login?error=out" if gate.accounts else "/", status_code=303)
