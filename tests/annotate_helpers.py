@@ -151,6 +151,16 @@ def stop(proc) -> str:
     return (proc.stdout.read() or "") + (proc.stderr.read() or "")
 
 
+# What the sign-in page keeps in localStorage and the app's script sends with every API call; HTTP clients that sign
+# in with the form do the same (scripts normally use Authorization: Bearer instead).
+TEST_BINDING = "test-binding-0123456789abcdef-0123456789"
+BOUND = {"X-Vital-Binding": TEST_BINDING}
+
+
+def login_form(credential: str, **fields) -> dict:
+    return {"key": credential, "binding": TEST_BINDING, **fields}
+
+
 def log_lines(out: Path, annotator: str) -> list[dict]:
     path = out / f"{annotator}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

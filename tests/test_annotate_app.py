@@ -2,6 +2,7 @@
 (`vital annotate serve` in a subprocess, httpx as the client). The browser tests are in test_annotate_browser.py."""
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -11,8 +12,10 @@ import httpx
 import pytest
 
 from tests.annotate_helpers import (
+    BOUND,
     invite,
     log_lines,
+    login_form,
     qa50_items,
     start_server,
     stop,
@@ -26,7 +29,7 @@ from vital_hub.preferences.items import ImageResolver, load_items
 
 
 def client(port: int, credential: str | None = None, scheme: str = "http", **options) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+    headers = {**BOUND, **({"Authorization": f"Bearer {credential}"} if credential else {})}
     return httpx.Client(
         base_url=f"{scheme}://127.0.0.1:{port}", headers=headers, trust_env=False, follow_redirects=False, **options
     )
@@ -34,9 +37,15 @@ def client(port: int, credential: str | None = None, scheme: str = "http", **opt
 
 def sign_in(port: int, credential: str, **options) -> httpx.Client:
     session = client(port, **options)
-    answer = session.post("/login", data={"key": credential, "next": "/"})
+    answer = session.post("/login", data=login_form(credential, next="/"))
     assert answer.status_code == 303, answer.text
     return session
+
+
+def csrf_token(session: httpx.Client) -> str:
+    """The sign-out form's token, from the page a signed-in browser gets."""
+    page = session.get("/", headers={"Accept": "text/html"}).text
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
 
 
 def test_identity_comes_from_the_credential_alone(tmp_path):
@@ -97,7 +106,9 @@ def test_sessions_are_random_end_at_logout_and_expire(tmp_path):
         cookie_1, cookie_2 = first.cookies["vital_annotate_session"], second.cookies["vital_annotate_session"]
         assert cookie_1 != cookie_2 and key.split(":", 1)[1] not in cookie_1
         assert first.get("/api/state").status_code == 200
-        assert first.post("/logout").status_code == 303
+        assert first.post("/logout").status_code == 403  # without the page's CSRF token: not signed out
+        assert first.get("/api/state").status_code == 200
+        assert first.post("/logout", data={"csrf": csrf_token(first)}).status_code == 303
         stale = client(port, cookies={"vital_annotate_session": cookie_1})
         assert stale.get("/api/state").status_code == 401  # logged out: the old cookie is worth nothing
         assert second.get("/api/state").status_code == 200  # the other session is untouched
@@ -110,7 +121,7 @@ def test_sessions_are_random_end_at_logout_and_expire(tmp_path):
         stop(proc)
 
 
-def test_two_hundred_parallel_wrong_logins_get_only_a_handful_evaluated(tmp_path):
+def test_two_hundred_parallel_wrong_logins_get_only_a_handful_of_answers(tmp_path):
     items = write_items(tmp_path / "items")
     out = tmp_path / "annotations"
     invite(out, "dr_a")
@@ -122,13 +133,13 @@ def test_two_hundred_parallel_wrong_logins_get_only_a_handful_evaluated(tmp_path
 
             def wrong(n: int, name: str, forwarded: bool) -> int:
                 headers = {"X-Forwarded-For": f"198.51.100.{n % 250}"} if forwarded else {}
-                return session.post("/login", data={"key": f"{name}:guess{n}"}, headers=headers).status_code
+                return session.post("/login", data=login_form(f"{name}:guess{n}"), headers=headers).status_code
 
             started = time.monotonic()
             with ThreadPoolExecutor(48) as pool:
                 codes = list(pool.map(lambda n: wrong(n, f"user{n}", False), range(200)))
             elapsed = time.monotonic() - started
-            print(f"200 parallel wrong logins from one client: {codes.count(401)} evaluated in {elapsed:.2f} s")
+            print(f"200 parallel wrong logins from one client: {codes.count(401)} answered 401 in {elapsed:.2f} s")
             assert codes.count(401) <= 10 + elapsed / 6 and set(codes) <= {401, 429}  # a burst of 10, then 1 per 6 s
             # one name from 200 addresses (through the trusted proxy): the per-name limit holds
             started = time.monotonic()
@@ -137,7 +148,7 @@ def test_two_hundred_parallel_wrong_logins_get_only_a_handful_evaluated(tmp_path
             elapsed = time.monotonic() - started
             assert spread.count(401) <= 5 + elapsed / 12 and set(spread) <= {401, 429}  # 5, then 1 per 12 s
             # another clinician from another address is not locked out by either flood
-            ok = session.post("/login", data={"key": other}, headers={"X-Forwarded-For": "203.0.113.9"})
+            ok = session.post("/login", data=login_form(other), headers={"X-Forwarded-For": "203.0.113.9"})
             assert ok.status_code == 303
     finally:
         stop(proc)
@@ -164,8 +175,9 @@ def test_api_input_is_checked_and_errors_reveal_no_server_paths(tmp_path):
             answer = local.post("/api/judgements", json=body)
             assert answer.status_code == status, (body, answer.text)
             assert str(tmp_path) not in answer.text and "/" not in answer.json()["detail"].replace("a/b", "")
-        assert local.post("/api/judgements", content=b"{not json").status_code == 400
-        assert local.post("/api/judgements", content=b"[" * 40000).status_code == 413
+        json_type = {"Content-Type": "application/json"}
+        assert local.post("/api/judgements", content=b"{not json", headers=json_type).status_code == 400
+        assert local.post("/api/judgements", content=b"[" * 40000, headers=json_type).status_code == 413
         assert not log_lines(out, "dr_a")
         assert local.post("/api/judgements", json=verdict("30000_F1#q0", 0, comment="x" * 4000)).status_code == 200
         assert local.get("/api/state", params={"annotator": "dr_b"}).status_code == 403
@@ -278,7 +290,7 @@ def test_https_with_secure_cookies(tmp_path):
 
         trust = ssl.create_default_context(cafile=str(cert))
         with client(port, scheme="https", verify=trust) as session:
-            answer = session.post("/login", data={"key": key, "next": "/"})
+            answer = session.post("/login", data=login_form(key, next="/"))
             assert answer.status_code == 303
             cookie = answer.headers["set-cookie"].lower()
             assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie

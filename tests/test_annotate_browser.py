@@ -4,16 +4,31 @@ The tests skip, saying why, only where no chromium exists (`apt-get install -y c
 VITAL_DOC_SCREENSHOTS=1 the two-clinician test also writes the screenshots that docs/ shows.
 """
 
+import contextlib
+import http.server
 import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.annotate_helpers import invite, log_lines, qa50_items, start_server, stop, vital, write_items
+from tests.annotate_helpers import (
+    BOUND,
+    invite,
+    log_lines,
+    login_form,
+    qa50_items,
+    start_server,
+    stop,
+    verdict,
+    vital,
+    write_items,
+)
 from tests.conftest import REPO_ROOT, shared_fixture
 
 CHROMIUM = "/usr/bin/chromium"
@@ -164,6 +179,11 @@ def test_one_clinician_flow(tmp_path, browser):
     assert len(log_lines(out, "dr_a")) == 5
 
 
+def bound_headers(page) -> dict:
+    """The header the app's script sends with API calls, for requests made outside the page."""
+    return {"X-Vital-Binding": page.evaluate("localStorage.getItem('vital_annotate_binding')")}
+
+
 def open_invite(context, base: str, credential: str):
     page = context.new_page()
     page.goto(f"{base}/login#key={credential}")
@@ -195,13 +215,15 @@ def test_two_clinicians_with_their_own_invite_links(tmp_path, browser):
         # dr_b names dr_a in the page address and in API calls made with dr_b's session: refused or ignored
         visit(page_b, f"{base}/?annotator=dr_a")
         assert page_b.inner_text("#annotator") == "dr_b"
-        assert page_b.request.get(f"{base}/api/item/0?annotator=dr_a").status == 403
+        bound_b = bound_headers(page_b)
+        assert page_b.request.get(f"{base}/api/item/0?annotator=dr_a", headers=bound_b).status == 403
         forged = {"index": 0, "item_id": json.loads(items.read_text().splitlines()[0])["item_id"],
                   "acceptable_a": False, "acceptable_b": False}  # fmt: skip
-        assert page_b.request.post(f"{base}/api/judgements?annotator=dr_a", data=forged).status == 403
-        assert page_b.request.post(f"{base}/api/judgements", data=dict(forged, annotator="dr_a")).status == 403
-        assert page_b.request.get(f"{base}/api/admin").status == 403
-        own = page_b.request.get(f"{base}/api/item/0").json()["judgement"]
+        assert page_b.request.post(f"{base}/api/judgements?annotator=dr_a", data=forged, headers=bound_b).status == 403
+        spoofed = dict(forged, annotator="dr_a")
+        assert page_b.request.post(f"{base}/api/judgements", data=spoofed, headers=bound_b).status == 403
+        assert page_b.request.get(f"{base}/api/admin", headers=bound_b).status == 403
+        own = page_b.request.get(f"{base}/api/item/0", headers=bound_b).json()["judgement"]
         assert (own["annotator"], own["acceptable_a"]) == ("dr_b", False)
 
         # a broken real download: said so; dr_a cannot judge it, dr_b judges it from the text
@@ -277,3 +299,132 @@ def test_two_clinicians_with_their_own_invite_links(tmp_path, browser):
 def ready_admin(page):
     page.wait_for_selector("#progress-table", timeout=20000)
     return page
+
+
+ATTACK_PAGE = """<!doctype html><html><body>
+<iframe name="sink"></iframe>
+<form id="judge" method="post" action="__APP__/api/judgements" enctype="text/plain" target="sink">
+<input name='{"index": 0, "item_id": "30000_F1#q0", "acceptable_a": false, "acceptable_b": false,
+"comment": "forged form", "x": "' value='"}'></form>
+<form id="login" method="post" action="__APP__/login"><input name="key" value="__KEY__">
+<input name="next" value="/"></form>
+<script>
+async function forge() {
+  const body = JSON.stringify({index: 0, item_id: "30000_F1#q0", acceptable_a: false, acceptable_b: false,
+                               comment: "forged fetch"});
+  for (const options of [{mode: "no-cors"}, {mode: "no-cors", headers: {"Content-Type": "text/plain"}},
+                         {mode: "cors", headers: {"Content-Type": "application/json"}}]) {
+    try {
+      await fetch("__APP__/api/judgements", Object.assign({method: "POST", credentials: "include", body}, options));
+    } catch (err) { /* a refused preflight */ }
+  }
+}
+</script></body></html>"""
+
+
+@contextlib.contextmanager
+def attacker_site(host: str, page: str, cookie: str | None = None):
+    """A page served from `host` on a port of its own: the attacker's (setting `cookie` for that host if given)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 -- the name http.server calls
+            body = page.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            if cookie:
+                self.send_header("Set-Cookie", cookie)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("where", ["another port of this host", "another site"])
+@pytest.mark.parametrize("mode", ["accounts", "local"])
+def test_pages_elsewhere_cannot_write_judgements_or_sign_a_browser_in(tmp_path, browser, mode, where):
+    """A clinician's browser, signed in (or local), opens a page on another port of the same host (same-site, so a
+    SameSite=Strict cookie goes along) or on another site: its no-cors fetches, its text/plain form carrying JSON
+    and its auto-submitted sign-in form with the attacker's own key change nothing."""
+    items = write_items(tmp_path / "items")
+    out = tmp_path / "annotations"
+    key = invite(out, "dr_a") if mode == "accounts" else None
+    intruder = invite(out, "intruder") if mode == "accounts" else "intruder:unused"
+    proc, port = start_server(items, out, annotator=None if key else "dr_a")
+    base = f"http://127.0.0.1:{port}"
+    context = browser.new_context()
+    seen = []
+    try:
+        if key:
+            ready(open_invite(context, base, key))
+        else:
+            visit(context.new_page(), base)
+        host = "127.0.0.1" if where == "another port of this host" else "127.0.0.2"
+        with attacker_site(host, ATTACK_PAGE.replace("__APP__", base).replace("__KEY__", intruder)) as url:
+            page = context.new_page()
+            page.on("response", lambda r: seen.append((r.request.method, r.url.removeprefix(base), r.status)))
+            page.goto(url)
+            page.evaluate("forge()")
+            with page.expect_response(lambda r: r.url == f"{base}/api/judgements" and r.request.method == "POST"):
+                page.evaluate("document.getElementById('judge').submit()")
+            with page.expect_response(lambda r: r.url == f"{base}/login" and r.request.method == "POST"):
+                page.evaluate("document.getElementById('login').submit()")
+        forged = [status for method, path, status in seen if method == "POST" and path == "/api/judgements"]
+        assert len(forged) >= 3 and set(forged) == {403}, seen  # two no-cors fetches and the form reached the app
+        assert [status for method, path, status in seen if method == "POST" and path == "/login"] == [403], seen
+        ok = visit(context.new_page(), base)  # the app's own page still works in this browser
+        state = context.request.get(f"{base}/api/state", headers=bound_headers(ok))
+        assert state.ok and state.json()["annotator"] == "dr_a"  # and it is still the clinician's
+        ok.keyboard.press("1")
+        ok.keyboard.press("4")
+        ok.keyboard.press("Enter")
+        expect(ok.locator("#status")).to_have_text("Saved item 1.")
+    finally:
+        context.close()
+        stop(proc)
+    assert [(r["annotator"], r["comment"]) for r in log_lines(out, "dr_a")] == [("dr_a", "")]
+    assert not log_lines(out, "intruder")
+
+
+def test_a_session_cookie_planted_from_another_port_answers_nothing(tmp_path, browser):
+    """Cookies ignore ports: a server on another port of the host can overwrite the clinician's session cookie
+    with the attacker's own session. The app's script sends the value its sign-in page kept in this origin's
+    localStorage, which the planted session lacks, so the page signs in again instead of judging as the attacker."""
+    items = write_items(tmp_path / "items")
+    out = tmp_path / "annotations"
+    key, intruder = invite(out, "dr_a"), invite(out, "intruder")
+    proc, port = start_server(items, out)
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, headers=BOUND, trust_env=False) as attacker:
+        assert attacker.post("/login", data=login_form(intruder)).status_code == 303
+        planted = attacker.cookies["vital_annotate_session"]
+    context = browser.new_context()
+    try:
+        ready(open_invite(context, base, key))
+        plant = f"vital_annotate_session={planted}; Path=/; HttpOnly; SameSite=Strict"
+        with attacker_site("127.0.0.1", "<p>nothing to see</p>", cookie=plant) as url:
+            context.new_page().goto(url)
+        assert [c["value"] for c in context.cookies(base) if c["name"] == "vital_annotate_session"] == [planted]
+        victim = context.new_page()
+        victim.goto(base)
+        victim.wait_for_selector("input[name=key]", timeout=20000)  # asked to sign in, not shown as the intruder
+        assert victim.url.startswith(f"{base}/login")
+        answer = context.request.post(f"{base}/api/judgements", data=verdict("30000_F1#q0", 0),
+                                      headers={"Origin": base, **bound_headers(victim)})  # fmt: skip
+        assert answer.status == 401
+        ready(open_invite(context, base, key))  # the invite link signs the clinician in again
+        expect_progress(context.pages[-1], "Item 1 of 5 · 0 judged")
+    finally:
+        context.close()
+        stop(proc)
+    assert not log_lines(out, "intruder") and not log_lines(out, "dr_a")

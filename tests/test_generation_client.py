@@ -215,16 +215,17 @@ def test_price_table_prefixes_batch_discount_and_files(tmp_path):
 def test_batch_control_calls_follow_the_chat_retry_rules(tmp_path, api_key, fault, retried):
     assert is_retryable(int(fault)) is retried
     with FakeOpenAIServer(faults={"files": [fault]}) as fake:
-        api = make_openai(ClientConfig(model="gpt-4o", base_url=fake.url), asynchronous=False)
+        config = ClientConfig(model="gpt-4o", base_url=fake.url)
+        api, redact = make_openai(config, asynchronous=False), ChatClient(config).redact
 
         def upload():
             return api.files.create(file=("input.jsonl", b"{}\n"), purpose="batch")
 
         if retried:
-            assert with_retries(upload, "upload input.jsonl", "OPENAI_API_KEY").id
+            assert with_retries(upload, "upload input.jsonl", redact).id
         else:
             with pytest.raises(FatalAPIError, match=f"upload input.jsonl failed: HTTP {fault}: fake {fault}"):
-                with_retries(upload, "upload input.jsonl", "OPENAI_API_KEY")
+                with_retries(upload, "upload input.jsonl", redact)
         assert [e["status"] for e in fake.log if e["route"] == "files"] == [int(fault), 200][: 1 + retried]
 
 

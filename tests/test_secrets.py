@@ -137,3 +137,65 @@ def test_redact_replaces_secrets_and_url_passwords(monkeypatch):
         "see https://bob:<token>@host/x and http://host:8080/v1"
     )
     assert redact("nothing here", None, "") == "nothing here"
+
+
+URL_PASSWORD = "Url-Password-0123456789"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["generate candidates", "generate reference-answers", "judge rubric", "eval chat", "eval winrate", "eval answer"],
+)
+@pytest.mark.parametrize("carrier", ["api key", "url password"])
+def test_a_key_in_a_successful_reply_is_written_nowhere(tmp_path, name, carrier):
+    """The server answers 200 and quotes the credential it got (Bearer key, or the Basic user:password that a
+    `--base-url http://user:password@host/v1` sends): no parquet, JSONL, cache, run.json or output line holds it,
+    and no file records the URL with its password."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OPENAI_API_KEY": API_KEY}
+    env.pop("VITAL_DEBUG", None)
+    with FakeOpenAIServer(echo_credentials_in_reply=True) as server:
+        url = server.url if carrier == "api key" else server.url.replace("://", f"://proxyuser:{URL_PASSWORD}@")
+        argv, outputs = command_lines(tmp_path, url)[name]
+        done = subprocess.run(
+            [sys.executable, "-m", "vital_hub.cli", *argv], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert server.chat_log(status=200), "the server was never asked"
+    shown = done.stdout + done.stderr
+    assert "Traceback" not in shown, shown[-3000:]
+    written = written_text(outputs)
+    assert "You called me with" in written  # the replies themselves were kept ...
+    for secret in (API_KEY, URL_PASSWORD):
+        assert secret not in shown and secret not in written  # ... without the credential they quoted
+    if carrier == "url password":
+        assert "You called me with proxyuser:<token>" in written
+        if name in ("generate candidates", "judge rubric"):
+            recorded = json.loads((outputs[0] / "run.json").read_text())["config"]["base_url"]
+            assert recorded == server.url  # the endpoint, without user:password@
+
+
+def test_batch_jobs_on_an_endpoint_with_credentials_are_collected_with_them_given_again(tmp_path, monkeypatch):
+    """run.json keeps `--base-url` without user:password@; collect gets the URL again, for that endpoint only."""
+    from vital_hub.generation.batch import collect
+    from vital_hub.generation.client import FatalAPIError
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    images, captions, _ = make_figures(tmp_path / "figs", 2)
+    out = tmp_path / "gen"
+    with FakeOpenAIServer(require_credential=f"proxyuser:{URL_PASSWORD}", echo_credentials_in_reply=True) as server:
+        secret_url = server.url.replace("://", f"://proxyuser:{URL_PASSWORD}@")
+        done = subprocess.run(
+            [sys.executable, "-m", "vital_hub.cli", "generate", "candidates", "--figures", str(images), "--captions",
+             str(captions), "--out", str(out), "--model", "gpt-4o", "--demos",
+             str(make_demonstrations(tmp_path / "demos.json")), "--base-url", secret_url, "--backend", "batch"],
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads((out / "run.json").read_text())["config"]["base_url"] == server.url
+        with pytest.raises(FatalAPIError, match="HTTP 401"):
+            collect(out)  # the recorded endpoint alone: no credentials
+        with pytest.raises(SystemExit, match="is not the endpoint these jobs were submitted to"):
+            collect(out, base_url=f"http://proxyuser:{URL_PASSWORD}@127.0.0.1:1/v1")
+        assert collect(out, base_url=secret_url)["candidates"]
+    assert URL_PASSWORD not in written_text([out])

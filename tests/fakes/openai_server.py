@@ -3,7 +3,8 @@
 It serves chat completions and the files + batches endpoints the Batch API uses, and misbehaves on request:
 latency, a requests-per-minute limit answered with 429 + Retry-After, scripted faults per route ("429",
 "500", "timeout", "malformed", "empty", "truncated", "400", "401", "403", "404"; "pass" lets one through; with
-`echo_credentials` their error bodies quote the key the request carried), and it logs every request it received
+`echo_credentials` their error bodies quote the key the request carried; with `echo_credentials_in_reply` every
+successful chat reply quotes it, Basic credentials of a `user:password@` URL decoded), and it logs every request it received
 (route, request key, status, whether the reply reached a live connection) so tests can check that nothing was
 paid for twice. The request key is sha256 of the canonical request JSON, the same hash the
 client's cache uses.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
 import math
@@ -64,6 +66,8 @@ class FakeOpenAIServer:
     batch_ready_after: int = 0  # retrieves answered "in_progress" before a batch completes
     finish_reason: str = "stop"
     echo_credentials: bool = False  # error bodies quote the key they got, as some servers do on a 401
+    echo_credentials_in_reply: bool = False  # successful replies quote it too (a careless or hostile server)
+    require_credential: str | None = None  # set: every route answers 401 unless the request carries this credential
     log: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
@@ -123,7 +127,7 @@ class FakeOpenAIServer:
         await runner.cleanup()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=512 * 1024 * 1024)
+        app = web.Application(client_max_size=512 * 1024 * 1024, middlewares=[self._check_credential])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)  # Azure OpenAI
         app.router.add_post("/v1/files", self.upload_file)
@@ -135,6 +139,13 @@ class FakeOpenAIServer:
         return app
 
     # -------------------------------------------------------------- helpers
+
+    @web.middleware
+    async def _check_credential(self, request: web.Request, handler):
+        if self.require_credential is not None and self._credential(request) != self.require_credential:
+            self._record("auth", request, 401)
+            return self._error(401, "missing or wrong credentials")
+        return await handler(request)
 
     def chat_log(self, status: int | None = 200) -> list[dict]:
         return [e for e in self.log if e["route"] == "chat" and (status is None or e["status"] == status)]
@@ -180,16 +191,23 @@ class FakeOpenAIServer:
         """The credential the request carried, quoted the way a careless server does, when echo_credentials."""
         if not self.echo_credentials:
             return ""
-        key = request.headers.get("api-key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
-        return f": Incorrect API key provided: {key}"
+        return f": Incorrect API key provided: {self._credential(request)}"
+
+    @staticmethod
+    def _credential(request: web.Request) -> str:
+        """The credential a request carried: an api-key header, a Bearer key, or Basic `user:password` decoded."""
+        authorization = request.headers.get("Authorization", "")
+        if authorization.startswith("Basic "):
+            return base64.b64decode(authorization[6:]).decode("utf-8", "replace")
+        return request.headers.get("api-key") or authorization.removeprefix("Bearer ")
 
     @staticmethod
     def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
         body = {"error": {"message": message, "type": "fake_error", "code": str(status)}}
         return web.json_response(body, status=status, headers=headers)
 
-    def completion(self, body: dict) -> dict:
-        text = self.reply(body)
+    def completion(self, body: dict, quoted: str = "") -> dict:
+        text = self.reply(body) + (f"\n\n(You called me with {quoted}.)" if quoted else "")
         prompt_tokens = max(1, len(json.dumps(body.get("messages", []))) // 4)
         return {
             "id": f"chatcmpl-{request_key(body)[:12]}",
@@ -238,7 +256,8 @@ class FakeOpenAIServer:
         if fault == "empty":
             self._record("chat", request, 200, received=received, key=key, fault=fault)
             return web.json_response({"id": "x", "object": "chat.completion", "choices": []})
-        payload = json.dumps(self.completion(body)).encode()
+        quoted = self._credential(request) if self.echo_credentials_in_reply else ""
+        payload = json.dumps(self.completion(body, quoted)).encode()
         if fault == "truncated":
             self._record("chat", request, 200, received=received, key=key, fault=fault)
             response = web.StreamResponse(headers={"Content-Type": "application/json"})

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vital_hub.eval.answer import image_data_url
@@ -388,7 +388,7 @@ def summarize_chat(questions, answers, judgements, config: ChatJudgeConfig, refe
         "image_status_counts": dict(image_status),
         "zero_reference_policy": config.zero_reference,
         "bootstrap_samples": config.bootstrap,
-        "config": {key: value for key, value in asdict(config).items() if key != "api_key_env"},
+        "config": config.recorded_settings(),
     }
     if config.swap:
         summary["position_bias"] = position_bias(rows)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vital_hub.eval.judging import JudgeOptions, judge_and_log
@@ -206,5 +206,5 @@ def summarize_winrate(questions, answers_a, answers_b, judgements, config: WinRa
             "win_rate_over_all_ci95": None if interval is None else [100 * v for v in interval],
         },
         "n_questions": len(questions),
-        "config": {key: value for key, value in asdict(config).items() if key != "api_key_env"},
+        "config": config.recorded_settings(),
     }, details

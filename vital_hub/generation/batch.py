@@ -29,7 +29,7 @@ from vital_hub.generation.client import (
     make_openai,
     retry_after,
 )
-from vital_hub.redaction import redact_environment
+from vital_hub.redaction import without_credentials
 
 ENDPOINT = "/v1/chat/completions"
 MAX_LINES = 50_000  # OpenAI's per-batch limits
@@ -37,9 +37,9 @@ MAX_BYTES = 190 * 1024 * 1024
 FINAL_STATES = {"completed", "failed", "expired", "cancelled"}
 
 
-def with_retries(call: Callable[[], Any], what: str, key_env: str, attempts: int = 6) -> Any:
+def with_retries(call: Callable[[], Any], what: str, redact: Callable[[str], str], attempts: int = 6) -> Any:
     """A control-plane call (upload, create, retrieve, download) retried like chat requests are; a final error is
-    redacted of the key in `key_env` and of every other credential of the environment."""
+    passed through `redact` (the client's: the key, every credential of the environment, the URL's password)."""
     import openai
 
     for attempt in range(attempts):
@@ -48,7 +48,7 @@ def with_retries(call: Callable[[], Any], what: str, key_env: str, attempts: int
         except openai.APIStatusError as err:
             if not is_retryable(err.status_code):
                 message = f"{what} failed: HTTP {err.status_code}: {error_message(err)}"
-                raise FatalAPIError(redact_environment(message, key_env)) from None
+                raise FatalAPIError(redact(message)) from None
             wait = retry_after(err.response.headers)
         except (openai.APITimeoutError, openai.APIConnectionError):
             wait = None
@@ -101,12 +101,12 @@ def submit(client: ChatClient, files: BatchFiles) -> list[str]:
         uploaded = with_retries(
             lambda p=path: api.files.create(file=(p.name, p.read_bytes()), purpose="batch"),
             f"upload {path.name}",
-            client.config.api_key_env,
+            client.redact,
         )
         job = with_retries(
             lambda u=uploaded: api.batches.create(input_file_id=u.id, endpoint=ENDPOINT, completion_window="24h"),
             f"create batch for {path.name}",
-            client.config.api_key_env,
+            client.redact,
         )
         client.cache.add_batch_job(job.id, uploaded.id, keys, job.status)
         batch_ids.append(job.id)
@@ -158,14 +158,24 @@ def pending_requests(job):
         yield from job.requests_for(pair_id, samples)
 
 
-def collect(out: str | Path, poll: bool = False, poll_interval_s: float = 60.0) -> dict:
-    """Fetch finished jobs' replies into the cache, then assemble the dataset when no job is left waiting."""
+def collect(out: str | Path, poll: bool = False, poll_interval_s: float = 60.0, base_url: str | None = None) -> dict:
+    """Fetch finished jobs' replies into the cache, then assemble the dataset when no job is left waiting.
+
+    run.json keeps the endpoint without credentials, so an endpoint that needs `user:password@` is given again
+    as `base_url` (it must name the recorded endpoint)."""
     from vital_hub.generation.candidates import GenerateConfig, OutputFolder, run_job
 
     folder = OutputFolder(out)
     if not folder.run_json.exists():
         raise SystemExit(f"{folder.root} has no run.json: start the job with `vital generate candidates` first")
     config = GenerateConfig.from_dict(json.loads(folder.run_json.read_text(encoding="utf-8"))["config"])
+    if base_url is not None:
+        if without_credentials(base_url) != without_credentials(config.base_url):
+            raise SystemExit(
+                f"--base-url {without_credentials(base_url)} is not the endpoint these jobs were submitted to "
+                f"({without_credentials(config.base_url) or 'OPENAI_BASE_URL or OpenAI'})"
+            )
+        config.base_url = base_url
     client_config = config.client_config(config.model, str(folder.cache_path))
     counts = {"collected_jobs": 0, "stored": 0, "failed_items": 0, "still_waiting_jobs": 0}
     while True:
@@ -191,7 +201,7 @@ def collect_once(client_config: ClientConfig, counts: dict) -> int:
             batch = with_retries(
                 lambda e=entry: api.batches.retrieve(e["batch_id"]),
                 f"retrieve {entry['batch_id']}",
-                client_config.api_key_env,
+                client.redact,
             )
             if batch.status not in FINAL_STATES:
                 client.cache.mark_batch(entry["batch_id"], batch.status)
@@ -211,7 +221,7 @@ def collect_once(client_config: ClientConfig, counts: dict) -> int:
 
 
 def store_output(api, client: ChatClient, file_id: str) -> tuple[int, int]:
-    text = with_retries(lambda: api.files.content(file_id).text, f"download {file_id}", client.config.api_key_env)
+    text = with_retries(lambda: api.files.content(file_id).text, f"download {file_id}", client.redact)
     stored = failed = 0
     for line in text.splitlines():
         if not line.strip():
@@ -220,19 +230,19 @@ def store_output(api, client: ChatClient, file_id: str) -> tuple[int, int]:
         response = item.get("response") or {}
         body = response.get("body")
         if response.get("status_code") == 200 and isinstance(body, dict) and body.get("choices"):
-            client.cache.put(item["custom_id"], body, source="batch")
+            client.store(item["custom_id"], body, source="batch")
             stored += 1
         else:
-            client.cache.put_failure(item["custom_id"], item_error(item))
+            client.store_failure(item["custom_id"], item_error(item))
             failed += 1
     return stored, failed
 
 
 def store_errors(api, client: ChatClient, file_id: str) -> int:
-    text = with_retries(lambda: api.files.content(file_id).text, f"download {file_id}", client.config.api_key_env)
+    text = with_retries(lambda: api.files.content(file_id).text, f"download {file_id}", client.redact)
     items = [json.loads(line) for line in text.splitlines() if line.strip()]
     for item in items:
-        client.cache.put_failure(item["custom_id"], item_error(item))
+        client.store_failure(item["custom_id"], item_error(item))
     return len(items)
 
 

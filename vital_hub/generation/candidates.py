@@ -21,7 +21,7 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from vital_hub.generation.client import ChatClient, ChatResult, ProgressBar, ServerOptions
@@ -426,7 +426,8 @@ class Job:
                 raise SystemExit(
                     f"{self.folder.root} holds candidates of another configuration ({details}); use a new --out folder"
                 )
-        write_json_atomic(self.folder.run_json, {"identity": self.identity, "config": asdict(self.config)})
+        settings = self.config.recorded_settings(leave_out=())  # the key variable's name stays: collect needs it
+        write_json_atomic(self.folder.run_json, {"identity": self.identity, "config": settings})
         prompt_path = self.folder.root / "prompts" / f"{self.identity['prompt_version']}.txt"
         if not prompt_path.exists():
             with atomic_path(prompt_path) as tmp:

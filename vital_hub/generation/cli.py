@@ -49,8 +49,11 @@ def collect_main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="the --out folder of `vital generate candidates`")
     parser.add_argument("--poll", action="store_true", help="wait until every job has finished")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between polls")
+    parser.add_argument(
+        "--base-url", help="the endpoint again, when it carries user:password@ (run.json keeps it without them)"
+    )
     args = parser.parse_args(argv)
-    counts = collect(args.out, poll=args.poll, poll_interval_s=args.interval)
+    counts = collect(args.out, poll=args.poll, poll_interval_s=args.interval, base_url=args.base_url)
     return 0 if counts["still_waiting_jobs"] == 0 else 3
 
 

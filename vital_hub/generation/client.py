@@ -11,8 +11,10 @@ go to a SQLite cache keyed by the hash of the whole request, so re-running a job
     results = client.chat_many([{"messages": [...], "max_tokens": 512}, ...], desc="judge")
 
 The API key is read from the environment variable named in the config when the first request is sent; it is
-never stored, cached or logged, and every error message is redacted of it (and of any other credential in the
-environment) before it leaves this module, since servers echo a rejected key back.
+never stored, cached or logged. Servers echo a rejected key back, and a careless or hostile one may put it in a
+successful reply, so every error message and every reply (before it is cached or returned) is redacted of it, of
+any other credential in the environment and of the password of the endpoint's URL. Settings are recorded through
+`recorded_settings`, which keeps the URL without its `user:password@`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from vital_hub.config import help_field
 from vital_hub.generation.cache import RequestCache, request_key
 from vital_hub.generation.limits import Limiter, estimate_tokens, prompt_tokens
 from vital_hub.generation.pricing import PriceTable
-from vital_hub.redaction import redact_environment
+from vital_hub.redaction import environment_secrets, redact, scrub, without_credentials
 
 T = TypeVar("T")
 
@@ -99,6 +101,13 @@ class ServerOptions:
     max_prompt_tokens: int | None = help_field(
         "a request whose prompt is estimated above this many tokens fails unsent (None: no limit)", default=128_000
     )
+
+    def recorded_settings(self, leave_out: tuple[str, ...] = ("api_key_env",)) -> dict:
+        """The settings as run.json records them: the endpoint without credentials, nothing secret."""
+        settings = {key: value for key, value in dataclasses.asdict(self).items() if key not in leave_out}
+        if "base_url" in settings:
+            settings["base_url"] = without_credentials(settings["base_url"])
+        return settings
 
     def client_config(self, model: str, cache_path: str | None) -> ClientConfig:
         shared = {item.name: getattr(self, item.name) for item in dataclasses.fields(ServerOptions)}
@@ -198,6 +207,7 @@ class ChatClient:
         self._bound: tuple[Any, Any, Limiter] | None = None  # (event loop, openai client, limiter)
         self._rejections = 0
         self._in_flight: dict[str, asyncio.Future] = {}  # identical requests running now share one reply
+        self._secrets: list[str] | None = None
 
     # ---------------------------------------------------------------- public API
 
@@ -234,6 +244,22 @@ class ChatClient:
     def result_from_reply(self, key: str, reply: dict, batch: bool = False) -> ChatResult:
         """A ChatResult from a stored reply (used for Batch API output)."""
         return self._result(key, reply, cached=True, batch=batch)
+
+    def store(self, key: str, reply: dict, source: str) -> None:
+        """Cache a reply, redacted of every credential first."""
+        self.cache.put(key, scrub(reply, self.secrets()), source=source)
+
+    def store_failure(self, key: str, message: str) -> None:
+        self.cache.put_failure(key, self.redact(message))
+
+    def secrets(self) -> list[str]:
+        """The credentials no reply or message may carry: the key, the environment's, the endpoint URL's."""
+        if self._secrets is None:
+            self._secrets = environment_secrets(self.config.api_key_env, urls=(self.config.base_url,))
+        return self._secrets
+
+    def redact(self, text: str) -> str:
+        return redact(text, *self.secrets())
 
     async def aclose(self) -> None:
         """Close the HTTP connections of the current event loop (chat_many does this itself)."""
@@ -325,7 +351,7 @@ class ChatClient:
                     status = err.status_code
                     if status in FATAL_STATUS:
                         raise FatalAPIError(self._fatal_message(status, err)) from None
-                    last_error = self._redact(f"HTTP {status}: {error_message(err)}")
+                    last_error = self.redact(f"HTTP {status}: {error_message(err)}")
                     if not is_retryable(status):
                         return self._rejected(key, last_error)
                     wait = retry_after(err.response.headers)
@@ -333,10 +359,10 @@ class ChatClient:
                         limiter.hold(wait)
                 except (openai.APITimeoutError, openai.APIConnectionError) as err:
                     limiter.settle(estimate, 0)
-                    last_error = self._redact(f"{type(err).__name__}: {err}")
+                    last_error = self.redact(f"{type(err).__name__}: {err}")
                 except (openai.APIResponseValidationError, ValueError) as err:
                     limiter.settle(estimate, 0)
-                    last_error = self._redact(f"malformed reply ({type(err).__name__}: {str(err)[:200]})")
+                    last_error = self.redact(f"malformed reply ({type(err).__name__}: {str(err)[:200]})")
                 else:
                     problem = malformed_reply(reply)
                     if problem is None:
@@ -352,7 +378,7 @@ class ChatClient:
         usage = reply.get("usage") or {}
         limiter.settle(estimate, (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0))
         if self.cache is not None:
-            self.cache.put(key, reply, source="online")
+            self.store(key, reply, source="online")
         self._rejections = 0
         self.stats.sent += 1
         return self._result(key, reply, cached=False)
@@ -366,14 +392,12 @@ class ChatClient:
         return self._error(key, message)
 
     def _fatal_message(self, status: int, err) -> str:
-        url = self.config.base_url or os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
+        url = without_credentials(self.config.base_url or os.environ.get("OPENAI_BASE_URL")) or "api.openai.com"
         hint = FATAL_STATUS[status].format(env=self.config.api_key_env, model=self.config.model, url=url)
-        return self._redact(f"HTTP {status} from {url}: {hint} (server said: {error_message(err)})")
-
-    def _redact(self, text: str) -> str:
-        return redact_environment(text, self.config.api_key_env)
+        return self.redact(f"HTTP {status} from {url}: {hint} (server said: {error_message(err)})")
 
     def _result(self, key: str, reply: dict, cached: bool, batch: bool = False) -> ChatResult:
+        reply = scrub(reply, self.secrets())  # also a reply cached before redaction covered replies
         choice = reply["choices"][0]
         text = (choice.get("message") or {}).get("content")
         finish_reason = choice.get("finish_reason")

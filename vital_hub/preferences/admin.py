@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from vital_hub.preferences.page import logout_form
 from vital_hub.preferences.pairs import annotator_statistics
 from vital_hub.preferences.store import read_judgements
 
@@ -49,7 +50,7 @@ def _number(value) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def admin_page(report: dict) -> str:
+def admin_page(report: dict, csrf_token: str | None = None) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{a['judged']} / {a['total']}</td><td>{a['cannot_judge']}</td>"
         f"<td>{a['without_figure']}</td><td>{html.escape(a['last_saved'] or '–')}</td></tr>"
@@ -64,7 +65,7 @@ def admin_page(report: dict) -> str:
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Study progress: clinician review</title><link rel="stylesheet" href="/static/app.css"></head>
 <body class="admin"><header><h1>Study progress</h1><span class="spacer"></span>
-<form method="post" action="/logout"><button type="submit" id="logout">Sign out</button></form></header>
+{logout_form(csrf_token)}</header>
 <main class="single"><section>
 <h2>Clinicians</h2>
 <table id="progress-table"><thead><tr><th>Name</th><th>Judged</th><th>Cannot judge</th><th>Without figure</th>

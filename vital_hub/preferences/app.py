@@ -9,64 +9,64 @@ Who may use it:
   interface are served (the Host check stops a web page from reaching the app through DNS rebinding), and the
   judgements are those of the server's `--annotator`.
 
+Every state-changing request must come from the app's own page (guard.py: Origin / Sec-Fetch-Site, JSON for
+judgements, the session's CSRF token to sign out); a session's API calls must carry the binding its sign-in page
+kept (accounts.py), so a session cookie planted from another port of the host answers nothing; and every body is
+read only up to a small limit.
+
 Each annotator's judgements go to `<out>/<annotator>.jsonl`, appended and fsynced before the browser hears
 "saved"; the page opens at the annotator's first unjudged item.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
-import ipaddress
 import json
+import re
 import threading
 from collections import OrderedDict
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from vital_hub.preferences.accounts import Account, Accounts, RateLimit, Sessions
 from vital_hub.preferences.admin import admin_page, progress_report
+from vital_hub.preferences.guard import (
+    SAFE_METHODS,
+    address_group,
+    bounded_body,
+    cross_origin_reason,
+    host_of,
+    is_loopback,
+    require_json,
+)
 from vital_hub.preferences.items import ImageResolver, Item, image_mime
 from vital_hub.preferences.page import APP_CSS, APP_JS, LOGIN_HTML, LOGIN_JS, page_html
 from vital_hub.preferences.store import CANNOT_JUDGE, MAX_COMMENT_CHARS, JudgementStore, check_annotator
 
 COOKIE = "vital_annotate_session"
+BINDING_HEADER = "X-Vital-Binding"
+BINDING = re.compile(r"[A-Za-z0-9_-]{32,128}")
 IMAGE_CACHE_SIZE = 32
-MAX_BODY_BYTES = 32 * 1024
+IMAGE_CACHE_BYTES = 256 * 1024 * 1024  # and at most this much: one figure may be up to MAX_FIGURE_BYTES
+MAX_BODY_BYTES = 32 * 1024  # a judgement with a 4000-character comment, escaped
+MAX_FORM_BYTES = 8 * 1024  # the sign-in and sign-out forms
 OPEN_PATHS = ("/login", "/static/login.js", "/static/app.css")
 JUDGEMENT_KEYS = {"index", "item_id", "acceptable_a", "acceptable_b", "better", "comment", "cannot_judge"}
 LOGIN_MESSAGES = {
     "wrong": "That access key is not right.",
-    "slow": "Too many sign-in attempts: wait a minute and try again.",
+    "slow": "Too many wrong access keys from this address or for this name: check the key (the part after "
+    "#key= in your invite link) and try again in a minute.",
     "out": "You are signed out.",
+    "unbound": "This browser did not send its sign-in check: allow JavaScript and local storage for this site, "
+    "then open your invite link again.",
 }
 CSP = (
     "default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for localhost, 127.0.0.0/8, ::1 and IPv4-mapped loopback."""
-    if not host:
-        return False
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
-
-
-def host_of(host_header: str | None) -> str | None:
-    """The host name of a Host header ('[::1]:8000' -> '::1')."""
-    if not host_header:
-        return None
-    return urlsplit(f"//{host_header}").hostname
 
 
 class Annotation:
@@ -92,14 +92,17 @@ class Annotation:
         return sum(item_id in store.latest for item_id in self.ids)
 
     def image(self, index: int) -> tuple[bytes | None, str | None]:
-        """(picture, None) or (None, 'missing' | 'damaged'); the last few are kept, as pages ask repeatedly."""
+        """(picture, None) or (None, 'missing' | 'damaged' | 'too_large'); the last few are kept (at most
+        IMAGE_CACHE_SIZE pictures and IMAGE_CACHE_BYTES), as pages ask repeatedly."""
         with self._lock:
             if index in self._images:
                 self._images.move_to_end(index)
                 return self._images[index]
             data, _, problem = self.resolver.resolve(self.items[index])
             self._images[index] = (data, problem)
-            if len(self._images) > IMAGE_CACHE_SIZE:
+            while len(self._images) > IMAGE_CACHE_SIZE or (
+                len(self._images) > 1 and sum(len(d or b"") for d, _ in self._images.values()) > IMAGE_CACHE_BYTES
+            ):
                 self._images.popitem(last=False)
             return data, problem
 
@@ -115,31 +118,42 @@ class Gate:
         self.per_name = RateLimit(burst=5, every_s=12.0)
 
     def check_credential(self, credential: str, client: str | None) -> Account | None | str:
-        """The account, None for a wrong credential, or 'slow' when the attempt was not even evaluated."""
-        name, client = Accounts.claimed_name(credential) or "?", client or "?"
+        """The account; for a wrong credential None, or 'slow' once its address or its name has used up its
+        wrong attempts. The right credential is never refused: a flood of wrong ones locks nobody out."""
+        account = self.accounts.verify(credential[:1024])
+        if account is not None:
+            return account
+        name, client = Accounts.claimed_name(credential) or "?", address_group(client)
         if not self.per_client.allow(client):
             return "slow"
         if not self.per_name.allow(name):
             self.per_client.refund(client)
             return "slow"
-        account = self.accounts.verify(credential)
-        if account is not None:
-            self.per_client.refund(client)
-            self.per_name.refund(name)
-        return account
+        return None
 
     def who(self, request: Request) -> Account | None | str:
         if self.accounts is None:
             client = request.client.host if request.client else None
             local = is_loopback(client) and is_loopback(host_of(request.headers.get("host")))
             return self.local if local else None
-        name = self.sessions.name_of(request.cookies.get(COOKIE))
-        if name is not None:
-            return self.accounts.current(name)
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is not None:
+            return self.accounts.current(session.name) if bound(request, session.binding) else None
         authorization = request.headers.get("authorization", "")
         if authorization.lower().startswith("bearer "):
             return self.check_credential(authorization[7:].strip(), request.client.host if request.client else None)
         return None
+
+
+def bound(request: Request, binding: str) -> bool:
+    """Whether a request may use the session whose binding is `binding`: API calls (all but the pictures, which
+    are the same for everyone and load through <img>) must send it, so a session cookie planted by a page on
+    another port of this host answers nothing. Pages and static files need no binding: they hold no one's data
+    (the admin page only shows progress)."""
+    path = request.url.path
+    if not path.startswith("/api/") or path.startswith("/api/image/"):
+        return True
+    return hmac.compare_digest(request.headers.get(BINDING_HEADER, "").encode(), binding.encode())
 
 
 def create_app(annotation: Annotation, gate: Gate):
@@ -148,6 +162,9 @@ def create_app(annotation: Annotation, gate: Gate):
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        refused = refuse_early(request)
+        if refused is not None:
+            return refused
         account = None
         if request.url.path not in OPEN_PATHS:
             account = gate.who(request)
@@ -159,9 +176,24 @@ def create_app(annotation: Annotation, gate: Gate):
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        # same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` with the page's own forms,
+        # which the same-origin check must refuse; other sites still get no Referer.
+        response.headers["Referrer-Policy"] = "same-origin"
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    def refuse_early(request: Request) -> Response | None:
+        """A state-changing request from another origin (403), or with a declared body over every limit (413),
+        answered before anything is read or anyone is looked up."""
+        if request.method in SAFE_METHODS:
+            return None
+        declared = request.headers.get("content-length", "0").strip()
+        if not declared.isdigit():
+            return JSONResponse({"detail": "malformed Content-Length"}, status_code=400)
+        if int(declared) > MAX_BODY_BYTES:
+            return JSONResponse({"detail": f"a request body is at most {MAX_BODY_BYTES} bytes"}, status_code=413)
+        reason = cross_origin_reason(request)
+        return None if reason is None else JSONResponse({"detail": reason}, status_code=403)
 
     def refuse(request: Request):
         if gate.accounts is None:
@@ -198,9 +230,12 @@ def create_app(annotation: Annotation, gate: Gate):
     async def login(request: Request):
         if gate.accounts is None:
             return RedirectResponse("/", status_code=303)
-        form = parse_qs((await request.body())[:MAX_BODY_BYTES].decode("utf-8", "replace"))
+        form = parse_qs((await bounded_body(request, MAX_FORM_BYTES, "a sign-in form")).decode("utf-8", "replace"))
         target = safe_next((form.get("next") or ["/"])[0])
         client = request.client.host if request.client else None
+        binding = (form.get("binding") or [""])[0]
+        if not BINDING.fullmatch(binding):
+            return HTMLResponse(login_page(target, LOGIN_MESSAGES["unbound"]), status_code=400)
         account = gate.check_credential((form.get("key") or [""])[0].strip(), client)
         if not isinstance(account, Account):
             code = "slow" if account == "slow" else "wrong"
@@ -211,7 +246,7 @@ def create_app(annotation: Annotation, gate: Gate):
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             COOKIE,
-            gate.sessions.start(account.name),
+            gate.sessions.start(account.name, binding),
             max_age=int(gate.sessions.lifetime_s),
             httponly=True,
             samesite="strict",
@@ -220,8 +255,14 @@ def create_app(annotation: Annotation, gate: Gate):
         return response
 
     @app.post("/logout")
-    def logout(request: Request):
-        gate.sessions.end(request.cookies.get(COOKIE))
+    async def logout(request: Request):
+        form = parse_qs((await bounded_body(request, MAX_FORM_BYTES, "a sign-out form")).decode("utf-8", "replace"))
+        session = request.cookies.get(COOKIE)
+        expected = gate.sessions.csrf_token(session)
+        sent = (form.get("csrf") or [""])[0].encode()
+        if expected is not None and not hmac.compare_digest(sent, expected.encode()):
+            raise HTTPException(403, "sign out from the app's own page")
+        gate.sessions.end(session)
         response = RedirectResponse("/login?error=out" if gate.accounts else "/", status_code=303)
         response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=request.url.scheme == "https")
         return response
@@ -230,13 +271,14 @@ def create_app(annotation: Annotation, gate: Gate):
     def page(request: Request):
         if request.state.account.is_admin:
             return RedirectResponse("/admin", status_code=303)
-        return page_html(signed_in=gate.accounts is not None)
+        return page_html(csrf_token=gate.sessions.csrf_token(request.cookies.get(COOKIE)))
 
     @app.get("/admin", response_class=HTMLResponse)
     def admin(request: Request):
         if not request.state.account.is_admin:
             raise HTTPException(403, "only admin accounts see everyone's progress")
-        return admin_page(progress_report(annotation, gate.accounts))
+        token = gate.sessions.csrf_token(request.cookies.get(COOKIE))
+        return admin_page(progress_report(annotation, gate.accounts), token)
 
     @app.get("/api/admin")
     def admin_api(request: Request):
@@ -289,9 +331,8 @@ def create_app(annotation: Annotation, gate: Gate):
 
     @app.post("/api/judgements")
     async def judge(request: Request):
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"a judgement is at most {MAX_BODY_BYTES} bytes")
+        require_json(request)
+        raw = await bounded_body(request, MAX_BODY_BYTES, "a judgement")
         try:
             body = json.loads(raw)
         except ValueError as err:

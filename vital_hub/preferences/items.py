@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,9 @@ from typing import Any
 from vital_hub.io import iter_json_records
 from vital_hub.schema import RecordError, mention_texts
 
+# A figure file larger than this is not read at all (the largest PMC figures are a few megabytes).
+MAX_FIGURE_BYTES = 64 * 1024 * 1024
+TOO_LARGE = b"\x00too large"  # marks a file that was not read because of its size
 REQUIRED_ITEM_KEYS = ("item_id", "question", "answer_a", "answer_b")
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".jpg", ".png")
@@ -199,13 +203,21 @@ class ImageResolver:
         return data, path
 
     def resolve(self, item: Item) -> tuple[bytes | None, Path | None, str | None]:
-        """(bytes, file, None) for a picture that decodes, else (None, None, why: 'missing' or 'damaged')."""
-        damaged = False
-        for data, path in self._candidates(item):
-            if data and _decodes(data):
-                return data, path, None
-            damaged = damaged or data is not None
-        return None, None, "damaged" if damaged else "missing"
+        """(bytes, file, None) for a picture that decodes, else (None, None, why: 'missing', 'damaged' or
+        'too_large'); a source that cannot even be asked (a broken figure store row) counts as damaged."""
+        problems = []
+        try:
+            for data, path in self._candidates(item):
+                problem = figure_problem(data)
+                if problem is None:
+                    return data, path, None
+                problems.append(problem)
+        except Exception:  # noqa: BLE001 -- a hostile figure store row must cost the item its picture, nothing more
+            problems.append("damaged")
+        for problem in ("too_large", "damaged"):
+            if problem in problems:
+                return None, None, problem
+        return None, None, "missing"
 
     def _candidates(self, item: Item) -> Iterator[tuple[bytes | None, Path | None]]:
         yield item.image_bytes, None
@@ -217,8 +229,7 @@ class ImageResolver:
         if self.images_dir:
             paths.append(self.images_dir / f"{item.pair_id}.jpg")
         for path in paths:
-            if path.is_file():
-                yield path.read_bytes(), path
+            yield _read_figure(path), path
         if self.figures_path:
             row = self._figure_store().get(item.pair_id)
             image = (row or {}).get("image")
@@ -232,15 +243,42 @@ class ImageResolver:
         return self._figures
 
 
-def _decodes(data: bytes) -> bool:
-    from PIL import Image, UnidentifiedImageError
-
+def _read_figure(path: Path) -> bytes | None:
+    """A figure file's bytes (b"" when it cannot be read, TOO_LARGE when it is over MAX_FIGURE_BYTES), or None when
+    there is no such file."""
     try:
-        with Image.open(io.BytesIO(data)) as picture:
-            picture.load()
-        return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return False
+        if not path.is_file():
+            return None
+        if path.stat().st_size > MAX_FIGURE_BYTES:
+            return TOO_LARGE
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def figure_problem(data: bytes | None) -> str | None:
+    """None for a picture that opens and decodes in full, else why not: 'missing', 'too_large' (over
+    MAX_FIGURE_BYTES, or over PIL's `Image.MAX_IMAGE_PIXELS`, the size of a decompression bomb) or 'damaged'
+    (truncated, not an image, or any other failure of a decoder). Files are hostile: one of them must cost its
+    item the picture, never the server an error."""
+    from PIL import Image
+
+    if data is None:
+        return "missing"
+    if data is TOO_LARGE:
+        return "too_large"
+    if not data:
+        return "damaged"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as picture:
+                picture.load()
+        return None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return "too_large"
+    except Exception:  # noqa: BLE001 -- PIL's decoders raise many kinds (struct, index, memory, value, OS)
+        return "damaged"
 
 
 def image_mime(data: bytes) -> str:

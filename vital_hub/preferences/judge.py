@@ -342,7 +342,7 @@ def check_run(out: Path, config: JudgeConfig, prompt_version: str) -> None:
                 raise SystemExit(
                     f"{out} holds scores of {key} {previous.get(key)!r}, not {value!r}: use another --out"
                 )
-    settings = {k: v for k, v in asdict(config).items() if k not in ("api_key_env",)}
+    settings = config.recorded_settings()
     write_json_atomic(run_json, {"model": config.model, "prompt_version": prompt_version, "config": settings})
 
 

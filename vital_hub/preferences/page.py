@@ -6,9 +6,11 @@ never into HTML), and the page is served with a strict Content-Security-Policy, 
 cannot run script in a clinician's browser.
 """
 
+import html
+
 from vital_hub.preferences.page_js import APP_JS, LOGIN_JS
 
-__all__ = ["APP_CSS", "APP_JS", "LOGIN_HTML", "LOGIN_JS", "page_html"]
+__all__ = ["APP_CSS", "APP_JS", "LOGIN_HTML", "LOGIN_JS", "logout_form", "page_html"]
 
 SHORTCUTS = (
     ("1", "answer A acceptable"),
@@ -173,6 +175,7 @@ background:#fff;padding:16px;border-radius:8px}h1{font-size:18px}.error{color:#c
 <p>Open the invite link you were given, or paste its access key (the part after <code>#key=</code>).</p>
 <form method="post" action="/login" id="login">
 <input type="hidden" name="next" value="__NEXT__">
+<input type="hidden" name="binding" id="binding">
 <input type="password" name="key" id="key" autocomplete="off" autofocus style="width:100%;font:inherit;padding:6px">
 <p><button type="submit">Sign in</button></p>
 <p id="status" class="error">__MESSAGE__</p>
@@ -180,9 +183,18 @@ background:#fff;padding:16px;border-radius:8px}h1{font-size:18px}.error{color:#c
 """
 
 
-LOGOUT_FORM = '<form method="post" action="/logout"><button type="submit" id="logout">Sign out</button></form>'
+LOGOUT_FORM = (
+    '<form method="post" action="/logout"><input type="hidden" name="csrf" value="__CSRF__">'
+    '<button type="submit" id="logout">Sign out</button></form>'
+)
 
 
-def page_html(signed_in: bool = False) -> str:
+def logout_form(csrf_token: str | None) -> str:
+    """The sign-out button of a session: its form sends the session's CSRF token back (none without accounts)."""
+    return LOGOUT_FORM.replace("__CSRF__", html.escape(csrf_token)) if csrf_token else ""
+
+
+def page_html(csrf_token: str | None = None) -> str:
+    """The page; with a session's CSRF token (accounts), a sign-out form that sends it back."""
     rows = "".join(f"<dt>{key}</dt><dd>{meaning}</dd>" for key, meaning in SHORTCUTS)
-    return PAGE_HTML.replace("__SHORTCUTS__", rows).replace("__LOGOUT__", LOGOUT_FORM if signed_in else "")
+    return PAGE_HTML.replace("__SHORTCUTS__", rows).replace("__LOGOUT__", logout_form(csrf_token))

@@ -12,12 +12,17 @@ const state = { annotator: "", total: 0, done: 0, index: 0, item: null, hasImage
   marks: { a: null, b: null }, better: null, saved: null, busy: false, ticket: 0, queue: [], acknowledged: false };
 const $ = (id) => document.getElementById(id);
 const PROBLEMS = { missing: "Figure unavailable: its file is missing.",
-  damaged: "Figure unavailable: its file is damaged (it does not open as an image)." };
+  damaged: "Figure unavailable: its file is damaged (it does not open as an image).",
+  too_large: "Figure unavailable: its file is too large to show safely (a decompression bomb or an oversized file)." };
 
 async function api(path, options) {
   let response;
+  // the value the sign-in page kept: a session cookie planted from another port of this host lacks it
+  const binding = { "X-Vital-Binding": localStorage.getItem("vital_annotate_binding") || "" };
+  const request = Object.assign({ credentials: "same-origin" }, options || {});
+  request.headers = Object.assign(binding, request.headers || {});
   try {
-    response = await fetch(path, Object.assign({ credentials: "same-origin" }, options || {}));
+    response = await fetch(path, request);
   } catch (err) {
     throw new Error("the server cannot be reached (is it running? is the network up?)");
   }
@@ -292,11 +297,21 @@ start().catch((err) => setStatus(`Could not load: ${err.message}`, true));
 
 LOGIN_JS = r"""
 "use strict";
+// The session is bound to a random value this origin keeps in localStorage (pages of other ports cannot read or
+// write it) and the app's script sends with every API call.
+function bind() {
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  const value = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  localStorage.setItem("vital_annotate_binding", value);
+  document.getElementById("binding").value = value;
+}
+document.getElementById("login").addEventListener("submit", bind);
 // An invite link carries the key after '#': browsers never send that part to a server or put it in a Referer.
 const key = new URLSearchParams(location.hash.slice(1)).get("key");
 if (key) {
   history.replaceState(null, "", location.pathname + location.search);
   document.getElementById("key").value = key;
+  bind();
   document.getElementById("login").submit();
 }
 """
