@@ -39,7 +39,7 @@ COMMANDS: tuple[Command, ...] = (
         ("preferences",), "vital_hub.preferences.cli:main", "annotate", "sample items, build preference pairs", True
     ),
     Command(("annotate",), "vital_hub.preferences.serve:main", "annotate", "serve the clinician annotation app", True),
-    Command(("select",), "vital_hub.selector.select:main", "train", "score candidates and keep the top ones"),
+    Command(("select",), "vital_hub.select_cli:main", "train", "score candidates and keep the top ones"),
     Command(
         ("convert", "llava-original"),
         "vital_hub.convert.cli:llava_original_main",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from vital_hub.cli_args import check_for
 from vital_hub.io import read_text
 
 
@@ -40,27 +41,83 @@ def _is_required(item: dataclasses.Field) -> bool:
     return item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
 
 
+def _converter(item: dataclasses.Field, kind: type):
+    """What turns a flag's text (or a YAML value) into the field's value: its own check, its concept's rule
+    (`vital_hub.cli_args.OPTION_CHECKS`), else the type."""
+    return item.metadata.get("check") or check_for(item.name, kind) or kind
+
+
+def _help_text(item: dataclasses.Field) -> str:
+    text = item.metadata.get("help", "")
+    if _is_required(item):
+        return text + " [required]"
+    if "default" in text.lower():  # the help already says it
+        return text
+    default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+    return f"{text} (default: {default})"
+
+
 def dataclass_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per field of `cls` (plus `--config`); unset flags are left out."""
+    """An argparse parser with one flag per field of `cls` (plus `--config`); unset flags are left out.
+    A field's metadata may give `choices`, `check` (a `vital_hub.cli_args` function) and `aliases` (old
+    spellings, accepted but hidden from --help)."""
     parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", help="YAML file of these options (flags override it)")
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
         flag = "--" + item.name.replace("_", "-")
         kind, many = _flag_type(hints[item.name])
-        if _is_required(item):
-            suffix = " [required]"
-        else:
-            default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
-            suffix = f" (default: {default})"
-        help_text = item.metadata.get("help", "") + suffix
+        options: dict = {"dest": item.name}
         if kind is bool:
-            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, help=help_text)
-        elif many:
-            parser.add_argument(flag, dest=item.name, nargs="*", type=kind, help=help_text)
+            options["action"] = argparse.BooleanOptionalAction
         else:
-            parser.add_argument(flag, dest=item.name, type=kind, help=help_text)
+            options["type"] = _converter(item, kind)
+            if many:
+                options["nargs"] = "*"
+            if item.metadata.get("choices"):
+                options["choices"] = item.metadata["choices"]
+        parser.add_argument(flag, help=_help_text(item), **options)
+        for alias in item.metadata.get("aliases", ()):
+            parser.add_argument(alias, help=argparse.SUPPRESS, **options)
     return parser
+
+
+def _yaml_value(item: dataclasses.Field, annotation, value):
+    """A value read from a YAML option file, checked as its flag would be (`workers: two` is an error)."""
+    kind, many = _flag_type(annotation)
+    if value is None:
+        if type(None) in typing.get_args(annotation) or item.default is None:
+            return None
+        raise argparse.ArgumentTypeError("expected a value, got null")
+    if many:
+        values = value if isinstance(value, list) else [value]
+        return [_yaml_value(item, kind, one) for one in values]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+        return value
+    if isinstance(value, dict | list):
+        raise argparse.ArgumentTypeError(f"expected a single value, got a {type(value).__name__}")
+    if kind in (str, Path) and isinstance(value, int | float):
+        value = str(value)
+    converted = _converter(item, kind)(value)
+    choices = item.metadata.get("choices")
+    if choices and converted not in choices:
+        raise argparse.ArgumentTypeError(f"invalid choice: {converted!r} (choose from {', '.join(choices)})")
+    return converted
+
+
+def check_yaml_options(values: dict, cls, path: str | Path) -> dict:
+    """The YAML options converted and checked field by field; the first bad one is an error naming it."""
+    hints = typing.get_type_hints(cls)
+    fields = {item.name: item for item in dataclasses.fields(cls)}
+    checked = {}
+    for name, value in values.items():
+        try:
+            checked[name] = _yaml_value(fields[name], hints[name], value)
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"{path}: option {name}: {err}") from None
+    return checked
 
 
 def read_yaml_options(path: str | Path, cls) -> dict:
@@ -69,6 +126,8 @@ def read_yaml_options(path: str | Path, cls) -> dict:
         loaded = yaml.safe_load(read_text(path)) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: cannot read options: {err}") from err
+    except RecursionError:
+        raise ValueError(f"{path}: cannot read options: nested too deeply") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
     values = {str(key).replace("-", "_"): value for key, value in loaded.items()}
@@ -76,7 +135,7 @@ def read_yaml_options(path: str | Path, cls) -> dict:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
-    return values
+    return check_yaml_options(values, cls, path)
 
 
 def parse_config(cls, argv: list[str], prog: str, description: str):

@@ -1,0 +1,107 @@
+"""What an option value may be, checked where it is parsed: flags (argparse `type=`) and YAML option files alike.
+
+Each check takes the text of a flag or the value a YAML file holds and returns the value, or raises
+`argparse.ArgumentTypeError` with the reason, so argparse prints its usual one-line `error: argument --x: ...`.
+Options are checked by concept: a name means one thing across every command (`workers`, `timeout_s`,
+`test_fraction`...), so `OPTION_CHECKS` is the one place that says which values it takes.
+
+Old flag spellings stay accepted, hidden from `--help`, for one release (`hidden_alias`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+Check = Callable[[object], object]
+
+
+def _number(value: object, kind: type) -> int | float:
+    if isinstance(value, bool):
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip().replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    try:
+        number = float(value) if isinstance(value, int | float) else float(str(value).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def whole_number(value: object) -> int:
+    return _number(value, int)
+
+
+def finite_float(value: object) -> float:
+    return _number(value, float)
+
+
+def _bounded(kind: type, low: float | None, high: float | None, low_open: bool, high_open: bool, name: str) -> Check:
+    def check(value: object):
+        number = _number(value, kind)
+        too_low = low is not None and (number <= low if low_open else number < low)
+        too_high = high is not None and (number >= high if high_open else number > high)
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"must be {name}, got {value!r}")
+        return number
+
+    check.__name__ = name.replace(" ", "_")
+    return check
+
+
+positive_int = _bounded(int, 0, None, True, False, "a whole number of at least 1")
+non_negative_int = _bounded(int, 0, None, False, False, "a whole number of at least 0")
+positive_float = _bounded(float, 0, None, True, False, "a number above 0")
+non_negative_float = _bounded(float, 0, None, False, False, "a number of at least 0")
+probability = _bounded(float, 0, 1, True, False, "a number above 0 and at most 1")
+fraction = _bounded(float, 0, 1, False, True, "a fraction of at least 0 and below 1")
+percent = _bounded(float, 0, 100, True, False, "a percentage above 0 and at most 100")
+port = _bounded(int, 0, 65535, False, False, "a port number from 0 to 65535")
+
+
+# What each option name accepts, whatever the command: one concept, one rule. A float option not listed here is
+# still refused when NaN or infinite; an int option not listed must still be a whole number.
+OPTION_CHECKS: dict[str, Check] = {
+    **dict.fromkeys(
+        ("concurrency", "workers", "num_workers", "samples", "min_rounds", "limit", "max_tokens", "max_new_tokens",
+         "max_prompt_tokens", "batch_max_requests", "flush_rows", "shard_rows", "rows_per_shard", "max_pixels",
+         "batch_size", "chunk_size", "shard_size", "k", "n", "clusters", "max_pairs", "sheet_top", "max_image_side",
+         "image_max_side", "top"),
+        positive_int,
+    ),
+    **dict.fromkeys(("max_retries", "seed", "max_distance", "bootstrap"), non_negative_int),
+    **dict.fromkeys(
+        ("timeout", "timeout_s", "shard_mb", "max_image_mb", "max_archive_mb", "max_unpacked_mb", "max_held_mb",
+         "backoff_max", "requests_per_minute", "tokens_per_minute", "clinician_weight", "session_hours", "interval",
+         "max_shard_gb"),
+        positive_float,
+    ),
+    **dict.fromkeys(("rate_limit", "backoff_base", "temperature", "image_weight"), non_negative_float),
+    "top_p": probability,
+    "test_fraction": fraction,
+    "top_percent": percent,
+    "port": port,
+}  # fmt: skip
+
+
+def check_for(name: str, kind: type) -> Check | None:
+    """The check of an option: its concept's rule, else any whole / finite number for int / float options."""
+    found = OPTION_CHECKS.get(name)
+    if found is not None:
+        return found
+    return {int: whole_number, float: finite_float}.get(kind)
+
+
+def hidden_alias(parser: argparse.ArgumentParser, old: str, dest: str, **kwargs) -> None:
+    """Accept an old spelling of a flag, kept out of `--help` (it goes in the release after next)."""
+    parser.add_argument(old, dest=dest, help=argparse.SUPPRESS, **kwargs)
