@@ -19,6 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from vital_hub.cli_args import positive_float
 from vital_hub.convert.formats import CHAT_FORMATS
 from vital_hub.convert.llava_original import ConversionError
 
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--chat-format", choices=sorted(CHAT_FORMATS), help="default: by language model family")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto keeps the checkpoint's dtype")
-    parser.add_argument("--max-shard-gb", type=float, default=5.0, help="largest output shard, in GiB")
+    parser.add_argument("--max-shard-gb", type=positive_float, default=5.0, help="largest output shard, in GiB")
     parser.add_argument("--push-to", help="upload the folder to this Hub model repo (ORG/NAME)")
     return parser
 

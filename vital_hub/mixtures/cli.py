@@ -140,4 +140,12 @@ def verify_main(argv: list[str]) -> int:
         print(
             f"  differs: record {example['index']} id {example['id']!r} ({example['component']}): {example['fields']}"
         )
+    if report["verdict"] == "differs":
+        counts = {key: report[key] for key in VERIFY_COUNTS if report[key]}
+        print(f"vital verify: error: {args.released}: differs from config {args.config!r}: {counts}", file=sys.stderr)
+        return 1
     return 0 if report["verdict"] == "identical" else 3
+
+
+# what `vital verify` names in its error line when a released file differs from a config
+VERIFY_COUNTS = ("differing", "absent_from_config", "config_rows_not_in_released", "repeated_in_released")

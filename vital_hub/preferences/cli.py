@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -171,11 +172,16 @@ def read_judge_scores(path) -> list[dict]:
     """The scores of a `vital judge rubric` output given as input: it must exist and hold scores."""
     from vital_hub.preferences.judge import read_scores
 
+    file = str(Path(path) / "scores.jsonl" if Path(path).is_dir() else path)
     scores = read_scores(path)
     if not scores:
-        raise RecordError(
-            "no scores in the file", file=str(Path(path) / "scores.jsonl" if Path(path).is_dir() else path)
-        )
+        raise RecordError("no scores in the file", file=file)
+    for row in scores:
+        score = row.get("score")
+        # The judge scores 0-10 and writes null when it found none: any other number was not written by it,
+        # and would become pairs at levels that do not exist (a 42 above every 10).
+        if score is not None and not (math.isfinite(score) and 0 <= score <= 10):
+            raise RecordError(f"score {score!r} is outside the judge's 0-10", file=file, record_id=row["score_id"])
     return scores
 
 

@@ -18,6 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
+from vital_hub.cli_args import port, positive_float
 from vital_hub.preferences.accounts import SESSION_HOURS, Accounts, accounts_path, add_annotator
 from vital_hub.preferences.app import Annotation, Gate, create_app, is_loopback
 from vital_hub.preferences.items import ImageResolver, load_items
@@ -31,7 +32,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve.add_argument("--out", required=True, help="folder of per-annotator judgement logs (<annotator>.jsonl)")
     serve.add_argument("--annotator", help="without accounts: the one clinician judging on this machine")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (non-loopback needs accounts)")
-    serve.add_argument("--port", type=int, default=7860, help="port (0: any free port, printed at start)")
+    serve.add_argument("--port", type=port, default=7860, help="port (0: any free port, printed at start)")
     serve.add_argument("--images", help="folder of <pair_id>.jpg figures for items that carry no picture")
     serve.add_argument("--figures", help="figures dataset (folder or repo id) to look pictures up by pair_id")
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
@@ -43,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve.add_argument(
         "--allow-insecure-http", action="store_true", help="listen beyond loopback over plain HTTP anyway"
     )
-    serve.add_argument("--session-hours", type=float, default=SESSION_HOURS, help="a sign-in lasts this long")
+    serve.add_argument("--session-hours", type=positive_float, default=SESSION_HOURS, help="a sign-in lasts this long")
     add = sub.add_parser("add-annotator", help="create an account and print its invite link (shown once)")
     add.add_argument("name", help="the clinician's name (letters, digits, '.', '_', '-'; case does not matter)")
     add.add_argument("--out", required=True, help="the serve command's --out folder (accounts live beside logs)")
