@@ -121,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = found
     try:
         return int(load(command)(rest) or 0)
+    except RecursionError:
+        if os.environ.get("VITAL_DEBUG"):
+            raise
+        # every reader names its file when it sees absurd nesting; this is the net under one that does not
+        print(f"{program(command, rest)}: error: an input is nested too deeply to read", file=sys.stderr)
+        return 1
     except _input_errors() as err:
         if os.environ.get("VITAL_DEBUG"):
             raise

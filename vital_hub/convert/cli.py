@@ -69,6 +69,7 @@ def resolve(model: str, revision: str | None, patterns: tuple[list[str], list[st
 
 def convert(args: argparse.Namespace) -> dict:
     import transformers
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoTokenizer
 
     from vital_hub.convert import llava_original as lo
@@ -106,8 +107,12 @@ def convert(args: argparse.Namespace) -> dict:
     if tokenizer.pad_token is None:  # the original set the pad token to <unk> for these formats
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     dtype = (raw.get("torch_dtype") or raw.get("dtype") or "float16") if args.dtype == "auto" else args.dtype
-    vision = lo.vision_config(settings, clip.folder if clip else None)
-    config = lo.llava_config(raw, settings, tokenizer, vision, dtype)
+    try:  # transformers checks each field's type: `hidden_size: "big"` is an error naming the field
+        vision = lo.vision_config(settings, clip.folder if clip else None)
+        config = lo.llava_config(raw, settings, tokenizer, vision, dtype)
+    except (TypeError, KeyError, StrictDataclassError) as err:
+        reason = " ".join(str(err).split())  # the validation message spans lines
+        raise ConversionError(f"{source.folder / 'config.json'} (or the vision tower's): {reason}") from None
     targets = lo.target_shapes(config)
     mapping = lo.plan_keys(weights, targets, clip_weights, source.folder)
 

@@ -68,16 +68,23 @@ def list_keys(path: Path) -> list[str]:
 
 def load_bin(path: Path) -> dict:
     """A `.bin` state dict, memory-mapped (zip format, torch >= 1.6) so that its pages are read on demand."""
+    import pickle
+
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError as err:
-        if "mmap" not in str(err):
-            raise ValueError(f"{path}: cannot read this checkpoint file: {err}") from None
-        state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: read whole
-    except Exception as err:  # unpickling errors of a corrupt or non-checkpoint file
-        raise ValueError(f"{path}: cannot read this checkpoint file: {err}") from None
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: read whole
+    except pickle.UnpicklingError:  # torch's own text here suggests weights_only=False: never, for a download
+        reason = "not a PyTorch checkpoint of tensors (corrupt, or holding objects that are not loaded for safety)"
+        raise ValueError(f"{path}: cannot read this checkpoint file: {reason}") from None
+    except Exception as err:  # other errors of a corrupt or non-checkpoint file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: cannot read this checkpoint file: {reason}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
     return state
