@@ -12,6 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from vital_hub.cli_args import install_hint, missing_modules
 from vital_hub.redaction import redact_environment
 
 
@@ -56,14 +57,40 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
+# Optional modules a command imports, checked before it starts (a judge run that dies on a missing plotting
+# library after every paid request is the failure this prevents). The command's extra installs them all;
+# commands whose needs depend on their options (the sample encoder, the answer backend) check those themselves.
+NEEDS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("fetch", "figures"): ("aiohttp",),
+    ("generate", "candidates"): ("openai",),
+    ("generate", "collect"): ("openai",),
+    ("generate", "reference-answers"): ("openai",),
+    ("judge", "rubric"): ("openai", "matplotlib"),
+    ("preferences", "sample"): ("numpy", "sklearn", "matplotlib"),
+    ("annotate", "serve"): ("fastapi", "uvicorn"),
+    ("select",): ("torch", "transformers", "accelerate"),
+    ("convert", "llava-original"): ("torch", "transformers", "safetensors", "sentencepiece", "google.protobuf"),
+    ("eval", "chat"): ("openai", "numpy"),
+    ("eval", "winrate"): ("openai", "numpy"),
+    ("eval", "report"): ("matplotlib",),
+    ("audit", "contamination"): ("imagehash", "numpy", "matplotlib"),
+}
+
+
+def needs(command: Command, rest: list[str]) -> tuple[str, ...]:
+    words = command.words + ((rest[0],) if command.subcommands and rest else ())
+    return NEEDS.get(words, ())
+
+
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "the input or the service is wrong", reported without a traceback (VITAL_DEBUG=1 shows it).
     ValueError covers RecordError and the Hub client's validation errors; OSError covers missing files and
     HTTP failures; FatalAPIError is a model server refusing the key, the model or every request."""
+    from vital_hub.cli_args import ModuleMissing
     from vital_hub.generation.client import FatalAPIError
     from vital_hub.hub import HubError
 
-    return (ValueError, OSError, HubError, FatalAPIError)
+    return (ValueError, OSError, HubError, FatalAPIError, ModuleMissing)
 
 
 def find_command(argv: list[str]) -> tuple[Command, list[str]] | None:
@@ -119,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vital: unknown command {' '.join(argv[:2])!r}\n\n{usage()}", file=sys.stderr)
         return 2
     command, rest = found
+    asks_help = any(arg in ("-h", "--help") for arg in rest)
+    if not asks_help and (missing := missing_modules(needs(command, rest))):
+        extra = command.extra or "dev"
+        print(f"{program(command, rest)}: error: {install_hint(missing, extra)}", file=sys.stderr)
+        return 1
     try:
         return int(load(command)(rest) or 0)
     except RecursionError:

@@ -11,6 +11,7 @@ Old flag spellings stay accepted, hidden from `--help`, for one release (`hidden
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 from collections.abc import Callable
 
@@ -105,3 +106,36 @@ def check_for(name: str, kind: type) -> Check | None:
 def hidden_alias(parser: argparse.ArgumentParser, old: str, dest: str, **kwargs) -> None:
     """Accept an old spelling of a flag, kept out of `--help` (it goes in the release after next)."""
     parser.add_argument(old, dest=dest, help=argparse.SUPPRESS, **kwargs)
+
+
+# the distribution that installs a module, where the names differ
+PACKAGES = {"sklearn": "scikit-learn", "google.protobuf": "protobuf", "PIL": "pillow"}
+
+
+def missing_modules(modules: tuple[str, ...] | list[str]) -> list[str]:
+    """The modules that cannot be imported, found without importing them (so checking costs nothing)."""
+    missing = []
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a parent package missing, or an import hook refusing it
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def install_hint(missing: list[str], extra: str) -> str:
+    packages = ", ".join(repr(PACKAGES.get(name, name)) for name in missing)
+    return f"needs {packages}, not installed: pip install 'vital-hub[{extra}]'"
+
+
+def require(modules: tuple[str, ...] | list[str], extra: str, why: str = "") -> None:
+    """Stop with one line naming what is missing and the extra that installs it, before any work starts."""
+    missing = missing_modules(modules)
+    if missing:
+        raise ModuleMissing(install_hint(missing, extra) + (f" ({why})" if why else ""))
+
+
+class ModuleMissing(RuntimeError):
+    """An optional module a command needs is not installed: reported as one error line by `vital`."""

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from vital_hub.cli_args import require
 from vital_hub.config import parse_config
 
 
@@ -23,6 +24,10 @@ def answer_main(argv: list[str]) -> int:
     from vital_hub.eval.answer import AnswerConfig, answer
 
     config = parse_config(AnswerConfig, argv, "vital eval answer", "Answer an eval set with a model (resumable).")
+    if config.backend == "transformers":
+        require(("torch", "transformers", "accelerate"), "train", "the transformers backend runs the model here")
+    else:
+        require(("openai",), "eval")
     _print(answer(config))
     return 0
 

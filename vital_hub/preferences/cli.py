@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from vital_hub.cli_args import require
 from vital_hub.config import help_field, parse_config
 from vital_hub.io import atomic_path, write_json_atomic
 from vital_hub.schema import RecordError
@@ -99,6 +100,8 @@ def sample_command(config: SampleConfig) -> int:
     from vital_hub.preferences.items import ImageResolver, load_items
     from vital_hub.preferences.sample import DEFAULT_CLIP, diverse_sample, get_encoder, plot_sample
 
+    if config.encoder in ("clip", "tiny-clip"):
+        require(("torch", "transformers"), "train", f"the {config.encoder} encoder; --encoder hashing needs neither")
     items = load_items(config.candidates)
     options = {"model_id": config.encoder_model or DEFAULT_CLIP} if config.encoder == "clip" else {}
     if config.encoder == "tiny-clip":
