@@ -124,10 +124,10 @@ def program(command: Command, rest: list[str]) -> str:
     return "vital " + " ".join(words)
 
 
-def usage() -> str:
-    width = max(len(" ".join(c.words)) for c in COMMANDS)
-    lines = ["usage: vital COMMAND [ARGS...]  (vital COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {' '.join(c.words):<{width}}  {c.help}" for c in COMMANDS]
+def usage(commands=COMMANDS, synopsis: str = "vital COMMAND [ARGS...]") -> str:
+    width = max(len(" ".join(c.words)) for c in commands)
+    lines = [f"usage: {synopsis}  (vital COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {' '.join(c.words):<{width}}  {c.help}" for c in commands]
     return "\n".join(lines)
 
 
@@ -143,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     found = find_command(argv)
     if found is None:
-        print(f"vital: unknown command {' '.join(argv[:2])!r}\n\n{usage()}", file=sys.stderr)
+        group = [c for c in COMMANDS if len(c.words) > 1 and c.words[0] == argv[0]]
+        if group and (len(argv) == 1 or argv[1] in ("-h", "--help")):  # `vital build --help`
+            print(usage(group, f"vital {argv[0]} COMMAND [ARGS...]"))
+            return 0
+        print(f"vital: unknown command {' '.join(argv[:2])!r}\n\n{usage(group or COMMANDS)}", file=sys.stderr)
         return 2
     command, rest = found
     asks_help = any(arg in ("-h", "--help") for arg in rest)

@@ -95,6 +95,20 @@ OPTION_CHECKS: dict[str, Check] = {
 }  # fmt: skip
 
 
+# One spelling per concept across commands, by the field names commands gave it; the field's own spelling stays
+# accepted (hidden from --help) for one release.
+FLAG_NAMES: dict[str, str] = {
+    "image_folder": "--images",  # a folder of <pair_id>.jpg figures, as every other command calls it
+    "image_max_side": "--max-image-side",
+    "image_detail": "--detail",
+    "out_dir": "--out",
+    "cache_path": "--cache",  # one file caching requests or hashes, so a re-run does not redo them
+    "hash_cache": "--cache",
+    "timeout": "--timeout-s",
+    "rows_per_shard": "--shard-rows",
+}
+
+
 def check_for(name: str, kind: type) -> Check | None:
     """The check of an option: its concept's rule, else any whole / finite number for int / float options."""
     found = OPTION_CHECKS.get(name)

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
 
 import yaml
 
-from vital_hub.cli_args import check_for
+from vital_hub.cli_args import FLAG_NAMES, check_for
 from vital_hub.io import read_text
 
 
-def help_field(text: str, **kwargs):
-    """A dataclass field with a help text for its flag."""
-    return dataclasses.field(metadata={"help": text}, **kwargs)
+def help_field(text: str, *, choices: tuple | None = None, **kwargs):
+    """A dataclass field with a help text for its flag (and the values it takes, when not listed as `a | b`)."""
+    metadata = {"help": text, **({"choices": choices} if choices else {})}
+    return dataclasses.field(metadata=metadata, **kwargs)
 
 
 def _flag_type(annotation) -> tuple[type, bool]:
@@ -54,18 +56,40 @@ def _help_text(item: dataclasses.Field) -> str:
     if "default" in text.lower():  # the help already says it
         return text
     default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
-    return f"{text} (default: {default})"
+    return text if default is None else f"{text} (default: {default})"  # "default: None" says nothing
+
+
+# "mode: conversation | dual-answer (...)": a help text that lists the values is the list argparse checks
+_LISTED = re.compile(r"^(?:[^|]*?: )?([\w.-]+(?: \| [\w.-]+)+)(?:[ ,(]|$)")
+
+
+def choices_of(item: dataclasses.Field) -> tuple | None:
+    """The values a field takes: its metadata's `choices`, else those its help lists as `a | b | c`."""
+    if item.metadata.get("choices"):
+        return tuple(item.metadata["choices"])
+    found = _LISTED.match(item.metadata.get("help", ""))
+    return tuple(found.group(1).split(" | ")) if found else None
+
+
+def flag_of(item: dataclasses.Field) -> str:
+    """The flag of a field: its concept's one spelling (`vital_hub.cli_args.FLAG_NAMES`), else from its name."""
+    return item.metadata.get("flag") or FLAG_NAMES.get(item.name) or "--" + item.name.replace("_", "-")
+
+
+def _old_flags(item: dataclasses.Field) -> list[str]:
+    """Spellings kept for one release: the one derived from the field's name when the concept's differs."""
+    derived = "--" + item.name.replace("_", "-")
+    return [flag for flag in (derived, *item.metadata.get("aliases", ())) if flag != flag_of(item)]
 
 
 def dataclass_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field of `cls` (plus `--config`); unset flags are left out.
-    A field's metadata may give `choices`, `check` (a `vital_hub.cli_args` function) and `aliases` (old
-    spellings, accepted but hidden from --help)."""
+    A field's metadata may give `choices`, `check` (a `vital_hub.cli_args` function), `flag` and `aliases`
+    (old spellings, accepted but hidden from --help)."""
     parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", help="YAML file of these options (flags override it)")
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
-        flag = "--" + item.name.replace("_", "-")
         kind, many = _flag_type(hints[item.name])
         options: dict = {"dest": item.name}
         if kind is bool:
@@ -74,10 +98,10 @@ def dataclass_parser(cls, prog: str, description: str) -> argparse.ArgumentParse
             options["type"] = _converter(item, kind)
             if many:
                 options["nargs"] = "*"
-            if item.metadata.get("choices"):
-                options["choices"] = item.metadata["choices"]
-        parser.add_argument(flag, help=_help_text(item), **options)
-        for alias in item.metadata.get("aliases", ()):
+            if choices := choices_of(item):
+                options["choices"] = choices
+        parser.add_argument(flag_of(item), help=_help_text(item), **options)
+        for alias in _old_flags(item):
             parser.add_argument(alias, help=argparse.SUPPRESS, **options)
     return parser
 
@@ -101,7 +125,7 @@ def _yaml_value(item: dataclasses.Field, annotation, value):
     if kind in (str, Path) and isinstance(value, int | float):
         value = str(value)
     converted = _converter(item, kind)(value)
-    choices = item.metadata.get("choices")
+    choices = choices_of(item)
     if choices and converted not in choices:
         raise argparse.ArgumentTypeError(f"invalid choice: {converted!r} (choose from {', '.join(choices)})")
     return converted
@@ -130,11 +154,22 @@ def read_yaml_options(path: str | Path, cls) -> dict:
         raise ValueError(f"{path}: cannot read options: nested too deeply") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
-    values = {str(key).replace("-", "_"): value for key, value in loaded.items()}
-    known = {item.name for item in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    # a key is spelled as the field, or as its flag (current or old), with '_' or '-'
+    spellings = {}
+    for item in dataclasses.fields(cls):
+        for flag in (flag_of(item), *_old_flags(item)):
+            spellings[flag[2:].replace("-", "_")] = item.name
+        spellings[item.name] = item.name
+    keys = [str(key).replace("-", "_") for key in loaded]
+    unknown = sorted(key for key in keys if key not in spellings)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        known = sorted({flag_of(item)[2:].replace("-", "_") for item in dataclasses.fields(cls)})
+        raise ValueError(f"{path}: unknown keys {unknown}; known: {known}")
+    values = {}
+    for key, value in zip(keys, loaded.values(), strict=True):
+        if spellings[key] in values:
+            raise ValueError(f"{path}: {key!r} repeats an option given above under another spelling")
+        values[spellings[key]] = value
     return check_yaml_options(values, cls, path)
 
 
@@ -150,9 +185,7 @@ def parse_config(cls, argv: list[str], prog: str, description: str):
         except ValueError as err:
             parser.error(str(err))
     values.update(args)
-    missing = [
-        "--" + f.name.replace("_", "-") for f in dataclasses.fields(cls) if _is_required(f) and f.name not in values
-    ]
+    missing = [flag_of(f) for f in dataclasses.fields(cls) if _is_required(f) and f.name not in values]
     if missing:
         parser.error(f"missing required options: {', '.join(missing)}")
     try:

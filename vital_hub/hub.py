@@ -302,17 +302,31 @@ def build_push_parser() -> argparse.ArgumentParser:
         prog="vital push",
         description="Upload a repo folder to the Hub (HF_ENDPOINT, HF_TOKEN honoured; re-run to resume).",
     )
-    parser.add_argument("--repo", required=True, help="the repo folder to upload (e.g. the --out of vital build)")
+    # `vital push FOLDER --to ORG/NAME`: "repo" is the Hub id, as `hf upload` and `push_to_hub` use it; the old
+    # `--repo FOLDER` is accepted, hidden, for one release.
+    parser.add_argument(
+        "folder", nargs="?", metavar="FOLDER", help="the folder to upload (e.g. the --out of vital build)"
+    )
+    parser.add_argument("--repo", dest="old_folder", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--to", required=True, metavar="ORG/NAME", help="the Hub repo id to push to")
-    parser.add_argument("--repo-type", default="dataset", choices=REPO_TYPES, help="dataset (default) or model")
+    parser.add_argument("--repo-type", default="dataset", choices=REPO_TYPES, help="the Hub repo's type (default: dataset)")
     parser.add_argument("--private", action="store_true", help="create the repo as private (if it is new)")
     parser.add_argument("--revision", default=None, metavar="BRANCH", help="branch to commit to (created if new)")
     parser.add_argument("--commit-message", default=None, help="commit title (default: Upload <folder> ...)")
     return parser
 
 
+def parse_push_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_push_parser()
+    args = parser.parse_args(argv)
+    if (args.folder is None) == (args.old_folder is None):
+        parser.error("give the folder to upload once: vital push FOLDER --to ORG/NAME")
+    args.repo = args.folder or args.old_folder
+    return args
+
+
 def push_main(argv: list[str]) -> int:
-    args = build_push_parser().parse_args(argv)
+    args = parse_push_args(argv)
     try:
         plan = plan_push(args.repo, args.to, args.repo_type, args.revision)
         print(

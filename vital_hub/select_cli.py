@@ -57,11 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--chunk-size", type=positive_int, default=64, help="candidates a decoding worker prepares at once"
     )
-    parser.add_argument(
-        "--num-workers", type=positive_int, help="decoding processes per GPU (default: CPUs / GPUs - 2)"
-    )
+    parser.add_argument("--workers", type=positive_int, help="decoding processes per GPU (default: CPUs / GPUs - 2)")
+    parser.add_argument("--num-workers", dest="workers", type=positive_int, help=argparse.SUPPRESS)  # old spelling
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="backbone precision")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     return parser
 
 
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     mine = [s for s in range(n_shards) if s % state.num_processes == state.process_index]
     todo = [(s, range(s * args.shard_size, min(len(rows), (s + 1) * args.shard_size))) for s in mine]
     todo = [(s, r) for s, r in todo if not shard_done(scores_dir, s)]
-    workers = args.num_workers
+    workers = args.workers
     if workers is None:
         workers = max(1, (os.cpu_count() or 2) // state.num_processes - 2)  # leave the main process a core
     started = time.perf_counter()
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             args.batch_size,
             workers,
             chunk_size=args.chunk_size,
-            progress=not args.no_progress and state.is_local_main_process,
+            progress=args.progress and state.is_local_main_process,
         )
     seconds = time.perf_counter() - started
     print(

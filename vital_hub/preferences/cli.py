@@ -72,7 +72,9 @@ class PairsConfig:
     n: int = help_field("number of pairs (train + test)", default=30000)
     seed: int = help_field("seed of the split and the pair draw", default=0)
     test_fraction: float = help_field("share held out, per score level", default=0.2)
-    pairing: str = help_field("across (any two items, paper) | same-question", default="across")
+    pairing: str = help_field(
+        "across (any two items, paper) | same-question", default="across", choices=("across", "same-question")
+    )
     clinician_weight: float = help_field("weight w of clinician pairs in the mixed config", default=100.0)
     embed_images: bool = help_field("embed the chosen side's figure (needs --images or --figures)", default=False)
     images: str | None = help_field("folder of <pair_id>.jpg figures", default=None)
