@@ -289,7 +289,7 @@ def main(argv: list[str]) -> int:
         "  vital sources fetch --dir sources                       # released files, checksummed\n"
         "  vital fetch figures --urls llava_med_image_urls.jsonl --out figures\n"
         "  vital build instructions --sources sources --images figures --out instructions\n"
-        "  vital push --repo instructions --to ORG/instructions    # needs HF_TOKEN"
+        "  vital push instructions --to ORG/instructions    # needs HF_TOKEN"
     )
     return 0
 

@@ -5,8 +5,8 @@ token (`HF_TOKEN` or the login file, never an argument, never printed or written
 decided in one place. `upload_folder` is resumable by re-running: files the Hub already holds (LFS objects from an
 interrupted push, unchanged files) are not sent again.
 
-    vital push --repo out/instructions --to biomed-vital/instructions
-    vital push --repo runs/selector --to biomed-vital/selector --repo-type model --revision v1
+    vital push out/instructions --to biomed-vital/instructions
+    vital push runs/selector --to biomed-vital/selector --repo-type model --revision v1
 """
 
 from __future__ import annotations

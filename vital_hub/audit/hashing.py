@@ -159,7 +159,7 @@ class HashCache:
                 except (TypeError, KeyError, AttributeError, ValueError):
                     raise ValueError(
                         f"{self.path}: line {number} is not a hash cache entry ({{sha256, phash}}, phash in hex); "
-                        "give another --hash-cache or delete this one"
+                        "give another --cache or delete this one"
                     ) from None
         self.added = 0
 

@@ -66,7 +66,7 @@ def build_main(argv: list[str]) -> int:
         print(f"vital build instructions: error: {err}", file=sys.stderr)
         return 1
     print_summary(manifest)
-    print(f"\nwrote {config.out} (push it with: vital push --repo {config.out} --to ORG/NAME)")
+    print(f"\nwrote {config.out} (push it with: vital push {config.out} --to ORG/NAME)")
     return 0
 
 
