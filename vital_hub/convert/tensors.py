@@ -68,8 +68,6 @@ def list_keys(path: Path) -> list[str]:
 
 def load_bin(path: Path) -> dict:
     """A `.bin` state dict, memory-mapped (zip format, torch >= 1.6) so that its pages are read on demand."""
-    import pickle
-
     import torch
 
     try:
@@ -79,11 +77,10 @@ def load_bin(path: Path) -> dict:
             if "mmap" not in str(err):
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: read whole
-    except pickle.UnpicklingError:  # torch's own text here suggests weights_only=False: never, for a download
-        reason = "not a PyTorch checkpoint of tensors (corrupt, or holding objects that are not loaded for safety)"
-        raise ValueError(f"{path}: cannot read this checkpoint file: {reason}") from None
-    except Exception as err:  # other errors of a corrupt or non-checkpoint file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # a corrupt or non-checkpoint file; torch's own text for some suggests
+        # weights_only=False, which is never right for a downloaded file
+        kind = type(err).__name__
+        reason = f"not a PyTorch checkpoint of tensors (corrupt, or holding objects not loaded for safety: {kind})"
         raise ValueError(f"{path}: cannot read this checkpoint file: {reason}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
