@@ -677,3 +677,47 @@ def test_convert_names_a_config_field_of_the_wrong_type_and_a_garbage_shard(kind
     assert code == 1 and "Traceback" not in err and "weights_only" not in err
     assert line.startswith(f"vital convert llava-original: error: {where}") and reason in line, line
     assert not (tmp_path / "out").exists()
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims 10 gigapixels: decoding it would take tens of GB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("command", ["eval answer", "eval chat", "generate candidates"])
+def test_a_decompression_bomb_figure_is_an_unusable_figure_not_a_crash(command, tmp_path, capsys, monkeypatch):
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    images, captions, ids = make_figures(tmp_path / "figs", 2)
+    (images / f"{ids[0]}.jpg").write_bytes(png_bomb())
+    questions = tmp_path / "qa50.jsonl"
+    questions.write_text("".join(json.dumps({**qa50_row(n), "image": f"{ids[n]}.jpg"}) + "\n" for n in range(2)))
+    with FakeOpenAIServer() as server:
+        common = ["--base-url", server.url, "--max-retries", "0"]
+        argv = {
+            "eval answer": ["eval", "answer", "--backend", "openai", "--questions", str(questions), "--images",
+                            str(images), "--out", str(tmp_path / "answers.jsonl"), "--model", "m"],
+            "eval chat": ["eval", "chat", "--questions", str(questions), "--answers", str(_answers(tmp_path)),
+                          "--out", str(tmp_path / "chat"), "--judge-model", "m", "--attach-image", "--images",
+                          str(images)],
+            "generate candidates": ["generate", "candidates", "--figures", str(images), "--captions", str(captions),
+                                    "--out", str(tmp_path / "gen"), "--model", "m", "--demos",
+                                    str(make_demonstrations(tmp_path / "demos.json"))],
+        }[command]  # fmt: skip
+        code = vital([*argv, *common])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    if command == "eval answer":
+        rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+        bomb = next(r for r in rows if r["image"] == f"{ids[0]}.jpg")
+        assert bomb["image_status"] == "corrupt" and "decompression bomb" in bomb["image_detail"]

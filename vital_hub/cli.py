@@ -157,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(load(command)(rest) or 0)
+    except SystemExit as stop:
+        if not isinstance(stop.code, str) or os.environ.get("VITAL_DEBUG"):
+            raise  # argparse's exits (usage printed, code 2), --help (0) and plain exit codes pass through
+        # a command stopping with a reason (`raise SystemExit("...")`): the same one line as any input error
+        reason = stop.code.removeprefix(f"{program(command, rest)}: ").removeprefix("error: ")
+        print(redact_environment(f"{program(command, rest)}: error: {reason}"), file=sys.stderr)
+        return 1
     except RecursionError:
         if os.environ.get("VITAL_DEBUG"):
             raise
