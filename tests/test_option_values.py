@@ -46,7 +46,7 @@ BAD_VALUES = [
     (["preferences", "sample", "--candidates", "c", "--out", "o"], "--image-weight", "nan"),
     ([*SELECT, "--top", "5"], "--shard-size", "0"),
     ([*SELECT, "--top", "5"], "--batch-size", "0"),
-    ([*SELECT, "--top", "5"], "--workers", "0"),
+    ([*SELECT, "--top", "5"], "--workers", "-1"),
     ([*SELECT, "--top", "5"], "--domain-quotas", "mri=nan"),
     (SELECT, "--top", "0"),
     (SELECT, "--top-percent", "101"),

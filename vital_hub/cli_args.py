@@ -74,13 +74,13 @@ port = _bounded(int, 0, 65535, False, False, "a port number from 0 to 65535")
 # still refused when NaN or infinite; an int option not listed must still be a whole number.
 OPTION_CHECKS: dict[str, Check] = {
     **dict.fromkeys(
-        ("concurrency", "workers", "num_workers", "samples", "min_rounds", "limit", "max_tokens", "max_new_tokens",
+        ("concurrency", "workers", "samples", "min_rounds", "limit", "max_tokens", "max_new_tokens",
          "max_prompt_tokens", "batch_max_requests", "flush_rows", "shard_rows", "rows_per_shard", "max_pixels",
          "batch_size", "chunk_size", "shard_size", "k", "n", "clusters", "max_pairs", "sheet_top", "max_image_side",
          "image_max_side", "top"),
         positive_int,
     ),
-    **dict.fromkeys(("max_retries", "seed", "max_distance", "bootstrap"), non_negative_int),
+    **dict.fromkeys(("max_retries", "seed", "max_distance", "bootstrap", "num_workers"), non_negative_int),
     **dict.fromkeys(
         ("timeout", "timeout_s", "shard_mb", "max_image_mb", "max_archive_mb", "max_unpacked_mb", "max_held_mb",
          "backoff_max", "requests_per_minute", "tokens_per_minute", "clinician_weight", "session_hours", "interval",
