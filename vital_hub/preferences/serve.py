@@ -20,7 +20,6 @@ from pathlib import Path
 
 from vital_hub.cli_args import port, positive_float
 from vital_hub.preferences.accounts import SESSION_HOURS, Accounts, accounts_path, add_annotator
-from vital_hub.preferences.app import Annotation, Gate, create_app, is_loopback
 from vital_hub.preferences.items import ImageResolver, load_items
 
 
@@ -79,6 +78,8 @@ def check_serving(args: argparse.Namespace, accounts: Accounts) -> None:
             f"no accounts in {accounts.path}: give --annotator NAME (one clinician on this machine) or create "
             "accounts with `vital annotate add-annotator NAME --out ...`"
         )
+    from vital_hub.preferences.app import is_loopback  # the web app (fastapi) loads once the options are read
+
     if is_loopback(args.host):
         return
     if not accounts:
@@ -94,6 +95,8 @@ def check_serving(args: argparse.Namespace, accounts: Accounts) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from vital_hub.preferences.app import Annotation, Gate, create_app
+
     accounts = Accounts(args.out)
     check_serving(args, accounts)
     resolver = ImageResolver(args.images, args.figures)
