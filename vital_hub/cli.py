@@ -155,20 +155,26 @@ def main(argv: list[str] | None = None) -> int:
         extra = command.extra or "dev"
         print(f"{program(command, rest)}: error: {install_hint(missing, extra)}", file=sys.stderr)
         return 1
+    return run_reporting_errors(program(command, rest), lambda: load(command)(rest))
+
+
+def run_reporting_errors(name: str, function) -> int:
+    """Run `function()`; bad input or an unreachable service becomes one line `NAME: error: ...` and exit status 1
+    (VITAL_DEBUG=1 shows the traceback). Shared by the `vital` commands and the recipes."""
     try:
-        return int(load(command)(rest) or 0)
+        return int(function() or 0)
     except SystemExit as stop:
         if not isinstance(stop.code, str) or os.environ.get("VITAL_DEBUG"):
             raise  # argparse's exits (usage printed, code 2), --help (0) and plain exit codes pass through
         # a command stopping with a reason (`raise SystemExit("...")`): the same one line as any input error
-        reason = stop.code.removeprefix(f"{program(command, rest)}: ").removeprefix("error: ")
-        print(redact_environment(f"{program(command, rest)}: error: {reason}"), file=sys.stderr)
+        reason = stop.code.removeprefix(f"{name}: ").removeprefix("error: ")
+        print(redact_environment(f"{name}: error: {reason}"), file=sys.stderr)
         return 1
     except RecursionError:
         if os.environ.get("VITAL_DEBUG"):
             raise
         # every reader names its file when it sees absurd nesting; this is the net under one that does not
-        print(f"{program(command, rest)}: error: an input is nested too deeply to read", file=sys.stderr)
+        print(f"{name}: error: an input is nested too deeply to read", file=sys.stderr)
         return 1
     except _input_errors() as err:
         if os.environ.get("VITAL_DEBUG"):
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input or an unreachable service: one line naming the file, record or repo and the reason.
         # Every stage writes finished work as it goes, so re-running the same command resumes. A server may have
         # echoed a credential into the message: it is redacted here once more, whatever raised it.
-        print(redact_environment(f"{program(command, rest)}: error: {err}"), file=sys.stderr)
+        print(redact_environment(f"{name}: error: {err}"), file=sys.stderr)
         return 1
 
 
