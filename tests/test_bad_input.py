@@ -721,3 +721,71 @@ def test_a_decompression_bomb_figure_is_an_unusable_figure_not_a_crash(command, 
         rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
         bomb = next(r for r in rows if r["image"] == f"{ids[0]}.jpg")
         assert bomb["image_status"] == "corrupt" and "decompression bomb" in bomb["image_detail"]
+
+
+# Every command, its main input replaced by something that is not one: each must answer with one error line,
+# exit 1 (or argparse's 2), no traceback, no hang. `{bad}` is the broken path; `{tmp}` a scratch folder.
+EVERY_COMMAND = {
+    "sources verify": ["sources", "verify", "--dir", "{tmp}", "--lock", "{bad}"],
+    "build instructions": ["build", "instructions", "--sources", "{tmp}", "--out", "{tmp}/o", "--mixtures", "{bad}"],
+    "export llava": ["export", "llava", "--repo", "{bad}", "--config", "80k", "--out", "{tmp}/x.json"],
+    "verify": ["verify", "--repo", "{tmp}", "--config", "80k", "--released", "{bad}"],
+    "push": ["push", "{bad}", "--to", "me/x"],
+    "fetch figures": ["fetch", "figures", "--urls", "{bad}", "--out", "{tmp}/f", "--no-progress"],
+    "build figures": ["build", "figures", "--index", "{bad}", "--out", "{tmp}/o"],
+    "generate candidates": ["generate", "candidates", "--figures", "{tmp}", "--captions", "{bad}", "--out",
+                            "{tmp}/g", "--model", "m", "--base-url", DEAD_SERVER],
+    "generate collect": ["generate", "collect", "--out", "{bad}"],
+    "generate reference-answers": ["generate", "reference-answers", "--questions", "{bad}", "--out", "{tmp}/r.jsonl",
+                                   "--model", "m", "--base-url", DEAD_SERVER],
+    "judge rubric": ["judge", "rubric", "--candidates", "{bad}", "--out", "{tmp}/j", "--model", "m", "--base-url",
+                     DEAD_SERVER],
+    "preferences sample": ["preferences", "sample", "--candidates", "{bad}", "--out", "{tmp}/s.jsonl", "--encoder",
+                           "hashing"],
+    "preferences build": ["preferences", "build", "--annotations", "{bad}", "--out", "{tmp}/p"],
+    "preferences pairs": ["preferences", "pairs", "--scores", "{bad}", "--out", "{tmp}/p"],
+    "preferences agreement": ["preferences", "agreement", "--scores", "{bad}", "--repo", "{tmp}"],
+    "preferences mix": ["preferences", "mix", "--repo", "{bad}"],
+    "annotate serve": ["annotate", "serve", "--items", "{bad}", "--out", "{tmp}/a", "--annotator", "dr_a", "--port",
+                       "0"],
+    "select": ["select", "--selector", "{tmp}", "--candidates", "{bad}", "--out", "{tmp}/s", "--top", "1"],
+    "convert llava-original": ["convert", "llava-original", "--model", "{bad}", "--out", "{tmp}/c"],
+    "eval answer": ["eval", "answer", "--backend", "openai", "--questions", "{bad}", "--out", "{tmp}/a.jsonl",
+                    "--model", "m", "--base-url", DEAD_SERVER],
+    "eval chat": ["eval", "chat", "--reviews", "{bad}", "--out", "{tmp}/c"],
+    "eval vqa-prepare": ["eval", "vqa-prepare", "--dataset", "vqa-rad", "--source", "{bad}", "--out", "{tmp}/v"],
+    "eval vqa-score": ["eval", "vqa-score", "--questions", "{bad}", "--answers", "{bad}", "--out", "{tmp}/v.json"],
+    "eval winrate": ["eval", "winrate", "--questions", "{bad}", "--answers-a", "{bad}", "--answers-b", "{bad}",
+                     "--out", "{tmp}/w", "--judge-model", "m", "--base-url", DEAD_SERVER],
+    "eval report": ["eval", "report", "--out", "{tmp}/r", "--model-id", "m", "--winrate", "{bad}"],
+    "audit contamination": ["audit", "contamination", "--train", "{tmp}", "--eval", "q={bad}", "--out", "{tmp}/a"],
+    "options file": ["preferences", "mix", "--repo", "{tmp}", "--config", "{bad}"],
+}  # fmt: skip
+NOT_AN_INPUT = {
+    "garbage": lambda path: path.write_bytes(b"\x00\xff\xe9 garbage \x89PNG"),
+    "empty": lambda path: path.write_bytes(b""),
+    "deep nesting": lambda path: path.write_bytes(b"[" * 200_000),
+    "folder": lambda path: path.mkdir(),
+    "symlink loop": symlink_loop,
+    "missing": lambda path: None,
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("breakage", sorted(NOT_AN_INPUT))
+@pytest.mark.parametrize("command", sorted(EVERY_COMMAND))
+def test_every_command_answers_a_broken_input_with_one_line(command, breakage, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.delenv("VITAL_DEBUG", raising=False)
+    bad = tmp_path / "input.json"
+    NOT_AN_INPUT[breakage](bad)
+    argv = [arg.replace("{bad}", str(bad)).replace("{tmp}", str(tmp_path)) for arg in EVERY_COMMAND[command]]
+    capsys.readouterr()
+    try:
+        code = vital(argv)
+    except SystemExit as stop:  # argparse: an option file it cannot read
+        code = stop.code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert code in (1, 2) and "Traceback" not in err, f"exit {code}: {err[-1500:]}"
+    assert len(errors) == 1 and errors[0].startswith(f"vital {argv[0]}"), err[-1500:]

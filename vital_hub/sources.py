@@ -179,7 +179,7 @@ def github_media_base(override: str | None = None) -> str:
 
 def read_lock(path: Path) -> dict:
     """The lock file's {name: {sha256, size, ...}}; empty when it does not exist yet."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a link that leads nowhere is an error, not "no lock yet"
         return {}
     try:
         data = json.loads(read_text(path))
@@ -455,6 +455,8 @@ def main(argv: list[str]) -> int:
         if args.action == "list":
             return _list()
         lock_path = args.lock or args.dir / LOCK_NAME
+        if args.action == "verify" and args.lock and not args.lock.is_file():
+            raise SourceError(f"{args.lock}: no such lock file (--lock names one to check against)")
         if args.action == "fetch":
             return _fetch(args, lock_path)
         return _verify_command(args, lock_path)
