@@ -1,7 +1,7 @@
 """Option values that make no sense are refused where they are parsed, with argparse's one-line error (exit 2):
-counts of 0, negative sizes, NaN or infinite numbers, fractions outside [0, 1), ports above 65535, in a flag or in
-a `--config` YAML file alike. Old flag spellings still parse, hidden from --help; every --help (commands and
-groups) answers without importing torch.
+counts of 0 or far beyond any real run, negative sizes, NaN or infinite numbers, fractions outside [0, 1), ports
+above 65535, in a flag or in a `--config` YAML file alike. Old flag spellings still parse, hidden from --help;
+every --help (commands and groups) answers without importing torch.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ BAD_VALUES = [
     (GEN, "--max-image-side", "0"),
     (GEN, "--shard-rows", "0"),
     (GEN, "--mode", "chat"),
+    (GEN, "--samples", str(10**20)),  # tried: the run grew past 20 GB building its work list
+    (GEN, "--concurrency", str(10**9)),
     (JUDGE, "--chunk-size", "0"),
     (JUDGE, "--limit", "0"),
     (JUDGE, "--max-image-side", "-5"),
@@ -88,6 +90,10 @@ BAD_VALUES = [
     ),  # fmt: skip
     (["eval", "vqa-prepare", "--dataset", "vqa-rad", "--out", "o"], "--limit", "0"),
     (["generate", "collect", "--out", "o"], "--interval", "0"),
+    (["generate", "collect", "--out", "o"], "--interval", "1e308"),
+    (SERVE, "--session-hours", "1e308"),
+    (CHAT, "--bootstrap", str(10**12)),
+    (["build", "figures", "--index", "i", "--out", "o"], "--workers", "100000"),
     (["generate", "reference-answers", "--questions", "q", "--out", "o", "--model", "m"], "--max-tokens", "0"),
     (["convert", "llava-original", "--model", "m", "--out", "o"], "--max-shard-gb", "0"),
 ]

@@ -70,24 +70,44 @@ percent = _bounded(float, 0, 100, True, False, "a percentage above 0 and at most
 port = _bounded(int, 0, 65535, False, False, "a port number from 0 to 65535")
 
 
+def count_upto(high: int) -> Check:
+    """A positive count with a ceiling: a value far beyond any real run (10**20 samples per figure) would
+    otherwise exhaust memory or never finish instead of failing."""
+    return _bounded(int, 0, high, True, False, f"a whole number from 1 to {high:,}")
+
+
+def seconds_upto(high: float) -> Check:
+    return _bounded(float, 0, high, True, False, f"a number of seconds above 0 and at most {high:,g}")
+
+
 # What each option name accepts, whatever the command: one concept, one rule. A float option not listed here is
 # still refused when NaN or infinite; an int option not listed must still be a whole number.
 OPTION_CHECKS: dict[str, Check] = {
     **dict.fromkeys(
-        ("concurrency", "workers", "samples", "min_rounds", "limit", "max_tokens", "max_new_tokens",
+        ("min_rounds", "limit", "max_tokens", "max_new_tokens",
          "max_prompt_tokens", "batch_max_requests", "flush_rows", "shard_rows", "rows_per_shard", "max_pixels",
-         "batch_size", "chunk_size", "shard_size", "k", "n", "clusters", "max_pairs", "sheet_top", "max_image_side",
+         "batch_size", "chunk_size", "shard_size", "max_pairs", "sheet_top", "max_image_side",
          "image_max_side", "top"),
         positive_int,
     ),
-    **dict.fromkeys(("max_retries", "seed", "max_distance", "bootstrap", "num_workers"), non_negative_int),
+    **dict.fromkeys(("max_retries", "seed", "max_distance"), non_negative_int),
     **dict.fromkeys(
         ("timeout", "timeout_s", "shard_mb", "max_image_mb", "max_archive_mb", "max_unpacked_mb", "max_held_mb",
-         "backoff_max", "requests_per_minute", "tokens_per_minute", "clinician_weight", "session_hours", "interval",
-         "max_shard_gb"),
+         "backoff_max", "requests_per_minute", "tokens_per_minute", "clinician_weight", "max_shard_gb"),
         positive_float,
     ),
     **dict.fromkeys(("rate_limit", "backoff_base", "temperature", "image_weight"), non_negative_float),
+    # ceilings far above any real run, below what exhausts a machine
+    "samples": count_upto(1_000),
+    "workers": count_upto(1_024),
+    "num_workers": _bounded(int, 0, 1_024, False, False, "a whole number from 0 to 1,024"),  # 0: in the main process
+    "concurrency": count_upto(100_000),
+    "k": count_upto(10_000_000),
+    "clusters": count_upto(10_000_000),
+    "n": count_upto(1_000_000_000),
+    "bootstrap": _bounded(int, 0, 1_000_000, False, False, "a whole number from 0 to 1,000,000"),
+    "interval": seconds_upto(86_400),
+    "session_hours": _bounded(float, 0, 24 * 366, True, False, "a number of hours above 0 and at most 8,784"),
     "top_p": probability,
     "test_fraction": fraction,
     "top_percent": percent,
@@ -107,6 +127,11 @@ FLAG_NAMES: dict[str, str] = {
     "timeout": "--timeout-s",
     "rows_per_shard": "--shard-rows",
 }
+
+
+def option_check(name: str) -> Check:
+    """The check of the option `name`, for a parser written by hand."""
+    return OPTION_CHECKS[name]
 
 
 def check_for(name: str, kind: type) -> Check | None:

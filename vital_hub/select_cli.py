@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from vital_hub.cli_args import non_negative_float, non_negative_int, percent, positive_int
+from vital_hub.cli_args import non_negative_float, option_check, percent, positive_int
 
 
 def parse_quotas(text: str | None) -> str | dict[str, float] | None:
@@ -59,10 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=non_negative_int,
+        type=option_check("num_workers"),
         help="decoding processes per GPU, 0: in the main process (default: CPUs / GPUs - 2)",
     )
-    parser.add_argument("--num-workers", dest="workers", type=non_negative_int, help=argparse.SUPPRESS)  # old spelling
+    parser.add_argument(
+        "--num-workers", dest="workers", type=option_check("num_workers"), help=argparse.SUPPRESS
+    )  # old spelling
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="backbone precision")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     return parser

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vital_hub.cli_args import positive_float
+from vital_hub.cli_args import option_check
 from vital_hub.config import parse_config
 from vital_hub.generation.client import FatalAPIError
 
@@ -49,7 +49,7 @@ def collect_main(argv: list[str]) -> int:
     )
     parser.add_argument("--out", required=True, help="the --out folder of `vital generate candidates`")
     parser.add_argument("--poll", action="store_true", help="wait until every job has finished")
-    parser.add_argument("--interval", type=positive_float, default=60.0, help="seconds between polls")
+    parser.add_argument("--interval", type=option_check("interval"), default=60.0, help="seconds between polls")
     args = parser.parse_args(argv)
     counts = collect(args.out, poll=args.poll, poll_interval_s=args.interval)
     return 0 if counts["still_waiting_jobs"] == 0 else 3

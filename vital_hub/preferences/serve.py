@@ -18,7 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
-from vital_hub.cli_args import port, positive_float
+from vital_hub.cli_args import option_check, port
 from vital_hub.preferences.accounts import SESSION_HOURS, Accounts, accounts_path, add_annotator
 from vital_hub.preferences.items import ImageResolver, load_items
 
@@ -43,7 +43,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve.add_argument(
         "--allow-insecure-http", action="store_true", help="listen beyond loopback over plain HTTP anyway"
     )
-    serve.add_argument("--session-hours", type=positive_float, default=SESSION_HOURS, help="a sign-in lasts this long")
+    serve.add_argument(
+        "--session-hours", type=option_check("session_hours"), default=SESSION_HOURS, help="a sign-in lasts this long"
+    )
     add = sub.add_parser("add-annotator", help="create an account and print its invite link (shown once)")
     add.add_argument("name", help="the clinician's name (letters, digits, '.', '_', '-'; case does not matter)")
     add.add_argument("--out", required=True, help="the serve command's --out folder (accounts live beside logs)")
