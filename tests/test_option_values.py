@@ -221,3 +221,16 @@ def test_every_help_answers_without_importing_torch():
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "heavy: []"
     assert "usage: vital build COMMAND" in done.stdout and "build figures" in done.stdout
+
+
+def test_hand_written_help_pages_state_each_default_once(capsys):
+    for argv, said in [
+        (["select"], "candidates per forward pass (default: 256)"),
+        (["eval", "vqa-score"], "headline rules (default: llava-med)"),
+        (["annotate", "serve"], "(default: 7860)"),
+        (["sources", "fetch"], "folder for the files (default: sources)"),
+    ]:
+        with pytest.raises(SystemExit):
+            vital([*argv, "--help"])
+        page = " ".join(capsys.readouterr().out.split())
+        assert said in page and "(default: None)" not in page and "default: sources) (default" not in page

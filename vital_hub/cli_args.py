@@ -178,3 +178,20 @@ def require(modules: tuple[str, ...] | list[str], extra: str, why: str = "") -> 
 
 class ModuleMissing(RuntimeError):
     """An optional module a command needs is not installed: reported as one error line by `vital`."""
+
+
+class DefaultsOnce(argparse.HelpFormatter):
+    """Help that states each option's default once: added where the help text does not already say it, left out
+    for None, False and suppressed defaults (which say nothing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+            or action.nargs == 0
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vital_hub.cli_args import DefaultsOnce
 from vital_hub.redaction import redact
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -299,6 +300,7 @@ def _human_bytes(n: int) -> str:
 
 def build_push_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=DefaultsOnce,
         prog="vital push",
         description="Upload a repo folder to the Hub (HF_ENDPOINT, HF_TOKEN honoured; re-run to resume).",
     )
@@ -309,7 +311,9 @@ def build_push_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repo", dest="old_folder", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--to", required=True, metavar="ORG/NAME", help="the Hub repo id to push to")
-    parser.add_argument("--repo-type", default="dataset", choices=REPO_TYPES, help="the Hub repo's type (default: dataset)")
+    parser.add_argument(
+        "--repo-type", default="dataset", choices=REPO_TYPES, help="the Hub repo's type (default: dataset)"
+    )
     parser.add_argument("--private", action="store_true", help="create the repo as private (if it is new)")
     parser.add_argument("--revision", default=None, metavar="BRANCH", help="branch to commit to (created if new)")
     parser.add_argument("--commit-message", default=None, help="commit title (default: Upload <folder> ...)")

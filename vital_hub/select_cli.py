@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from vital_hub.cli_args import non_negative_float, option_check, percent, positive_int
+from vital_hub.cli_args import DefaultsOnce, non_negative_float, option_check, percent, positive_int
 
 
 def parse_quotas(text: str | None) -> str | dict[str, float] | None:
@@ -35,7 +35,9 @@ def parse_quotas(text: str | None) -> str | dict[str, float] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vital select", description="Score every candidate with a trained selector and keep the top ones."
+        formatter_class=DefaultsOnce,
+        prog="vital select",
+        description="Score every candidate with a trained selector and keep the top ones.",
     )
     parser.add_argument("--selector", required=True, help="selector folder or Hub model repo id")
     parser.add_argument("--revision", help="Hub revision of the selector (branch, tag or commit)")

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vital_hub.cli_args import positive_float
+from vital_hub.cli_args import DefaultsOnce, positive_float
 from vital_hub.convert.formats import CHAT_FORMATS
 from vital_hub.convert.llava_original import ConversionError
 
@@ -256,6 +256,7 @@ def card(source: Source, clip: Source | None, settings, weights) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=DefaultsOnce,
         prog="vital convert llava-original",
         description="Convert an original-LLaVA checkpoint (LlavaLlama/LlavaMistral) to LlavaForConditionalGeneration.",
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vital_hub.cli_args import option_check
+from vital_hub.cli_args import DefaultsOnce, option_check
 from vital_hub.config import parse_config
 from vital_hub.generation.client import FatalAPIError
 
@@ -45,7 +45,9 @@ def collect_main(argv: list[str]) -> int:
     from vital_hub.generation.batch import collect
 
     parser = argparse.ArgumentParser(
-        prog="vital generate collect", description="fetch finished Batch API jobs into the cache and assemble"
+        formatter_class=DefaultsOnce,
+        prog="vital generate collect",
+        description="fetch finished Batch API jobs into the cache and assemble",
     )
     parser.add_argument("--out", required=True, help="the --out folder of `vital generate candidates`")
     parser.add_argument("--poll", action="store_true", help="wait until every job has finished")

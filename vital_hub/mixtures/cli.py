@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from vital_hub.cli_args import DefaultsOnce
 from vital_hub.config import help_field, parse_config
 from vital_hub.mixtures.spec import DEFAULT_LLAVA_MED_60K_FILE
 from vital_hub.schema import RecordError
@@ -100,7 +101,9 @@ def images_present(manifest: dict, config: str) -> str:
 
 def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="vital export llava", description="Write a config or a component as LLaVA JSON."
+        formatter_class=DefaultsOnce,
+        prog="vital export llava",
+        description="Write a config or a component as LLaVA JSON.",
     )
     parser.add_argument("--repo", required=True, type=Path)
     parser.add_argument("--config", required=True, help="a config (80k...) or a component (llava-med-10k...)")
@@ -119,7 +122,9 @@ def export_main(argv: list[str]) -> int:
 
 def verify_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="vital verify", description="Compare a released LLaVA JSON file with a config."
+        formatter_class=DefaultsOnce,
+        prog="vital verify",
+        description="Compare a released LLaVA JSON file with a config.",
     )
     parser.add_argument("--repo", required=True, type=Path)
     parser.add_argument("--config", required=True)

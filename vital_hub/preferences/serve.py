@@ -18,15 +18,17 @@ import socket
 import sys
 from pathlib import Path
 
-from vital_hub.cli_args import option_check, port
+from vital_hub.cli_args import DefaultsOnce, option_check, port
 from vital_hub.preferences.accounts import SESSION_HOURS, Accounts, accounts_path, add_annotator
 from vital_hub.preferences.items import ImageResolver, load_items
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vital annotate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsOnce, prog="vital annotate", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve the annotation page")
+    serve = sub.add_parser("serve", formatter_class=DefaultsOnce, help="serve the annotation page")
     serve.add_argument("--items", required=True, help="items JSON/JSONL file, candidates folder or Hub repo id")
     serve.add_argument("--out", required=True, help="folder of per-annotator judgement logs (<annotator>.jsonl)")
     serve.add_argument("--annotator", help="without accounts: the one clinician judging on this machine")
@@ -46,7 +48,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve.add_argument(
         "--session-hours", type=option_check("session_hours"), default=SESSION_HOURS, help="a sign-in lasts this long"
     )
-    add = sub.add_parser("add-annotator", help="create an account and print its invite link (shown once)")
+    add = sub.add_parser(
+        "add-annotator", formatter_class=DefaultsOnce, help="create an account and print its invite link (shown once)"
+    )
     add.add_argument("name", help="the clinician's name (letters, digits, '.', '_', '-'; case does not matter)")
     add.add_argument("--out", required=True, help="the serve command's --out folder (accounts live beside logs)")
     add.add_argument("--admin", action="store_true", help="an admin account: sees progress, judges nothing")
