@@ -108,3 +108,10 @@ def test_each_extra_installs_what_its_commands_need(words):
     installed |= {"numpy"} if "matplotlib" in installed else set()
     wanted = {PACKAGES.get(module, module).lower() for module in NEEDS[words]}
     assert wanted <= installed, f"vital {' '.join(words)}: [{command.extra}] lacks {sorted(wanted - installed)}"
+
+
+def test_a_command_module_that_cannot_import_its_extra_names_it(tmp_path):
+    """The module of `vital annotate serve` imports uvicorn itself: without it, the same one line."""
+    done = run_without({"uvicorn", "fastapi"}, ["annotate", "serve", "--items", "i", "--out", str(tmp_path)])
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("vital annotate serve: error: needs 'fastapi', 'uvicorn', not installed")

@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from vital_hub.cli_args import install_hint, missing_modules
+from vital_hub.cli_args import ModuleMissing, install_hint, missing_modules
 from vital_hub.redaction import redact_environment
 
 
@@ -108,10 +108,7 @@ def load(command: Command):
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if command.extra and err.name and not err.name.startswith("vital_hub"):
-            raise SystemExit(
-                f"vital {' '.join(command.words)} needs the '{command.extra}' extra "
-                f"(missing module {err.name!r}): pip install 'vital-hub[{command.extra}]'"
-            ) from err
+            raise ModuleMissing(install_hint([err.name], command.extra)) from err
         raise
     return getattr(module, function_name)
 
