@@ -16,10 +16,10 @@ CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/score_candidates.py --work
 
 S="--selector /tmp/bench/selector --candidates /tmp/bench/candidates_small --images /tmp/bench/figures --top 1000"
 S="$S --batch-size 512 --shard-size 1024 --no-progress"
-CUDA_VISIBLE_DEVICES=0 timeout 90 python3 -m vital_hub.cli select $S --out /tmp/s1 --num-workers "$WORKERS" 2>&1 \
+CUDA_VISIBLE_DEVICES=0 timeout 90 python3 -m vital_hub.cli select $S --out /tmp/s1 --workers "$WORKERS" 2>&1 \
     | grep -e rank -e '{' -e Error
 timeout 120 accelerate launch --multi_gpu --num_processes 2 --mixed_precision no --dynamo_backend no \
-    -m vital_hub.cli select $S --out /tmp/s2 --num-workers $((WORKERS / 2)) 2>&1 | grep -e rank -e '{' -e Error
+    -m vital_hub.cli select $S --out /tmp/s2 --workers $((WORKERS / 2)) 2>&1 | grep -e rank -e '{' -e Error
 python3 - <<'PY'
 import pyarrow.parquet as pq
 

@@ -11,7 +11,7 @@ Clinician-weight sweep (the paper tried 1, 10, 100, 200, 300, 400), one run per 
     accelerate launch recipes/reward.py --config recipes/selector/config_sweep.yaml
 
 Any YAML key can be overridden on the command line (`--learning_rate 2e-5`). Pushing goes through
-`vital_hub.hub.push_folder`; the same folder can be pushed later with `vital push --repo DIR --to ORG/NAME --repo-type model`.
+`vital_hub.hub.push_folder`; the same folder can be pushed later with `vital push DIR --to ORG/NAME --repo-type model`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ subprocesses.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -103,7 +104,7 @@ CASES = [
         lambda tmp, p: ["verify", "--repo", str(tmp / "built"), "--config", "ten", "--released", str(p)],
         lambda tmp: tmp / "released.json",
         prepare=lambda tmp: _built_repo(tmp),
-        accepted={"duplicate": (3, '"repeated_in_released": 1')},  # verify reports it: the verdict is "differs"
+        accepted={"duplicate": (1, '"repeated_in_released": 1')},  # verify reports it: the verdict is "differs"
     ),
     Case(
         "export llava",
@@ -212,7 +213,47 @@ CASES = [
         # the app's own append-only log: a cut-off last line is what a crash leaves, dropped with a warning
         accepted={"truncated": (0, "ignoring an unfinished last line")},
     ),
+    Case(
+        "build figures",
+        Input("captions", lambda n: _caption(n), string_field="fig_caption", unique=False),
+        lambda tmp, p: ["build", "figures", "--index", str(_fetched_once()), "--out", str(tmp / "repo"),
+                        "--captions", str(p), "--workers", "1"],
+        lambda tmp: tmp / "captions.json",
+    ),
+    Case(
+        "preferences sample",
+        Input("items", lambda n: _item(n), jsonl=True, string_field="question"),
+        lambda tmp, p: ["preferences", "sample", "--candidates", str(p), "--out", str(tmp / "s.jsonl"), "--k", "2",
+                        "--encoder", "hashing"],
+        lambda tmp: tmp / "items.jsonl",
+    ),
+    Case(
+        "audit contamination",
+        Input("questions", qa50_row, jsonl=True, string_field="text"),
+        lambda tmp, p: ["audit", "contamination", "--train", str(tmp / "built"), "--eval", f"qa50={p}", "--out",
+                        str(tmp / "audit"), "--workers", "1"],
+        lambda tmp: tmp / "qa50.jsonl",
+        prepare=lambda tmp: _built_repo(tmp),
+    ),
 ]  # fmt: skip
+
+
+@functools.cache
+def _fetched_once() -> Path:
+    """A finished `vital fetch figures` folder (two figures from a local stand-in for PMC), made once per session."""
+    import tempfile
+
+    from tests.fakes.pmc_server import FakePmc, populate
+    from vital_hub.figures.pipeline import FetchConfig, run_fetch
+
+    root = Path(tempfile.mkdtemp(prefix="vital-bad-input-"))
+    with FakePmc() as pmc:
+        scenario = populate(pmc, articles=1, figures_per_article=2)
+        urls = root / "urls.jsonl"
+        urls.write_text("".join(json.dumps(r) + "\n" for r in scenario.records))
+        run_fetch(FetchConfig(urls=str(urls), out=str(root / "out"), base_url=pmc.url, legacy_base_url=pmc.url,
+                              progress=False))  # fmt: skip
+    return root / "out"
 
 
 def _demo(n: int) -> dict:
@@ -277,6 +318,15 @@ def _built_repo(tmp: Path) -> None:
     assert vital(argv) == 0
 
 
+def symlink_loop(path: Path) -> None:
+    """The file is a link to itself: opening it fails with ELOOP."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    path.unlink(missing_ok=True)
+    path.symlink_to(path.name)
+
+
 def breakages(case: Case) -> dict[str, Callable[[Path], None]]:
     """How to break the case's file, by name: each writes the broken file (or folder) at the path."""
     file = case.file
@@ -303,9 +353,12 @@ def breakages(case: Case) -> dict[str, Callable[[Path], None]]:
         "object": write_bytes(b'{"not": "records"}\n' if file.jsonl else b'{"not": "records"}'),
         "non-utf8": write_bytes(good.replace(b"1", b"caf\xe9", 1)),
         "folder": lambda path: (path.unlink(missing_ok=True), path.mkdir(parents=True, exist_ok=True)),
+        "deep nesting": write_bytes(b"[" * 200_000 + b"\n"),
+        "symlink loop": symlink_loop,
     }
     if file.string_field:
         found["number"] = write_rows([{**rows[0], file.string_field: 12345}, *rows[1:]])
+        found["NaN"] = write_rows([{**rows[0], file.string_field: float("nan")}, *rows[1:]])
     if file.conversations:
         found["null conversations"] = write_rows([{**rows[0], "conversations": None}, *rows[1:]])
     if file.unique:
@@ -408,7 +461,7 @@ def _candidates(path: Path, rows: list[dict]) -> None:
 
 def _candidate(cid) -> dict:
     return {"candidate_id": cid, "pair_id": "1_F1", "image": "1_F1.jpg", "caption": "c", "mentions": ["m"],
-            "domain": {"ct_scan": True}, "conversations": [{"from": "human", "value": "q"}], "status": "ok"}  # fmt: skip
+            "domain": {"ct_scan": True}, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "status": "ok"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -420,6 +473,8 @@ def _candidate(cid) -> dict:
         ("number id", "'candidate_id' must be non-empty text, got 12345"),
         ("duplicate", "duplicate candidate_id"),
         ("no columns", "candidates shard lacks columns"),
+        ("null conversations", "'conversations' must be a list of {from, value} turns, got None"),
+        ("one turn", "a conversation needs a question and an answer, got 1 turn(s)"),
     ],
 )
 def test_select_refuses_bad_candidates_before_loading_a_model(tmp_path, capsys, kind, reason):
@@ -430,6 +485,9 @@ def test_select_refuses_bad_candidates_before_loading_a_model(tmp_path, capsys, 
         path.write_bytes(b"")
     elif kind == "no columns":
         _candidates(path, [{"x": 1}])
+    elif kind in ("null conversations", "one turn"):
+        broken = {"null conversations": None, "one turn": [{"from": "human", "value": "q"}]}[kind]
+        _candidates(path, [_candidate("a#0"), {**_candidate("a#1"), "conversations": broken}])
     else:
         ids = {"null id": [None, "a#0"], "number id": [12345, 12346], "duplicate": ["a#0", "a#0"]}[kind]
         _candidates(path, [_candidate(cid) for cid in ids])
@@ -472,3 +530,262 @@ def test_a_non_utf8_yaml_file_is_named(tmp_path, capsys, argv):
     assert line.startswith(
         f"vital {argv[0]} {argv[1]}: error: {path}: not UTF-8 text: byte 0xe9 at offset 16 (line 1)"
     )
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "reason"),
+    [
+        ("mixtures:\n  - {name: 80k, components: [{name: llava-med-10k}]}\n",
+         "mixture 0 is named '80k', a released config; give yours another name"),
+        ("mixtures:\n  - {name: ten, components: [{name: llava-med-10k}]}\n"
+         "  - {name: ten, components: [{name: llava-med-10k, fraction: 0.5}]}\n",
+         "mixture 1: a mixture named 'ten' is already defined above"),
+        ("components:\n  llava-med-10k: {file: mine.json}\n",
+         "component 'llava-med-10k' is a built-in component; give yours another name"),
+        ("mixtures:\n  - {name: ten, components: [{name: llava-med-10k, fraction: .nan}]}\n",
+         "fraction of 'llava-med-10k' must be in (0, 1], got nan"),
+        ("mixtures:\n  - {name: ten, components: [{name: llava-med-10k, fraction: half}]}\n",
+         "fraction of 'llava-med-10k' in mixture 'ten' must be a number, got 'half'"),
+        ("mixtures:\n  - {name: ten, seed: two, components: [{name: llava-med-10k}]}\n",
+         "seed of mixture 'ten' must be a whole number >= 0, got 'two'"),
+        ("mixtures:\n  - ten\n", "mixture 0 needs a name and components; got 'ten'"),
+        ("mixtures: {ten: 1}\n", "'mixtures' must be a list"),
+        ("components: [a, b]\n", "'components' must map names to"),
+        ("- just\n- a list\n", "expected a mapping with components, mixtures, only; got list"),
+        ("only: ten\n", "'only' must be a list of config names"),
+        ("[" * 200_000 + "\n", "nested too deeply"),
+    ],
+)  # fmt: skip
+def test_a_mixture_yaml_that_would_change_a_released_name_or_cannot_be_read_is_one_line(
+    yaml_text, reason, tmp_path, capsys
+):
+    spec = tmp_path / "mix.yaml"
+    spec.write_text(yaml_text)
+    sources = tmp_path / "sources"
+    Input("source", llava).write(sources / "llava_med_instruct_10k.json", [llava(n) for n in range(3)])
+    code = vital(["build", "instructions", "--sources", str(sources), "--out", str(tmp_path / "repo"), "--mixtures",
+                  str(spec), "--allow-unverified", "--workers", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert code == 1 and "Traceback" not in err
+    assert line.startswith(f"vital build instructions: error: {spec}: ") and reason in line, line
+    assert not (tmp_path / "repo" / "README.md").exists()
+
+
+@pytest.mark.parametrize("score", ["-3", "42", "Infinity", "NaN", "1e999"])
+def test_a_score_the_judge_cannot_give_is_refused_naming_the_file_and_record(score, tmp_path, capsys):
+    scores = tmp_path / "judge" / "scores.jsonl"
+    rows = [json.dumps(_score(n)) for n in range(3)]
+    rows[1] = rows[1].replace('"score": 5.0', f'"score": {score}')
+    scores.parent.mkdir()
+    scores.write_text("\n".join(rows) + "\n")
+    code = vital(["preferences", "pairs", "--scores", str(scores.parent), "--out", str(tmp_path / "prefs")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().startswith(f"vital preferences pairs: error: {scores}, id '30001_F1#q0#a': score ")
+    assert "outside the judge's 0-10" in err and not (tmp_path / "prefs").exists()
+
+
+def test_an_empty_figures_folder_is_an_error_before_any_request(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    (tmp_path / "figs").mkdir()
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps([_caption(0)]))
+    code = vital(["generate", "candidates", "--figures", str(tmp_path / "figs"), "--captions", str(captions),
+                  "--out", str(tmp_path / "gen"), "--model", "m", "--base-url", DEAD_SERVER])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (
+        f"vital generate candidates: error: {tmp_path / 'figs'} (captions {captions}): no figures found to generate for"
+    )
+    assert not (tmp_path / "gen").exists()
+
+
+def _vqa_result(tmp_path: Path, **changes) -> Path:
+    result = {"dataset": "vqa-rad", "compat": "llava-med", "open_recall": 50.0, "closed_accuracy": 80.0,
+              "counts": {"open": 1, "closed": 1}, "variants": {}, **changes}  # fmt: skip
+    path = tmp_path / "vqa-rad.json"
+    path.write_text(json.dumps({k: v for k, v in result.items() if v is not None}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("write", "reason"),
+    [
+        (lambda tmp: _vqa_result(tmp, compat=None), "lacks ['compat']: is this a result of `vital eval vqa-score`?"),
+        (lambda tmp: _vqa_result(tmp, counts=None, variants=None), "lacks ['counts', 'variants']"),
+        (lambda tmp: (tmp / "vqa-rad.json").write_text("[1, 2]") and tmp / "vqa-rad.json",
+         "expected the JSON object `vital eval vqa-score` writes, got list"),
+        (lambda tmp: (tmp / "vqa-rad.json").write_text("[" * 200_000) and tmp / "vqa-rad.json", "nested too deeply"),
+    ],
+)  # fmt: skip
+def test_eval_report_names_a_result_file_it_cannot_use(write, reason, tmp_path, capsys):
+    path = write(tmp_path)
+    code = vital(["eval", "report", "--out", str(tmp_path / "report"), "--model-id", "me/m", "--vqa", str(path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().startswith(f"vital eval report: error: {path}: ") and reason in err, err
+
+
+@pytest.mark.parametrize(
+    ("cache", "reason"),
+    [
+        (b'{"sha256": "ab", "phash": "not hex"}\n', "line 1 is not a hash cache entry"),
+        (b'[1, 2, 3]\n{"sha256": "ab", "phash": null}\n', "line 1 is not a hash cache entry"),
+        (b'{"phash": "00ff"}\n', "line 1 is not a hash cache entry"),
+        (b"caf\xe9\n", "not UTF-8 text: byte 0xe9"),
+    ],
+)
+def test_a_garbage_hash_cache_is_named(cache, reason, tmp_path, capsys):
+    _built_repo(tmp_path)
+    path = tmp_path / "hashes.jsonl"
+    path.write_bytes(cache)
+    code = vital(["audit", "contamination", "--train", str(tmp_path / "built"), "--eval", f"qa50={_qa50(tmp_path)}",
+                  "--out", str(tmp_path / "audit"), "--workers", "1", "--cache", str(path)])  # fmt: skip
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert code == 1 and "Traceback" not in err
+    assert line.startswith(f"vital audit contamination: error: {path}") and reason in line, line
+
+
+def test_vital_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VITAL_DEBUG", "1")
+    (tmp_path / "items.jsonl").write_bytes(b"[" * 200_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        vital(["preferences", "sample", "--candidates", str(tmp_path / "items.jsonl"), "--out", str(tmp_path / "o"),
+               "--encoder", "hashing"])  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["hidden_size big", "garbage bin"])
+def test_convert_names_a_config_field_of_the_wrong_type_and_a_garbage_shard(kind, tmp_path, capsys):
+    from tests.fakes.original_llava import build_clip, build_original
+
+    source = build_original(
+        tmp_path / "original", "llama", vision=True, tower=str(build_clip(tmp_path / "c", weights=False))
+    )
+    if kind == "hidden_size big":
+        config = json.loads((source / "config.json").read_text())
+        (source / "config.json").write_text(json.dumps({**config, "hidden_size": "big"}))
+        where, reason = source / "config.json", "Field 'hidden_size' expected int, got str (value: 'big')"
+    else:
+        (where,) = source.glob("*.bin")
+        where.write_bytes(b"caf\xe9: not a checkpoint")
+        reason = "cannot read this checkpoint file: not a PyTorch checkpoint of tensors"
+    code = vital(["convert", "llava-original", "--model", str(source), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert code == 1 and "Traceback" not in err and "weights_only" not in err
+    assert line.startswith(f"vital convert llava-original: error: {where}") and reason in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims 10 gigapixels: decoding it would take tens of GB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("command", ["eval answer", "eval chat", "generate candidates"])
+def test_a_decompression_bomb_figure_is_an_unusable_figure_not_a_crash(command, tmp_path, capsys, monkeypatch):
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    images, captions, ids = make_figures(tmp_path / "figs", 2)
+    (images / f"{ids[0]}.jpg").write_bytes(png_bomb())
+    questions = tmp_path / "qa50.jsonl"
+    questions.write_text("".join(json.dumps({**qa50_row(n), "image": f"{ids[n]}.jpg"}) + "\n" for n in range(2)))
+    with FakeOpenAIServer() as server:
+        common = ["--base-url", server.url, "--max-retries", "0"]
+        argv = {
+            "eval answer": ["eval", "answer", "--backend", "openai", "--questions", str(questions), "--images",
+                            str(images), "--out", str(tmp_path / "answers.jsonl"), "--model", "m"],
+            "eval chat": ["eval", "chat", "--questions", str(questions), "--answers", str(_answers(tmp_path)),
+                          "--out", str(tmp_path / "chat"), "--judge-model", "m", "--attach-image", "--images",
+                          str(images)],
+            "generate candidates": ["generate", "candidates", "--figures", str(images), "--captions", str(captions),
+                                    "--out", str(tmp_path / "gen"), "--model", "m", "--demos",
+                                    str(make_demonstrations(tmp_path / "demos.json"))],
+        }[command]  # fmt: skip
+        code = vital([*argv, *common])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    if command == "eval answer":
+        rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+        bomb = next(r for r in rows if r["image"] == f"{ids[0]}.jpg")
+        assert bomb["image_status"] == "corrupt" and "decompression bomb" in bomb["image_detail"]
+
+
+# Every command, its main input replaced by something that is not one: each must answer with one error line,
+# exit 1 (or argparse's 2), no traceback, no hang. `{bad}` is the broken path; `{tmp}` a scratch folder.
+EVERY_COMMAND = {
+    "sources verify": ["sources", "verify", "--dir", "{tmp}", "--lock", "{bad}"],
+    "build instructions": ["build", "instructions", "--sources", "{tmp}", "--out", "{tmp}/o", "--mixtures", "{bad}"],
+    "export llava": ["export", "llava", "--repo", "{bad}", "--config", "80k", "--out", "{tmp}/x.json"],
+    "verify": ["verify", "--repo", "{tmp}", "--config", "80k", "--released", "{bad}"],
+    "push": ["push", "{bad}", "--to", "me/x"],
+    "fetch figures": ["fetch", "figures", "--urls", "{bad}", "--out", "{tmp}/f", "--no-progress"],
+    "build figures": ["build", "figures", "--index", "{bad}", "--out", "{tmp}/o"],
+    "generate candidates": ["generate", "candidates", "--figures", "{tmp}", "--captions", "{bad}", "--out",
+                            "{tmp}/g", "--model", "m", "--base-url", DEAD_SERVER],
+    "generate collect": ["generate", "collect", "--out", "{bad}"],
+    "generate reference-answers": ["generate", "reference-answers", "--questions", "{bad}", "--out", "{tmp}/r.jsonl",
+                                   "--model", "m", "--base-url", DEAD_SERVER],
+    "judge rubric": ["judge", "rubric", "--candidates", "{bad}", "--out", "{tmp}/j", "--model", "m", "--base-url",
+                     DEAD_SERVER],
+    "preferences sample": ["preferences", "sample", "--candidates", "{bad}", "--out", "{tmp}/s.jsonl", "--encoder",
+                           "hashing"],
+    "preferences build": ["preferences", "build", "--annotations", "{bad}", "--out", "{tmp}/p"],
+    "preferences pairs": ["preferences", "pairs", "--scores", "{bad}", "--out", "{tmp}/p"],
+    "preferences agreement": ["preferences", "agreement", "--scores", "{bad}", "--repo", "{tmp}"],
+    "preferences mix": ["preferences", "mix", "--repo", "{bad}"],
+    "annotate serve": ["annotate", "serve", "--items", "{bad}", "--out", "{tmp}/a", "--annotator", "dr_a", "--port",
+                       "0"],
+    "select": ["select", "--selector", "{tmp}", "--candidates", "{bad}", "--out", "{tmp}/s", "--top", "1"],
+    "convert llava-original": ["convert", "llava-original", "--model", "{bad}", "--out", "{tmp}/c"],
+    "eval answer": ["eval", "answer", "--backend", "openai", "--questions", "{bad}", "--out", "{tmp}/a.jsonl",
+                    "--model", "m", "--base-url", DEAD_SERVER],
+    "eval chat": ["eval", "chat", "--reviews", "{bad}", "--out", "{tmp}/c"],
+    "eval vqa-prepare": ["eval", "vqa-prepare", "--dataset", "vqa-rad", "--source", "{bad}", "--out", "{tmp}/v"],
+    "eval vqa-score": ["eval", "vqa-score", "--questions", "{bad}", "--answers", "{bad}", "--out", "{tmp}/v.json"],
+    "eval winrate": ["eval", "winrate", "--questions", "{bad}", "--answers-a", "{bad}", "--answers-b", "{bad}",
+                     "--out", "{tmp}/w", "--judge-model", "m", "--base-url", DEAD_SERVER],
+    "eval report": ["eval", "report", "--out", "{tmp}/r", "--model-id", "m", "--winrate", "{bad}"],
+    "audit contamination": ["audit", "contamination", "--train", "{tmp}", "--eval", "q={bad}", "--out", "{tmp}/a"],
+    "options file": ["preferences", "mix", "--repo", "{tmp}", "--config", "{bad}"],
+}  # fmt: skip
+NOT_AN_INPUT = {
+    "garbage": lambda path: path.write_bytes(b"\x00\xff\xe9 garbage \x89PNG"),
+    "empty": lambda path: path.write_bytes(b""),
+    "deep nesting": lambda path: path.write_bytes(b"[" * 200_000),
+    "folder": lambda path: path.mkdir(),
+    "symlink loop": symlink_loop,
+    "missing": lambda path: None,
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("breakage", sorted(NOT_AN_INPUT))
+@pytest.mark.parametrize("command", sorted(EVERY_COMMAND))
+def test_every_command_answers_a_broken_input_with_one_line(command, breakage, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.delenv("VITAL_DEBUG", raising=False)
+    bad = tmp_path / "input.json"
+    NOT_AN_INPUT[breakage](bad)
+    argv = [arg.replace("{bad}", str(bad)).replace("{tmp}", str(tmp_path)) for arg in EVERY_COMMAND[command]]
+    capsys.readouterr()
+    try:
+        code = vital(argv)
+    except SystemExit as stop:  # argparse: an option file it cannot read
+        code = stop.code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert code in (1, 2) and "Traceback" not in err, f"exit {code}: {err[-1500:]}"
+    assert len(errors) == 1 and errors[0].startswith(f"vital {argv[0]}"), err[-1500:]

@@ -412,18 +412,17 @@ def test_unknown_configs_in_only_are_named_from_the_yaml_and_from_the_flag(tmp_p
 
 def test_yaml_exclude_ids_drops_those_rows_and_nothing_else(sample, tmp_path):
     full_ids = [r["id"] for r in read_config_rows(sample["repo"], "80k")]
-    dropped = [full_ids[1], full_ids[7], "not-a-row"]
+    dropped = [full_ids[1], full_ids[7]]
     spec = tmp_path / "mix.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "mixtures": [
-                    {"name": "80k-clean", "components": [{"name": "biomed-vital-80k", "exclude_ids": dropped}]}
-                ],
-                "only": ["80k", "80k-clean"],
-            }
-        )
-    )
+
+    def write_spec(excluded):
+        mixture = {"name": "80k-clean", "components": [{"name": "biomed-vital-80k", "exclude_ids": excluded}]}
+        spec.write_text(yaml.safe_dump({"mixtures": [mixture], "only": ["80k", "80k-clean"]}))
+
+    write_spec([*dropped, "not-a-row"])  # a mistyped id would leave the row it meant in: an error, not ignored
+    with pytest.raises(ValueError, match=r"'80k-clean', component 'biomed-vital-80k': 1 exclude_ids match no row"):
+        build(sample["sources"], tmp_path / "repo", plan=load_plan(spec))
+    write_spec(dropped)
     manifest = build(sample["sources"], tmp_path / "repo", plan=load_plan(spec))
     clean = [r["id"] for r in read_config_rows(tmp_path / "repo", "80k-clean")]
     assert clean == [i for i in full_ids if i not in dropped]

@@ -13,7 +13,7 @@ from vital_hub.generation.cli import main as generate_main
 from vital_hub.mixtures.build import BuildOptions, build_repo, read_config_rows
 from vital_hub.mixtures.compare import export_llava, verify_released
 from vital_hub.mixtures.spec import load_plan
-from vital_hub.selector.select import main as select_main
+from vital_hub.select_cli import main as select_main
 
 
 def test_generate_then_select_then_build_a_mixture(tmp_path, monkeypatch):

@@ -252,7 +252,7 @@ def test_rank_order_breaks_ties_by_candidate_id_and_quotas_keep_shares():
 
 
 def run_select(tmp_path, selector, candidates, images, out, *extra):
-    from vital_hub.selector.select import main
+    from vital_hub.select_cli import main
 
     argv = [
         "--selector",
@@ -350,7 +350,7 @@ def test_text_only_selector_trains_and_selects_without_images(tmp_path, tokenize
 
 
 def test_select_refuses_an_image_selector_without_images(tmp_path, tokenizer):
-    from vital_hub.selector.select import main
+    from vital_hub.select_cli import main
 
     selector = save_selector(tiny_selector("clip", tokenizer), tokenizer, tmp_path / "selector")
     candidates = write_candidates(tmp_path / "candidates", candidate_rows(PAIR_IDS[:2]))

@@ -15,6 +15,7 @@ import random
 import time
 from pathlib import Path
 
+from vital_hub.cli_args import DefaultsOnce
 from vital_hub.schema import DOMAINS
 
 CAPTIONS_FILE = "llava_med_instruct_fig_captions.json"
@@ -240,7 +241,9 @@ def _captioned(images: Path) -> set[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="vital demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsOnce, prog="vital demo", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder (default: demo_out)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -289,7 +292,7 @@ def main(argv: list[str]) -> int:
         "  vital sources fetch --dir sources                       # released files, checksummed\n"
         "  vital fetch figures --urls llava_med_image_urls.jsonl --out figures\n"
         "  vital build instructions --sources sources --images figures --out instructions\n"
-        "  vital push --repo instructions --to ORG/instructions    # needs HF_TOKEN"
+        "  vital push instructions --to ORG/instructions    # needs HF_TOKEN"
     )
     return 0
 

@@ -7,8 +7,8 @@ interrupted push, unchanged files) are not sent again. Training state (checkpoin
 RNG state), caches, logs and run files stay home unless `--include PATTERN` names them; `--dry-run` lists what
 would go up.
 
-    vital push --repo out/instructions --to biomed-vital/instructions
-    vital push --repo runs/selector --to biomed-vital/selector --repo-type model --revision v1
+    vital push out/instructions --to biomed-vital/instructions
+    vital push runs/selector --to biomed-vital/selector --repo-type model --revision v1
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vital_hub.cli_args import DefaultsOnce
 from vital_hub.redaction import redact
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -335,12 +336,20 @@ def _human_bytes(n: int) -> str:
 
 def build_push_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=DefaultsOnce,
         prog="vital push",
         description="Upload a repo folder to the Hub (HF_ENDPOINT, HF_TOKEN honoured; re-run to resume).",
     )
-    parser.add_argument("--repo", required=True, help="the repo folder to upload (e.g. the --out of vital build)")
+    # `vital push FOLDER --to ORG/NAME`: "repo" is the Hub id, as `hf upload` and `push_to_hub` use it; the old
+    # `--repo FOLDER` is accepted, hidden, for one release.
+    parser.add_argument(
+        "folder", nargs="?", metavar="FOLDER", help="the folder to upload (e.g. the --out of vital build)"
+    )
+    parser.add_argument("--repo", dest="old_folder", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--to", required=True, metavar="ORG/NAME", help="the Hub repo id to push to")
-    parser.add_argument("--repo-type", default="dataset", choices=REPO_TYPES, help="dataset (default) or model")
+    parser.add_argument(
+        "--repo-type", default="dataset", choices=REPO_TYPES, help="the Hub repo's type (default: dataset)"
+    )
     parser.add_argument("--private", action="store_true", help="create the repo as private (if it is new)")
     parser.add_argument("--revision", default=None, metavar="BRANCH", help="branch to commit to (created if new)")
     parser.add_argument("--commit-message", default=None, help="commit title (default: Upload <folder> ...)")
@@ -366,10 +375,17 @@ def describe_plan(plan: PushPlan) -> str:
         lines.append(f"held back ({len(plan.skipped)}; upload them with --include PATTERN):")
         lines += [f"  {name}" for name in plan.skipped]
     return "\n".join(lines)
+def parse_push_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_push_parser()
+    args = parser.parse_args(argv)
+    if (args.folder is None) == (args.old_folder is None):
+        parser.error("give the folder to upload once: vital push FOLDER --to ORG/NAME")
+    args.repo = args.folder or args.old_folder
+    return args
 
 
 def push_main(argv: list[str]) -> int:
-    args = build_push_parser().parse_args(argv)
+    args = parse_push_args(argv)
     try:
         plan = plan_push(args.repo, args.to, args.repo_type, args.revision, args.include)
         if args.dry_run:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n?", re.DOTALL)
 _decoder = json.JSONDecoder()
+TOO_DEEP = "JSON nested too deeply to be a record of this project (thousands of '[' or '{')"
 
 
 def iter_json_records(path: str | Path) -> Iterator[tuple[Location, Any]]:
@@ -79,6 +80,8 @@ def _iter_lines(path: Path, handle) -> Iterator[tuple[Location, Any]]:
             raise RecordError(
                 f"line {line_number} is not valid JSON ({err.msg})", file=str(path), index=index
             ) from err
+        except RecursionError:
+            raise RecordError(f"line {line_number}: {TOO_DEEP}", file=str(path), index=index) from None
         yield Location(str(path), index), record
         index += 1
 
@@ -108,6 +111,8 @@ def _iter_array(path: Path, handle, buffer: str) -> Iterator[tuple[Location, Any
             raise RecordError(f"expected ',' or ']' after record, found {char!r}", file=str(path), index=index)
         try:
             record, end = _decoder.raw_decode(buffer, position)
+        except RecursionError:
+            raise RecordError(TOO_DEEP, file=str(path), index=index) from None
         except json.JSONDecodeError as err:
             if at_eof:
                 raise RecordError(_truncated(last_id, err.msg), file=str(path), index=index) from err
@@ -164,6 +169,8 @@ def _iter_jsonl(path: Path, own_log: bool) -> Iterator[tuple[int, Any]]:
                 log.warning("%s: ignoring an unfinished last line left by an interrupted run", path)
                 return
             raise RecordError(f"line {number} is not valid JSON ({err.msg})", file=str(path)) from err
+        except RecursionError:
+            raise RecordError(f"line {number}: {TOO_DEEP}", file=str(path)) from None
         yield number, record
 
 
@@ -178,6 +185,8 @@ def read_json(path: str | Path) -> Any:
         raise RecordError(
             f"not valid JSON at line {err.lineno} column {err.colno} ({err.msg})", file=str(path)
         ) from None
+    except RecursionError:
+        raise RecordError(TOO_DEEP, file=str(path)) from None
 
 
 def read_text(path: str | Path) -> str:
@@ -233,7 +242,7 @@ def repair_tail(path: str | Path) -> None:
 def _parses(data: bytes) -> bool:
     try:
         json.loads(data)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError alike; absurd nesting
         return False
     return True
 

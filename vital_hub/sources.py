@@ -29,6 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from vital_hub.cli_args import DefaultsOnce
 from vital_hub.io import CHUNK, read_text, sha256_file, write_json_atomic
 
 HUB_REPO = "mao1207/BioMed-VITAL-instructions"
@@ -179,7 +180,7 @@ def github_media_base(override: str | None = None) -> str:
 
 def read_lock(path: Path) -> dict:
     """The lock file's {name: {sha256, size, ...}}; empty when it does not exist yet."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a link that leads nowhere is an error, not "no lock yet"
         return {}
     try:
         data = json.loads(read_text(path))
@@ -430,11 +431,13 @@ def verify_folder(folder: Path, lock_path: Path, names: list[str] | None = None)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vital sources", description="List, fetch and verify the released files.")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsOnce, prog="vital sources", description="List, fetch and verify the released files."
+    )
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="the registry: names, groups, origins, sizes, checksums")
+    sub.add_parser("list", formatter_class=DefaultsOnce, help="the registry: names, groups, origins, sizes, checksums")
 
-    fetch = sub.add_parser("fetch", help="download and verify source files")
+    fetch = sub.add_parser("fetch", formatter_class=DefaultsOnce, help="download and verify source files")
     fetch.add_argument("names", nargs="*", help=f"file or group names ({', '.join(GROUPS)}); default: {DEFAULT_GROUP}")
     fetch.add_argument("--dir", type=Path, default=Path("sources"), help="folder for the files (default: sources)")
     fetch.add_argument("--lock", type=Path, help=f"lock file (default: {LOCK_NAME} in --dir)")
@@ -442,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--github-base", help=f"GitHub LFS media base URL (default: ${GITHUB_BASE_ENV} or GitHub)")
     fetch.add_argument("--revision", help=f"revision of {HUB_REPO} (default: main)")
 
-    verify = sub.add_parser("verify", help="check the files in a folder against the registry and lock")
+    verify = sub.add_parser(
+        "verify", formatter_class=DefaultsOnce, help="check the files in a folder against the registry and lock"
+    )
     verify.add_argument("names", nargs="*", help="file or group names (default: all)")
     verify.add_argument("--dir", type=Path, default=Path("sources"))
     verify.add_argument("--lock", type=Path, help=f"lock file (default: {LOCK_NAME} in --dir)")
@@ -455,6 +460,8 @@ def main(argv: list[str]) -> int:
         if args.action == "list":
             return _list()
         lock_path = args.lock or args.dir / LOCK_NAME
+        if args.action == "verify" and args.lock and not args.lock.is_file():
+            raise SourceError(f"{args.lock}: no such lock file (--lock names one to check against)")
         if args.action == "fetch":
             return _fetch(args, lock_path)
         return _verify_command(args, lock_path)

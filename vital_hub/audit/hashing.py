@@ -144,12 +144,23 @@ class HashCache:
         self.path = Path(path)
         self.hashes: dict[str, int | None] = {}
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            from vital_hub.io import read_text
+
+            for number, line in enumerate(read_text(self.path).splitlines(), start=1):
                 try:
                     entry = json.loads(line)
-                except json.JSONDecodeError:  # a torn last line from an interrupted run: hashed again
+                except (
+                    json.JSONDecodeError,
+                    RecursionError,
+                ):  # a torn last line from an interrupted run: hashed again
                     continue
-                self.hashes[entry["sha256"]] = from_hex(entry.get("phash"))
+                try:
+                    self.hashes[entry["sha256"]] = from_hex(entry.get("phash"))
+                except (TypeError, KeyError, AttributeError, ValueError):
+                    raise ValueError(
+                        f"{self.path}: line {number} is not a hash cache entry ({{sha256, phash}}, phash in hex); "
+                        "give another --cache or delete this one"
+                    ) from None
         self.added = 0
 
     def __contains__(self, sha256: str) -> bool:

@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from vital_hub.cli_args import DefaultsOnce, positive_float
 from vital_hub.convert.formats import CHAT_FORMATS
 from vital_hub.convert.llava_original import ConversionError
 
@@ -73,6 +74,8 @@ def resolve(model: str, revision: str | None, patterns: tuple[list[str], list[st
 
 
 def convert(args: argparse.Namespace) -> dict:
+    from huggingface_hub.errors import StrictDataclassError
+
     from vital_hub.convert import llava_original as lo
     from vital_hub.convert.formats import build_processor, generation_config
     from vital_hub.convert.lineage import CONFIG_KEY, lineage_settings
@@ -118,8 +121,12 @@ def convert(args: argparse.Namespace) -> dict:
     # the tower at the precision the original ran it (LLaVA-1.5's builder kept CLIP in float32, LLaVA-Med's cast it
     # to the language model's dtype)
     lineage["vision_dtype"] = "float32" if args.dtype == "float32" or lineage["vision_dtype"] == "float32" else dtype
-    vision = lo.vision_config(settings, clip.folder if clip else None)
-    config = lo.llava_config(raw, settings, tokenizer, vision, dtype)
+    try:  # transformers checks each field's type: `hidden_size: "big"` is an error naming the field
+        vision = lo.vision_config(settings, clip.folder if clip else None)
+        config = lo.llava_config(raw, settings, tokenizer, vision, dtype)
+    except (TypeError, KeyError, StrictDataclassError) as err:
+        reason = " ".join(str(err).split())  # the validation message spans lines
+        raise ConversionError(f"{source.folder / 'config.json'} (or the vision tower's): {reason}") from None
     setattr(config, CONFIG_KEY, lineage)
     targets = lo.target_shapes(config)
     mapping = lo.plan_keys(weights, targets, clip_weights, source.folder, drop_tower=not use_stored)
@@ -347,6 +354,7 @@ def card(source: Source, clip: Source | None, settings, weights, notes: dict) ->
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=DefaultsOnce,
         prog="vital convert llava-original",
         description="Convert an original-LLaVA checkpoint (LlavaLlama/LlavaMistral) to LlavaForConditionalGeneration.",
     )
@@ -365,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--chat-format", choices=sorted(CHAT_FORMATS), help="default: by language model family")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto keeps the checkpoint's dtype")
-    parser.add_argument("--max-shard-gb", type=float, default=5.0, help="largest output shard, in GiB")
+    parser.add_argument("--max-shard-gb", type=positive_float, default=5.0, help="largest output shard, in GiB")
     parser.add_argument("--push-to", help="upload the folder to this Hub model repo (ORG/NAME)")
     return parser
 

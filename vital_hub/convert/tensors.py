@@ -71,13 +71,17 @@ def load_bin(path: Path) -> dict:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError as err:
-        if "mmap" not in str(err):
-            raise ValueError(f"{path}: cannot read this checkpoint file: {err}") from None
-        state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: read whole
-    except Exception as err:  # unpickling errors of a corrupt or non-checkpoint file
-        raise ValueError(f"{path}: cannot read this checkpoint file: {err}") from None
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: read whole
+    except Exception as err:  # a corrupt or non-checkpoint file; torch's own text for some suggests
+        # weights_only=False, which is never right for a downloaded file
+        kind = type(err).__name__
+        reason = f"not a PyTorch checkpoint of tensors (corrupt, or holding objects not loaded for safety: {kind})"
+        raise ValueError(f"{path}: cannot read this checkpoint file: {reason}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
     return state

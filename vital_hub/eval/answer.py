@@ -8,7 +8,7 @@ questions already answered. Questions whose image is absent, empty or cut off ar
 them.
 
     accelerate launch -m vital_hub.cli eval answer --model ./ckpt --questions qa50.jsonl \
-        --image-folder qa50_images --out answers.jsonl
+        --images qa50_images --out answers.jsonl
 """
 
 from __future__ import annotations

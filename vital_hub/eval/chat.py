@@ -160,7 +160,7 @@ class ChatJudgeConfig(JudgeOptions):
 
     def __post_init__(self):
         if self.out_dir is None:
-            raise ValueError("--out-dir is required")
+            raise ValueError("--out is required")
         if self.reviews is None and (self.questions is None or self.answers is None):
             raise ValueError("give --questions and --answers (to judge), or --reviews (to re-score existing reviews)")
         if self.reviews is not None and (self.swap or self.answers is not None):

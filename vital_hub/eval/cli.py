@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from vital_hub.cli_args import DefaultsOnce, require
 from vital_hub.config import parse_config
 
 
@@ -23,6 +24,10 @@ def answer_main(argv: list[str]) -> int:
     from vital_hub.eval.answer import AnswerConfig, answer
 
     config = parse_config(AnswerConfig, argv, "vital eval answer", "Answer an eval set with a model (resumable).")
+    if config.backend == "transformers":
+        require(("torch", "transformers", "accelerate"), "train", "the transformers backend runs the model here")
+    else:
+        require(("openai",), "eval")
     _print(answer(config))
     return 0
 
@@ -65,7 +70,9 @@ def vqa_score_main(argv: list[str]) -> int:
     from vital_hub.eval.vqa import score_vqa_files
     from vital_hub.io import atomic_path, write_json_atomic
 
-    parser = argparse.ArgumentParser(prog="vital eval vqa-score", description="Open recall and closed accuracy x100.")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsOnce, prog="vital eval vqa-score", description="Open recall and closed accuracy x100."
+    )
     parser.add_argument("--questions", required=True, help="LLaVA-Med VQA records (JSON array or JSONL)")
     parser.add_argument("--answers", required=True, help="answers JSONL {question_id, text}")
     parser.add_argument("--compat", choices=("llava-med", "strict"), default="llava-med", help="headline rules")

@@ -212,8 +212,8 @@ def load_image(folder: str | Path | None, name: str | None) -> ImageCheck:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()  # decodes every byte: a truncated JPEG fails here, not at open()
             return ImageCheck(opened.convert("RGB"), "ok")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        return ImageCheck(None, "corrupt", f"{path}: {err}")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return ImageCheck(None, "corrupt", f"{path}: {err}")  # a decompression bomb is never decoded
 
 
 def judgement_key(question_id, order: str) -> str:

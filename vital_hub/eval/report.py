@@ -16,6 +16,7 @@ from pathlib import Path
 from vital_hub.eval.details import config_name, push_details, write_details_dataset
 from vital_hub.eval.plot import plot_scores
 from vital_hub.io import atomic_path, iter_json_records, read_json, write_json_atomic
+from vital_hub.schema import RecordError
 
 SECTION_START = "<!-- vital-eval:start -->"
 SECTION_END = "<!-- vital-eval:end -->"
@@ -52,8 +53,26 @@ class ReportConfig:
     )
 
 
-def _read_json(path: Path):
-    return read_json(path)
+# What each input must hold, by the command that writes it: checked on reading, so that a file from another tool
+# or another version is an error naming it, not a KeyError halfway through the report.
+CHAT_KEYS = ("overall", "by_type", "by_domain")
+VQA_KEYS = ("compat", "open_recall", "closed_accuracy", "counts", "variants")
+WINRATE_KEYS = ("model_a", "model_b", "judgements", "questions")
+
+
+def _read_json(path: Path, keys: tuple[str, ...] | None = None, writer: str = ""):
+    """A summary (a JSON object holding `keys`) or, without keys, a details file (a JSON array)."""
+    data = read_json(path)
+    if keys is None:
+        if not isinstance(data, list):
+            raise RecordError(f"expected a JSON array of details, got {type(data).__name__}", file=str(path))
+        return data
+    if not isinstance(data, dict):
+        raise RecordError(f"expected the JSON object {writer} writes, got {type(data).__name__}", file=str(path))
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise RecordError(f"lacks {missing}: is this a result of {writer}?", file=str(path))
+    return data
 
 
 def unique_names(paths: list[str], option: str) -> list[str]:
@@ -79,11 +98,11 @@ def load_parts(config: ReportConfig) -> dict:
     if config.chat:
         folder = Path(config.chat)
         parts["chat"] = {
-            "summary": _read_json(folder / "chat_summary.json"),
+            "summary": _read_json(folder / "chat_summary.json", CHAT_KEYS, "`vital eval chat`"),
             "details": _read_json(folder / "chat_details.json"),
         }
     for path in config.vqa:
-        result = _read_json(path)
+        result = _read_json(path, VQA_KEYS, "`vital eval vqa-score`")
         details_file = result.get("details_file")
         details = []
         if details_file and Path(details_file).exists():
@@ -98,7 +117,7 @@ def load_parts(config: ReportConfig) -> dict:
     for name, folder in zip(unique_names(config.winrate, "--winrate"), config.winrate, strict=True):
         folder = Path(folder)
         parts["winrate"][name] = {
-            "summary": _read_json(folder / "winrate_summary.json"),
+            "summary": _read_json(folder / "winrate_summary.json", WINRATE_KEYS, "`vital eval winrate`"),
             "details": _read_json(folder / "winrate_details.json"),
         }
     if not parts["chat"] and not parts["vqa"] and not parts["winrate"]:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from vital_hub.config import help_field
 from vital_hub.figures.index import INDEX_DIR, STATUSES, index_files, iter_index
-from vital_hub.io import download_checksums, read_text, write_card_config
+from vital_hub.io import TOO_DEEP, download_checksums, read_text, write_card_config
 from vital_hub.schema import DOMAINS, mention_texts
 
 CONFIG_NAME = "figures"
@@ -140,7 +140,10 @@ def iter_caption_records(path: str | Path) -> Iterator[tuple[str, int, object]]:
         return
     position = _expect(path, text, position, "{")
     while not text.startswith("}", position):
-        domain, position = decoder.raw_decode(text, position)
+        try:
+            domain, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: a domain name is not valid JSON ({err.msg})") from None
         position = _expect(path, text, _skip_space(text, position), ":")
         position = yield from _iter_list(path, text, position, decoder, domain)
         if text.startswith(",", position):
@@ -155,6 +158,8 @@ def _iter_list(path, text: str, position: int, decoder, domain: str):
             record, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: domain {domain!r} record {index} is not valid JSON ({err.msg})") from err
+        except RecursionError:
+            raise ValueError(f"{path}: domain {domain!r} record {index}: {TOO_DEEP}") from None
         yield domain, index, record
         index += 1
         position = _skip_space(text, position)
@@ -185,6 +190,8 @@ def _iter_json_lines(path, text: str):
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from err
+        except RecursionError:
+            raise ValueError(f"{path}: line {number}: {TOO_DEEP}") from None
         yield "", index, record
         index += 1
 

@@ -392,6 +392,9 @@ class Job:
         rows = RowMaker(config.model, config.mode, prompt_set.version, sampling, config.min_rounds)
         source = open_figure_source(config.figures, config.captions)
         order = list(source.pair_ids())
+        if not order:  # nothing to send: an error, not an empty dataset that looks like a finished run
+            described = f"{config.figures} (captions {config.captions})" if config.captions else config.figures
+            raise ValueError(f"{described}: no figures found to generate for")
         retracted = source.retracted_ids() if hasattr(source, "retracted_ids") else set()
         if retracted and not config.include_retracted:
             order = [pair_id for pair_id in order if pair_id not in retracted]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vital_hub.cli_args import DefaultsOnce, option_check
 from vital_hub.config import parse_config
 from vital_hub.generation.client import FatalAPIError
 
@@ -44,11 +45,13 @@ def collect_main(argv: list[str]) -> int:
     from vital_hub.generation.batch import collect
 
     parser = argparse.ArgumentParser(
-        prog="vital generate collect", description="fetch finished Batch API jobs into the cache and assemble"
+        formatter_class=DefaultsOnce,
+        prog="vital generate collect",
+        description="fetch finished Batch API jobs into the cache and assemble",
     )
     parser.add_argument("--out", required=True, help="the --out folder of `vital generate candidates`")
     parser.add_argument("--poll", action="store_true", help="wait until every job has finished")
-    parser.add_argument("--interval", type=float, default=60.0, help="seconds between polls")
+    parser.add_argument("--interval", type=option_check("interval"), default=60.0, help="seconds between polls")
     parser.add_argument(
         "--base-url", help="the endpoint again, when it carries user:password@ (run.json keeps it without them)"
     )

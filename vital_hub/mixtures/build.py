@@ -366,6 +366,12 @@ def _write_subset(mixture: Mixture, part: Part, result: ComponentResult, out: Pa
     if part.exclude_ids:
         excluded = set(part.exclude_ids)
         ids = [i for s in result.shards for i in pq.read_table(out / s["path"], columns=["id"])["id"].to_pylist()]
+        unmatched = sorted(excluded - set(ids))
+        if unmatched:  # a mistyped or stale id would leave the row it meant in the config, unnoticed
+            raise ValueError(
+                f"mixture {mixture.name!r}, component {part.component!r}: {len(unmatched)} exclude_ids match no row "
+                f"of the component (first: {unmatched[:5]}); remove them or fix the ids"
+            )
         eligible = [i for i, row_id in enumerate(ids) if row_id not in excluded]
         name += "-x" + hashlib.sha256("\n".join(part.exclude_ids).encode()).hexdigest()[:12]
     keep = round(len(eligible) * part.fraction)

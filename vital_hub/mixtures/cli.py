@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from vital_hub.cli_args import DefaultsOnce
 from vital_hub.config import help_field, parse_config
 from vital_hub.mixtures.spec import DEFAULT_LLAVA_MED_60K_FILE
 from vital_hub.schema import RecordError
@@ -106,7 +107,7 @@ def build_main(argv: list[str]) -> int:
         print(f"vital build instructions: error: {err}", file=sys.stderr)
         return 1
     print_summary(manifest)
-    print(f"\nwrote {config.out} (push it with: vital push --repo {config.out} --to {config.repo_id or 'ORG/NAME'})")
+    print(f"\nwrote {config.out} (push it with: vital push {config.out} --to {config.repo_id or 'ORG/NAME'})")
     return 0
 
 
@@ -140,7 +141,9 @@ def images_present(manifest: dict, config: str) -> str:
 
 def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="vital export llava", description="Write a config or a component as LLaVA JSON."
+        formatter_class=DefaultsOnce,
+        prog="vital export llava",
+        description="Write a config or a component as LLaVA JSON.",
     )
     parser.add_argument("--repo", required=True, type=Path)
     parser.add_argument("--config", required=True, help="a config (80k...) or a component (llava-med-10k...)")
@@ -159,7 +162,9 @@ def export_main(argv: list[str]) -> int:
 
 def verify_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="vital verify", description="Compare a released LLaVA JSON file with a config."
+        formatter_class=DefaultsOnce,
+        prog="vital verify",
+        description="Compare a released LLaVA JSON file with a config.",
     )
     parser.add_argument("--repo", required=True, type=Path)
     parser.add_argument("--config", required=True)
@@ -180,4 +185,12 @@ def verify_main(argv: list[str]) -> int:
         print(
             f"  differs: record {example['index']} id {example['id']!r} ({example['component']}): {example['fields']}"
         )
+    if report["verdict"] == "differs":
+        counts = {key: report[key] for key in VERIFY_COUNTS if report[key]}
+        print(f"vital verify: error: {args.released}: differs from config {args.config!r}: {counts}", file=sys.stderr)
+        return 1
     return 0 if report["verdict"] == "identical" else 3
+
+
+# what `vital verify` names in its error line when a released file differs from a config
+VERIFY_COUNTS = ("differing", "absent_from_config", "config_rows_not_in_released", "repeated_in_released")

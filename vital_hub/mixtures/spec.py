@@ -175,40 +175,94 @@ def _keep_only(plan: MixturePlan, names: list[str], where: str = "") -> None:
 
 
 def _extend_plan(plan: MixturePlan, path: Path) -> list[str] | None:
-    """Add the YAML's components and mixtures to `plan`; returns its `only` list (None when absent)."""
+    """Add the YAML's components and mixtures to `plan`; returns its `only` list (None when absent).
+
+    A name the plan already has (a built-in config such as `80k`, a built-in component, or a name the YAML gives
+    twice) is an error: taking the later one would silently change what a released config name means."""
     try:
         data = yaml.safe_load(read_text(path)) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: cannot read mixture YAML: {err}") from err
+    except RecursionError:
+        raise ValueError(f"{path}: cannot read mixture YAML: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with components, mixtures, only; got {type(data).__name__}")
     unknown_keys = sorted(set(data) - {"components", "mixtures", "only"})
     if unknown_keys:
         raise ValueError(f"{path}: unknown keys {unknown_keys}; expected components, mixtures, only")
-    for name, spec in (data.get("components") or {}).items():
+    components = data.get("components") or {}
+    if not isinstance(components, dict):
+        raise ValueError(f"{path}: 'components' must map names to {{file, description, licence}}")
+    builtin = set(plan.components)
+    for name, spec in components.items():
         spec = spec or {}
-        extra = sorted(set(spec) - {"file", "description", "licence"})
-        if extra or "file" not in spec:
+        if not isinstance(spec, dict) or sorted(set(spec) - {"file", "description", "licence"}) or "file" not in spec:
             raise ValueError(
-                f"{path}: component {name!r} needs 'file' (and may have description, licence); got {spec}"
+                f"{path}: component {name!r} needs 'file' (and may have description, licence); got {spec!r:.200}"
             )
-        plan.components[name] = Component(
-            name, str(spec["file"]), spec.get("description", ""), spec.get("licence", "see source")
-        )
-    for index, spec in enumerate(data.get("mixtures") or []):
-        extra = sorted(set(spec) - {"name", "components", "seed", "description"})
-        if extra:
-            raise ValueError(f"{path}: mixture {index} has unknown keys {extra}")
-        parts = tuple(_part(path, spec.get("name"), p) for p in spec.get("components") or [])
-        mixture = Mixture(str(spec["name"]), parts, spec.get("description", ""), int(spec.get("seed", 0)))
+        if str(name) in builtin:
+            raise ValueError(f"{path}: component {name!r} is a built-in component; give yours another name")
+        try:
+            component = Component(
+                str(name), str(spec["file"]), str(spec.get("description", "")), str(spec.get("licence", "see source"))
+            )
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        plan.components[component.name] = component
+    mixtures = data.get("mixtures") or []
+    if not isinstance(mixtures, list):
+        raise ValueError(f"{path}: 'mixtures' must be a list of {{name, components, seed, description}}")
+    builtin, named = set(plan.mixtures), set()
+    for index, spec in enumerate(mixtures):
+        mixture = _mixture(path, index, spec)
+        if mixture.name in builtin:
+            raise ValueError(
+                f"{path}: mixture {index} is named {mixture.name!r}, a released config; give yours another name"
+            )
+        if mixture.name in named:
+            raise ValueError(f"{path}: mixture {index}: a mixture named {mixture.name!r} is already defined above")
+        named.add(mixture.name)
         plan.mixtures[mixture.name] = mixture
-    return data.get("only")
+    only = data.get("only")
+    if only is not None and not (isinstance(only, list) and all(isinstance(n, str) for n in only)):
+        raise ValueError(f"{path}: 'only' must be a list of config names, got {only!r:.200}")
+    return only
+
+
+def _mixture(path: Path, index: int, spec: object) -> Mixture:
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"{path}: mixture {index} needs a name and components; got {spec!r:.200}")
+    extra = sorted(set(spec) - {"name", "components", "seed", "description"})
+    if extra:
+        raise ValueError(f"{path}: mixture {index} has unknown keys {extra}")
+    listed = spec.get("components") or []
+    if not isinstance(listed, list):
+        raise ValueError(f"{path}: components of mixture {spec['name']!r} must be a list")
+    parts = tuple(_part(path, spec["name"], p) for p in listed)
+    seed = spec.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{path}: seed of mixture {spec['name']!r} must be a whole number >= 0, got {seed!r}")
+    try:
+        return Mixture(str(spec["name"]), parts, str(spec.get("description", "")), seed)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def _part(path: Path, mixture: object, spec: object) -> Part:
     if not isinstance(spec, dict) or "name" not in spec or set(spec) - {"name", "fraction", "exclude_ids"}:
         raise ValueError(
-            f"{path}: a component of mixture {mixture!r} needs 'name' (and may have fraction, exclude_ids); got {spec}"
+            f"{path}: a component of mixture {mixture!r} needs 'name' (and may have fraction, exclude_ids); "
+            f"got {spec!r:.200}"
         )
     excluded = spec.get("exclude_ids") or []
-    if not isinstance(excluded, list):
+    if not isinstance(excluded, list) or not all(isinstance(i, str | int) for i in excluded):
         raise ValueError(f"{path}: exclude_ids of {spec['name']!r} in mixture {mixture!r} must be a list of row ids")
-    return Part(str(spec["name"]), float(spec.get("fraction", 1.0)), tuple(excluded))
+    fraction = spec.get("fraction", 1.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise ValueError(
+            f"{path}: fraction of {spec['name']!r} in mixture {mixture!r} must be a number, got {fraction!r}"
+        )
+    try:
+        return Part(str(spec["name"]), float(fraction), tuple(excluded))
+    except ValueError as err:
+        raise ValueError(f"{path}: mixture {mixture!r}: {err}") from None

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from vital_hub.cli_args import require
 from vital_hub.config import help_field, parse_config
 from vital_hub.io import atomic_path, write_json_atomic
 from vital_hub.schema import RecordError
@@ -73,7 +75,9 @@ class PairsConfig:
     n: int = help_field("number of pairs (train + test)", default=30000)
     seed: int = help_field("seed of the split and the pair draw", default=0)
     test_fraction: float = help_field("share held out, per score level", default=0.2)
-    pairing: str = help_field("across (any two items, paper) | same-question", default="across")
+    pairing: str = help_field(
+        "across (any two items, paper) | same-question", default="across", choices=("across", "same-question")
+    )
     clinician_weight: float = help_field("weight w of clinician pairs in the mixed config", default=100.0)
     embed_images: bool = help_field("embed the chosen side's figure (needs --images or --figures)", default=False)
     images: str | None = help_field("folder of <pair_id>.jpg figures", default=None)
@@ -105,6 +109,8 @@ def sample_command(config: SampleConfig) -> int:
     from vital_hub.preferences.items import ImageResolver, load_items
     from vital_hub.preferences.sample import DEFAULT_CLIP, diverse_sample, get_encoder, plot_sample
 
+    if config.encoder in ("clip", "tiny-clip"):
+        require(("torch", "transformers"), "train", f"the {config.encoder} encoder; --encoder hashing needs neither")
     items = load_items(config.candidates)
     options = {"model_id": config.encoder_model or DEFAULT_CLIP} if config.encoder == "clip" else {}
     if config.encoder == "tiny-clip":
@@ -184,11 +190,16 @@ def read_judge_scores(path) -> list[dict]:
     """The scores of a `vital judge rubric` output given as input: it must exist and hold scores."""
     from vital_hub.preferences.judge import read_scores
 
+    file = str(Path(path) / "scores.jsonl" if Path(path).is_dir() else path)
     scores = read_scores(path)
     if not scores:
-        raise RecordError(
-            "no scores in the file", file=str(Path(path) / "scores.jsonl" if Path(path).is_dir() else path)
-        )
+        raise RecordError("no scores in the file", file=file)
+    for row in scores:
+        score = row.get("score")
+        # The judge scores 0-10 and writes null when it found none: any other number was not written by it,
+        # and would become pairs at levels that do not exist (a 42 above every 10).
+        if score is not None and not (math.isfinite(score) and 0 <= score <= 10):
+            raise RecordError(f"score {score!r} is outside the judge's 0-10", file=file, record_id=row["score_id"])
     return scores
 
 

@@ -18,20 +18,22 @@ import socket
 import sys
 from pathlib import Path
 
+from vital_hub.cli_args import DefaultsOnce, option_check, port
 from vital_hub.preferences.accounts import SESSION_HOURS, Accounts, accounts_path, add_annotator
-from vital_hub.preferences.app import Annotation, Gate, create_app, is_loopback
 from vital_hub.preferences.items import ImageResolver, load_items
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vital annotate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsOnce, prog="vital annotate", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve the annotation page")
+    serve = sub.add_parser("serve", formatter_class=DefaultsOnce, help="serve the annotation page")
     serve.add_argument("--items", required=True, help="items JSON/JSONL file, candidates folder or Hub repo id")
     serve.add_argument("--out", required=True, help="folder of per-annotator judgement logs (<annotator>.jsonl)")
     serve.add_argument("--annotator", help="without accounts: the one clinician judging on this machine")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (non-loopback needs accounts)")
-    serve.add_argument("--port", type=int, default=7860, help="port (0: any free port, printed at start)")
+    serve.add_argument("--port", type=port, default=7860, help="port (0: any free port, printed at start)")
     serve.add_argument("--images", help="folder of <pair_id>.jpg figures for items that carry no picture")
     serve.add_argument("--figures", help="figures dataset (folder or repo id) to look pictures up by pair_id")
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
@@ -43,8 +45,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve.add_argument(
         "--allow-insecure-http", action="store_true", help="listen beyond loopback over plain HTTP anyway"
     )
-    serve.add_argument("--session-hours", type=float, default=SESSION_HOURS, help="a sign-in lasts this long")
-    add = sub.add_parser("add-annotator", help="create an account and print its invite link (shown once)")
+    serve.add_argument(
+        "--session-hours", type=option_check("session_hours"), default=SESSION_HOURS, help="a sign-in lasts this long"
+    )
+    add = sub.add_parser(
+        "add-annotator", formatter_class=DefaultsOnce, help="create an account and print its invite link (shown once)"
+    )
     add.add_argument("name", help="the clinician's name (letters, digits, '.', '_', '-'; case does not matter)")
     add.add_argument("--out", required=True, help="the serve command's --out folder (accounts live beside logs)")
     add.add_argument("--admin", action="store_true", help="an admin account: sees progress, judges nothing")
@@ -78,6 +84,8 @@ def check_serving(args: argparse.Namespace, accounts: Accounts) -> None:
             f"no accounts in {accounts.path}: give --annotator NAME (one clinician on this machine) or create "
             "accounts with `vital annotate add-annotator NAME --out ...`"
         )
+    from vital_hub.preferences.app import is_loopback  # the web app (fastapi) loads once the options are read
+
     if is_loopback(args.host):
         return
     if not accounts:
@@ -93,6 +101,8 @@ def check_serving(args: argparse.Namespace, accounts: Accounts) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from vital_hub.preferences.app import Annotation, Gate, create_app
+
     accounts = Accounts(args.out)
     check_serving(args, accounts)
     resolver = ImageResolver(args.images, args.figures)

@@ -3,6 +3,9 @@
     vital select --selector PATH_OR_REPO --candidates DIR_OR_FILES --images DIR (--top K | --top-percent P) --out DIR
     accelerate launch --num_processes 8 -m vital_hub.cli select ...      # one process per GPU
 
+The command's options and its steps live in `vital_hub.select_cli` (outside this package, whose import loads torch
+to register the selector with transformers' Auto classes), so `vital select --help` and bad options answer at once.
+
 Candidates (status "ok" only) are sorted by candidate_id and cut into fixed shards, so the work units, their
 batches and hence the scores do not depend on how many GPUs run. Rank r scores shards r, r + world, ...; each
 finished shard is written under a temporary name, renamed, then marked done in `scores/completions/`, so
@@ -20,7 +23,6 @@ The first process then merges the shards, sorts by (score descending, candidate_
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -113,10 +115,25 @@ def load_candidates(sources: list[str]) -> tuple[list[dict], dict[str, int]]:
                     raise ValueError(
                         f"{file}, record {index}, id {cid!r}: duplicate candidate_id (also in {seen[cid]})"
                     )
+                _check_text(row, f"{file}, record {index}, id {cid!r}")
                 seen[cid] = str(file)
                 rows.append(row)
     rows.sort(key=lambda r: r["candidate_id"])
     return rows, skipped
+
+
+def _check_text(row: dict, where: str) -> None:
+    """A candidate whose selector text cannot be made (null or one-turn conversations, non-text values) is an
+    error here, before a model is loaded, not in a decoding worker halfway through the run."""
+    from vital_hub.selector.text import candidate_text
+
+    try:
+        text = candidate_text(row)
+    except (TypeError, KeyError, AttributeError, ValueError) as err:
+        reason = str(err) if isinstance(err, ValueError) else "'conversations' must be a list of {from, value} turns"
+        raise ValueError(f"{where}: {reason}, got {row.get('conversations')!r:.200}") from None
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: the question and answer must be text")
 
 
 def _open_shard(file: Path):
@@ -341,20 +358,6 @@ def allocate_quotas(k: int, shares: dict[str, float]) -> dict[str, int]:
     return quotas
 
 
-def parse_quotas(text: str | None) -> str | dict[str, float] | None:
-    """`proportional` or `chest_xray=0.3,mri=0.2,...` (fractions, renormalised)."""
-    if text is None or text == "proportional":
-        return text
-    quotas = {}
-    for part in text.split(","):
-        name, _, value = part.partition("=")
-        try:
-            quotas[name.strip()] = float(value)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"bad quota {part!r}: expected domain=fraction") from err
-    return quotas
-
-
 def select_top(ordered: list[tuple[str, float]], k: int, domain_of: dict[str, str], quotas=None) -> list:
     """The top k of an ordered list, globally or with per-domain quotas (kept in the global order)."""
     if quotas is None:
@@ -436,119 +439,3 @@ def write_selection(
     }
     write_json_atomic(out / "selection.json", summary)
     return summary
-
-
-# ---------------------------------------------------------------- command
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vital select", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--selector", required=True, help="selector folder or Hub model repo id")
-    parser.add_argument("--revision", help="Hub revision of the selector (branch, tag or commit)")
-    parser.add_argument("--candidates", nargs="+", required=True, help="candidates repo folder(s) or parquet files")
-    parser.add_argument("--images", help="folder of <pair_id>.jpg figures")
-    parser.add_argument("--figures", help="figures dataset folder or Hub repo (read through the figure store)")
-    size = parser.add_mutually_exclusive_group(required=True)
-    size.add_argument("--top", type=int, help="keep this many candidates")
-    size.add_argument("--top-percent", type=float, help="keep this percentage of the scored candidates")
-    parser.add_argument(
-        "--domain-quotas",
-        type=parse_quotas,
-        help="'proportional' (each domain keeps its share of the candidates) or 'chest_xray=0.3,mri=0.2,...'; "
-        "default: one global ranking, as the paper",
-    )
-    parser.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--shard-size", type=int, default=8192, help="candidates per resumable work unit")
-    parser.add_argument("--chunk-size", type=int, default=64, help="candidates a decoding worker prepares at once")
-    parser.add_argument("--num-workers", type=int, help="decoding processes per GPU (default: CPUs / GPUs - 2)")
-    parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="backbone precision")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.top is not None and args.top < 1:
-        raise SystemExit("--top must be at least 1")
-    if args.top_percent is not None and not 0 < args.top_percent <= 100:
-        raise SystemExit("--top-percent must be in (0, 100]")
-    rows, skipped = load_candidates(args.candidates)  # bad input fails before a model is loaded
-    if not rows:
-        raise SystemExit("no candidates with status 'ok' to score")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    from accelerate import PartialState
-
-    from vital_hub.selector.data import FigureImages
-
-    # Without a GPU, several processes (torchrun, accelerate launch --cpu) talk over gloo.
-    state = PartialState(cpu=not torch.cuda.is_available())
-    ref = resolve_selector(args.selector, args.revision)
-    model, tokenizer = load_selector(ref, state.device, args.dtype)
-    if model.config.uses_images and not (args.images or args.figures):
-        raise SystemExit("this selector reads images: pass --images DIR or --figures PATH_OR_REPO")
-    images = FigureImages(args.images, args.figures) if model.config.uses_images else None
-
-    out = Path(args.out)
-    scores_dir = out / "scores"
-    n_shards = math.ceil(len(rows) / args.shard_size)
-    run = {
-        "version": SCORE_SCHEMA_VERSION,
-        "selector": ref.name,
-        "selector_revision": ref.revision,
-        "candidates": candidates_fingerprint(rows),
-        "shard_size": args.shard_size,
-        "batch_size": args.batch_size,
-    }
-    if state.is_main_process:
-        check_run(scores_dir, run)
-    state.wait_for_everyone()
-    check_run(scores_dir, run)
-
-    mine = [s for s in range(n_shards) if s % state.num_processes == state.process_index]
-    todo = [(s, range(s * args.shard_size, min(len(rows), (s + 1) * args.shard_size))) for s in mine]
-    todo = [(s, r) for s, r in todo if not shard_done(scores_dir, s)]
-    workers = args.num_workers
-    if workers is None:
-        workers = max(1, (os.cpu_count() or 2) // state.num_processes - 2)  # leave the main process a core
-    started = time.perf_counter()
-    scored = 0
-    if todo:
-        scored = score_shards(
-            model,
-            tokenizer,
-            rows,
-            todo,
-            images,
-            scores_dir,
-            args.batch_size,
-            workers,
-            progress=not args.no_progress and state.is_local_main_process,
-        )
-    seconds = time.perf_counter() - started
-    print(
-        f"[rank {state.process_index}] scored {scored} candidates in {seconds:.1f}s "
-        f"({len(mine) - len(todo)} of {len(mine)} shards were already done)"
-    )
-    state.wait_for_everyone()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    if not state.is_main_process:
-        return 0
-    unfinished = [s for s in range(n_shards) if not shard_done(scores_dir, s)]
-    if unfinished:
-        raise SystemExit(f"shards {unfinished[:10]} are not finished; re-run the same command to resume")
-    k = args.top if args.top is not None else int(len(rows) * args.top_percent / 100)
-    summary = write_selection(
-        out,
-        rows,
-        scores_dir,
-        n_shards,
-        k,
-        args.domain_quotas,
-        ref,
-        {"skipped_by_status": skipped, "candidates": len(rows), "processes": state.num_processes},
-    )
-    print(json.dumps({key: summary[key] for key in ("selector_revision", "scored", "kept", "unreadable_images")}))
-    return 0
