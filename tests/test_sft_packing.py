@@ -69,7 +69,8 @@ def test_packed_rows_give_the_logits_labels_and_loss_of_each_row_alone(family, r
     if family.startswith("qwen"):
         assert packed[MROPE_KEY].shape == (4, 1, sum(lengths))
     worst = 0.0
-    for (logits, labels, ids), start, length in zip(alone, [0, *torch.tensor(lengths).cumsum(0).tolist()], lengths):
+    starts = [0, *torch.tensor(lengths).cumsum(0).tolist()[:-1]]
+    for (logits, labels, ids), start, length in zip(alone, starts, lengths, strict=True):
         piece = slice(start, start + length)
         assert torch.equal(packed["input_ids"][0, piece], ids)
         assert torch.equal(packed["labels"][0, piece], labels)  # the first token is never a target either way
@@ -81,3 +82,31 @@ def test_packed_rows_give_the_logits_labels_and_loss_of_each_row_alone(family, r
         assert torch.allclose(packed_loss, alone_loss, atol=TOLERANCE, rtol=0)
     print(f"{family}: max |packed - alone| logit difference {worst:.2e} over {len(rows)} rows")
     assert worst <= TOLERANCE, f"{family}: packed rows differ from alone by {worst:.2e}"
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_qwen_vision_tower_runs_one_attention_call_per_layer_and_stays_exact(family, rows, monkeypatch):
+    processor, config = build_family(family)
+    model = tiny_model(config)
+    batch = packed_collator(collator_for(family, processor), config)(rows)
+    images = {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"]}
+    assert len(batch["image_grid_thw"]) >= 2  # several images (and, for Qwen2.5-VL, several windows each)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    with torch.no_grad():
+        stock = model.model.get_image_features(**images).pooler_output
+        stock_calls, calls[:] = len(calls), []
+        enable_packing(model)
+        packed = model.model.get_image_features(**images).pooler_output
+    layers = config.vision_config.depth
+    assert len(calls) == layers < stock_calls
+    stock, packed = torch.cat(list(stock)), torch.cat(list(packed))
+    difference = (packed - stock).abs().max().item()
+    print(f"{family} vision tower: {stock_calls} attention calls stock, {len(calls)} packed; max diff {difference:.2e}")
+    assert difference <= TOLERANCE
