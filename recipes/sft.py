@@ -12,7 +12,8 @@ InternVL, LLaVA-OneVision, LLaVA-1.5): recipes are under `recipes/<model>/sft/`.
         --config recipes/llava-1.5-7b/sft/config_lora.yaml
 
 Every field of the YAML can be overridden on the command line (`--learning_rate 1e-5 --dataset_config 60k`).
-Running the same command again resumes from the last checkpoint in `output_dir`. The loss is on assistant tokens
+`packing: true` lays each step's rows end to end in one padding-free row (`vital_hub.training.packing`; every
+row keeps its own positions, attention and labels). Running the same command again resumes from the last checkpoint in `output_dir`. The loss is on assistant tokens
 only (`vital_hub.training.masking`); the vision tower stays frozen unless `freeze_vision_tower: false`.
 """
 
@@ -156,6 +157,12 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         missing_images=script_args.missing_images,
         pad_to_multiple_of=training_args.pad_to_multiple_of,
     )
+    if training_args.packing:  # vital-hub's packing of image rows (vital_hub.training.packing), not TRL's
+        from vital_hub.training.packing import enable_packing, packed_collator
+
+        training_args.packing = False  # TRL's own packing refuses vision datasets
+        logger.info(enable_packing(model))
+        collator = packed_collator(collator, model.config)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
