@@ -69,7 +69,11 @@ def _varlen(module, query, key, value, cu_seq_lens, max_length: int, scaling, ca
     parameters = _state["parameters"]
     # (1, heads, tokens, dim) -> (tokens, heads, dim)
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
-    options = {"scale": scaling}
+    options = {}
+    if "scale" in parameters:
+        options["scale"] = scaling
+    elif scaling is not None:  # a kernel without a scale argument uses 1/sqrt(dim)
+        q = q * (scaling * q.shape[-1] ** 0.5)
     if k.shape[1] != q.shape[1]:
         if "enable_gqa" in parameters:
             options["enable_gqa"] = True
