@@ -13,8 +13,8 @@ transformers' `AttentionInterface` under `ATTENTION_NAME`; per call it picks, in
 The name contains "flash" on purpose: transformers' Qwen-VL vision towers then hand every window and every image
 of a layer to the attention function in one call with their own `cu_seqlens`, instead of looping over windows
 with one SDPA launch each (Qwen2.5-VL-7B: 32 layers x windows x images, thousands of launches a step). The
-language model's masks are built by the SDPA mask function (`sdpa_mask`), which transformers also registers for
-this name, so a batch without boundaries gets exactly the SDPA mask. See
+language model builds no mask for a batch that carries boundaries (`packed_mask`); one without them gets exactly
+SDPA's mask. See
 https://docs.pytorch.org/docs/stable/nn.attention.varlen.html and
 https://huggingface.co/docs/transformers/attention_interface.
 """
@@ -123,13 +123,27 @@ def packed_attention_forward(
     )
 
 
+def carry_boundaries(carried: bool) -> None:
+    """Say whether the forward now starting carries row boundaries (then the language model builds no mask)."""
+    _state["carried"] = carried
+
+
+def packed_mask(*args, **kwargs):
+    """transformers mask function for `ATTENTION_NAME`: none while boundaries are carried (the varlen kernel needs
+    none, and the fallback builds its block-diagonal mask from the boundaries), else exactly SDPA's mask. A dense
+    mask of a 16K-token packed row would be 256 MB, rebuilt every forward."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if _state.get("carried") else sdpa_mask(*args, **kwargs)
+
+
 def register() -> str:
-    """Register `packed_attention_forward` (and the SDPA mask) under `ATTENTION_NAME`; returns the name."""
+    """Register `packed_attention_forward` and `packed_mask` under `ATTENTION_NAME`; returns the name."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTENTION_NAME, packed_attention_forward)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    AttentionMaskInterface.register(ATTENTION_NAME, packed_mask)
     return ATTENTION_NAME
 
 

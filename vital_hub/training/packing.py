@@ -180,6 +180,7 @@ def enable_packing(model) -> str:
         for key in BOUNDARY_KEYS:
             if key in kwargs:
                 carried[key] = kwargs.pop(key)
+        kernels.carry_boundaries(bool(carried))
         if MROPE_KEY in kwargs:
             kwargs["position_ids"] = kwargs.pop(MROPE_KEY)
         if family in MASK_ONLY_FAMILIES and kwargs.get("attention_mask") is None and "token_type_ids" in kwargs:
