@@ -217,6 +217,13 @@ def build_trainer(case: Case, args, output_dir: str):
 
         print(enable_packing(model), flush=True)
         collator = packed_collator(collator, model.config)
+        if args.packing_budget:  # rows first-fit up to the budget instead of batch-size rows a step
+            from vital_hub.training.budget import budget_trainer_class
+
+            trainer = budget_trainer_class()(model=model, args=training_args, train_dataset=our_dataset(rows),
+                                             processing_class=processor, data_collator=collator,
+                                             peft_config=peft_config, packing_budget=args.packing_budget)  # fmt: skip
+            return trainer, n_params
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=our_dataset(rows), processing_class=processor,
                          data_collator=collator, peft_config=peft_config)  # fmt: skip
     return trainer, n_params
@@ -386,6 +393,7 @@ def launch_command(case_name: str, args, result: Path, fsdp_config: Path) -> lis
     worker += ["--workers", str(args.workers), "--precision", args.precision]
     worker += ["--profile-dir", args.profile_dir] if args.profile_dir else []
     worker += ["--compile"] if args.compile else []
+    worker += ["--packing-budget", str(args.packing_budget)] if args.packing_budget else []
     return launcher + worker
 
 
@@ -528,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         help="full fine-tunes: bf16 compute over fp32 master weights, or bf16 weights and optimizer",
     )
     parser.add_argument("--compile", action="store_true", help="ours: compile the MLP and RMSNorm modules")
+    parser.add_argument(
+        "--packing-budget", type=int, help="packed cases: real tokens a step, rows first-fit by length"
+    )
     parser.add_argument("--case-batch", nargs="*", default=[], metavar="CASE=N", help="per-GPU batch of one case")
     parser.add_argument("--profile-dir", help="profile one extra step per case; summaries and traces go here")
     parser.add_argument("--case-timeout", type=int, default=300)
