@@ -117,6 +117,13 @@ def packed_attention_forward(
         if max_length_q is None:
             max_length_q = int((cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).max())
         return _varlen(module, query, key, value, cu_seq_lens_q, int(max_length_q), scaling, causal)
+    if query.is_cuda and not _state.get("warned"):
+        _state["warned"] = True
+        logger.warning(
+            "packed attention got %s inputs on CUDA: one SDPA call with a block-diagonal mask per layer instead of "
+            "the varlen kernel (train in bf16 or fp16 for it)",
+            query.dtype,
+        )
     mask = block_diagonal_mask(cu_seq_lens_q, query.shape[2], causal)
     return sdpa_attention_forward(
         module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False, **kwargs
