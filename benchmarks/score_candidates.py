@@ -8,9 +8,12 @@ candidates share one figure), a candidates dataset of ~170-word texts, and a sel
                 texts padded to the 256-token context (open_clip's tokenizer does);
   (b) ceiling   the model alone on batches already on the GPU (bf16 backbone, same batch size and texts);
   (c) select    `vital_hub.selector.select.score_shards`, what `vital select` runs: worker processes decode
-                (JPEG draft mode) and tokenise, uint8 pinned batches, bf16 backbone, fp32 head.
+                (JPEG draft mode, each figure once per chunk) and tokenise, uint8 pinned batches, bf16 backbone,
+                fp32 head;
 
-and prints pairs/s, the speed-up over (a) and the share of (b). On one GPU:
+and the input side alone (the same DataLoader, no model), which says whether the CPU or the GPU bounds (c).
+
+It prints pairs/s, the speed-up over (a) and the share of (b). On one GPU:
 
     python benchmarks/score_candidates.py --workdir /tmp/bench --candidates 50000
     python benchmarks/score_candidates.py --tiny        # CPU smoke run of the same code at toy size
@@ -269,7 +272,7 @@ def model_alone(model, batches, repeats: int) -> float:
 
 def ready_batches(model, tokenizer, rows, images, batch_size: int, count: int, chunk_size: int, device) -> list:
     """The pipeline's own batches (same chunks, same padding), prepared once and moved to the device."""
-    from vital_hub.selector.select import CandidateChunks, merge_chunks, plan_chunks
+    from vital_hub.selector.select import CandidateChunks, expand_images, merge_chunks, plan_chunks
 
     plan = plan_chunks([(0, range(min(len(rows), batch_size * count)))], batch_size, chunk_size)
     dataset = CandidateChunks(rows, plan, images, tokenizer, model.config)
@@ -277,9 +280,28 @@ def ready_batches(model, tokenizer, rows, images, batch_size: int, count: int, c
     for index, chunk in enumerate(plan):
         parts.append({k: v.to(device) for k, v in dataset[index][1].items()})
         if chunk.ends_batch:
-            batches.append(merge_chunks(parts))
+            batches.append(expand_images(merge_chunks(parts)))
             parts = []
     return batches
+
+
+def input_alone(model, tokenizer, rows, images, batch_size: int, workers: int, chunk_size: int, count: int) -> float:
+    """Pairs/s of the input side alone: `vital select`'s DataLoader (decode, tokenise, hand over), no model. With
+    the model-alone ceiling it says which side bounds `select`."""
+    from torch.utils.data import DataLoader
+
+    from vital_hub.selector.select import CandidateChunks, plan_chunks
+
+    plan = plan_chunks([(0, range(min(len(rows), batch_size * count)))], batch_size, chunk_size)
+    loader = DataLoader(
+        CandidateChunks(rows, plan, images, tokenizer, model.config),
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+    )
+    started = time.perf_counter()
+    pairs = sum(len(chunk.positions) for chunk, _, _ in loader)
+    return pairs / (time.perf_counter() - started)
 
 
 def pipeline(model, tokenizer, rows, images, batch_size: int, workers: int, shard_size: int, chunk: int) -> float:
@@ -315,6 +337,7 @@ def parse_args(argv=None):
     parser.add_argument("--shard-size", type=int, default=8192)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--ceiling-batches", type=int, default=6)
+    parser.add_argument("--input-batches", type=int, default=20, help="batches timed for the input side alone")
     parser.add_argument("--tiny", action="store_true", help="toy sizes, CPU: checks the benchmark runs")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -322,6 +345,7 @@ def parse_args(argv=None):
         args.candidates, args.distinct_images, args.image_px = 300, 40, 256
         args.baseline_candidates, args.small, args.batch_size = 100, 120, 32
         args.shard_size, args.ceiling_batches, args.workers = 64, 2, min(args.workers, 2)
+        args.input_batches = 4
         args.chunk_size = 8
     return args
 
@@ -362,6 +386,9 @@ def main(argv=None) -> int:
     ceiling_seconds = model_alone(model, batches, repeats=3)
     ceiling_pairs = sum(len(b["input_ids"]) for b in batches)
     del batches
+    input_rate = input_alone(
+        model, tokenizer, rows, images, args.batch_size, args.workers, args.chunk_size, args.input_batches
+    )
     pipeline_seconds = pipeline(
         model, tokenizer, rows, images, args.batch_size, args.workers, args.shard_size, args.chunk_size
     )
@@ -374,6 +401,7 @@ def main(argv=None) -> int:
         "mean_jpeg_kib": round(manifest["mean_jpeg_bytes"] / 1024, 1),
         "paper_pairs_per_s": len(baseline_rows) / paper_seconds,
         "ceiling_pairs_per_s": ceiling_pairs / ceiling_seconds,
+        "input_pairs_per_s": input_rate,
         "select_pairs_per_s": len(rows) / pipeline_seconds,
         "select_candidates": len(rows),
         "select_seconds": pipeline_seconds,
@@ -397,6 +425,10 @@ def main(argv=None) -> int:
             f"{name:<10} {n:>10} {batch:>6} {precision:>14} {rate:>9.1f} {rate / paper:>8.1f}x "
             f"{100 * rate / ceiling:>9.0f}%"
         )
+    print(
+        f"input side alone (decode + tokenise in {args.workers} workers, no model): {input_rate:.1f} pairs/s, "
+        f"{100 * input_rate / ceiling:.0f}% of the ceiling"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -10,16 +10,22 @@ visual tokens, `recipes/qwen2.5-vl-7b`), so rows differ in image tokens as real 
 - stock: `SFTTrainer` with its defaults for VLM data: TRL's own collator (loss on every token, image tokens
   included), gradient checkpointing on, everything trainable (full) or LoRA r16 on all linear layers, data
   processed in the training process, random order.
+- tuned (LoRA): what a user who knows TRL runs: stock `SFTTrainer` and collator, gradient checkpointing off, LoRA
+  r16 on the same language-model layers as ours and the projector trained in full (`modules_to_save`).
 - ours: what `recipes/sft.py` does: assistant-only labels (TRL's fused LM head then scores only those positions),
   vision tower frozen, no gradient checkpointing, DataLoader workers, length-grouped batches padded to a multiple
   of 64 (few shapes, so cuDNN attention plans are reused), the caching allocator with expandable segments, and
   with `--compile` the MLP and RMSNorm modules compiled; LoRA r16 on the language model with the projector
   trained in full.
+- packed: ours with `packing: true` (`vital_hub.training.packing`): each step's rows in one padding-free row, one
+  varlen attention call per layer (PyTorch's `torch.nn.attention.varlen` where present), and Qwen's vision tower
+  in one attention call per layer over every window and image.
 
 Full fine-tunes run under FSDP2 with `--precision mixed` (accelerate's bf16 mixed precision: fp32 master weights,
 16 bytes a parameter) or `--precision bf16` (bf16 weights and optimizer states, as the issue's stock reference).
 
-Tokens are the non-padding input tokens (image tokens included), counted by TRL for both. Model FLOPs use the
+Tokens are the real (non-padding) input tokens, image tokens included, counted by TRL for every case: from the
+attention mask of a padded batch, from the length of a packed one. Model FLOPs use the
 6N rule over all parameters (as the issue's reference numbers do), so MFU = 6 N tokens/s / peak; a frozen vision
 tower does less work than 6N counts, which the `trainable` column shows. `--profile-dir` profiles one extra step
 per case and writes where its GPU time went (busy time by kernel kind, the top kernels, a Chrome trace).
@@ -28,8 +34,8 @@ per case and writes where its GPU time went (busy time by kernel kind, the top k
     python benchmarks/sft_throughput.py --cases full-ours-2gpu full-stock-2gpu --precision bf16 --compile \
         --steps 30 --warmup 10
     python benchmarks/sft_throughput.py --cases full-ours-4gpu full-stock-4gpu --compile --steps 30 --warmup 10
-    python benchmarks/sft_throughput.py --model qwen2.5-vl --cases lora-stock-1gpu lora-ours-1gpu --steps 30 \
-        --warmup 10
+    python benchmarks/sft_throughput.py --model qwen2.5-vl --cases lora-tuned-1gpu lora-ours-1gpu lora-packed-1gpu \
+        --steps 30 --warmup 10
     python benchmarks/sft_throughput.py --compare-curves one_gpu/trainer_state.json two_gpu/trainer_state.json
 """
 
@@ -55,21 +61,23 @@ LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_
 @dataclass(frozen=True)
 class Case:
     mode: str  # "lora" or "full"
-    variant: str  # "stock" or "ours"
+    variant: str  # "stock", "tuned" (LoRA), "ours" or "packed"
     gpus: int
 
     def default_batch(self, precision: str, requested: int) -> int:
         """Rows per GPU. Without gradient checkpointing, a full fine-tune with fp32 master weights sharded over
         2 GPUs (16 bytes a parameter, 56 GB a GPU) leaves room for 4 rows on 80 GB; bf16 weights and optimizer
         (8 bytes a parameter) or 4 GPUs leave room for 8."""
-        if self.mode == "full" and self.variant == "ours" and precision == "mixed" and self.gpus < 4:
+        if self.mode == "full" and self.variant in ("ours", "packed") and precision == "mixed" and self.gpus < 4:
             return min(requested, 4)
         return requested
 
 
 CASES = {
     "lora-stock-1gpu": Case("lora", "stock", 1),
+    "lora-tuned-1gpu": Case("lora", "tuned", 1),
     "lora-ours-1gpu": Case("lora", "ours", 1),
+    "lora-packed-1gpu": Case("lora", "packed", 1),
     "lora-ours-2gpu": Case("lora", "ours", 2),
     "full-stock-2gpu": Case("full", "stock", 2),
     "full-ours-2gpu": Case("full", "ours", 2),
@@ -177,6 +185,12 @@ def build_trainer(case: Case, args, output_dir: str):
         peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear") if case.mode == "lora" else None
         return SFTTrainer(model=model, args=training_args, train_dataset=rows, processing_class=processor,
                           peft_config=peft_config), n_params  # fmt: skip
+    if case.variant == "tuned":
+        training_args = SFTConfig(**common, gradient_checkpointing=False)  # TRL's collator, random order
+        peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=LANGUAGE_LORA_TARGETS,
+                                 modules_to_save=PROJECTOR[args.model])  # fmt: skip
+        return SFTTrainer(model=model, args=training_args, train_dataset=rows, processing_class=processor,
+                          peft_config=peft_config), n_params  # fmt: skip
     training_args = SFTConfig(
         **common,
         gradient_checkpointing=False,
@@ -198,6 +212,18 @@ def build_trainer(case: Case, args, output_dir: str):
     collator = VisionSFTCollator(
         processor, max_length=2048, max_image_side=1024, pad_to_multiple_of=PAD_TO_MULTIPLE_OF
     )
+    if case.variant == "packed":
+        from vital_hub.training.packing import enable_packing, packed_collator
+
+        print(enable_packing(model), flush=True)
+        collator = packed_collator(collator, model.config)
+        if args.packing_budget:  # rows first-fit up to the budget instead of batch-size rows a step
+            from vital_hub.training.budget import budget_trainer_class
+
+            trainer = budget_trainer_class()(model=model, args=training_args, train_dataset=our_dataset(rows),
+                                             processing_class=processor, data_collator=collator,
+                                             peft_config=peft_config, packing_budget=args.packing_budget)  # fmt: skip
+            return trainer, n_params
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=our_dataset(rows), processing_class=processor,
                          data_collator=collator, peft_config=peft_config)  # fmt: skip
     return trainer, n_params
@@ -367,6 +393,7 @@ def launch_command(case_name: str, args, result: Path, fsdp_config: Path) -> lis
     worker += ["--workers", str(args.workers), "--precision", args.precision]
     worker += ["--profile-dir", args.profile_dir] if args.profile_dir else []
     worker += ["--compile"] if args.compile else []
+    worker += ["--packing-budget", str(args.packing_budget)] if args.packing_budget else []
     return launcher + worker
 
 
@@ -377,7 +404,7 @@ def run_case(case_name: str, args, batch_size: int, scratch: Path, fsdp_config: 
         case_name, argparse.Namespace(**{**vars(args), "batch_size": batch_size}), result, fsdp_config
     )
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}:{os.environ.get('PYTHONPATH', '')}", "NCCL_NVLS_ENABLE": "0"}
-    if CASES[case_name].variant == "ours":
+    if CASES[case_name].variant in ("ours", "packed"):
         env.update(OURS_ENVIRONMENT)
     if CASES[case_name].gpus == 1:  # else Trainer picks DataParallel
         env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
@@ -443,10 +470,17 @@ def print_table(results: list[dict]) -> None:
               f"{mfu:>7}{memory:>9}{r['tokens_per_sample']:>8.0f}")  # fmt: skip
     print()
     for mode, gpus in (("lora", 1), ("full", 2), ("full", 4)):
-        ours, stock = by_name.get(f"{mode}-ours-{gpus}gpu"), by_name.get(f"{mode}-stock-{gpus}gpu")
-        if ours and stock:
-            ratio = ours["tokens_per_s_per_gpu"] / stock["tokens_per_s_per_gpu"]
-            print(f"{mode} on {gpus} GPU(s): ours / stock throughput = {ratio:.2f}x")
+        for baseline in ("stock", "tuned"):
+            base = by_name.get(f"{mode}-{baseline}-{gpus}gpu")
+            for variant in ("ours", "packed"):
+                mine = by_name.get(f"{mode}-{variant}-{gpus}gpu")
+                if mine and base:
+                    ratio = mine["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
+                    print(f"{mode} on {gpus} GPU(s): {variant} / {baseline} throughput = {ratio:.2f}x")
+    ours, packed = by_name.get("lora-ours-1gpu"), by_name.get("lora-packed-1gpu")
+    if ours and packed and ours.get("losses") and packed.get("losses"):  # same rows, same order, same seed
+        gaps = [abs(a - b) for a, b in zip(ours["losses"], packed["losses"], strict=False)]
+        print(f"packed vs padded loss curve (LoRA, 1 GPU): max |difference| {max(gaps):.4f} over {len(gaps)} steps")
     for r in results:
         if "error" not in r and r.get("losses"):
             print(f"{r['case']}: loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} over {len(r['losses'])} steps")
@@ -502,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         help="full fine-tunes: bf16 compute over fp32 master weights, or bf16 weights and optimizer",
     )
     parser.add_argument("--compile", action="store_true", help="ours: compile the MLP and RMSNorm modules")
+    parser.add_argument(
+        "--packing-budget", type=int, help="packed cases: real tokens a step, rows first-fit by length"
+    )
     parser.add_argument("--case-batch", nargs="*", default=[], metavar="CASE=N", help="per-GPU batch of one case")
     parser.add_argument("--profile-dir", help="profile one extra step per case; summaries and traces go here")
     parser.add_argument("--case-timeout", type=int, default=300)

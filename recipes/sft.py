@@ -14,6 +14,10 @@ InternVL, LLaVA-OneVision, LLaVA-1.5): recipes are under `recipes/<model>/sft/`.
 Every field of the YAML can be overridden on the command line (`--learning_rate 1e-5 --dataset_config 60k`).
 Running the same command again resumes from the last checkpoint in `output_dir`. The loss is on assistant tokens
 only (`vital_hub.training.masking`); the vision tower stays frozen unless `freeze_vision_tower: false`.
+
+`packing: true` lays each step's rows end to end in one padding-free row (`vital_hub.training.packing`; every
+row keeps its own positions, attention and labels); `packing_budget: 16384` then fills each step with rows
+first-fit by length up to that many real tokens (`vital_hub.training.budget`).
 """
 
 import logging
@@ -100,6 +104,13 @@ class SFTScriptArguments:
         default=None, metadata={"help": "JSON of evaluation results (e.g. from `vital eval`) to put in the card."}
     )
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
+    packing_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "With packing: true, real tokens per packed row: rows are packed first-fit by length up to it "
+            "(their tokens measured once, before training) instead of per_device_train_batch_size rows a step."
+        },
+    )
 
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
@@ -156,7 +167,18 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         missing_images=script_args.missing_images,
         pad_to_multiple_of=training_args.pad_to_multiple_of,
     )
-    trainer = SFTTrainer(
+    trainer_class, budget = SFTTrainer, {}
+    if training_args.packing:  # vital-hub's packing of image rows (vital_hub.training.packing), not TRL's
+        from vital_hub.training.budget import budget_trainer_class
+        from vital_hub.training.packing import enable_packing, packed_collator
+
+        training_args.packing = False  # TRL's own packing refuses vision datasets
+        logger.info(enable_packing(model))
+        collator = packed_collator(collator, model.config)
+        if script_args.packing_budget:
+            trainer_class, budget = budget_trainer_class(), {"packing_budget": script_args.packing_budget}
+    trainer = trainer_class(
+        **budget,
         model=model,
         args=training_args,
         train_dataset=splits["train"],

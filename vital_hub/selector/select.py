@@ -159,7 +159,13 @@ def candidates_fingerprint(rows: list[dict]) -> str:
 class CandidateChunks:
     """Map-style dataset whose items are chunks of a batch: a worker decodes the images and tokenises the texts of
     one chunk and hands back (chunk plan, tensors, unreadable flags). Chunks much smaller than a batch keep the
-    first batch's latency low and spread each batch over many workers. Picklable, so it runs in workers."""
+    first batch's latency low and spread each batch over many workers. Picklable, so it runs in workers.
+
+    Several candidates share one figure, and sorted by candidate_id (`{pair_id}#{sample}`) they sit side by side:
+    a chunk decodes each of its figures once and sends it once (`pixel_values` holds the distinct figures,
+    `image_index` each candidate's row of it; a missing figure points at a zero picture). `expand_images` gives
+    every candidate its pixels on the device. Decoding is what bounds the pipeline on the CPU (one figure decode
+    costs more than tokenising all its candidates), so this divides the CPU work by the candidates per figure."""
 
     def __init__(self, rows, chunks, images, tokenizer, config):
         from vital_hub.selector.text import candidate_text
@@ -181,14 +187,22 @@ class CandidateChunks:
         missing = torch.zeros(len(chunk.positions), dtype=torch.bool)
         if self.config.uses_images:
             size = self.config.image_size
-            pixels = torch.zeros(len(chunk.positions), 3, size, size, dtype=torch.uint8)
+            pictures, row_of = [], {}
+            index = torch.empty(len(chunk.positions), dtype=torch.long)
             for slot, position in enumerate(chunk.positions):
-                decoded = try_decode(self.images.get(self.pair_ids[position]), size)
-                if decoded is None:
-                    missing[slot] = True
-                else:
-                    pixels[slot] = decoded
-            batch["pixel_values"] = pixels
+                pair_id = self.pair_ids[position]
+                if pair_id not in row_of:
+                    decoded = try_decode(self.images.get(pair_id), size)
+                    row_of[pair_id] = -1 if decoded is None else len(pictures)
+                    if decoded is not None:
+                        pictures.append(decoded)
+                index[slot] = row_of[pair_id]
+            missing = index < 0
+            if missing.any():
+                index[missing] = len(pictures)
+                pictures.append(torch.zeros(3, size, size, dtype=torch.uint8))
+            batch["pixel_values"] = torch.stack(pictures)
+            batch["image_index"] = index
         return chunk, batch, missing
 
 
@@ -215,7 +229,8 @@ def plan_chunks(shards: list[tuple[int, range]], batch_size: int, chunk_size: in
 
 
 def merge_chunks(parts: list[dict]):
-    """One model batch from chunks already on the device: token tensors padded to the longest, then stacked."""
+    """One model batch from chunks already on the device: token tensors padded to the longest, then stacked;
+    each chunk's `image_index` shifted past the figures of the chunks before it."""
     import torch
     import torch.nn.functional as F
 
@@ -225,8 +240,22 @@ def merge_chunks(parts: list[dict]):
         tensors = [part[key] for part in parts]
         if key in ("input_ids", "attention_mask"):
             tensors = [F.pad(t, (0, longest - t.shape[1])) for t in tensors]  # pad id 0, mask 0
+        if key == "image_index":
+            offsets = [0]
+            for part in parts[:-1]:
+                offsets.append(offsets[-1] + part["pixel_values"].shape[0])
+            tensors = [t + offset for t, offset in zip(tensors, offsets, strict=True)]
         merged[key] = torch.cat(tensors)
     return merged
+
+
+def expand_images(batch: dict) -> dict:
+    """Model inputs from a merged batch: every candidate's figure gathered (on the device) from the distinct ones."""
+    batch = dict(batch)
+    index = batch.pop("image_index", None)
+    if index is not None:
+        batch["pixel_values"] = batch["pixel_values"][index]
+    return batch
 
 
 def load_selector(ref: SelectorRef, device, dtype_name: str = "auto"):
@@ -283,7 +312,7 @@ def score_shards(
             unreadable += missing.tolist()
             if chunk.ends_batch:
                 # Scores stay on the device until the shard ends: no synchronisation per batch.
-                scores.append(model(**merge_chunks(batch_parts)).logits.squeeze(-1))
+                scores.append(model(**expand_images(merge_chunks(batch_parts))).logits.squeeze(-1))
                 batch_parts = []
             bar.update(len(chunk.positions))
             if chunk.ends_shard:

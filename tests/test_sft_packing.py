@@ -1,0 +1,180 @@
+"""Packed, padding-free batches give every row exactly what it gets alone, for every supported family.
+
+Each family is a tiny random model built from its config (fp32, CPU). A step's rows (figures of 96-400 px in
+both orientations, one row without a figure trained text-only) are packed into one row by `PackedCollator`; the
+model with `enable_packing` must give each row the logits, labels and loss that the stock model (SDPA) gives that
+row alone. The packed side runs one attention call per layer over every row (block-diagonal, the CPU form of the
+varlen kernel), and Qwen's vision towers one call per layer over all windows and images.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT
+from tests.sft_support import SFT_SCRIPT, tiny_recipe
+from vital_hub.training.collator import VisionSFTCollator
+from vital_hub.training.family_models import BUILDERS, build_family, chat_template, write_family_folder
+from vital_hub.training.masking import IGNORE_INDEX
+from vital_hub.training.packing import MROPE_KEY, enable_packing, packed_collator
+from vital_hub.training.synthetic import synthetic_rows, write_instructions_repo
+
+FAMILIES = sorted(BUILDERS)
+FIXED_TEMPLATES = {"llava-onevision": "llava_onevision_fixed"}
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return synthetic_rows(4, seed=3, image_sides=(96, 400), missing_every=3)
+
+
+def collator_for(family, processor):
+    template = chat_template(FIXED_TEMPLATES[family]) if family in FIXED_TEMPLATES else None
+    return VisionSFTCollator(processor, max_length=2048, max_image_side=400, missing_images="text",
+                             chat_template=template)  # fmt: skip
+
+
+def tiny_model(config):
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
+    for parameter in model.parameters():  # random but not tiny weights, so rows that leak into each other show
+        parameter.data.normal_(0, 0.2)
+    return model
+
+
+def per_token_loss(logits, labels):
+    return torch.nn.functional.cross_entropy(
+        logits[:-1].float(), labels[1:], ignore_index=IGNORE_INDEX, reduction="none"
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_rows_give_the_logits_labels_and_loss_of_each_row_alone(family, rows):
+    processor, config = build_family(family)
+    collator = collator_for(family, processor)
+    model = tiny_model(config)
+    with torch.no_grad():
+        alone = []
+        for row in rows:
+            batch = collator([row])
+            out = model(**{k: v for k, v in batch.items() if k != "labels"})
+            alone.append((out.logits[0], batch["labels"][0], batch["input_ids"][0]))
+        packed = packed_collator(collator, config)(rows)
+        assert "attention_mask" not in packed
+        enable_packing(model)
+        out = model(**{k: v for k, v in packed.items() if k != "labels"})
+    lengths = [len(ids) for _, _, ids in alone]
+    assert packed["input_ids"].shape == (1, sum(lengths))
+    assert packed["position_ids"].shape == (1, sum(lengths))
+    if family.startswith("qwen"):
+        assert packed[MROPE_KEY].shape == (4, 1, sum(lengths))
+    worst = 0.0
+    starts = [0, *torch.tensor(lengths).cumsum(0).tolist()[:-1]]
+    for (logits, labels, ids), start, length in zip(alone, starts, lengths, strict=True):
+        piece = slice(start, start + length)
+        assert torch.equal(packed["input_ids"][0, piece], ids)
+        assert torch.equal(packed["labels"][0, piece], labels)  # the first token is never a target either way
+        assert torch.equal(packed["position_ids"][0, piece], torch.arange(length))
+        worst = max(worst, (out.logits[0, piece] - logits).abs().max().item())
+        alone_loss = per_token_loss(logits, labels)
+        packed_loss = per_token_loss(out.logits[0, piece], packed["labels"][0, piece])
+        assert (labels != IGNORE_INDEX).any()
+        assert torch.allclose(packed_loss, alone_loss, atol=TOLERANCE, rtol=0)
+    print(f"{family}: max |packed - alone| logit difference {worst:.2e} over {len(rows)} rows")
+    assert worst <= TOLERANCE, f"{family}: packed rows differ from alone by {worst:.2e}"
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_qwen_vision_tower_runs_one_attention_call_per_layer_and_stays_exact(family, rows, monkeypatch):
+    processor, config = build_family(family)
+    model = tiny_model(config)
+    batch = packed_collator(collator_for(family, processor), config)(rows)
+    images = {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"]}
+    assert len(batch["image_grid_thw"]) >= 2  # several images (and, for Qwen2.5-VL, several windows each)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    with torch.no_grad():
+        stock = model.model.get_image_features(**images).pooler_output
+        stock_calls, calls[:] = len(calls), []
+        enable_packing(model)
+        packed = model.model.get_image_features(**images).pooler_output
+    layers = config.vision_config.depth
+    assert len(calls) == layers < stock_calls
+    stock, packed = torch.cat(list(stock)), torch.cat(list(packed))
+    difference = (packed - stock).abs().max().item()
+    print(
+        f"{family} vision tower: {stock_calls} attention calls stock, {len(calls)} packed; max diff {difference:.2e}"
+    )
+    assert difference <= TOLERANCE
+
+
+def train(family: str, repo, out, packing: bool) -> list[dict]:
+    """`recipes/sft.py` with LoRA on the language model and the projector trained, 2 steps; the log history."""
+    overrides = {"max_steps": 2, "per_device_train_batch_size": 4, "log_level": "info", "pad_to_multiple_of": 64, "max_image_side": 400,
+                 "save_strategy": "no", "learning_rate": 5e-3, "max_length": 4096, "packing": packing,
+                 "use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_modules_to_save": ["merger"],
+                 "lora_target_modules": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}  # fmt: skip
+    recipe = tiny_recipe(
+        out / "recipe.yaml", write_family_folder(out / "model", family), repo, out / "run", **overrides
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(HF_HOME=str(out / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, str(SFT_SCRIPT), "--config", str(recipe)]
+    result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    if packing:
+        assert "packing on for qwen2-vl" in result.stderr
+    return json.loads((out / "run" / "trainer_state.json").read_text())["log_history"]
+
+
+@pytest.mark.slow
+def test_packed_recipe_trains_like_the_padded_one_and_counts_the_same_real_tokens(tmp_path):
+    rows = synthetic_rows(8, seed=5, image_sides=(96, 400))
+    repo = write_instructions_repo(tmp_path / "repo", {"80k": rows})
+    padded = [e for e in train("qwen2.5-vl", repo, tmp_path / "padded", packing=False) if "loss" in e]
+    packed = [e for e in train("qwen2.5-vl", repo, tmp_path / "packed", packing=True) if "loss" in e]
+    assert len(padded) == len(packed) == 2
+    for one, two in zip(padded, packed, strict=True):
+        assert abs(one["loss"] - two["loss"]) <= 1e-4 * max(1.0, abs(one["loss"])), (padded, packed)
+        assert one["num_tokens"] == two["num_tokens"]  # real tokens: the padded run's padding is not counted
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernel runs on CUDA only")
+@pytest.mark.parametrize("causal", [True, False])
+def test_cuda_varlen_kernel_matches_the_block_diagonal_mask(causal):
+    from types import SimpleNamespace
+
+    from vital_hub.training import kernels
+
+    if kernels.varlen_kernel() is None:
+        pytest.skip("this PyTorch has no torch.nn.attention.varlen")
+    torch.manual_seed(0)
+    lengths = torch.tensor([300, 17, 1024, 5, 611])
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).int().cuda()
+    total = int(lengths.sum())
+    query = torch.randn(1, 8, total, 64, device="cuda", dtype=torch.bfloat16)
+    key, value = (torch.randn(1, 2, total, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    module = SimpleNamespace(is_causal=causal, num_key_value_groups=4, training=True)
+    fast, _ = kernels.packed_attention_forward(module, query, key, value, None, scaling=0.125, cu_seq_lens_q=cu,
+                                               cu_seq_lens_k=cu, max_length_q=1024, max_length_k=1024)  # fmt: skip
+    mask = kernels.block_diagonal_mask(cu, total, causal)
+    reference, _ = kernels.packed_attention_forward(
+        module, query.double().cpu(), key.double().cpu(), value.double().cpu(), mask.cpu(), scaling=0.125,
+        is_causal=False,
+    )  # fmt: skip
+    error = (fast.double().cpu() - reference).norm() / reference.norm()
+    print(f"varlen vs float64 block-diagonal reference (causal={causal}): relative error {error:.2e}")
+    assert error < 1e-2

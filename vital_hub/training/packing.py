@@ -1,0 +1,197 @@
+"""Packed, padding-free training batches for every supported vision-language family.
+
+The rows of a step are laid end to end in one row of exactly their real tokens (no padding), and each keeps what
+it would get alone:
+
+- position ids restart at 0 for every row; Qwen-VL's 3-D multimodal RoPE positions come from the family's own
+  `get_rope_index`, computed per row on the CPU in the DataLoader workers (from the config alone, no weights);
+- attention stays inside a row: the batch carries the row boundaries (`cu_seq_lens_q/k`, `max_length_q/k`)
+  for `vital_hub.training.kernels` (one varlen call per layer), and, with no attention mask, transformers' mask
+  builder detects the restarting position ids and makes a block-diagonal mask wherever a mask is used. Gemma 3
+  keeps that mask path, since its image tokens attend to each other both ways (a causal varlen kernel cannot);
+- labels are the row's own; the first token of each row is never a target (nothing precedes it), so the last
+  token of one row does not learn to predict the next row;
+- image tensors are the processor's own batch for all rows (one vision forward over every image of the step).
+
+`enable_packing(model)` routes the boundaries to the language model only (a forward pre-hook on the backbone
+takes them, one on the language model gives them back), so vision towers that get the text kwargs never see
+them, and sets the packed attention on the language model and on Qwen's vision tower (one attention call per
+vision layer over all windows and images). `PackedCollator` is a drop-in for `VisionSFTCollator`.
+
+TRL's `SFTTrainer` counts the tokens of a batch without an attention mask from `position_ids`, which here holds
+exactly the real tokens (Qwen's 3-D positions travel under `mrope_position_ids` and are put back by the hook).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from vital_hub.training.collator import VisionSFTCollator, encode_batch, truncate_batch
+from vital_hub.training.families import family_of
+from vital_hub.training.masking import IGNORE_INDEX, image_token_id_of
+
+logger = logging.getLogger(__name__)
+
+BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+MROPE_KEY = "mrope_position_ids"
+MROPE_FAMILIES = ("qwen2-vl", "qwen3-vl")
+MASK_ONLY_FAMILIES = ("gemma3",)  # bidirectional image spans: the block-diagonal mask path, not a causal kernel
+
+
+class RopeIndex:
+    """A Qwen-VL family's `get_rope_index` from its config alone (picklable, for DataLoader workers)."""
+
+    def __init__(self, config):
+        self.config = config
+        self._model = None
+
+    def __getstate__(self):
+        return {"config": self.config, "_model": None}
+
+    def _backbone(self):
+        if self._model is None:
+            import torch
+            import transformers
+            from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+            cls = getattr(transformers, MODEL_MAPPING_NAMES[self.config.model_type])
+            model = cls.__new__(cls)  # no weights: get_rope_index reads only the config
+            torch.nn.Module.__init__(model)
+            model.config = self.config
+            self._model = model
+        return self._model
+
+    def __call__(self, **inputs):
+        """(3, batch, length) positions of a right-padded batch (padding positions are 0)."""
+        rope_index = self._backbone().get_rope_index
+        accepted = inspect.signature(rope_index).parameters
+        return rope_index(**{key: value for key, value in inputs.items() if key in accepted})[0]
+
+
+def pack_batch(batch, rope_index: RopeIndex | None = None, boundaries: bool = True) -> dict:
+    """One padding-free row from a right-padded `Batch` (see the module docstring for what it holds)."""
+    import torch
+
+    keep = batch["attention_mask"].bool()
+    lengths = keep.sum(dim=1)
+    packed = {key: value for key, value in batch.items() if key not in batch.token_keys}
+    for key in batch.token_keys:
+        if key != "attention_mask":
+            packed[key] = batch[key][keep][None]
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    packed["labels"][0, starts[:-1]] = IGNORE_INDEX
+    positions = torch.cat([torch.arange(int(n)) for n in lengths])[None]
+    packed["position_ids"] = positions
+    if rope_index is not None:
+        inputs = {key: batch.get(key) for key in ("input_ids", "mm_token_type_ids", "image_grid_thw")}
+        mrope = rope_index(**inputs, attention_mask=batch["attention_mask"])
+        packed[MROPE_KEY] = torch.cat([positions[None], mrope[:, keep][:, None]], dim=0)
+    if boundaries:
+        cu = starts.to(torch.int32)
+        packed["cu_seq_lens_q"] = packed["cu_seq_lens_k"] = cu
+        packed["max_length_q"] = packed["max_length_k"] = int(lengths.max())
+    return packed
+
+
+@dataclass
+class PackedCollator(VisionSFTCollator):
+    """`VisionSFTCollator` whose batches are one padding-free row (build it with `packed_collator`)."""
+
+    rope_index: Any = None
+    boundaries: bool = True
+
+    def __call__(self, rows: list[dict]) -> dict:
+        prepared = [(row.get("id"), item) for row in rows if (item := self.prepare_row(row)) is not None]
+        if not prepared:
+            raise ValueError(f"no row of this batch has a usable image (ids {[row.get('id') for row in rows]})")
+        ids = [row_id for row_id, _ in prepared]
+        batch = encode_batch(self.processor, [item[0] for _, item in prepared], [item[1] for _, item in prepared])
+        batch = truncate_batch(batch, self.max_length, image_token_id_of(self.processor), ids)
+        return pack_batch(batch, self.rope_index, self.boundaries)
+
+
+def packed_collator(collator: VisionSFTCollator, config) -> PackedCollator:
+    """The packed twin of `collator` for a model of `config` (padding settings no longer apply)."""
+    family = family_of(config).name
+    settings = {name: getattr(collator, name) for name in VisionSFTCollator.__dataclass_fields__}
+    settings["pad_to_multiple_of"] = None
+    return PackedCollator(
+        **settings,
+        rope_index=RopeIndex(config) if family in MROPE_FAMILIES else None,
+        boundaries=family not in MASK_ONLY_FAMILIES,
+    )
+
+
+LANGUAGE_MODEL_NAMES = ("language_model", "text_model")  # Idefics3 and SmolVLM call theirs text_model
+
+
+def backbone_of(model):
+    """(backbone, language model): the VLM backbone (`model.model`, under any PEFT wrapping) and its decoder."""
+    import torch
+
+    for module in model.modules():
+        for name in LANGUAGE_MODEL_NAMES:
+            language = getattr(module, name, None)
+            if isinstance(language, torch.nn.Module) and hasattr(module, "get_image_features"):
+                return module, language
+    raise ValueError(f"{type(model).__name__} has no vision-language backbone with a language model")
+
+
+def gemma3_masks(token_type_ids, position_ids, sliding_window: int) -> dict:
+    """Gemma 3's two attention masks for a packed row, built here rather than by transformers.
+
+    Within a row a token sees the tokens before it, and image tokens see their whole image (both ways); sliding
+    layers also drop keys `sliding_window` or more tokens back. transformers' builder remaps the image-block
+    overlay of the sliding mask to in-row positions when it detects packing, which looks up the wrong tokens, so
+    the masks are given ready-made (the model takes a `{layer type: mask}` mapping as `attention_mask`).
+    """
+    import torch
+
+    index = torch.arange(position_ids.shape[-1], device=position_ids.device)
+    row = (position_ids[0] == 0).cumsum(0)
+    image = token_type_ids[0] == 1
+    starts = image & ~torch.nn.functional.pad(image, (1, 0))[:-1]
+    block = torch.where(image, starts.cumsum(0), -1)
+    full = (row[:, None] == row[None, :]) & (
+        (index[:, None] >= index[None, :]) | ((block[:, None] == block[None, :]) & (block[:, None] >= 0))
+    )
+    sliding = full & (index[None, :] > index[:, None] - sliding_window)
+    return {"full_attention": full[None, None], "sliding_attention": sliding[None, None]}
+
+
+def enable_packing(model) -> str:
+    """Make `model` train on `PackedCollator` batches (see the module docstring); returns a summary line."""
+    from vital_hub.training import kernels
+
+    family = family_of(model).name
+    backbone, language = backbone_of(model)
+    name = kernels.register()
+    if family not in MASK_ONLY_FAMILIES:
+        language.config._attn_implementation = name
+    if family in MROPE_FAMILIES:
+        backbone.visual.config._attn_implementation = name
+    carried: dict = {}
+
+    def take(module, args, kwargs):
+        carried.clear()
+        for key in BOUNDARY_KEYS:
+            if key in kwargs:
+                carried[key] = kwargs.pop(key)
+        kernels.carry_boundaries(bool(carried))
+        if MROPE_KEY in kwargs:
+            kwargs["position_ids"] = kwargs.pop(MROPE_KEY)
+        if family in MASK_ONLY_FAMILIES and kwargs.get("attention_mask") is None and "token_type_ids" in kwargs:
+            window = language.config.sliding_window
+            kwargs["attention_mask"] = gemma3_masks(kwargs["token_type_ids"], kwargs["position_ids"], window)
+        return args, kwargs
+
+    def give(module, args, kwargs):
+        return args, {**kwargs, **carried}
+
+    backbone.register_forward_pre_hook(take, with_kwargs=True)
+    language.register_forward_pre_hook(give, with_kwargs=True)
+    attention = "block-diagonal SDPA mask" if family in MASK_ONLY_FAMILIES else kernels.kernel_summary()
+    return f"packing on for {family}: {attention}"
