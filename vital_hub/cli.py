@@ -119,15 +119,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vital: unknown command {' '.join(argv[:2])!r}\n\n{usage()}", file=sys.stderr)
         return 2
     command, rest = found
+    return run_reporting_errors(program(command, rest), lambda: load(command)(rest))
+
+
+def run_reporting_errors(name: str, function) -> int:
+    """Run `function()`; bad input or an unreachable service becomes one line `NAME: error: ...` and exit status 1
+    (VITAL_DEBUG=1 shows the traceback). Shared by the `vital` commands and the recipes."""
     try:
-        return int(load(command)(rest) or 0)
+        return int(function() or 0)
     except _input_errors() as err:
         if os.environ.get("VITAL_DEBUG"):
             raise
         # Bad input or an unreachable service: one line naming the file, record or repo and the reason.
         # Every stage writes finished work as it goes, so re-running the same command resumes. A server may have
         # echoed a credential into the message: it is redacted here once more, whatever raised it.
-        print(redact_environment(f"{program(command, rest)}: error: {err}"), file=sys.stderr)
+        print(redact_environment(f"{name}: error: {err}"), file=sys.stderr)
         return 1
 
 

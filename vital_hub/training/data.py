@@ -149,11 +149,24 @@ def training_columns(dataset):
     return dataset.cast_column("images", List(Image(decode=False)))
 
 
+def looks_like_path(name: str) -> bool:
+    """A name written as a local path (absolute, ./, ../, ~, or with more than one /), never a Hub id."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
 def load_source(source: DatasetSource, seed: int, missing_images: str, cache_dir: str | None = None):
     """One source's rows: the columns training reads, images undecoded, the weight applied."""
     from datasets import load_dataset
 
-    dataset = load_dataset(source.id, source.config, split=source.split, revision=source.revision, cache_dir=cache_dir)
+    where = f"dataset {source.id}" + (f" (config {source.config})" if source.config else "")
+    if looks_like_path(source.id) and not Path(source.id).expanduser().is_dir():
+        raise FileNotFoundError(f"{where}: no such folder")
+    try:
+        dataset = load_dataset(
+            source.id, source.config, split=source.split, revision=source.revision, cache_dir=cache_dir
+        )
+    except (ValueError, OSError) as err:  # unknown config or split, unreadable repo, missing data files
+        raise (OSError if isinstance(err, OSError) else ValueError)(f"{where}, split {source.split}: {err}") from err
     absent = [c for c in ("images", "messages") if c not in dataset.column_names]
     if absent:
         raise ValueError(f"{source.id} ({source.config}): no column {absent}; expected instruction rows")
