@@ -81,9 +81,14 @@ def parse_mixture(value: dict | str | Path) -> DatasetMixture:
     """A mixture from a dict (inline in a recipe) or from the path of a YAML file holding one."""
     where = "dataset_mixture"
     if isinstance(value, str | Path):
-        where = str(value)
-        value = yaml.safe_load(read_text(value))
-        value = value.get("dataset_mixture", value)
+        where = f"dataset_mixture {value}"
+        if not Path(value).is_file():
+            raise FileNotFoundError(f"{where}: no such file")
+        try:
+            value = yaml.safe_load(read_text(value))
+        except yaml.YAMLError as err:
+            raise ValueError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from err
+        value = value.get("dataset_mixture", value) if isinstance(value, dict) else value
     if not isinstance(value, dict):
         raise ValueError(f"{where}: a mixture must be a mapping with a 'datasets' list")
     datasets = [
@@ -101,8 +106,10 @@ def mixture_of(
     seed: int = 0,
 ) -> DatasetMixture:
     """The recipe's data, given either one source (`dataset_name` + `dataset_config`) or a mixture."""
+    dataset_name, dataset_mixture = dataset_name or None, dataset_mixture or None
     if (dataset_name is None) == (dataset_mixture is None):
-        raise ValueError("give exactly one of dataset_name (with dataset_config) or dataset_mixture")
+        given = "both" if dataset_name else "neither"
+        raise ValueError(f"give exactly one of dataset_name (with dataset_config) or dataset_mixture, not {given}")
     if dataset_mixture is not None:
         return parse_mixture(dataset_mixture)
     source = DatasetSource(dataset_name, dataset_config, dataset_split, dataset_revision)

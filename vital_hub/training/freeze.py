@@ -119,7 +119,12 @@ def check_lora(model, peft_config, stage: str = "full", freeze_vision_tower: boo
     for entry, matches in _target_entries(peft_config, model):
         found = [name for name, module in modules.items() if name and matches(name, module)]
         if not found:
-            raise ValueError(f"lora_target_modules {entry!r} matches no module of {type(model).__name__}")
+            hint = ""
+            if isinstance(peft_config.target_modules, str):
+                hint = (
+                    " (one value is a regular expression over whole module names, e.g. '.*language_model.*\\.q_proj')"
+                )
+            raise ValueError(f"lora_target_modules {entry!r} matches no module of {type(model).__name__}{hint}")
         plan["lora"] += found
         example[entry] = found
     saved = list(peft_config.modules_to_save or [])
