@@ -12,8 +12,13 @@ InternVL, LLaVA-OneVision, LLaVA-1.5): recipes are under `recipes/<model>/sft/`.
         --config recipes/llava-1.5-7b/sft/config_lora.yaml
 
 Every field of the YAML can be overridden on the command line (`--learning_rate 1e-5 --dataset_config 60k`).
-Running the same command again resumes from the last checkpoint in `output_dir`. The loss is on assistant tokens
-only (`vital_hub.training.masking`); the vision tower stays frozen unless `freeze_vision_tower: false`.
+Running the same command again after a crash or a kill resumes exactly from the last complete checkpoint in
+`output_dir` (`save_steps`): weights or adapter (loaded strictly), optimizer, scheduler, RNG and data position
+(`vital_hub.training.resume`). The loss is on assistant tokens only (`vital_hub.training.masking`); the vision
+tower stays frozen unless `freeze_vision_tower: false`, with or without LoRA (`vital_hub.training.freeze`).
+The output folder (full model or LoRA adapter; with `merged_output_dir`, also the merged model) loads with stock
+`AutoModelForImageTextToText` and `AutoProcessor`. Bad input is one line `sft.py: error: ...` and exit status 1
+(VITAL_DEBUG=1 shows the traceback).
 """
 
 import logging
