@@ -22,6 +22,7 @@ The output folder (full model or LoRA adapter; with `merged_output_dir`, also th
 """
 
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -136,6 +137,16 @@ def check_arguments(script_args: SFTScriptArguments, training_args: SFTConfig, m
         )
     if script_args.max_image_side <= 0:
         raise ValueError(f"max_image_side: {script_args.max_image_side} must be a positive number of pixels")
+    for option, low in (("learning_rate", 0.0), ("num_train_epochs", 0.0), ("weight_decay", None)):
+        value = getattr(training_args, option)
+        if not math.isfinite(value) or (low is not None and value <= low) or value < 0:
+            raise ValueError(
+                f"{option}: {value} must be a finite number" + (f" above {low:g}" if low is not None else "")
+            )
+    for option in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+        value = getattr(training_args, option)
+        if value is not None and value < 1:
+            raise ValueError(f"{option}: {value} must be at least 1")
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path: not given (a Hub id or a local model folder)")
     template = training_args.chat_template_path
@@ -287,8 +298,12 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         logger.info("Pushed to %s at %s", training_args.hub_model_id, revision)
 
 
+class OptionError(ValueError):
+    """A bad option value or an unknown flag (from the command line or the YAML); the message names the option."""
+
+
 def refuse(message: str):
-    raise ValueError(message)
+    raise OptionError(message)
 
 
 def parse(argv: list[str] | None = None):
@@ -302,6 +317,8 @@ def parse(argv: list[str] | None = None):
         return parser.parse_args_and_config(argv)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"--config {err.filename}: no such file") from err
+    except OptionError:
+        raise
     except (yaml.YAMLError, ValueError, TypeError) as err:
         where = f"--config {config}: " if config else ""
         raise ValueError(f"{where}{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err

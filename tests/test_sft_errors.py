@@ -45,10 +45,18 @@ CASES = [
     ("config not a mapping", ["--config", "{root}/list.yaml"], ["must contain a YAML mapping"]),
     ("unknown YAML key", ["--config", "{root}/typo.yaml"], ["--config {root}/typo.yaml", "learning_rat"]),
     ("unknown option", ["--no_such_option", "1"], ["--no_such_option"]),
-    ("value of the wrong type", ["--learning_rate", "fast"], ["--learning_rate", "invalid float value: 'fast'"]),
+    (
+        "value of the wrong type",
+        ["--learning_rate", "fast"],
+        ["sft.py: error: argument --learning_rate", "invalid float value: 'fast'"],
+    ),
     ("not a boolean", ["--freeze_vision_tower", "perhaps"], ["--freeze_vision_tower", "perhaps"]),
     ("unknown stage", ["--stage", "both"], ["stage: 'both'", "['full', 'projector']"]),
     ("unknown missing_images", ["--missing_images", "maybe"], ["missing_images: 'maybe'"]),
+    ("learning rate NaN", ["--learning_rate", "nan"], ["learning_rate: nan must be a finite number above 0"]),
+    ("negative learning rate", ["--learning_rate=-1e-4"], ["learning_rate: -0.0001"]),
+    ("batch size 0", ["--per_device_train_batch_size", "0"], ["per_device_train_batch_size: 0 must be at least 1"]),
+    ("max_length 0", ["--max_length", "0"], ["max_length: 0 must be at least 1"]),
     ("max_image_side 0", ["--max_image_side", "0"], ["max_image_side: 0", "positive"]),
     ("model folder missing", ["--model_name_or_path", "{root}/absent-model"], ["{root}/absent-model: no such folder"]),
     ("model path is a file", ["--model_name_or_path", "{root}/template.txt"], ["template.txt: not a folder"]),
@@ -99,6 +107,7 @@ def test_bad_input_is_one_error_line_and_exit_1(sft, folders, case, arguments, e
     assert not (root / "out" / "trainer_state.json").exists()  # nothing trained
 
 
+@pytest.mark.slow
 def test_the_command_prints_one_line_and_a_traceback_only_with_vital_debug(folders):
     root, good = folders
     env = {k: v for k, v in os.environ.items() if k != "VITAL_DEBUG" and not k.startswith("HF_")}

@@ -134,7 +134,10 @@ def load_adapter_strictly(peft_model, checkpoint: str | Path) -> None:
         raise CheckpointError(f"{checkpoint}: no adapter_model.safetensors to resume the adapter from")
     adapter = peft_model.active_adapters[0]
     weights = load_peft_weights(str(checkpoint), device="cpu")
-    result = set_peft_model_state_dict(peft_model, weights, adapter_name=adapter)
+    try:
+        result = set_peft_model_state_dict(peft_model, weights, adapter_name=adapter)
+    except RuntimeError as err:  # shapes that differ: another rank, other target modules
+        raise CheckpointError(f"{checkpoint}: the adapter does not fit the model: {err}") from err
     marker = f".{adapter}."
     missing = {name for name in result.missing_keys if marker in name}
     unexpected = set(result.unexpected_keys)
