@@ -158,6 +158,11 @@ def check_arguments(script_args: SFTScriptArguments, training_args: SFTConfig, m
         raise ValueError("push_to_hub: true needs hub_model_id (the repo to push to)")
     if script_args.merged_output_dir and not model_args.use_peft:
         raise ValueError("merged_output_dir: only a LoRA run (use_peft: true) has an adapter to merge")
+    if script_args.merged_output_dir and script_args.init_random_weights and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ValueError(
+            "merged_output_dir with init_random_weights: across processes the merge reloads the base weights, "
+            "which a randomly initialised base does not have on disk; merge in a one-process run"
+        )
 
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
