@@ -107,15 +107,18 @@ def measure_lengths(dataset, collator, workers: int = 0, rows_per_task: int = 16
     return lengths
 
 
-def budget_trainer_class():
-    """`SFTTrainer` whose training batches come from a `TokenBudgetBatchSampler` (`packing_budget` tokens)."""
+def budget_trainer_class(base=None):
+    """`base` (default: `SFTTrainer`) whose training batches come from a `TokenBudgetBatchSampler`
+    (`packing_budget` tokens)."""
     from functools import partial
 
     from torch.utils.data import DataLoader
     from transformers.trainer_utils import seed_worker
-    from trl import SFTTrainer
 
-    class BudgetSFTTrainer(SFTTrainer):
+    if base is None:
+        from trl import SFTTrainer as base
+
+    class BudgetSFTTrainer(base):
         def __init__(self, *args, packing_budget: int, **kwargs):
             super().__init__(*args, **kwargs)
             self.packing_budget = packing_budget

@@ -81,9 +81,14 @@ def parse_mixture(value: dict | str | Path) -> DatasetMixture:
     """A mixture from a dict (inline in a recipe) or from the path of a YAML file holding one."""
     where = "dataset_mixture"
     if isinstance(value, str | Path):
-        where = str(value)
-        value = yaml.safe_load(read_text(value))
-        value = value.get("dataset_mixture", value)
+        where = f"dataset_mixture {value}"
+        if not Path(value).is_file():
+            raise FileNotFoundError(f"{where}: no such file")
+        try:
+            value = yaml.safe_load(read_text(value))
+        except yaml.YAMLError as err:
+            raise ValueError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from err
+        value = value.get("dataset_mixture", value) if isinstance(value, dict) else value
     if not isinstance(value, dict):
         raise ValueError(f"{where}: a mixture must be a mapping with a 'datasets' list")
     datasets = [
@@ -101,8 +106,10 @@ def mixture_of(
     seed: int = 0,
 ) -> DatasetMixture:
     """The recipe's data, given either one source (`dataset_name` + `dataset_config`) or a mixture."""
+    dataset_name, dataset_mixture = dataset_name or None, dataset_mixture or None
     if (dataset_name is None) == (dataset_mixture is None):
-        raise ValueError("give exactly one of dataset_name (with dataset_config) or dataset_mixture")
+        given = "both" if dataset_name else "neither"
+        raise ValueError(f"give exactly one of dataset_name (with dataset_config) or dataset_mixture, not {given}")
     if dataset_mixture is not None:
         return parse_mixture(dataset_mixture)
     source = DatasetSource(dataset_name, dataset_config, dataset_split, dataset_revision)
@@ -149,11 +156,24 @@ def training_columns(dataset):
     return dataset.cast_column("images", List(Image(decode=False)))
 
 
+def looks_like_path(name: str) -> bool:
+    """A name written as a local path (absolute, ./, ../, ~, or with more than one /), never a Hub id."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
 def load_source(source: DatasetSource, seed: int, missing_images: str, cache_dir: str | None = None):
     """One source's rows: the columns training reads, images undecoded, the weight applied."""
     from datasets import load_dataset
 
-    dataset = load_dataset(source.id, source.config, split=source.split, revision=source.revision, cache_dir=cache_dir)
+    where = f"dataset {source.id}" + (f" (config {source.config})" if source.config else "")
+    if looks_like_path(source.id) and not Path(source.id).expanduser().is_dir():
+        raise FileNotFoundError(f"{where}: no such folder")
+    try:
+        dataset = load_dataset(
+            source.id, source.config, split=source.split, revision=source.revision, cache_dir=cache_dir
+        )
+    except (ValueError, OSError) as err:  # unknown config or split, unreadable repo, missing data files
+        raise (OSError if isinstance(err, OSError) else ValueError)(f"{where}, split {source.split}: {err}") from err
     absent = [c for c in ("images", "messages") if c not in dataset.column_names]
     if absent:
         raise ValueError(f"{source.id} ({source.config}): no column {absent}; expected instruction rows")

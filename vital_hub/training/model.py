@@ -7,9 +7,26 @@ use that, with nothing to download.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from vital_hub.io import read_text
+from vital_hub.training.data import looks_like_path
+
+logger = logging.getLogger(__name__)
+
+
+def check_model_path(name_or_path: str) -> None:
+    """A name written as a path (absolute, ./, ../, ~, or more than one /) must be a folder that exists: otherwise
+    it is taken for a Hub id and fails with a network error that names neither."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"model_name_or_path {name_or_path}: not a folder")
+        return
+    if looks_like_path(name_or_path):
+        raise FileNotFoundError(f"model_name_or_path {name_or_path}: no such folder")
 
 
 def torch_dtype(name: str | None):
@@ -27,6 +44,7 @@ def load_processor(model_args, chat_template_path: str | None = None, settings: 
     `settings` override its saved ones (the recipe's pixel budget)."""
     from vital_hub.training.processors import load_processor_from
 
+    check_model_path(model_args.model_name_or_path)
     processor = load_processor_from(
         model_args.model_name_or_path, revision=model_args.model_revision, **(settings or {})
     )
@@ -41,6 +59,7 @@ def load_model(model_args, init_random_weights: bool = False):
     """The vision-language model, pretrained or (for smoke runs and benchmarks) built from its config."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    check_model_path(model_args.model_name_or_path)
     dtype = torch_dtype(model_args.dtype)
     kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     if init_random_weights:
@@ -52,6 +71,55 @@ def load_model(model_args, init_random_weights: bool = False):
         )
     model.config.use_cache = False
     return model
+
+
+def router_configs(model) -> list:
+    """The configs (the model's and its text model's) that carry a MoE `output_router_logits` switch."""
+    config = model.config
+    configs = [config, config.get_text_config()] if hasattr(config, "get_text_config") else [config]
+    unique = {id(c): c for c in configs}.values()
+    return [c for c in unique if hasattr(c, "output_router_logits")]
+
+
+@contextmanager
+def router_logits_off(model):
+    """Save a MoE model with `output_router_logits: false`: TRL's SFTTrainer turns it on to add the load-balancing
+    loss, and a config saved with it on makes every batched `generate` of the saved model compute that loss (and
+    fail on padded batches). Training goes on with the trainer's setting afterwards."""
+    configs = router_configs(model)
+    before = [c.output_router_logits for c in configs]
+    for c in configs:
+        c.output_router_logits = False
+    try:
+        yield
+    finally:
+        for c, value in zip(configs, before, strict=True):
+            c.output_router_logits = value
+
+
+def merge_adapter(trainer, model_args, out_dir: str | Path) -> Path:
+    """Write the trained base model with the LoRA adapter merged into it (stock `AutoModelForImageTextToText`
+    loads it, no PEFT needed). In one process the trained model is merged in memory; across processes (FSDP,
+    DeepSpeed, whose parameters are sharded) the main process loads the base weights again and applies the
+    adapter the trainer saved in `output_dir`."""
+    from peft import PeftModel
+
+    out_dir = Path(out_dir)
+    accelerator = trainer.accelerator
+    if accelerator.num_processes == 1:
+        peft_model = accelerator.unwrap_model(trainer.model)
+        merged = peft_model.merge_and_unload()
+    else:
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return out_dir
+        merged = PeftModel.from_pretrained(load_model(model_args), trainer.args.output_dir).merge_and_unload()
+    if accelerator.is_main_process:
+        merged.config.use_cache = True
+        with router_logits_off(merged):
+            merged.save_pretrained(out_dir)
+        merged.generation_config.save_pretrained(out_dir)
+    return out_dir
 
 
 FUSED_MODULE_SUFFIXES = ("MLP", "RMSNorm")
