@@ -35,8 +35,17 @@ END_OF_TURN = {
     "idefics3": "<end_of_utterance>",
     "internvl": "<|im_end|>",
     "llava-onevision": "<|im_end|>",
+    "qwen2-vl": "<|im_end|>",
+    "qwen3-vl-moe": "<|im_end|>",
+    "qwen3.5": "<|im_end|>",
+    "llava-next": "</s>",
+    "mllama": "<|eot_id|>",
+    "gemma4": "<turn|>",
+    "glm4v": "<|endoftext|>",
+    "idefics2": "<end_of_utterance>",
 }
-FIXED_TEMPLATES = {"llava-onevision": "llava_onevision_fixed"}
+# Families whose published template vital-hub replaces by itself (`vital_hub.training.templates`).
+CORRECTED = {"llava-onevision", "llava-next", "qwen3.5", "gemma4", "glm4v"}
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -51,12 +60,7 @@ def rows():
 
 
 def collator_for(family: str, processor, **overrides):
-    template = None
-    if family in FIXED_TEMPLATES:
-        from vital_hub.training.family_models import chat_template
-
-        template = chat_template(FIXED_TEMPLATES[family])
-    settings = {"max_length": 2048, "max_image_side": 400, "pad_to_multiple_of": 64, "chat_template": template}
+    settings = {"max_length": 2048, "max_image_side": 400, "pad_to_multiple_of": 64}
     return VisionSFTCollator(processor, **{**settings, **overrides})
 
 
@@ -72,9 +76,9 @@ def test_labels_are_exactly_the_assistant_answers_and_their_end_token(family, ro
     processor, _ = build_family(family)
     batch = collator_for(family, processor)(rows[:4])
     assert batch["input_ids"].shape[1] % 64 == 0
-    for key in ("attention_mask", "labels", "mm_token_type_ids", "token_type_ids"):
+    for key in ("attention_mask", "labels", "mm_token_type_ids", "token_type_ids", "cross_attention_mask"):
         if key in batch:
-            assert batch[key].shape == batch["input_ids"].shape, key
+            assert batch[key].shape[:2] == batch["input_ids"].shape, key
     tokenizer = processor.tokenizer
     for row_index, row in enumerate(rows[:4]):
         labels = batch["labels"][row_index]
@@ -137,9 +141,9 @@ def test_a_model_of_an_unknown_family_is_an_error_not_a_silent_freeze():
         set_trainable(model, "full")
 
 
-def test_published_onevision_template_is_refused_with_the_fix(rows):
+def test_published_onevision_template_is_refused_when_correction_is_off(rows):
     processor, _ = build_family("llava-onevision")
-    collator = VisionSFTCollator(processor, max_image_side=400)
+    collator = VisionSFTCollator(processor, max_image_side=400, correct_template=False)
     with pytest.raises(ValueError, match=r"LlavaOnevisionProcessor.*assistant \\n.*--chat_template_path"):
         collator(rows[:2])
 
@@ -166,10 +170,6 @@ def run_recipe(family: str, repo, tmp_path, lora: bool = False):
     output = tmp_path / "out"
     overrides = {"max_steps": 3, "per_device_train_batch_size": 4, "pad_to_multiple_of": 64, "max_image_side": 400,
                  "save_strategy": "no", "learning_rate": 5e-3, "max_length": 4096}  # fmt: skip
-    if family in FIXED_TEMPLATES:
-        overrides["chat_template_path"] = str(
-            REPO_ROOT / "vital_hub" / "training" / "chat_templates" / f"{FIXED_TEMPLATES[family]}.jinja"
-        )
     if lora:
         overrides.update(use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=LORA_TARGETS)
     recipe = tiny_recipe(tmp_path / "recipe.yaml", model_dir, repo, output, **overrides)
@@ -178,7 +178,7 @@ def run_recipe(family: str, repo, tmp_path, lora: bool = False):
     command = [sys.executable, str(SFT_SCRIPT), "--config", str(recipe)]
     result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
-    return output
+    return output, result.stderr
 
 
 def qa50_questions(folder):
@@ -213,7 +213,9 @@ def answer_qa50(output, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_recipe_trains_saves_and_the_folder_reloads_and_generates(family, repo, tmp_path):
-    output = run_recipe(family, repo, tmp_path)
+    output, log = run_recipe(family, repo, tmp_path)
+    corrections = [line for line in log.splitlines() if "vital-hub's corrected template" in line]
+    assert len(corrections) == (1 if family in CORRECTED else 0), corrections
     state = json.loads((output / "trainer_state.json").read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert len(losses) == 3 and all(loss == loss and loss < 1e4 for loss in losses), losses
@@ -227,6 +229,10 @@ def test_recipe_trains_saves_and_the_folder_reloads_and_generates(family, repo, 
         from transformers import AutoProcessor
 
         assert type(AutoProcessor.from_pretrained(output)).__name__ == type(processor).__name__
+    if family in CORRECTED:  # saved with the template it was trained with, so inference prompts alike
+        from vital_hub.training.templates import template_problem
+
+        assert template_problem(processor) is None
     answer_qa50(output, tmp_path)
     generation = json.loads((output / "generation_config.json").read_text())
     eos = generation["eos_token_id"]
@@ -235,5 +241,5 @@ def test_recipe_trains_saves_and_the_folder_reloads_and_generates(family, repo, 
 
 
 def test_lora_recipe_trains_qwen_with_the_merger_saved(repo, tmp_path):
-    output = run_recipe("qwen2.5-vl", repo, tmp_path, lora=True)
+    output, _ = run_recipe("qwen2.5-vl", repo, tmp_path, lora=True)
     assert (output / "adapter_config.json").exists()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vital_hub.training.data import model_messages
+from vital_hub.training.templates import correct_template
 from vital_hub.training.masking import (
     IGNORE_INDEX,
     TOKEN_TYPE_KEYS,
@@ -168,6 +169,14 @@ class VisionSFTCollator:
     missing_images: str = "skip"  # rows still without an image here: "skip" drops them, "text" trains text-only
     chat_template: str | None = None
     pad_to_multiple_of: int | None = None
+    # Without `chat_template`, a published template known not to render turn by turn is replaced on the processor
+    # by vital-hub's corrected one (`templates.correct_template`); False keeps the processor's template as it is.
+    correct_template: bool = True
+
+    def __post_init__(self):
+        self.template_correction = None
+        if self.chat_template is None and self.correct_template:
+            self.template_correction = correct_template(self.processor)
 
     def prepare_row(self, row: dict):
         """(rendered conversation, images) of a row, or None for a row without a usable image under "skip"."""

@@ -166,14 +166,22 @@ def check_labels(tokenizer, labels: list[int], rendered: RenderedConversation, r
     if wrong is None:
         detail = f"{len(decoded)} labelled spans for {len(expected)} assistant turns ({[short(t) for t in decoded]})"
     else:
-        detail = f"answer {wrong + 1} should read {short(expected[wrong])} but the labels read {short(decoded[wrong])}"
+        should, reads = expected[wrong], decoded[wrong].strip()
+        at = next(
+            (i for i, (a, b) in enumerate(zip(should, reads, strict=False)) if a != b), min(len(should), len(reads))
+        )
+        start = max(0, at - 40)
+        detail = (
+            f"answer {wrong + 1} should read {short(should[start:])} but the labels read {short(reads[start:])}"
+            + (f" (from character {start})" if start else "")
+        )
     raise MaskingError(
         f"row {row!r}: the labels under {template} are not the assistant answers: {detail}; pass a template that "
         "writes each answer's text as it is with --chat_template_path FILE.jinja"
     )
 
 
-def short(text: str, limit: int = 160) -> str:
+def short(text: str, limit: int = 120) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
