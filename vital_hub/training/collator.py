@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vital_hub.training.data import model_messages
-from vital_hub.training.templates import correct_template
 from vital_hub.training.masking import (
     IGNORE_INDEX,
     TOKEN_TYPE_KEYS,
@@ -35,6 +34,7 @@ from vital_hub.training.masking import (
     render_with_targets,
     template_name,
 )
+from vital_hub.training.templates import correct_template
 
 logger = logging.getLogger(__name__)
 

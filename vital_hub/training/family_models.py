@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vital_hub.training.family_models_recent import BUILDERS as RECENT
-from vital_hub.training.processors import image_only
 from vital_hub.training.family_kit import (
     QWEN_SPECIALS,
     TEXT_TINY,
@@ -27,6 +25,8 @@ from vital_hub.training.family_kit import (
     special_ids,
     tokenizer_with,
 )
+from vital_hub.training.family_models_recent import BUILDERS as RECENT
+from vital_hub.training.processors import image_only
 
 
 def qwen2_5_vl(size: str):
