@@ -75,6 +75,7 @@ def test_recipes_exist_for_every_required_model():
                 "glm-4.1v-9b",
                 "idefics2-8b",
                 "mistral-small-3.1-24b",
+                "paligemma2-3b-448",
             )
         ),
     } <= names
@@ -119,7 +120,7 @@ RECIPE_FAMILIES = {"llava-1.5-7b": "llava-1.5", "llava-med": "llava-1.5", "biome
                    "llava-interleave-qwen-0.5b": "llava-1.5", "qwen2-vl-7b": "qwen2-vl",
                    "qwen3-vl-30b-a3b": "qwen3-vl-moe", "qwen3.5-9b": "qwen3.5", "llava-v1.6-mistral-7b": "llava-next",
                    "llama-3.2-11b-vision": "mllama", "gemma-4-12b-it": "gemma4", "glm-4.1v-9b": "glm4v",
-                   "idefics2-8b": "idefics2"}  # fmt: skip
+                   "idefics2-8b": "idefics2", "paligemma2-3b-448": "paligemma2"}  # fmt: skip
 
 
 def assert_lora_fits_the_family(path: Path, model_args):

@@ -43,9 +43,11 @@ END_OF_TURN = {
     "gemma4": "<turn|>",
     "glm4v": "<|endoftext|>",
     "idefics2": "<end_of_utterance>",
+    "paligemma2": "<eos>",
 }
+IMAGE_REQUIRED = {"paligemma2"}
 # Families whose published template vital-hub replaces by itself (`vital_hub.training.templates`).
-CORRECTED = {"llava-onevision", "llava-next", "qwen3.5", "gemma4", "glm4v"}
+CORRECTED = {"llava-onevision", "llava-next", "qwen3.5", "gemma4", "glm4v", "paligemma2"}
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -181,13 +183,13 @@ def run_recipe(family: str, repo, tmp_path, lora: bool = False):
     return output, result.stderr
 
 
-def qa50_questions(folder):
-    """qa50-shaped questions: figures of different sizes, and one whose file is absent."""
+def qa50_questions(folder, missing: bool = True):
+    """qa50-shaped questions: figures of different sizes, and (`missing`) one whose file is absent."""
     from PIL import Image
 
     images = folder / "images"
     images.mkdir()
-    for index, size in enumerate([(96, 300), (400, 120), (250, 250)]):
+    for index, size in enumerate([(96, 300), (400, 120), (250, 250), (300, 180)][: 3 if missing else 4]):
         Image.new("RGB", size, (40 * index, 90, 160)).save(images / f"q{index}.jpg")
     questions = folder / "qa50.jsonl"
     lines = [{"question_id": i, "image": f"q{i}.jpg", "pair_id": f"q{i}", "text": f"What is in figure {i}?\n<image>",
@@ -196,18 +198,18 @@ def qa50_questions(folder):
     return questions, images
 
 
-def answer_qa50(output, tmp_path):
+def answer_qa50(output, tmp_path, missing: bool = True):
     """`vital eval answer` (transformers backend, batched) with the tuned folder, loaded as a user would."""
     from vital_hub.eval.answer import AnswerConfig, answer
 
-    questions, images = qa50_questions(tmp_path)
+    questions, images = qa50_questions(tmp_path, missing)
     answers = tmp_path / "answers.jsonl"
     config = AnswerConfig(str(questions), str(answers), str(output), image_folder=str(images), max_new_tokens=4,
                           batch_size=3, dtype="float32")  # fmt: skip
     assert answer(config)["answered"] == 4
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
     assert [row["status"] for row in rows] == ["ok"] * 4
-    assert [row["image_status"] for row in rows].count("ok") == 3
+    assert [row["image_status"] for row in rows].count("ok") == (3 if missing else 4)
 
 
 # TRL's SFTTrainer sets output_router_logits on MoE configs and the recipe saves it so: every batched generate then
@@ -240,7 +242,8 @@ def test_recipe_trains_saves_and_the_folder_reloads_and_generates(family, repo, 
         from vital_hub.training.templates import template_problem
 
         assert template_problem(processor) is None
-    answer_qa50(output, tmp_path)
+    # PaliGemma's processor refuses a prompt without an image, so its questions all have their figure.
+    answer_qa50(output, tmp_path, missing=family not in IMAGE_REQUIRED)
     generation = json.loads((output / "generation_config.json").read_text())
     eos = generation["eos_token_id"]
     eos = eos if isinstance(eos, list) else [eos]
@@ -250,6 +253,26 @@ def test_recipe_trains_saves_and_the_folder_reloads_and_generates(family, repo, 
 def test_lora_recipe_trains_qwen_with_the_merger_saved(repo, tmp_path):
     output, _ = run_recipe("qwen2.5-vl", repo, tmp_path, lora=True)
     assert (output / "adapter_config.json").exists()
+
+
+def test_paligemma_answers_are_causal_suffix_tokens(rows):
+    """PaliGemma attends both ways within the prefix (token_type_ids 0): every answer token must be marked as
+    suffix, or the model sees the tokens it is trained to predict."""
+    processor, config = build_family("paligemma2")
+    batch = collator_for("paligemma2", processor)(rows[:2])
+    targets = (batch["labels"] != IGNORE_INDEX).nonzero()
+    first = {int(row): int(position) for row, position in reversed(targets.tolist())}
+    for row, start in first.items():
+        length = int(batch["attention_mask"][row].sum())
+        assert batch["token_type_ids"][row, :start].sum() == 0
+        assert bool((batch["token_type_ids"][row, start:length] == 1).all())
+    model = model_of(config).eval()
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    changed = dict(inputs, input_ids=inputs["input_ids"].clone())
+    changed["input_ids"][0, first[0] + 3] += 1
+    with torch.no_grad():
+        before, after = model(**inputs).logits, model(**changed).logits
+    assert torch.equal(before[0, first[0] : first[0] + 3], after[0, first[0] : first[0] + 3])
 
 
 def test_mistral3_freezes_per_stage_where_its_processor_cannot_be_built():

@@ -19,6 +19,7 @@ PUBLISHED_PROBLEMS = {
     "qwen3.5": "<think>",  # think blocks after the last user turn only
     "gemma4": "<|channel>",  # the generation prompt's empty thought channel
     "glm4v": "[{'type': 'text'",  # the content list's repr
+    "paligemma2": "does not render",  # none published
 }
 
 

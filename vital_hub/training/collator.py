@@ -115,7 +115,21 @@ def encode_batch(
         check_labels(tokenizer, aligned, item, names[row] if names else row, template)
         labels[row, :length] = torch.tensor(aligned, dtype=torch.long)
     batch["labels"] = labels
+    if name in PREFIX_LM_PROCESSORS:
+        mark_suffix(batch)
     return batch
+
+
+# Processors whose `token_type_ids` split a prefix (0: attended both ways) from a suffix (1: causal), as PaliGemma's
+# model reads them. Their processors mark the suffix only when it is passed apart (`suffix=`); here it is every token
+# from a row's first target on, so that no answer token sees the ones after it.
+PREFIX_LM_PROCESSORS = ("PaliGemmaProcessor",)
+
+
+def mark_suffix(batch: Batch) -> None:
+    targets = batch["labels"] != IGNORE_INDEX
+    after_first = targets.int().cumsum(dim=1) > 0
+    batch["token_type_ids"] = (after_first & batch["attention_mask"].bool()).to(batch["token_type_ids"].dtype)
 
 
 def truncate_batch(batch: Batch, max_length: int | None, image_token_id, ids: list) -> Batch:

@@ -45,6 +45,7 @@ FAMILIES = (
     # Mllama's language model holds the cross-attention layers that read the image: they train with it.
     Family("mllama", ("mllama",), ("vision_model",), ("multi_modal_projector",)),
     Family("mistral3", ("mistral3",), ("vision_tower",), ("multi_modal_projector",)),
+    Family("paligemma", ("paligemma",), ("vision_tower",), ("multi_modal_projector",)),
 )
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 

@@ -212,6 +212,26 @@ def idefics2(size: str):
     return processor, config
 
 
+def paligemma2(size: str):
+    from transformers import PaliGemmaConfig, PaliGemmaProcessor
+
+    tokenizer = tokenizer_with(["<image>"], bos="<bos>", eos="<eos>")
+    image_size, patch = 32, 8
+    image_processor = pil_class("siglip", "SiglipImageProcessor")(size={"height": image_size, "width": image_size})
+    image_processor.image_seq_length = (image_size // patch) ** 2
+    # As published: no chat template (the recipe path applies chat_templates/paligemma.jinja). The processor adds
+    # PaliGemma's <loc>/<seg> tokens to the tokenizer.
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer), "model_type": "gemma2",
+            "sliding_window": 64}  # fmt: skip
+    vision = {**TINY_VISION, "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch}
+    config = PaliGemmaConfig(
+        text_config=text, vision_config=vision, projection_dim=64,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )  # fmt: skip
+    return processor, config
+
+
 BUILDERS = {
     "qwen2-vl": qwen2_vl,
     "qwen3-vl-moe": qwen3_vl_moe,
@@ -221,4 +241,5 @@ BUILDERS = {
     "qwen3.5": qwen3_5,
     "glm4v": glm4v,
     "idefics2": idefics2,
+    "paligemma2": paligemma2,
 }

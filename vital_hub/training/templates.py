@@ -9,7 +9,9 @@ the model gets at inference, and writes the answer's text as it is (`masking`). 
 - Qwen3.5 adds an empty `<think>` block only to the answers after the last user turn, and its generation prompt
   opens a thinking block;
 - Gemma 4's generation prompt (`<|turn>model\\n<|channel>thought\\n<channel|>`) differs from its past model turns;
-- GLM-4.1V prints an assistant message's content as it is, so a content list renders as its Python repr.
+- GLM-4.1V prints an assistant message's content as it is, so a content list renders as its Python repr;
+- PaliGemma (1 and 2) publishes none: `chat_templates/paligemma.jinja` documents the prefix/suffix layout its
+  processor completes.
 
 Each is found on a probe conversation (two rounds, an image in the first), not by the template's text, so a template
 that already renders correctly (one given with `--chat_template_path`, or a fixed upstream one) is never replaced.
@@ -35,6 +37,7 @@ CORRECTED = {
     "Qwen3VLProcessor": "qwen3_5_fixed",
     "Gemma4Processor": "gemma4_fixed",
     "Glm4vProcessor": "glm4v_fixed",
+    "PaliGemmaProcessor": "paligemma",
 }
 ATTRIBUTE = "vital_template_correction"  # not an __init__ argument, so never written by save_pretrained
 
@@ -56,7 +59,7 @@ class TemplateCorrection:
 
     def card_line(self) -> str:
         return (
-            f"The published chat template of {self.processor} cannot be trained on turn by turn ({self.problem}); "
+            f"{self.processor}: the published chat template cannot be trained on turn by turn ({self.problem}); "
             f"training and the saved processor use vital-hub's corrected template `{self.template}`."
         )
 
@@ -79,9 +82,10 @@ def correct_template(processor) -> TemplateCorrection | None:
     """Replace the processor's chat template by vital-hub's corrected one where the published one cannot be
     trained on and a correction exists for its family; None when nothing was replaced."""
     name = type(processor).__name__
-    if name not in CORRECTED or getattr(processor, "chat_template", None) is None:
+    if name not in CORRECTED:
         return correction_of(processor)
-    problem = template_problem(processor)
+    published = getattr(processor, "chat_template", None)
+    problem = template_problem(processor) if published else "the model publishes no chat template"
     if problem is None:
         return correction_of(processor)
     fixed = chat_template(CORRECTED[name])
