@@ -1,4 +1,5 @@
-"""Offline model folders of every supported family: config + processor with the family's published chat template.
+"""Offline model folders of every supported family: config + processor with the family's chat template as published
+(none for PaliGemma 2, as published; the families added in 2025-2026 are built in `family_models_recent`).
 
 Nothing downloads. The tokenizer is the offline byte-level BPE of `synthetic.build_tokenizer` with each family's
 special tokens added under the names its processor looks for; image processors are the Pillow-backed classes
