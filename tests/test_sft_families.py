@@ -22,9 +22,13 @@ from vital_hub.training.families import family_of, part_of
 from vital_hub.training.family_models import BUILDERS, build_family, write_family_folder
 from vital_hub.training.freeze import set_trainable
 from vital_hub.training.masking import IGNORE_INDEX
+from vital_hub.training.processors import has_torchvision
 from vital_hub.training.synthetic import synthetic_rows, write_instructions_repo
 
-FAMILIES = sorted(BUILDERS)
+# Mistral 3's PixtralProcessor requires torchvision outright: it runs in the torchvision environment of
+# `make test-torchvision` (a CUDA build of torch, which imports and runs on CPU) and is skipped elsewhere.
+NEEDS_TORCHVISION = pytest.mark.skipif(not has_torchvision(), reason="PixtralProcessor needs torchvision")
+FAMILIES = [pytest.param(f, marks=NEEDS_TORCHVISION) if f == "mistral3" else f for f in sorted(BUILDERS)]
 # The token each family's template closes an assistant turn with (the last labelled token of every answer).
 END_OF_TURN = {
     "llava-1.5": "</s>",
@@ -44,6 +48,7 @@ END_OF_TURN = {
     "glm4v": "<|endoftext|>",
     "idefics2": "<end_of_utterance>",
     "paligemma2": "<eos>",
+    "mistral3": "</s>",
 }
 IMAGE_REQUIRED = {"paligemma2"}
 # Families whose published template vital-hub replaces by itself (`vital_hub.training.templates`).

@@ -232,6 +232,28 @@ def paligemma2(size: str):
     return processor, config
 
 
+def mistral3(size: str):
+    """Mistral 3 (Pixtral vision encoder). transformers' PixtralProcessor requires torchvision (ImportError without)."""
+    from transformers import Mistral3Config
+    from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+
+    tokenizer = tokenizer_with(["[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "[SYSTEM_PROMPT]",
+                                "[/SYSTEM_PROMPT]"])  # fmt: skip
+    patch, merge = 8, 2
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer), "model_type": "mistral"}
+    vision = {**TINY_VISION, "head_dim": 16, "image_size": 64, "patch_size": patch, "model_type": "pixtral"}
+    config = Mistral3Config(
+        text_config=text, vision_config=vision, spatial_merge_size=merge,
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+    )  # fmt: skip
+    image_processor = pil_class("pixtral", "PixtralImageProcessor")(size={"longest_edge": 64}, patch_size=patch)
+    processor = PixtralProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch, spatial_merge_size=merge,
+        chat_template=chat_template("mistral3"),
+    )  # fmt: skip
+    return processor, config
+
+
 BUILDERS = {
     "qwen2-vl": qwen2_vl,
     "qwen3-vl-moe": qwen3_vl_moe,
@@ -242,4 +264,5 @@ BUILDERS = {
     "glm4v": glm4v,
     "idefics2": idefics2,
     "paligemma2": paligemma2,
+    "mistral3": mistral3,
 }
