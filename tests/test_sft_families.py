@@ -278,6 +278,8 @@ def test_paligemma_answers_are_causal_suffix_tokens(rows):
     with torch.no_grad():
         before, after = model(**inputs).logits, model(**changed).logits
     assert torch.equal(before[0, first[0] : first[0] + 3], after[0, first[0] : first[0] + 3])
+    cut = collator_for("paligemma2", processor, max_length=first[0] + 5, pad_to_multiple_of=None)(rows[:1])
+    assert cut["token_type_ids"][0, first[0] :].tolist() == [1] * 5  # a cut in the answer is no cut in an image
 
 
 def test_mistral3_freezes_per_stage_where_its_processor_cannot_be_built():

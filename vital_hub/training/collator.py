@@ -15,6 +15,7 @@ full decode that costs far more.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from dataclasses import dataclass
@@ -85,10 +86,10 @@ def token_keys_of(batch: dict, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 def encode_batch(
     processor, rendered: list[RenderedConversation], images: list[list], names: list | None = None,
-    template: str | None = None,
+    chat_template: str | None = None,
 ) -> Batch:  # fmt: skip
     """Tokenize and process rendered conversations in one processor call, right-padded, with labels checked
-    against each conversation's answers (`names` and `template` name the row and template in errors)."""
+    against each conversation's answers (`names` name the rows in errors; `chat_template`, the one rendered with)."""
     import torch
 
     tokenizer = processor.tokenizer
@@ -106,17 +107,15 @@ def encode_batch(
     batch.token_keys = token_keys_of(batch, ("labels",))
     labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
     name = type(processor).__name__
-    template = template or template_name(processor)
     for row, item in enumerate(rendered):
         length = int(batch["attention_mask"][row].sum())
         plain = tokenizer(item.text, add_special_tokens=add_special, return_offsets_mapping=True)
         plain_labels = labels_from_offsets(plain["input_ids"], plain["offset_mapping"], item.spans)
         aligned = align_labels(plain["input_ids"], plain_labels, batch["input_ids"][row, :length].tolist(), name)
-        check_labels(tokenizer, aligned, item, names[row] if names else row, template)
+        name_of_template = functools.partial(template_name, processor, chat_template)
+        check_labels(tokenizer, aligned, item, names[row] if names else row, name_of_template)
         labels[row, :length] = torch.tensor(aligned, dtype=torch.long)
     batch["labels"] = labels
-    if name in PREFIX_LM_PROCESSORS:
-        mark_suffix(batch)
     return batch
 
 
@@ -126,7 +125,10 @@ def encode_batch(
 PREFIX_LM_PROCESSORS = ("PaliGemmaProcessor",)
 
 
-def mark_suffix(batch: Batch) -> None:
+def mark_suffix(processor, batch: Batch) -> None:
+    """After truncation (which reads token_type_ids as image markers): each row's suffix starts at its first target."""
+    if type(processor).__name__ not in PREFIX_LM_PROCESSORS:
+        return
     targets = batch["labels"] != IGNORE_INDEX
     after_first = targets.int().cumsum(dim=1) > 0
     batch["token_type_ids"] = (after_first & batch["attention_mask"].bool()).to(batch["token_type_ids"].dtype)
@@ -215,8 +217,9 @@ class VisionSFTCollator:
             raise ValueError(f"no row of this batch has a usable image (ids {[row.get('id') for row in rows]})")
         ids = [row_id for row_id, _ in prepared]
         rendered, images = [item[0] for _, item in prepared], [item[1] for _, item in prepared]
-        batch = encode_batch(self.processor, rendered, images, ids, template_name(self.processor, self.chat_template))
+        batch = encode_batch(self.processor, rendered, images, ids, self.chat_template)
         batch = truncate_batch(batch, self.max_length, image_token_ids_of(self.processor), ids)
+        mark_suffix(self.processor, batch)
         batch = pad_batch(batch, self.pad_to_multiple_of, self.processor.tokenizer.pad_token_id)
         return dict(batch)
 
@@ -228,5 +231,6 @@ def encode_conversation(processor, messages: list[dict], images: list, chat_temp
     `images` holds one decoded image per image part of `messages` (an empty list for a text-only conversation).
     """
     batch = encode_batch(processor, [render_with_targets(processor, messages, chat_template)], [images])
+    mark_suffix(processor, batch)
     length = int(batch["attention_mask"][0].sum())
     return {key: value[0, :length] if key in batch.token_keys else value for key, value in batch.items()}

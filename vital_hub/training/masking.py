@@ -152,8 +152,9 @@ def reads_as(decoded: str, answer: str, end_token: str) -> bool:
     return decoded[: len(decoded) - len(end_token)].strip() == answer.strip()
 
 
-def check_labels(tokenizer, labels: list[int], rendered: RenderedConversation, row, template: str) -> None:
-    """Refuse labels that, decoded, are not the conversation's assistant answers each closed by its end token."""
+def check_labels(tokenizer, labels: list[int], rendered: RenderedConversation, row, template) -> None:
+    """Refuse labels that, decoded, are not the conversation's assistant answers each closed by its end token
+    (`template`: the template's name, or a function giving it, called only for the error)."""
     decoded = [
         tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         for run in label_runs(labels)
@@ -175,6 +176,7 @@ def check_labels(tokenizer, labels: list[int], rendered: RenderedConversation, r
             f"answer {wrong + 1} should read {short(should[start:])} but the labels read {short(reads[start:])}"
             + (f" (from character {start})" if start else "")
         )
+    template = template() if callable(template) else template
     raise MaskingError(
         f"row {row!r}: the labels under {template} are not the assistant answers: {detail}; pass a template that "
         "writes each answer's text as it is with --chat_template_path FILE.jinja"
