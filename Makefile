@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install-dev style quality
+.PHONY: demo test test-torchvision install-dev style quality
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,19 @@ install-dev: $(VENV)/.dev
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest tests
+
+# Families whose processor requires torchvision outright (Mistral 3's PixtralProcessor) are tested in a second
+# environment: the package index serves torchvision only beside CUDA builds of torch, which import and run on CPU.
+TV_VENV ?= .venv-torchvision
+$(TV_VENV)/.dev: pyproject.toml
+	$(PYTHON) -m venv $(TV_VENV)
+	$(TV_VENV)/bin/pip install -q --upgrade pip
+	$(TV_VENV)/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(TV_VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+test-torchvision: $(TV_VENV)/.dev
+	$(TV_VENV)/bin/python -m pytest tests/test_sft_families.py -k mistral3
 
 style: $(VENV)/.dev
 	$(BIN)/ruff format vital_hub tests recipes builders benchmarks

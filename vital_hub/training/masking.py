@@ -31,6 +31,7 @@ class RenderedConversation:
     text: str
     spans: tuple[tuple[int, int], ...]
     end_tokens: tuple[str, ...]  # the token closing each assistant turn (for the generation config)
+    answers: tuple[str, ...] = ()  # each assistant turn's text as the conversation gives it
 
 
 def special_token_strings(tokenizer) -> set[str]:
@@ -52,7 +53,8 @@ def render_with_targets(processor, messages: list[dict], chat_template: str | No
     """The conversation as training text, with the span of every assistant turn (its end-of-turn token included)."""
     tokenizer = getattr(processor, "tokenizer", processor)
     image_token = getattr(processor, "image_token", None)
-    end_markers = sorted(special_token_strings(tokenizer) - {image_token, tokenizer.pad_token}, key=len, reverse=True)
+    # The pad token is an end marker too: where pad == the end-of-turn token, a turn it closes is closed.
+    end_markers = sorted(special_token_strings(tokenizer) - {image_token}, key=len, reverse=True)
     full = render(processor, messages, chat_template, add_generation_prompt=False)
     raw_spans = []
     for index, message in enumerate(messages):
@@ -64,7 +66,16 @@ def render_with_targets(processor, messages: list[dict], chat_template: str | No
             raise MaskingError(template_mismatch(processor, index, prompt, with_answer, full))
         end = len(with_answer.rstrip())
         raw_spans.append((len(prompt), max(end, len(prompt))))
-    return close_turns(full, raw_spans, end_markers, tokenizer.eos_token)
+    closed = close_turns(full, raw_spans, end_markers, tokenizer.eos_token)
+    answers = tuple(text_of(message["content"]) for message in messages if message["role"] == "assistant")
+    return RenderedConversation(closed.text, closed.spans, closed.end_tokens, answers)
+
+
+def text_of(content) -> str:
+    """The text of a message's content: a string, or the text parts of a content list."""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text") or "" for part in content if part.get("type") == "text")
 
 
 def template_mismatch(processor, index: int, prompt: str, with_answer: str, full: str) -> str:
@@ -102,6 +113,78 @@ def close_turns(text: str, spans: list[tuple[int, int]], end_markers: list[str],
         cursor = end
     pieces.append(text[cursor:])
     return RenderedConversation("".join(pieces), tuple(new_spans), tuple(ends))
+
+
+def template_name(processor, chat_template: str | None = None) -> str:
+    """How an error names the chat template in use: the file vital-hub ships it as, else its class and a digest."""
+    import hashlib
+    from importlib import resources
+
+    text = chat_template or getattr(processor, "chat_template", None) or ""
+    if isinstance(text, dict):
+        text = text.get("default", "")
+    shipped = resources.files("vital_hub.training").joinpath("chat_templates")
+    for entry in shipped.iterdir():
+        if entry.name.endswith(".jinja") and entry.read_text("utf-8") == text:
+            return f"the chat template vital_hub/training/chat_templates/{entry.name}"
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    owner = f"the chat template {'passed to' if chat_template else 'of'} {type(processor).__name__}"
+    return f"{owner} (sha256 {digest}...)"
+
+
+def label_runs(labels: list[int]) -> list[list[int]]:
+    """Maximal runs of labelled tokens."""
+    runs, current = [], []
+    for label in [*labels, IGNORE_INDEX]:
+        if label != IGNORE_INDEX:
+            current.append(label)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs
+
+
+def reads_as(decoded: str, answer: str, end_token: str) -> bool:
+    """The decoded run is the answer (up to surrounding white space) closed by its end-of-turn token, once."""
+    decoded = decoded.rstrip()
+    if not decoded.endswith(end_token):
+        return False
+    return decoded[: len(decoded) - len(end_token)].strip() == answer.strip()
+
+
+def check_labels(tokenizer, labels: list[int], rendered: RenderedConversation, row, template) -> None:
+    """Refuse labels that, decoded, are not the conversation's assistant answers each closed by its end token
+    (`template`: the template's name, or a function giving it, called only for the error)."""
+    decoded = [
+        tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        for run in label_runs(labels)
+    ]
+    expected = [answer + end for answer, end in zip(rendered.answers, rendered.end_tokens, strict=True)]
+    pairs = zip(decoded, rendered.answers, rendered.end_tokens, strict=False)
+    wrong = next((i for i, (text, answer, end) in enumerate(pairs) if not reads_as(text, answer, end)), None)
+    if wrong is None and len(decoded) == len(expected):
+        return
+    if wrong is None:
+        detail = f"{len(decoded)} labelled spans for {len(expected)} assistant turns ({[short(t) for t in decoded]})"
+    else:
+        should, reads = expected[wrong], decoded[wrong].strip()
+        at = next(
+            (i for i, (a, b) in enumerate(zip(should, reads, strict=False)) if a != b), min(len(should), len(reads))
+        )
+        start = max(0, at - 40)
+        detail = (
+            f"answer {wrong + 1} should read {short(should[start:])} but the labels read {short(reads[start:])}"
+            + (f" (from character {start})" if start else "")
+        )
+    template = template() if callable(template) else template
+    raise MaskingError(
+        f"row {row!r}: the labels under {template} are not the assistant answers: {detail}; pass a template that "
+        "writes each answer's text as it is with --chat_template_path FILE.jinja"
+    )
+
+
+def short(text: str, limit: int = 120) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def adds_special_tokens(tokenizer, text: str) -> bool:
@@ -159,10 +242,24 @@ def align_labels(plain_ids: list[int], plain_labels: list[int], ids: list[int], 
 
 
 def image_token_id_of(processor) -> int | None:
-    token_id = getattr(processor, "image_token_id", None)
+    """The id of the token the model replaces with image features.
+
+    Not always `processor.image_token_id`: Gemma 3's processor names `<start_of_image>` there (the placeholder its
+    chat template writes) while the model's image token is the soft token it expands into, which the processor
+    reports in `image_token_ids`."""
+    ids = [token_id for token_id in getattr(processor, "image_token_ids", None) or () if token_id is not None]
+    token_id = ids[0] if ids else getattr(processor, "image_token_id", None)
     if token_id is None and getattr(processor, "image_token", None):
         token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     return token_id
+
+
+def image_token_ids_of(processor) -> set[int]:
+    """Every token of the image regions the processor writes (image tokens and, where it reports them, the markers
+    around them): a cut through any of them is refused."""
+    ids = {token_id for token_id in getattr(processor, "image_token_ids", None) or () if token_id is not None}
+    ids |= {token_id for token_id in (image_token_id_of(processor), getattr(processor, "image_token_id", None))}
+    return {token_id for token_id in ids if token_id is not None}
 
 
 TOKEN_TYPE_KEYS = ("mm_token_type_ids", "token_type_ids")  # nonzero where a token belongs to an image

@@ -50,7 +50,23 @@ def image_only(processor_class: type) -> type:
     absent = types.SimpleNamespace(num_frames=None, fps=None)
     namespace = {"__init__": scope["__init__"], "__module__": processor_class.__module__, VIDEO: absent,
                  "image_only": True, "kept_video_settings": None, "to_dict": _to_dict_with_kept_video}  # fmt: skip
-    return type(processor_class.__name__, (processor_class,), namespace)
+    # Placed after the family's class in the method order, so that its `super().__init__(..., video_processor=...)`
+    # (Gemma 4 passes it by name, which ProcessorMixin refuses for an attribute it no longer has) drops the video.
+    return type(processor_class.__name__, (processor_class, _without_video()), namespace)
+
+
+@functools.cache
+def _without_video():
+    """A ProcessorMixin step that drops `video_processor=None` before ProcessorMixin checks its arguments."""
+    from transformers import ProcessorMixin
+
+    class WithoutVideo(ProcessorMixin):
+        def __init__(self, *args, **kwargs):
+            if VIDEO in kwargs and kwargs[VIDEO] is None:
+                del kwargs[VIDEO]
+            super().__init__(*args, **kwargs)
+
+    return WithoutVideo
 
 
 def _to_dict_with_kept_video(self) -> dict:
