@@ -233,6 +233,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         max_image_side=script_args.max_image_side,
         missing_images=script_args.missing_images,
         pad_to_multiple_of=training_args.pad_to_multiple_of,
+        correct_template=not training_args.chat_template_path,  # a template the user names is used as it is
     )
     trainer_class, budget = ResumableSFTTrainer, {}
     if training_args.packing:  # vital-hub's packing of image rows (vital_hub.training.packing), not TRL's
@@ -282,6 +283,8 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     set_generation_eos(trainer.model, end_of_turn_ids(processor, end_tokens), processor.tokenizer.pad_token_id)
     with router_logits_off(trainer.model):  # a MoE config saved with them on breaks batched generate
         trainer.save_model(training_args.output_dir)
+    correction = getattr(collator, "template_correction", None)
+    card_notes = [correction.card_line()] if correction is not None else []
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
         trainer.model.generation_config.save_pretrained(training_args.output_dir)
@@ -299,6 +302,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
             hyperparameters_of(training_args, trainer.accelerator.num_processes, extra),
             eval_results,
             method="lora" if peft_config is not None else script_args.stage,
+            notes=card_notes,
         )
         write_card(training_args.output_dir, text)
         logger.info("Model, processor and card saved to %s", training_args.output_dir)
@@ -313,6 +317,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
                 hyperparameters_of(training_args, trainer.accelerator.num_processes, extra),
                 eval_results,
                 method="lora-merged",
+                notes=card_notes,
             )
             write_card(merged, merged_card)
             logger.info("Merged model saved to %s", merged)

@@ -660,9 +660,7 @@ def test_vital_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
 def test_convert_names_a_config_field_of_the_wrong_type_and_a_garbage_shard(kind, tmp_path, capsys):
     from tests.fakes.original_llava import build_clip, build_original
 
-    source = build_original(
-        tmp_path / "original", "llama", vision=True, tower=str(build_clip(tmp_path / "c"))
-    )
+    source = build_original(tmp_path / "original", "llama", vision=True, tower=str(build_clip(tmp_path / "c")))
     if kind == "hidden_size big":
         config = json.loads((source / "config.json").read_text())
         (source / "config.json").write_text(json.dumps({**config, "hidden_size": "big"}))

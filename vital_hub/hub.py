@@ -375,6 +375,8 @@ def describe_plan(plan: PushPlan) -> str:
         lines.append(f"held back ({len(plan.skipped)}; upload them with --include PATTERN):")
         lines += [f"  {name}" for name in plan.skipped]
     return "\n".join(lines)
+
+
 def parse_push_args(argv: list[str]) -> argparse.Namespace:
     parser = build_push_parser()
     args = parser.parse_args(argv)

@@ -89,8 +89,10 @@ def card_text(
     hyperparameters: dict,
     eval_results: dict | None = None,
     method: str = "full",
+    notes: list[str] | None = None,
 ) -> str:
-    """README.md of the trained model: Hub metadata in YAML, then the facts a reader needs to trust and rerun it."""
+    """README.md of the trained model: Hub metadata in YAML, then the facts a reader needs to trust and rerun it.
+    `notes` are sentences a user of the model must know (a chat template replaced for training, for instance)."""
     hub_datasets = sorted({d.id for d in datasets if not Path(d.id).is_dir()})
     base_id = hub_base_model(base_model)
     metadata = {"library_name": "peft" if method == "lora" else "transformers"}
@@ -128,6 +130,8 @@ def card_text(
         )
     lines += ["", "## Hyperparameters", "", "| name | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in hyperparameters.items()]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     if eval_results:
         lines += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {format_metric(value)} |" for name, value in sorted(eval_results.items())]

@@ -29,9 +29,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from vital_hub.training.collator import VisionSFTCollator, encode_batch, truncate_batch
+from vital_hub.training.collator import VisionSFTCollator, encode_batch, mark_suffix, truncate_batch
 from vital_hub.training.families import family_of
-from vital_hub.training.masking import IGNORE_INDEX, image_token_id_of
+from vital_hub.training.masking import IGNORE_INDEX, image_token_ids_of
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,10 @@ class PackedCollator(VisionSFTCollator):
         if not prepared:
             raise ValueError(f"no row of this batch has a usable image (ids {[row.get('id') for row in rows]})")
         ids = [row_id for row_id, _ in prepared]
-        batch = encode_batch(self.processor, [item[0] for _, item in prepared], [item[1] for _, item in prepared])
-        batch = truncate_batch(batch, self.max_length, image_token_id_of(self.processor), ids)
+        rendered, images = [item[0] for _, item in prepared], [item[1] for _, item in prepared]
+        batch = encode_batch(self.processor, rendered, images, ids, self.chat_template)
+        batch = truncate_batch(batch, self.max_length, image_token_ids_of(self.processor), ids)
+        mark_suffix(self.processor, batch)
         return pack_batch(batch, self.rope_index, self.boundaries)
 
 
@@ -118,11 +120,14 @@ def packed_collator(collator: VisionSFTCollator, config) -> PackedCollator:
     family = family_of(config).name
     settings = {name: getattr(collator, name) for name in VisionSFTCollator.__dataclass_fields__}
     settings["pad_to_multiple_of"] = None
-    return PackedCollator(
+    settings["correct_template"] = False  # `collator` already replaced a broken template on the shared processor
+    packed = PackedCollator(
         **settings,
         rope_index=RopeIndex(config) if family in MROPE_FAMILIES else None,
         boundaries=family not in MASK_ONLY_FAMILIES,
     )
+    packed.template_correction = collator.template_correction
+    return packed
 
 
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")  # Idefics3 and SmolVLM call theirs text_model
