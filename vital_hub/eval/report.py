@@ -7,6 +7,7 @@ a Hub dataset), model-index metadata and a card section with a plot of the per-d
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -78,11 +79,11 @@ def _read_json(path: Path, keys: tuple[str, ...] | None = None, writer: str = ""
 def unique_names(paths: list[str], option: str) -> list[str]:
     """Names for result folders given on the command line: the shortest trailing part of each path that tells
     it from the others (`vqa-rad/winrate`, `slake/winrate`), so no result silently replaces another."""
-    resolved = [Path(p).resolve() for p in paths]
+    resolved = [Path(os.path.realpath(p)) for p in paths]  # realpath: a symlink loop is not an exception
     for i, path in enumerate(resolved):
         if path in resolved[:i]:
             raise ValueError(f"{paths[i]}: given twice to {option}")
-    parts = [Path(p).resolve().parts for p in paths]
+    parts = [path.parts for path in resolved]
     names = []
     for own in parts:
         depth = 1
