@@ -630,7 +630,6 @@ def test_eval_report_names_a_result_file_it_cannot_use(write, reason, tmp_path, 
 @pytest.mark.parametrize(
     ("cache", "reason"),
     [
-        (b'{"sha256": "ab", "phash": "not hex"}\n', "line 1 is not a hash cache entry"),
         (b'[1, 2, 3]\n{"sha256": "ab", "phash": null}\n', "line 1 is not a hash cache entry"),
         (b'{"phash": "00ff"}\n', "line 1 is not a hash cache entry"),
         (b"caf\xe9\n", "not UTF-8 text: byte 0xe9"),

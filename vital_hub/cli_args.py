@@ -5,7 +5,8 @@ Each check takes the text of a flag or the value a YAML file holds and returns t
 Options are checked by concept: a name means one thing across every command (`workers`, `timeout_s`,
 `test_fraction`...), so `OPTION_CHECKS` is the one place that says which values it takes.
 
-Old flag spellings stay accepted, hidden from `--help`, for one release (`hidden_alias`).
+`FLAG_NAMES` gives each concept one flag spelling; the old spellings stay accepted, hidden from `--help`, for one
+release. `missing_modules` and `require` check a command's optional modules before it starts any work.
 """
 
 from __future__ import annotations
@@ -140,11 +141,6 @@ def check_for(name: str, kind: type) -> Check | None:
     if found is not None:
         return found
     return {int: whole_number, float: finite_float}.get(kind)
-
-
-def hidden_alias(parser: argparse.ArgumentParser, old: str, dest: str, **kwargs) -> None:
-    """Accept an old spelling of a flag, kept out of `--help` (it goes in the release after next)."""
-    parser.add_argument(old, dest=dest, help=argparse.SUPPRESS, **kwargs)
 
 
 # the distribution that installs a module, where the names differ

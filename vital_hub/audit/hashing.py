@@ -137,6 +137,9 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+BAD_CACHE_HINT = "give another --cache or delete this one"
+
+
 class HashCache:
     """sha256 -> pHash (hex, or null for a figure that does not decode), appended as JSON lines."""
 
@@ -149,17 +152,17 @@ class HashCache:
             for number, line in enumerate(read_text(self.path).splitlines(), start=1):
                 try:
                     entry = json.loads(line)
-                except (
-                    json.JSONDecodeError,
-                    RecursionError,
-                ):  # a torn last line from an interrupted run: hashed again
+                except (json.JSONDecodeError, RecursionError):  # a torn last line of an interrupted run: hashed again
                     continue
+                if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                    raise ValueError(
+                        f"{self.path}: line {number} is not a hash cache entry ({{sha256, phash}}); {BAD_CACHE_HINT}"
+                    )
                 try:
                     self.hashes[entry["sha256"]] = from_hex(entry.get("phash"))
-                except (TypeError, KeyError, AttributeError, ValueError):
+                except (TypeError, ValueError):
                     raise ValueError(
-                        f"{self.path}: line {number} is not a hash cache entry ({{sha256, phash}}, phash in hex); "
-                        "give another --cache or delete this one"
+                        f"{self.path}: line {number}: phash is not hexadecimal; {BAD_CACHE_HINT}"
                     ) from None
         self.added = 0
 
