@@ -91,3 +91,31 @@ def test_sft_card_names_the_hub_base_model_or_none(hub, tmp_path):
         assert validate(hub, card, "model")[0] == 200
         assert str(tmp_path) not in card, "no local path in a published card"
         assert (f"base_model: {expected}" in card) if expected else ("base_model" not in card)
+
+
+def test_sft_card_carries_the_base_model_licence(hub, tmp_path):
+    """A fine-tune is bound by its base model's licence: the base's card fields, else a link to the base repo."""
+    from huggingface_hub import ModelCard
+
+    data = [DatasetUsed("biomed-vital/instructions", "80k", "train", "abc", 1.0, 80)]
+    local = tmp_path / "base"
+    local.mkdir()
+    (local / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a base model\n")
+    stage2 = tmp_path / "stage1-output"
+    stage2.mkdir()
+    (stage2 / "README.md").write_text("---\nbase_model: org/base\n---\n# stage 1, no licence field\n")
+    cases = [
+        (str(local), {"license": "apache-2.0"}),
+        (
+            "llava-hf/llava-1.5-7b-hf",
+            {"license": "other", "license_link": "https://huggingface.co/llava-hf/llava-1.5-7b-hf"},
+        ),
+        (str(stage2), {"license": "other", "license_link": "https://huggingface.co/org/base"}),
+        (str(tmp_path / "bare"), {"license": "unknown"}),
+    ]
+    (tmp_path / "bare").mkdir()
+    for base, expected in cases:
+        card = card_text("org/tuned", base, data, {"learning_rate": 2e-5})
+        assert validate(hub, card, "model")[0] == 200
+        meta = ModelCard(card).data.to_dict()
+        assert {key: meta.get(key) for key in expected} == expected, base

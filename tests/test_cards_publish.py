@@ -116,7 +116,7 @@ def test_converted_model_card_keeps_the_source_licence(tmp_path):
     hub.mkdir()
     assert source_licence(Source(hub, "org/model", "abc")) == {
         "license": "other",
-        "license_name": "source-model-licence",
+        "license_name": "base-model-licence",
         "license_link": "https://huggingface.co/org/model",
     }
     (hub / "README.md").write_text("---\nlicense: other\nlicense_name: llama2\nlicense_link: LICENSE\n---\n")

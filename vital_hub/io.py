@@ -370,3 +370,34 @@ def atomic_path(final: str | Path, suffix: str = "", fsync: bool = True) -> Iter
 def write_json_atomic(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def inherited_licence(card_path: str | Path | None, hub_id: str | None, revision: str | None = None) -> dict:
+    """The licence fields a derived model carries over from the model it came from: that model's card's licence
+    fields (a licence file it links to becomes a link into its Hub repo), else `other` linked to its Hub repo, else
+    `unknown` (a local folder without a card says nothing). A card that cannot be read is not trusted, nor fatal."""
+    import yaml
+
+    meta = {}
+    if card_path is not None:
+        try:
+            meta = read_card(card_path)[0]
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            meta = {}
+    fields = {
+        key: meta[key] for key in ("license", "license_name", "license_link") if isinstance(meta, dict) and key in meta
+    }
+    link = fields.get("license_link")
+    if isinstance(link, str) and not link.startswith("https://"):
+        if hub_id is None:
+            return {"license": "unknown"}
+        fields["license_link"] = f"https://huggingface.co/{hub_id}/blob/{revision or 'main'}/{link}"
+    if "license" in fields:
+        return fields
+    if hub_id is not None:
+        return {
+            "license": "other",
+            "license_name": "base-model-licence",
+            "license_link": f"https://huggingface.co/{hub_id}",
+        }
+    return {"license": "unknown"}

@@ -266,35 +266,11 @@ def mean_row(matrix, block: int = 4096):
 
 
 def source_licence(source: Source) -> dict:
-    """The converted model keeps its source's licence: the source card's licence fields (a licence file it links
-    to becomes a link into the source repo), else `other` linked to the source repo on the Hub, else `unknown` (a
-    local folder without a card says nothing)."""
-    import yaml
-
-    from vital_hub.io import read_card
+    """The converted model keeps its source's licence (`vital_hub.io.inherited_licence`)."""
+    from vital_hub.io import inherited_licence
 
     on_hub = not Path(source.name).exists()
-    try:
-        meta = read_card(source.folder / "README.md")[0]
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
-        meta = {}
-    fields = {
-        key: meta[key] for key in ("license", "license_name", "license_link") if isinstance(meta, dict) and key in meta
-    }
-    link = fields.get("license_link")
-    if isinstance(link, str) and not link.startswith("https://"):
-        if not on_hub:
-            return {"license": "unknown"}
-        fields["license_link"] = f"https://huggingface.co/{source.name}/blob/{source.revision or 'main'}/{link}"
-    if "license" in fields:
-        return fields
-    if on_hub:
-        return {
-            "license": "other",
-            "license_name": "source-model-licence",
-            "license_link": f"https://huggingface.co/{source.name}",
-        }
-    return {"license": "unknown"}
+    return inherited_licence(source.folder / "README.md", source.name if on_hub else None, source.revision)
 
 
 def card(source: Source, clip: Source | None, settings, weights, notes: dict) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from vital_hub.io import atomic_path, read_card, read_json
+from vital_hub.io import atomic_path, inherited_licence, read_card, read_json
 
 # Trainer bookkeeping that is not part of the model repo.
 STAGING_SKIP = {"training_args.bin", "trainer_state.json"}
@@ -96,6 +96,9 @@ def card_text(
     hub_datasets = sorted({d.id for d in datasets if not Path(d.id).is_dir()})
     base_id = hub_base_model(base_model)
     metadata = {"library_name": "peft" if method == "lora" else "transformers"}
+    # a fine-tune is bound by its base model's licence: its card's fields, else a link to the base on the Hub
+    local = Path(base_model)
+    metadata.update(inherited_licence(local / "README.md" if local.is_dir() else None, base_id))
     if base_id is not None:
         metadata["base_model"] = base_id
     metadata.update(
