@@ -148,7 +148,8 @@ def test_card_config_is_added_then_replaced_keeping_other_configs_and_the_text(t
     write_card_config(readme, mine, {"config_name": "figures", "splits": [1]}, "\n# Default text\n")
     write_card_config(readme, mine, {"config_name": "figures", "splits": [2]}, "\n# Not used: the card has text\n")
     meta, body = read_card(readme)
-    assert meta["configs"] == [other, mine] and body == "\n# Default text\n"
+    # no config of the card was the default, so the one written becomes it (`load_dataset(repo)` needs one)
+    assert meta["configs"] == [other, {**mine, "default": True}] and body == "\n# Default text\n"
     assert meta["dataset_info"] == [
         {"config_name": "80k", "description": "a --- b"},
         {"config_name": "figures", "splits": [2]},
