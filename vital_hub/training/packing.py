@@ -39,6 +39,21 @@ BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k
 MROPE_KEY = "mrope_position_ids"
 MROPE_FAMILIES = ("qwen2-vl", "qwen3-vl")
 MASK_ONLY_FAMILIES = ("gemma3",)  # bidirectional image spans: the block-diagonal mask path, not a causal kernel
+# Families whose packed rows are tested to give each row's own logits, labels and loss (tests/test_sft_packing.py).
+# The others (Qwen3.5, GLM-4.1V, Gemma 4, Mllama's cross-attention, PaliGemma's prefix mask, Mistral 3) are
+# refused rather than trained on rows that may see each other.
+PACKED_FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen3-vl", "gemma3", "idefics3", "internvl")
+
+
+def packed_family(model_or_config) -> str:
+    """The family of a model that packing supports; any other family is an error saying what to do."""
+    family = family_of(model_or_config).name
+    if family not in PACKED_FAMILIES:
+        raise ValueError(
+            f"packing: true is not supported for the {family} family yet (supported: {', '.join(PACKED_FAMILIES)}); "
+            "train it with packing: false"
+        )
+    return family
 
 
 class RopeIndex:
@@ -117,7 +132,7 @@ class PackedCollator(VisionSFTCollator):
 
 def packed_collator(collator: VisionSFTCollator, config) -> PackedCollator:
     """The packed twin of `collator` for a model of `config` (padding settings no longer apply)."""
-    family = family_of(config).name
+    family = packed_family(config)
     settings = {name: getattr(collator, name) for name in VisionSFTCollator.__dataclass_fields__}
     settings["pad_to_multiple_of"] = None
     settings["correct_template"] = False  # `collator` already replaced a broken template on the shared processor
@@ -171,7 +186,7 @@ def enable_packing(model) -> str:
     """Make `model` train on `PackedCollator` batches (see the module docstring); returns a summary line."""
     from vital_hub.training import kernels
 
-    family = family_of(model).name
+    family = packed_family(model)
     backbone, language = backbone_of(model)
     name = kernels.register()
     if family not in MASK_ONLY_FAMILIES:
