@@ -14,10 +14,15 @@ class ContaminationConfig:
     eval: list[str] = help_field("one or more NAME=QUESTIONS[,IMAGES] or NAME=PREPARED_FOLDER")
     out: str = help_field("folder for contamination.json, contamination.png and the hash cache")
     configs: list[str] | None = help_field("audit only these configs (default: all)", default=None)
-    max_distance: int = help_field("largest pHash Hamming distance counted as a near duplicate", default=10)
+    max_distance: int = help_field("largest pHash Hamming distance of a candidate near duplicate", default=10)
     workers: int = help_field("processes that hash figures", default=2)
     hash_cache: str | None = help_field(
         "JSON-lines cache of hashes by sha256 (default: OUT/figure_hashes.jsonl)", default=None
+    )
+    verify: bool = help_field(
+        "confirm each hash candidate by aligning the figures and comparing their pixels (--no-verify: report every "
+        "hash match, as before)",
+        default=True,
     )
     sheet_top: int = help_field("matches shown on the PNG sheet", default=24)
     write_mixture: str | None = help_field("write a mixture YAML excluding every flagged row", default=None)
@@ -46,6 +51,7 @@ def contamination_main(argv: list[str]) -> int:
         config.max_distance,
         config.workers,
         Path(config.hash_cache) if config.hash_cache else None,
+        verify=config.verify,
     )
     report = run_audit(options)
     write_json_atomic(out / "contamination.json", report)

@@ -1,0 +1,134 @@
+"""Confirming a candidate match before it is reported: the two figures are aligned, then compared pixel by pixel.
+
+A hash match only says that two regions look alike at 32x32: charts drawn from one template with other data,
+sibling panels of one article and figures of one modality can too. So every candidate pair is aligned (ORB
+features matched and a similarity transform fitted by RANSAC, OpenCV; failing that, the boxes whose hashes
+matched), the evaluation figure is warped onto the training figure, and the aligned region must agree: its
+normalised pixels correlate, and nearly every tile of a 6x6 grid agrees (a copy with an arrow or a label burned in
+differs in a tile or two; a template chart with other data differs wherever the data is drawn).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vital_hub.audit.regions import orient
+
+WORK_SIDE = 384  # both figures are compared at most this many pixels a side
+GRID = 6
+# Chosen on the generated planted set (vital_hub.audit.planted, docs/audit.md): copies agree in >= 0.94 of the
+# tiles (a panel letter or a label costs one or two); template charts with other data reached 0.89.
+MIN_TILES, MIN_CORRELATION, TILE_TOLERANCE = 0.9, 0.6, 0.45
+MIN_INLIERS = 12
+
+
+@dataclass
+class Verdict:
+    confirmed: bool
+    signal: str  # "orb+pixels" | "hash-box+pixels"
+    box: tuple[int, int, int, int] | None  # matched region of the training figure, its own pixels
+    confidence: float  # share of tiles that agree (0..1)
+    correlation: float
+
+
+def _working(grey: np.ndarray) -> tuple[np.ndarray, float]:
+    import cv2
+
+    scale = min(1.0, WORK_SIDE / max(grey.shape))
+    if scale < 1.0:
+        grey = cv2.resize(grey, (round(grey.shape[1] * scale), round(grey.shape[0] * scale)), cv2.INTER_AREA)
+    return np.ascontiguousarray(grey), scale
+
+
+def _orb_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray | None:
+    """A 2x3 similarity transform mapping source pixels onto target pixels, or None (too few consistent matches)."""
+    import cv2
+
+    orb = cv2.ORB_create(nfeatures=1500, fastThreshold=8)
+    kp1, d1 = orb.detectAndCompute(source, None)
+    kp2, d2 = orb.detectAndCompute(target, None)
+    if d1 is None or d2 is None or len(kp1) < MIN_INLIERS or len(kp2) < MIN_INLIERS:
+        return None
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(d1, d2, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
+    if len(good) < MIN_INLIERS:
+        return None
+    src = np.float32([kp1[m.queryIdx].pt for m in good])
+    dst = np.float32([kp2[m.trainIdx].pt for m in good])
+    matrix, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=4.0)
+    if matrix is None or int(inliers.sum()) < MIN_INLIERS:
+        return None
+    scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+    return matrix if 0.1 < scale < 10 else None
+
+
+def _box_transform(source_box, target_box) -> np.ndarray:
+    (sl, st, sr, sb), (tl, tt, tr, tb) = source_box, target_box
+    sx, sy = (tr - tl) / max(1, sr - sl), (tb - tt) / max(1, sb - st)
+    return np.array([[sx, 0, tl - sl * sx], [0, sy, tt - st * sy]], dtype=np.float64)
+
+
+def _compare(source: np.ndarray, target: np.ndarray, matrix: np.ndarray):
+    """(tiles agreeing, correlation, box in target pixels) of source warped onto target by matrix."""
+    import cv2
+
+    height, width = target.shape
+    warped = cv2.warpAffine(source.astype(np.float32), matrix, (width, height), flags=cv2.INTER_AREA)
+    mask = cv2.warpAffine(np.ones(source.shape, np.uint8), matrix, (width, height), flags=cv2.INTER_NEAREST)
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 0.02 * source.size or len(ys) < 400:
+        return 0.0, 0.0, None
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    inset = max(1, round(0.02 * min(box[2] - box[0], box[3] - box[1])))  # resampled edges disagree
+    left, top, right, bottom = box[0] + inset, box[1] + inset, box[2] - inset, box[3] - inset
+    a = cv2.resize(warped[top:bottom, left:right], (96, 96), interpolation=cv2.INTER_AREA)
+    b = cv2.resize(target[top:bottom, left:right].astype(np.float32), (96, 96), interpolation=cv2.INTER_AREA)
+    a, b = cv2.GaussianBlur(a, (5, 5), 1.2), cv2.GaussianBlur(b, (5, 5), 1.2)
+    a = (a - a.mean()) / (a.std() + 1e-3)
+    b = (b - b.mean()) / (b.std() + 1e-3)
+    correlation = float((a * b).mean())
+    cell = 96 // GRID
+    differs = (
+        np.abs(a[: cell * GRID, : cell * GRID] - b[: cell * GRID, : cell * GRID])
+        .reshape(GRID, cell, GRID, cell)
+        .mean(axis=(1, 3))
+        > TILE_TOLERANCE
+    )
+    return 1.0 - float(differs.mean()), correlation, box
+
+
+def _ratio(grey: np.ndarray, shape) -> float:
+    """How many pixels of `grey` a pixel of an image of `shape` (the same figure decoded at another size) is."""
+    return (grey.shape[0] / shape[0] + grey.shape[1] / shape[1]) / 2
+
+
+def verify(eval_grey, train_grey, orientation: int, eval_box, train_box, eval_shape=None, train_shape=None) -> Verdict:
+    """Is the training figure a copy of (part of) the evaluation figure, or the other way round? `orientation` is
+    the dihedral variant of the evaluation figure whose hash matched, `eval_box` the box of that oriented figure
+    and `train_box` the training region whose hashes matched, in pixels of the figures decoded at `eval_shape` and
+    `train_shape` (default: the greys given). The verdict's box is in pixels of `train_grey`."""
+    source, s_scale = _working(orient(eval_grey, orientation))
+    target, t_scale = _working(train_grey)
+    eval_box = [v * (_ratio(eval_grey, eval_shape) if eval_shape else 1.0) for v in eval_box]
+    train_box = [v * (_ratio(train_grey, train_shape) if train_shape else 1.0) for v in train_box]
+    best = Verdict(False, "hash-box+pixels", None, 0.0, 0.0)
+    candidates = []
+    matrix = _orb_transform(source, target)
+    if matrix is not None:
+        candidates.append(("orb+pixels", matrix))
+    box_s = [round(v * s_scale) for v in eval_box]
+    box_t = [round(v * t_scale) for v in train_box]
+    candidates.append(("hash-box+pixels", _box_transform(box_s, box_t)))
+    for signal, matrix in candidates:
+        tiles, correlation, box = _compare(source, target, matrix)
+        if box is None:
+            continue
+        confirmed = tiles >= MIN_TILES and correlation >= MIN_CORRELATION
+        verdict = Verdict(confirmed, signal, tuple(round(v / t_scale) for v in box), tiles, correlation)
+        if confirmed:
+            return verdict
+        if tiles > best.confidence:
+            best = verdict
+    return best
