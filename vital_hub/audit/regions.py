@@ -13,8 +13,8 @@ import numpy as np
 
 # A row or column is a gutter when its pixels stay within this many grey levels of the gutter's shade.
 FLAT = 12
-# Smallest gutter: 1% of the side, at least 2 pixels; smallest panel: 8% of the side and 16 pixels.
-GUTTER, MIN_GUTTER_PX = 0.01, 2
+# Smallest gutter: 0.5% of the side, at least 2 pixels; smallest panel: 8% of the side and 16 pixels.
+GUTTER, MIN_GUTTER_PX = 0.005, 2
 PANEL, MIN_PANEL_PX = 0.08, 16
 DEPTH = 3
 MAX_REGIONS = 16
