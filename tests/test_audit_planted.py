@@ -97,9 +97,7 @@ def build_planted(tmp_path, seeds: int = 5):
         neutral = figure("photo", 4_000 + k)
         add_row(f"qa-long-{k}", neutral, long_question, answer, "qa-long", pair_id)
         add_row(f"qa-short-{k}", figure("chart", 4_100 + k), short_q, short_a, "qa-short", pair_id)
-        add_row(
-            f"qa-answer-{k}", figure("photo", 4_200 + k), "Describe the findings.", answer, "qa-answer", pair_id
-        )
+        add_row(f"qa-answer-{k}", figure("photo", 4_200 + k), "Describe the findings.", answer, "qa-answer", pair_id)
         add_row(f"qa-paraphrase-{k}", figure("photo", 4_300 + k), "Describe it.", paraphrase(answer))
         add_row(
             f"boilerplate-{k}", figure("microscopy", 4_400 + k), "What is this?", f"A stained section. {BOILERPLATE}"

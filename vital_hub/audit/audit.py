@@ -9,6 +9,7 @@ pixel by pixel) before it is reported.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,11 +65,19 @@ class Match:
 class _EvalLookup:
     """Identity keys, texts and query variants of every evaluation figure, for the training pass."""
 
-    def __init__(self, eval_sets: list[EvalSet]):
+    def __init__(self, eval_sets: list[EvalSet], workers: int = 1):
         self.keys: dict[str, dict[str, list[tuple[int, int]]]] = {k: defaultdict(list) for k in IDENTITY_KEYS}
         texts = []
         query_values, self.query_owner, self.query_variant = [], [], []
         self.shapes: dict[tuple[int, int], tuple[int, int]] = {}  # (set, figure) -> decoded size the boxes refer to
+        figures = [(s, f, fig) for s, e in enumerate(eval_sets) for f, fig in enumerate(e.figures) if fig.data]
+        variants = dict(
+            zip(
+                [(s, f) for s, f, _ in figures],
+                _map(_variants, [fig.data for *_, fig in figures], workers),
+                strict=True,
+            )
+        )
         for s, eval_set in enumerate(eval_sets):
             figure_of = {}
             for f, figure in enumerate(eval_set.figures):
@@ -79,12 +88,11 @@ class _EvalLookup:
                         self.keys[key][str(getattr(figure, key))].append((s, f))
                 if figure.data is not None:
                     self.keys["sha256"][sha256_hex(figure.data)].append((s, f))
-                    grey = grey_of(figure.data)
-                    if grey is None:
+                    if variants[(s, f)] is None:
                         figure.problem = "unreadable"
                         continue
-                    self.shapes[(s, f)] = grey.shape
-                    for value, orientation, box in query_variants(grey):
+                    self.shapes[(s, f)], found = variants[(s, f)]
+                    for value, orientation, box in found:
                         query_values.append(value)
                         self.query_owner.append((s, f))
                         self.query_variant.append((orientation, box))
@@ -94,13 +102,31 @@ class _EvalLookup:
         self.queries = np.array(query_values, dtype=np.uint64)
 
 
+def _variants(data: bytes):
+    """(decoded size, query variants) of an evaluation figure, or None when it does not decode."""
+    grey = grey_of(data)
+    return None if grey is None else (grey.shape, query_variants(grey))
+
+
+def _map(function, items: list, workers: int) -> list:
+    """function over items, on worker processes (which die with the audit) when there are several."""
+    if workers <= 1 or len(items) < 2:
+        return [function(item) for item in items]
+    from concurrent.futures import ProcessPoolExecutor
+
+    from vital_hub.workers import die_with_parent
+
+    with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        return list(pool.map(function, items, chunksize=max(1, len(items) // (8 * workers))))
+
+
 def run_audit(options: AuditOptions) -> dict:
     eval_sets = [load_eval(spec) for spec in options.evals]
     source = open_training(options.train, options.configs)
     names = [e.name for e in eval_sets]
     if len(set(names)) != len(names):
         raise ValueError(f"--eval names must be distinct, got {names}")
-    lookup = _EvalLookup(eval_sets)
+    lookup = _EvalLookup(eval_sets, options.workers)
     cache = HashCache(options.hash_cache or options.out / "figure_hashes.jsonl")
     hasher = Hasher(cache, options.workers)
     matches: dict[tuple, Match] = {}

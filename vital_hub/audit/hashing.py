@@ -1,12 +1,16 @@
-"""Perceptual hashes of figures: one 64-bit pHash per training figure, a few per evaluation figure.
+"""Perceptual hashes of figures: a few 64-bit pHashes per training figure, a few hundred per evaluation figure.
 
-The hash is imagehash's DCT pHash of the greyscale figure, decoded in JPEG draft mode (the decoder scales by
-1/2..1/8 while it decodes, so a 1,000 px figure costs a 125 px decode; pHash looks at 32x32 anyway).
-A global hash survives resizing, recompression, greyscale and small marks, but not a crop or an added border:
-those shift the frame. Rather than hash every training figure many times, each evaluation figure is hashed in
-a few framings (centred crops, border trimmed, padded, corner crops), and a training figure matches when any
-framing is within the threshold. The threshold and the framings were chosen on the transformations measured in
-`tests/test_audit.py` (docs/audit.md has the numbers).
+The hash is imagehash's DCT pHash of a greyscale region, decoded in JPEG draft mode (the decoder scales by 1/2..1/8
+while it decodes; pHash looks at 32x32 anyway). A global hash survives resizing, recompression, greyscale and small
+marks, but not a crop, a border, a caption strip, a flip, or being one panel of a compound figure. So:
+- each training figure is hashed in its regions (`vital_hub.audit.regions`): whole, its trimmed content, and the
+  panels and sub-panels found at its gutters; `vital build` stores them with the figure;
+- each evaluation figure (they are few) is looked for in variants: 12 framings (crops up to 5%, trimmed, padded,
+  corner crops) in each of the 8 orientations (flips, right-angle turns), crops of up to 30% a side (one side,
+  two, four, in steps of 3%), and its own panels (a training figure may be one of them).
+A training figure is a candidate when any variant is within the threshold of any of its regions; candidates are
+then verified (`vital_hub.audit.verify`). Variants and thresholds were chosen on the generated planted set
+(`vital_hub.audit.planted`; docs/audit.md has the numbers).
 
 Hashes are cached by the sha256 of the figure's bytes in a JSON-lines file, so a re-run or another evaluation
 set only searches.
@@ -246,10 +250,12 @@ def sha256_hex(data: bytes) -> str:
 
 
 class HashCache:
-    """sha256 -> pHash (hex, or null for a figure that does not decode), appended as JSON lines."""
+    """sha256 -> pHashes (hex, or null for a figure that does not decode), appended as JSON lines. An entry written
+    by another hashing version (`hash_version`: other regions, another imagehash) is ignored and hashed again."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.version = hash_version()
         self.hashes: dict[str, list[int] | None] = {}
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -257,7 +263,8 @@ class HashCache:
                     entry = json.loads(line)
                 except json.JSONDecodeError:  # a torn last line from an interrupted run: hashed again
                     continue
-                self.hashes[entry["sha256"]] = from_hex(entry.get("phash"))
+                if entry.get("version") == self.version:
+                    self.hashes[entry["sha256"]] = from_hex(entry.get("phash"))
         self.added = 0
 
     def __contains__(self, sha256: str) -> bool:
@@ -272,7 +279,7 @@ class HashCache:
             if sha256 in self.hashes:
                 continue
             self.hashes[sha256] = value
-            lines.append(json.dumps({"sha256": sha256, "phash": to_hex(value)}))
+            lines.append(json.dumps({"sha256": sha256, "phash": to_hex(value), "version": self.version}))
         if lines:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as handle:
