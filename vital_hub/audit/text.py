@@ -2,7 +2,7 @@
 counting the sentences that many training rows share.
 
 Texts are lower-cased word sequences (letters and digits). Each evaluation text is cut into word 3-grams
-(shingles; a text under 3 words is one shingle). One pass over the training rows counts, for every shingle of an
+(shingles; a text under 3 words is one shingle, looked for among the rows' n-grams of its length). One pass over the training rows counts, for every shingle of an
 evaluation text, how many rows hold it (its document frequency), and keeps the rows that share at least a quarter
 of some evaluation text's shingles. Then each shingle is weighted by its rarity, log((N + 1) / (df + 1)) + 1 (an
 IDF, Sparck Jones 1972), and a shingle held by at least 0.2% of the rows (and 5 of them) weighs nothing: model
@@ -30,12 +30,13 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.replace("<image>", " ").lower())
 
 
-def shingles(text: str) -> set[int]:
-    """Hashes of the text's word 3-grams (Python's tuple hash: stable within one process, all a run needs)."""
+def shingles(text: str, size: int = SHINGLE) -> set[int]:
+    """Hashes of the text's word n-grams of `size` words, or of the whole text when it is shorter (Python's tuple
+    hash: stable within one process, all a run needs)."""
     tokens = words(text)
-    if len(tokens) < SHINGLE:
+    if len(tokens) < size:
         return {hash(tuple(tokens))} if tokens else set()
-    return {hash(tuple(tokens[i : i + SHINGLE])) for i in range(len(tokens) - SHINGLE + 1)}
+    return {hash(tuple(tokens[i : i + size])) for i in range(len(tokens) - size + 1)}
 
 
 @dataclass
@@ -54,6 +55,8 @@ class TextIndex:
         self.keys = [key for key, _ in texts]
         self.normalised = [" ".join(words(text)) for _, text in texts]
         self.shingles = [shingles(text) for _, text in texts]
+        # a text under 3 words is one shingle of its length: rows are cut into those lengths too
+        self.sizes = sorted({min(SHINGLE, len(words(text))) for _, text in texts} - {0})
         self.owners: dict[int, list[int]] = defaultdict(list)
         for item, found in enumerate(self.shingles):
             for shingle in found:
@@ -65,7 +68,7 @@ class TextIndex:
     def scan(self, text: str) -> None:
         row = self.rows
         self.rows += 1
-        shared = shingles(text) & self.owners.keys()
+        shared = set().union(*(shingles(text, size) for size in self.sizes)) & self.owners.keys()
         if not shared:
             return
         per_item: dict[int, set[int]] = defaultdict(set)
