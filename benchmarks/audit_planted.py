@@ -28,9 +28,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--max-distance", type=int, default=10)
     parser.add_argument("--no-verify", action="store_true")
+    parser.add_argument("--keep", help="build and audit in this folder, and keep it (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
+        root = Path(args.keep or folder)
         expected, rows = build_planted(root, args.seeds)
         extra = ["--no-verify"] if args.no_verify else []
         result = run_vital("audit", "contamination", "--train", str(root / "repo"), "--out", str(root / "audit"),

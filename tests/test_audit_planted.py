@@ -26,6 +26,11 @@ SHORT = [
     ("Where is the fracture?", "The distal radius."),
     ("What does the arrow mark?", "A cystic lesion."),
     ("Which side is enlarged?", "The left ventricle."),
+    ("What modality is this?", "Magnetic resonance imaging."),
+    ("Which vessel is occluded?", "The left anterior descending artery."),
+    ("What is the scale bar?", "Fifty micrometres."),
+    ("Which lobe is affected?", "The right upper lobe."),
+    ("What fills the cyst?", "Clear serous fluid."),
 ]
 HARD_GROUPS = {
     "crops up to 30%": ("crop-15%-one-side", "crop-15%-two-sides", "crop-15%-four-sides", "crop-30%-one-side",

@@ -350,4 +350,11 @@ def hard_negatives(seed: int) -> list[tuple[str, Image.Image, Image.Image]]:
         ("template-chart", chart(seed, 1), chart(seed, 2)),
         ("sibling-panel", field.crop((0, 0, 440, 380)), field.crop((460, 0, 900, 380))),
         ("same-modality", figure(kind, seed), figure(kind, seed + 100_000)),
+        ("same-layout-compound", _layout(seed), _layout(seed + 100_000)),
     ]
+
+
+def _layout(seed: int) -> Image.Image:
+    """A 2x2 compound figure of fixed kinds and size: two of them share their layout and nothing else."""
+    kinds = ("microscopy", "radiograph", "microscopy", "photo")
+    return compound([figure(kind, seed * 10 + k).resize((240, 200)) for k, kind in enumerate(kinds)], 2)
