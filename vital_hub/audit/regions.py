@@ -1,7 +1,7 @@
 """Where the content of a figure is: its uniform margin trimmed, and the panels of a compound figure found at its
 gutters (runs of near-constant rows or columns), recursively (an XY cut: Nagy and Seth, "Hierarchical
 representation of optically scanned documents", ICPR 1984). Over 30% of scientific figures are compound
-(Tsutsui and Crandall, arXiv 2101.09903), and a published figure is often one panel of one: a global hash of the
+(arXiv 2101.09903), and a published figure is often one panel of one: a global hash of the
 whole figure cannot see a panel, a hash of each panel can.
 
 Boxes are (left, top, right, bottom) in pixels of the image given. Everything works on greyscale numpy arrays.
