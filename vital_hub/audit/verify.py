@@ -5,8 +5,10 @@ sibling panels of one article and figures of one modality can too. So every cand
 features matched and a similarity transform fitted by RANSAC, OpenCV; failing that, the boxes whose hashes
 matched), the evaluation figure is warped onto the training figure, and the aligned region must agree: its
 normalised pixels correlate, nearly every tile of a 6x6 grid agrees (a copy with an arrow or a label burned in
-differs in a tile or two), and few pixels differ strongly (a template chart with other data differs wherever the
-data is drawn). The alignment is refined by ECC first, so that a re-rendered copy lines up to the pixel.
+differs in a tile or two), the fine structure of nearly every textured tile of an 8x8 grid correlates (two tissue
+sections, or two panels of one layout, agree in their coarse shades only), and few pixels differ strongly (a
+template chart with other data differs wherever the data is drawn). The alignment is refined by ECC first, so
+that a re-rendered copy lines up to the pixel.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Verdict:
     confirmed: bool
     signal: str  # "orb+pixels" | "hash-box+pixels"
     box: tuple[int, int, int, int] | None  # matched region of the training figure, its own pixels
-    confidence: float  # share of tiles that agree (0..1)
+    confidence: float  # share of tiles that agree, the lower of the coarse and the fine grid (0..1)
     correlation: float
 
 
