@@ -14,7 +14,7 @@ class ContaminationConfig:
     eval: list[str] = help_field("one or more NAME=QUESTIONS[,IMAGES] or NAME=PREPARED_FOLDER")
     out: str = help_field("folder for contamination.json, contamination.png and the hash cache")
     configs: list[str] | None = help_field("audit only these configs (default: all)", default=None)
-    max_distance: int = help_field("largest pHash Hamming distance of a candidate near duplicate", default=10)
+    max_distance: int = help_field("largest pHash Hamming distance counted as a near duplicate", default=10)
     workers: int = help_field("processes that hash figures", default=2)
     hash_cache: str | None = help_field(
         "JSON-lines cache of hashes by sha256 (default: OUT/figure_hashes.jsonl)", default=None
