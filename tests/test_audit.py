@@ -362,6 +362,10 @@ def test_a_figures_repo_is_audited_from_its_hash_columns(tmp_path):
     assert report["rows_with_stored_hashes"] == report["hashed_training_figures"] == 4
     reasons = {m["row_id"]: set(m["reasons"]) for m in report["matches"]}
     assert reasons == {"9001_F1": {"sha256", "phash"}, "9002_F1": {"phash"}, "9003_F1": {"text"}}
+    assert report["verified"] and report["matches"][0]["figure_match"]["signal"] in ("orb+pixels", "hash-box+pixels")
+    unverified, _ = audit(tmp_path, "--no-verify")  # every hash candidate, as found
+    assert not unverified["verified"] and {m["row_id"] for m in unverified["matches"]} >= set(reasons)
+    assert all(m["figure_match"]["signal"] == "hash" for m in unverified["matches"] if "phash" in m["reasons"])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
