@@ -130,7 +130,7 @@ def check_every_plant_found_and_nothing_clean(tmp_path, expected, report) -> dic
         stats["flagged"] += len({m["eval_pair_id"] for m in by_row[row_id] if "phash" in m["reasons"]})
         stats["distances"] += [m["distance"] for m in right]
     for kind, (_, pair_id) in [(k, v) for k, v in expected.items() if v[0] == "text"]:
-        assert any("text13" in m["reasons"] and m["eval_pair_id"] == pair_id for m in by_row[kind])
+        assert any("text" in m["reasons"] and m["eval_pair_id"] == pair_id for m in by_row[kind])
     assert {"pair_id", "pmid"} <= set(by_row["same-pair"][0]["reasons"])
     identical = [m for m in report["matches"] if m["row_id"].startswith("copy-identical")]
     assert all("sha256" in m["reasons"] and m["distance"] == 0 for m in identical)
@@ -207,7 +207,7 @@ def test_generated_figures_every_planted_copy_found_and_no_clean_flagged(tmp_pat
 
 
 def test_stored_hashes_are_what_the_audit_computes_and_old_repos_are_hashed_once(tmp_path):
-    from vital_hub.audit.hashing import figure_hash
+    from vital_hub.audit.hashing import figure_hashes, to_hex
 
     eval_figures = {f"1234{k:04d}_F{k}": jpeg(generated_figure(k)) for k in range(3)}
     clean = [jpeg(generated_figure(2_000 + k)) for k in range(10)]
@@ -215,7 +215,7 @@ def test_stored_hashes_are_what_the_audit_computes_and_old_repos_are_hashed_once
     shards = sorted((tmp_path / "repo" / "data").glob("*/*.parquet"))
     for shard in shards:  # the column holds exactly the audit's own hash of each embedded figure
         table = pq.read_table(shard, columns=["images", "image_phash"]).to_pylist()
-        assert table and all(r["image_phash"] == f"{figure_hash(r['images'][0]['bytes']):016x}" for r in table)
+        assert table and all(r["image_phash"] == to_hex(figure_hashes(r["images"][0]["bytes"])) for r in table)
     stored, _ = audit(tmp_path)
     for shard in shards:  # a repo built before the column existed
         table = pq.read_table(shard)
@@ -361,7 +361,11 @@ def test_a_figures_repo_is_audited_from_its_hash_columns(tmp_path):
     assert report["train_kind"] == "figures" and report["hash_cache"]["added"] == 0
     assert report["rows_with_stored_hashes"] == report["hashed_training_figures"] == 4
     reasons = {m["row_id"]: set(m["reasons"]) for m in report["matches"]}
-    assert reasons == {"9001_F1": {"sha256", "phash"}, "9002_F1": {"phash"}, "9003_F1": {"text13"}}
+    assert reasons == {"9001_F1": {"sha256", "phash"}, "9002_F1": {"phash"}, "9003_F1": {"text"}}
+    assert report["verified"] and report["matches"][0]["figure_match"]["signal"] in ("orb+pixels", "hash-box+pixels")
+    unverified, _ = audit(tmp_path, "--no-verify")  # every hash candidate, as found
+    assert not unverified["verified"] and {m["row_id"] for m in unverified["matches"]} >= set(reasons)
+    assert all(m["figure_match"]["signal"] == "hash" for m in unverified["matches"] if "phash" in m["reasons"])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

@@ -16,7 +16,7 @@ from PIL import Image
 from tests.conftest import REPO_ROOT, shared_fixture
 from tests.fakes.hub_server import running_hub
 from tests.fakes.pmc_server import FakePmc, populate
-from vital_hub.audit.hashing import figure_hash
+from vital_hub.audit.hashing import figure_hashes, to_hex
 from vital_hub.cli import main as vital
 from vital_hub.figures.cli import build_main
 from vital_hub.figures.pipeline import FetchConfig, run_fetch
@@ -83,7 +83,7 @@ def test_build_figures_writes_a_loadable_config_with_the_contract_columns(fetche
         row = by_id[pair_id]
         assert row["status"] == "ok" and row["image"].size == (64, 48)
         assert row["pmcid"].startswith("PMC") and row["sha256"] == hashlib.sha256(data).hexdigest()
-        assert row["phash"] == f"{figure_hash(data):016x}"  # what `vital audit contamination` reads
+        assert row["phash"] == to_hex(figure_hashes(data))  # what `vital audit contamination` reads
     assert by_id["4242_F1"]["status"] == "missing" and by_id["4242_F1"]["image"] is None
     assert by_id["4242_F1"]["sha256"] is None and by_id["4242_F1"]["pmid"] == "4242"
     assert by_id["4242_F1"]["phash"] is None

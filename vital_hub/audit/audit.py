@@ -1,12 +1,15 @@
-"""The audit itself: identity matches, perceptual near-duplicates and 13-gram overlap, per eval set and config.
+"""The audit itself: identity matches, verified perceptual copies and copied text, per eval set and config.
 
-One streaming pass over the training components (each read once, whatever the configs): identity keys and
-n-grams are checked row by row, figures are hashed through the sha256-keyed cache, then the evaluation figures'
-framings are searched in a multi-index over all training hashes.
+One streaming pass over the training components (each read once, whatever the configs): identity keys and text
+shingles are checked row by row, figures' region hashes are read from the repo (or hashed through the
+sha256-keyed cache), then every variant of the evaluation figures (framings, flips and turns, crops, panels) is
+searched in a multi-index over all training region hashes; each candidate pair is verified (aligned and compared
+pixel by pixel) before it is reported.
 """
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +18,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vital_hub.audit.data import EvalSet, TrainSource, load_eval, open_training
-from vital_hub.audit.hashing import HashCache, Hasher, query_hashes, sha256_hex
+from vital_hub.audit.hashing import HashCache, Hasher, grey_of, query_variants, sha256_hex
 from vital_hub.audit.index import HashIndex
-from vital_hub.audit.text import ngram_keys
+from vital_hub.audit.text import TextIndex
+from vital_hub.audit.verification import verify_candidates
 
 # Chosen on the transformations of tests/test_audit.py: every planted copy of the qa50 figures is within it and
 # unrelated figures are far beyond it (docs/audit.md).
@@ -35,6 +39,7 @@ class AuditOptions:
     workers: int = 1
     hash_cache: Path | None = None
     show_progress: bool = True
+    verify: bool = True
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -53,17 +58,26 @@ class Match:
     image_id: str | None
     reasons: set[str] = field(default_factory=set)
     distance: int | None = None
-    shared_ngrams: int = 0
-    fields: set[str] = field(default_factory=set)
+    text: list[dict] = field(default_factory=list)  # copied texts: field, score, rare shingles, exact
+    figure_match: dict | None = None  # the verified figure match: signal, region, confidence, orientation
 
 
 class _EvalLookup:
-    """Identity keys, n-grams and query hashes of every evaluation figure, for the training pass."""
+    """Identity keys, texts and query variants of every evaluation figure, for the training pass."""
 
-    def __init__(self, eval_sets: list[EvalSet]):
+    def __init__(self, eval_sets: list[EvalSet], workers: int = 1):
         self.keys: dict[str, dict[str, list[tuple[int, int]]]] = {k: defaultdict(list) for k in IDENTITY_KEYS}
-        self.ngrams: dict[int, set[tuple[int, int, str]]] = defaultdict(set)
-        query_values, self.query_owner = [], []
+        texts = []
+        query_values, self.query_owner, self.query_variant = [], [], []
+        self.shapes: dict[tuple[int, int], tuple[int, int]] = {}  # (set, figure) -> decoded size the boxes refer to
+        figures = [(s, f, fig) for s, e in enumerate(eval_sets) for f, fig in enumerate(e.figures) if fig.data]
+        variants = dict(
+            zip(
+                [(s, f) for s, f, _ in figures],
+                _map(_variants, [fig.data for *_, fig in figures], workers),
+                strict=True,
+            )
+        )
         for s, eval_set in enumerate(eval_sets):
             figure_of = {}
             for f, figure in enumerate(eval_set.figures):
@@ -74,15 +88,36 @@ class _EvalLookup:
                         self.keys[key][str(getattr(figure, key))].append((s, f))
                 if figure.data is not None:
                     self.keys["sha256"][sha256_hex(figure.data)].append((s, f))
-                    hashes = query_hashes(figure.data)
-                    if not hashes:
+                    if variants[(s, f)] is None:
                         figure.problem = "unreadable"
-                    query_values += hashes
-                    self.query_owner += [(s, f)] * len(hashes)
+                        continue
+                    self.shapes[(s, f)], found = variants[(s, f)]
+                    for value, orientation, box in found:
+                        query_values.append(value)
+                        self.query_owner.append((s, f))
+                        self.query_variant.append((orientation, box))
             for text in eval_set.texts:
-                for key in ngram_keys(text.text):
-                    self.ngrams[key].add((s, figure_of[text.question_id], text.field))
+                texts.append(((s, figure_of[text.question_id], text.field), text.text))
+        self.text = TextIndex(texts)
         self.queries = np.array(query_values, dtype=np.uint64)
+
+
+def _variants(data: bytes):
+    """(decoded size, query variants) of an evaluation figure, or None when it does not decode."""
+    grey = grey_of(data)
+    return None if grey is None else (grey.shape, query_variants(grey))
+
+
+def _map(function, items: list, workers: int) -> list:
+    """function over items, on worker processes (which die with the audit) when there are several."""
+    if workers <= 1 or len(items) < 2:
+        return [function(item) for item in items]
+    from concurrent.futures import ProcessPoolExecutor
+
+    from vital_hub.workers import die_with_parent
+
+    with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        return list(pool.map(function, items, chunksize=max(1, len(items) // (8 * workers))))
 
 
 def run_audit(options: AuditOptions) -> dict:
@@ -91,13 +126,11 @@ def run_audit(options: AuditOptions) -> dict:
     names = [e.name for e in eval_sets]
     if len(set(names)) != len(names):
         raise ValueError(f"--eval names must be distinct, got {names}")
-    lookup = _EvalLookup(eval_sets)
+    lookup = _EvalLookup(eval_sets, options.workers)
     cache = HashCache(options.hash_cache or options.out / "figure_hashes.jsonl")
     hasher = Hasher(cache, options.workers)
     matches: dict[tuple, Match] = {}
-    train_rows: list[tuple[str, str, str | None]] = []
-    train_hashes: list[int] = []
-    from_column = 0  # training rows whose hashes came from the repo's phash column
+    train = _Training()
     try:
         for component in source.components:
             rows = source.rows(component)
@@ -105,13 +138,26 @@ def run_audit(options: AuditOptions) -> dict:
             for row in tqdm(rows, desc=f"audit {component}", unit=" rows", disable=not options.show_progress):
                 batch.append(row)
                 if len(batch) == 256:
-                    from_column += _check_batch(batch, hasher, lookup, eval_sets, matches, train_rows, train_hashes)
+                    _check_batch(batch, hasher, lookup, eval_sets, matches, train)
                     batch = []
-            from_column += _check_batch(batch, hasher, lookup, eval_sets, matches, train_rows, train_hashes)
+            _check_batch(batch, hasher, lookup, eval_sets, matches, train)
     finally:
         hasher.close()
-    _near_duplicates(lookup, eval_sets, train_rows, np.array(train_hashes, dtype=np.uint64), options, matches)
-    return _report(source, eval_sets, matches, options, cache, len(train_rows), from_column)
+    _copied_texts(lookup, eval_sets, train, matches)
+    rejected = _near_duplicates(lookup, eval_sets, train, source, options, matches)
+    return _report(source, eval_sets, matches, options, cache, train, rejected)
+
+
+class _Training:
+    """What the pass keeps of the training rows: ids of every row, and each region hash with its row."""
+
+    def __init__(self):
+        self.rows: list[tuple[str, str, str | None]] = []
+        self.hashes: list[int] = []
+        self.hash_row: list[int] = []
+        self.hash_region: list[int] = []
+        self.hashed_rows = 0
+        self.from_column = 0
 
 
 def _match(matches, eval_sets, s: int, f: int, component: str, row_id: str, image_id) -> Match:
@@ -121,49 +167,71 @@ def _match(matches, eval_sets, s: int, f: int, component: str, row_id: str, imag
     return matches[key]
 
 
-def _check_batch(batch, hasher, lookup, eval_sets, matches, train_rows, train_hashes) -> int:
-    """Check a batch of training rows; returns how many carried their figure's hash."""
+def _check_batch(batch, hasher, lookup, eval_sets, matches, train: _Training) -> None:
     if not batch:
-        return 0
+        return
     hashed = hasher.hash_batch([None if row.stored else row.image for row in batch])
-    for row, (digest, value) in zip(batch, hashed, strict=True):
+    for row, (digest, values) in zip(batch, hashed, strict=True):
         if row.stored:  # hashed when the repo was built
             digest = row.sha256 or (sha256_hex(row.image) if row.image else None)
-            value = row.phash
+            values = row.phash
         for key, found in (("pair_id", row.pair_id), ("pmid", row.pmid), ("pmcid", row.pmcid), ("sha256", digest)):
             for s, f in lookup.keys[key].get(str(found), ()) if found else ():
                 _match(matches, eval_sets, s, f, row.component, row.row_id, row.pair_id).reasons.add(key)
-        shared = defaultdict(set)
-        for ngram in ngram_keys(row.text) & lookup.ngrams.keys():
-            for s, f, text_field in lookup.ngrams[ngram]:
-                shared[(s, f)].add((ngram, text_field))
-        for (s, f), hits in shared.items():
-            match = _match(matches, eval_sets, s, f, row.component, row.row_id, row.pair_id)
-            match.reasons.add("text13")
-            match.shared_ngrams = len({n for n, _ in hits})
-            match.fields |= {text_field for _, text_field in hits}
-        if value is not None:
-            train_rows.append((row.component, row.row_id, row.pair_id))
-            train_hashes.append(value)
-    return sum(row.stored for row in batch)
+        lookup.text.scan(row.text)
+        index = len(train.rows)
+        train.rows.append((row.component, row.row_id, row.pair_id))
+        if values:
+            train.hashed_rows += 1
+            train.hashes += values
+            train.hash_row += [index] * len(values)
+            train.hash_region += range(len(values))
+    train.from_column += sum(row.stored for row in batch)
 
 
-def _near_duplicates(lookup, eval_sets, train_rows, train_hashes, options, matches) -> None:
-    if not len(train_hashes) or not len(lookup.queries):
-        return
-    index = HashIndex(train_hashes, options.max_distance)
-    query_ids, train_ids, distances = index.search(lookup.queries)
-    for q, t, d in zip(query_ids.tolist(), train_ids.tolist(), distances.tolist(), strict=True):
+def _copied_texts(lookup, eval_sets, train: _Training, matches) -> None:
+    for found in lookup.text.matches():
+        s, f, text_field = lookup.text.keys[found.item]
+        component, row_id, image_id = train.rows[found.row]
+        match = _match(matches, eval_sets, s, f, component, row_id, image_id)
+        match.reasons.add("text")
+        match.text.append(
+            {
+                "field": text_field,
+                "score": round(found.score, 3),
+                "rare_shingles": found.rare_shared,
+                "exact": found.exact,
+            }
+        )
+
+
+def _near_duplicates(lookup, eval_sets, train: _Training, source, options, matches) -> int:
+    """Search every query variant, verify the candidates, record the confirmed ones; returns how many candidate
+    pairs (evaluation figure, training row) verification rejected."""
+    if not train.hashes or not len(lookup.queries):
+        return 0
+    index = HashIndex(np.array(train.hashes, dtype=np.uint64), options.max_distance)
+    query_ids, hash_ids, distances = index.search(lookup.queries)
+    candidates: dict[tuple, list] = defaultdict(list)  # (set, figure, training row) -> [(distance, query, hash)]
+    for q, t, d in zip(query_ids.tolist(), hash_ids.tolist(), distances.tolist(), strict=True):
         s, f = lookup.query_owner[q]
-        component, row_id, image_id = train_rows[t]
+        candidates[(s, f, train.hash_row[t])].append((d, q, t))
+    verdicts = verify_candidates(candidates, lookup, eval_sets, train, source, options)
+    rejected = 0
+    for (s, f, row), verdict in verdicts.items():
+        if verdict is None or not verdict["confirmed"]:
+            rejected += 1
+            continue
+        component, row_id, image_id = train.rows[row]
         match = _match(matches, eval_sets, s, f, component, row_id, image_id)
         match.reasons.add("phash")
-        match.distance = d if match.distance is None else min(match.distance, d)
+        match.distance = verdict.pop("distance")
+        del verdict["confirmed"]
+        match.figure_match = verdict
+    return rejected
 
 
-def _report(
-    source: TrainSource, eval_sets, matches: dict, options: AuditOptions, cache, hashed_rows: int, from_column: int
-) -> dict:
+def _report(source: TrainSource, eval_sets, matches: dict, options: AuditOptions, cache, train, rejected) -> dict:
     ordered = sorted(matches.values(), key=_match_order)
     configs = {}
     for config in source.configs:
@@ -173,7 +241,7 @@ def _report(
             inside = [m for m in ordered if m.eval_set == eval_set.name and (m.component, m.row_id) in ids]
             counts = {
                 reason: len({(m.component, m.row_id) for m in inside if reason in m.reasons})
-                for reason in (*IDENTITY_KEYS, "phash", "text13")
+                for reason in (*IDENTITY_KEYS, "phash", "text")
             }
             counts["flagged_rows"] = len({(m.component, m.row_id) for m in inside})
             counts["eval_figures_hit"] = len({m.figure for m in inside})
@@ -186,8 +254,11 @@ def _report(
         "train": options.train,
         "train_kind": source.kind,
         "max_distance": options.max_distance,
-        "hashed_training_figures": hashed_rows,
-        "rows_with_stored_hashes": from_column,
+        "verified": options.verify,
+        "hashed_training_figures": train.hashed_rows,
+        "region_hashes": len(train.hashes),
+        "rows_with_stored_hashes": train.from_column,
+        "candidates_rejected": rejected,
         "hash_cache": {"path": str(cache.path), "entries": len(cache.hashes), "added": cache.added},
         "eval_sets": {e.name: _eval_summary(e) for e in eval_sets},
         "configs": configs,
@@ -201,7 +272,7 @@ def _match_order(match: Match):
     return (
         -identity,
         99 if match.distance is None else match.distance,
-        -match.shared_ngrams,
+        -max([t["score"] for t in match.text], default=0),
         match.eval_set,
         match.figure,
         match.component,
@@ -234,8 +305,8 @@ def _match_dict(match: Match, eval_sets) -> dict:
         "image_id": match.image_id,
         "reasons": sorted(match.reasons),
         "distance": match.distance,
-        "shared_13grams": match.shared_ngrams,
-        "text_fields": sorted(match.fields),
+        "figure_match": match.figure_match,
+        "text": sorted(match.text, key=lambda t: (t["field"], -t["score"])),
     }
 
 

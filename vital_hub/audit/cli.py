@@ -19,6 +19,11 @@ class ContaminationConfig:
     hash_cache: str | None = help_field(
         "JSON-lines cache of hashes by sha256 (default: OUT/figure_hashes.jsonl)", default=None
     )
+    verify: bool = help_field(
+        "confirm each hash candidate by aligning the figures and comparing their pixels (--no-verify: report every "
+        "hash match, as before)",
+        default=True,
+    )
     sheet_top: int = help_field("matches shown on the PNG sheet", default=24)
     write_mixture: str | None = help_field("write a mixture YAML excluding every flagged row", default=None)
 
@@ -46,6 +51,7 @@ def contamination_main(argv: list[str]) -> int:
         config.max_distance,
         config.workers,
         Path(config.hash_cache) if config.hash_cache else None,
+        verify=config.verify,
     )
     report = run_audit(options)
     write_json_atomic(out / "contamination.json", report)

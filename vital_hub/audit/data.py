@@ -38,7 +38,7 @@ class TrainRow:
     image: bytes | None
     text: str
     stored: bool = False  # the repo carries the figure's hashes (phash column): no decoding needed
-    phash: int | None = None
+    phash: list[int] | None = None  # whole figure first, then its trimmed content and panels
     sha256: str | None = None
 
 
@@ -59,6 +59,21 @@ class TrainSource:
             for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
                 for row in batch.to_pylist():
                     yield _train_row(self.kind, component, row)
+
+    def images(self, wanted: set[tuple[str, str]]) -> Iterator[tuple[tuple[str, str], bytes]]:
+        """((component, row id), figure bytes) of the given rows, streamed: one more read of the image column."""
+        column, key = ("image", "pair_id") if self.kind == "figures" else ("images", "id")
+        for component in sorted({c for c, _ in wanted}):
+            ids = {r for c, r in wanted if c == component}
+            for path in self.components[component]:
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=64, columns=[key, column]):
+                    for row_id, image in zip(
+                        batch.column(key).to_pylist(), batch.column(column).to_pylist(), strict=True
+                    ):
+                        if row_id in ids:
+                            image = (image or [None])[0] if column == "images" else image
+                            if image and image.get("bytes"):
+                                yield (component, row_id), image["bytes"]
 
     def config_ids(self, config: str) -> set[tuple[str, str]]:
         """(component, row id) of every row a config holds."""

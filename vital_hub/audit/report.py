@@ -10,14 +10,17 @@ import yaml
 from vital_hub.audit.data import TrainSource, open_training
 from vital_hub.io import atomic_path
 
-REASONS = ("pair_id", "pmid", "pmcid", "sha256", "phash", "text13")
+REASONS = ("pair_id", "pmid", "pmcid", "sha256", "phash", "text")
 
 
 def print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"contamination audit of {report['train']} (pHash distance <= {report['max_distance']})")
+    verified = ", verified" if report.get("verified") else ""
+    table = Table(
+        title=f"contamination audit of {report['train']} (pHash distance <= {report['max_distance']}{verified})"
+    )
     for column in ("config", "eval set", "rows", *REASONS, "flagged rows", "eval figures hit"):
         table.add_column(column, justify="left" if column in ("config", "eval set") else "right")
     for config, entry in report["configs"].items():
@@ -43,7 +46,10 @@ def write_sheet(report: dict, eval_sets, path: Path, top: int = 24) -> int:
 
     figures = {(e.name, f.image): f.data for e in eval_sets for f in e.figures}
     shown = [m for m in report["matches"] if figures.get((m["eval_set"], m["eval_image"]))][: top * 4]
-    train_images = _training_images(report, {(m["component"], m["row_id"]) for m in shown})
+    source = open_training(
+        report["train"], list(report["configs"]) if report["train_kind"] == "instructions" else None
+    )
+    train_images = dict(source.images({(m["component"], m["row_id"]) for m in shown})) if shown else {}
     shown = [m for m in shown if train_images.get((m["component"], m["row_id"]))][:top]
     if not shown:
         return 0
@@ -54,17 +60,28 @@ def write_sheet(report: dict, eval_sets, path: Path, top: int = 24) -> int:
             (row[1], train_images[(match["component"], match["row_id"])], f"{match['component']}: {match['row_id']}"),
         ):
             with Image.open(io.BytesIO(data)) as image:
+                full_width = image.size[0]
                 image.draft("RGB", (256, 256))
                 image = image.convert("RGB")
                 image.thumbnail((256, 256))
                 ax.imshow(image)
+            region = (match.get("figure_match") or {}).get("region")
+            if ax is row[1] and region:  # the matched region of the training figure
+                scale = image.size[0] / full_width
+                left, top, right, bottom = (v * scale for v in region)
+                ax.add_patch(plt.Rectangle((left, top), right - left, bottom - top, fill=False, color="red", lw=1.5))
             ax.set_title(title[:48], fontsize=7)
             ax.axis("off")
         distance = "-" if match["distance"] is None else match["distance"]
+        figure_match = match.get("figure_match") or {}
+        detail = [f"d={distance}", *match["reasons"]]
+        if figure_match.get("signal"):
+            detail += [figure_match["signal"], f"conf {figure_match['confidence']}", figure_match["orientation"]]
+        detail += [f"{t['field']} {t['score']:.2f}" for t in match.get("text", [])[:2]]
         row[1].text(
             1.02,
             0.5,
-            f"d={distance}\n" + "\n".join(match["reasons"]),
+            "\n".join(str(d) for d in detail),
             transform=row[1].transAxes,
             fontsize=7,
             va="center",
@@ -74,20 +91,6 @@ def write_sheet(report: dict, eval_sets, path: Path, top: int = 24) -> int:
         fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None})
     plt.close(fig)
     return len(shown)
-
-
-def _training_images(report: dict, wanted: set[tuple[str, str]]) -> dict:
-    if not wanted:
-        return {}
-    source = open_training(
-        report["train"], list(report["configs"]) if report["train_kind"] == "instructions" else None
-    )
-    found = {}
-    for component in sorted({c for c, _ in wanted}):
-        for row in source.rows(component):
-            if (component, row.row_id) in wanted and row.image:
-                found[(component, row.row_id)] = row.image
-    return found
 
 
 def write_mixture(report: dict, source: TrainSource, path: Path) -> dict:

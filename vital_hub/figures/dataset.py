@@ -55,7 +55,8 @@ def figures_features():
             "retracted": Value("bool"),
             "source_url": text,
             "sha256": text,
-            # 64-bit DCT pHash of the figure, 16 hex digits (vital_hub.audit.hashing); null without a decodable image
+            # 64-bit DCT pHashes, 16 hex digits each, comma-separated: the whole figure first, then its trimmed
+            # content and panels (vital_hub.audit.hashing); null without a decodable image
             "phash": text,
             "status": text,
         }

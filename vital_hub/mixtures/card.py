@@ -198,8 +198,9 @@ def card_text(manifest: dict, report: list[str] | None = None) -> str:
         "only when the row has its figure",
         "- `image_position`: where the source put `<image>` (index of the image part in the first turn), kept for "
         "text-only rows too so that the export gives the source record back; null when the source had none",
-        "- `image_phash`: the figure's 64-bit DCT perceptual hash (imagehash's pHash of the greyscale figure, 16 hex "
-        "digits), null without a figure; `vital audit contamination` searches near-duplicate figures with it",
+        "- `image_phash`: 64-bit DCT perceptual hashes (imagehash's pHash of the greyscale figure, 16 hex digits "
+        "each, comma-separated): the whole figure first, then its trimmed content and the panels found at its "
+        "gutters; null without a figure; `vital audit contamination` searches near-duplicate figures with them",
         "",
         "## Provenance",
         "",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from vital_hub.audit.hashing import decode_hash, to_hex
+from vital_hub.audit.hashing import decode_hashes, to_hex
 from vital_hub.io import describe_error
 from vital_hub.schema import Location
 
@@ -99,6 +99,6 @@ def decoded_hash(data: bytes) -> tuple[str | None, str | None]:
     """(pHash, None) of a figure that decodes, else (None, why). JPEG draft mode decodes at a fraction of the
     size but still reads every byte."""
     try:
-        return to_hex(decode_hash(data)), None
+        return to_hex(decode_hashes(data)), None
     except Exception as err:  # PIL raises many types for broken files; the reason is kept, never hidden
         return None, describe_error(err)
