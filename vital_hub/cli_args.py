@@ -144,7 +144,7 @@ def check_for(name: str, kind: type) -> Check | None:
 
 
 # the distribution that installs a module, where the names differ
-PACKAGES = {"sklearn": "scikit-learn", "google.protobuf": "protobuf", "PIL": "pillow"}
+PACKAGES = {"sklearn": "scikit-learn", "google.protobuf": "protobuf", "PIL": "pillow", "cv2": "opencv-python-headless"}
 
 
 def missing_modules(modules: tuple[str, ...] | list[str]) -> list[str]:
