@@ -211,7 +211,8 @@ class VisionSFTCollator:
             raise MaskingError(f"row {row.get('id')!r}: {err}") from None
         return rendered, [picture] if picture is not None else []
 
-    def __call__(self, rows: list[dict]) -> dict:
+    def encode_rows(self, rows: list[dict]) -> Batch:
+        """The rows' model inputs and verified labels, truncated, before any padding beyond the longest row."""
         prepared = [(row.get("id"), item) for row in rows if (item := self.prepare_row(row)) is not None]
         if not prepared:
             raise ValueError(f"no row of this batch has a usable image (ids {[row.get('id') for row in rows]})")
@@ -220,7 +221,10 @@ class VisionSFTCollator:
         batch = encode_batch(self.processor, rendered, images, ids, self.chat_template)
         batch = truncate_batch(batch, self.max_length, image_token_ids_of(self.processor), ids)
         mark_suffix(self.processor, batch)
-        batch = pad_batch(batch, self.pad_to_multiple_of, self.processor.tokenizer.pad_token_id)
+        return batch
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = pad_batch(self.encode_rows(rows), self.pad_to_multiple_of, self.processor.tokenizer.pad_token_id)
         return dict(batch)
 
 

@@ -29,9 +29,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from vital_hub.training.collator import VisionSFTCollator, encode_batch, mark_suffix, truncate_batch
+from vital_hub.training.collator import VisionSFTCollator
 from vital_hub.training.families import family_of
-from vital_hub.training.masking import IGNORE_INDEX, image_token_ids_of
+from vital_hub.training.masking import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +119,7 @@ class PackedCollator(VisionSFTCollator):
     boundaries: bool = True
 
     def __call__(self, rows: list[dict]) -> dict:
-        prepared = [(row.get("id"), item) for row in rows if (item := self.prepare_row(row)) is not None]
-        if not prepared:
-            raise ValueError(f"no row of this batch has a usable image (ids {[row.get('id') for row in rows]})")
-        ids = [row_id for row_id, _ in prepared]
-        rendered, images = [item[0] for _, item in prepared], [item[1] for _, item in prepared]
-        batch = encode_batch(self.processor, rendered, images, ids, self.chat_template)
-        batch = truncate_batch(batch, self.max_length, image_token_ids_of(self.processor), ids)
-        mark_suffix(self.processor, batch)
-        return pack_batch(batch, self.rope_index, self.boundaries)
+        return pack_batch(self.encode_rows(rows), self.rope_index, self.boundaries)
 
 
 def packed_collator(collator: VisionSFTCollator, config) -> PackedCollator:
