@@ -11,7 +11,7 @@ import torch
 
 from vital_hub.training.collator import Batch, VisionSFTCollator, pad_batch, truncate_batch
 from vital_hub.training.family_models import build_family
-from vital_hub.training.masking import IGNORE_INDEX, MaskingError, image_token_id_of
+from vital_hub.training.masking import MaskingError, image_token_id_of, label_runs
 from vital_hub.training.synthetic import synthetic_rows
 
 # A ChatML template that prints an assistant message's content as it is: the content list's repr.
@@ -27,17 +27,6 @@ RAW_CONTENT_TEMPLATE = (
 @pytest.fixture(scope="module")
 def rows():
     return synthetic_rows(4, seed=3, image_sides=(96, 300))
-
-
-def label_runs(batch, row: int) -> list[list[int]]:
-    runs, current = [], []
-    for label in [*batch["labels"][row].tolist(), IGNORE_INDEX]:
-        if label != IGNORE_INDEX:
-            current.append(label)
-        elif current:
-            runs.append(current)
-            current = []
-    return runs
 
 
 def test_a_template_that_prints_the_content_list_is_an_error_naming_row_and_template(rows):
@@ -57,7 +46,7 @@ def test_labels_read_the_answers_when_pad_is_the_end_of_turn_token(rows):
     batch = VisionSFTCollator(processor, max_image_side=300, pad_to_multiple_of=64)(rows[:2])
     for row_index, row in enumerate(rows[:2]):
         answers = [m["content"][0]["text"] for m in row["messages"] if m["role"] == "assistant"]
-        decoded = [processor.tokenizer.decode(run) for run in label_runs(batch, row_index)]
+        decoded = [processor.tokenizer.decode(run) for run in label_runs(batch["labels"][row_index].tolist())]
         assert [text.strip() for text in decoded] == [answer + "<|im_end|>" for answer in answers]
 
 
