@@ -184,6 +184,8 @@ def test_recipe_trains_saves_a_card_resumes_and_pushes(recipe_run, tmp_path, pro
     assert "Resuming from" in resumed.stderr and "checkpoint-2" in resumed.stderr
     state = json.loads((output / "trainer_state.json").read_text())
     assert state["global_step"] == 3
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert logged and all(entry["real_tokens_per_second"] > 0 for entry in logged), logged  # the resumed run too
     assert {"README.md", "config.json", "model.safetensors", "generation_config.json"} <= set(files)
     assert not any(path.startswith("checkpoint-") for path in files)
     assert token not in (output / "README.md").read_text()

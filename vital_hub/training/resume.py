@@ -29,6 +29,8 @@ from pathlib import Path
 
 from trl import SFTTrainer
 
+from vital_hub.training.rate import TokenRateMixin
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -188,5 +190,5 @@ class ExactResumeMixin:
                 load_weights_strictly(model, resume_from_checkpoint)
 
 
-class ResumableSFTTrainer(ExactResumeMixin, SFTTrainer):
-    """TRL's SFTTrainer with exact, strict resume."""
+class ResumableSFTTrainer(ExactResumeMixin, TokenRateMixin, SFTTrainer):
+    """TRL's SFTTrainer with exact, strict resume, logging its speed in real tokens a second."""
