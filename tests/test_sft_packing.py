@@ -21,12 +21,22 @@ from vital_hub.training.collator import VisionSFTCollator
 from vital_hub.training.family_models import BUILDERS, build_family, chat_template, write_family_folder
 from vital_hub.training.masking import IGNORE_INDEX
 from vital_hub.training.packing import MROPE_KEY, enable_packing, packed_collator
+from vital_hub.training.processors import has_torchvision
 from vital_hub.training.synthetic import synthetic_rows, write_instructions_repo
 
 # builders of families that packing refuses (vital_hub.training.packing.PACKED_FAMILIES)
-NOT_PACKED = {"gemma4": "gemma4", "glm4v": "glm4v", "mistral3": "mistral3", "mllama": "mllama",
-              "paligemma2": "paligemma", "qwen3.5": "qwen3_5"}  # fmt: skip
-FAMILIES = sorted(set(BUILDERS) - set(NOT_PACKED))
+NOT_PACKED = {"glm4v": "glm4v", "mllama": "mllama", "qwen3.5": "qwen3_5"}
+# Variants of a builder's config whose attention differs: Gemma 4's larger models let vision tokens attend both ways
+# on sliding layers; a sliding window shorter than the rows shows that packed rows keep it (Mistral's varlen path).
+VARIANTS = {"gemma4-bidirectional-vision": ("gemma4", {"use_bidirectional_attention": "vision"}),
+            "mistral3-sliding-window": ("mistral3", {"sliding_window": 24}),
+            "paligemma2-sliding-window": ("paligemma2", {"sliding_window": 24})}  # fmt: skip
+# Mistral 3's PixtralProcessor requires torchvision: it runs in `make test-torchvision`'s environment.
+NEEDS_TORCHVISION = pytest.mark.skipif(not has_torchvision(), reason="PixtralProcessor needs torchvision")
+FAMILIES = [
+    pytest.param(f, marks=NEEDS_TORCHVISION) if f.startswith("mistral3") else f
+    for f in sorted({*BUILDERS, *VARIANTS} - set(NOT_PACKED))
+]
 FIXED_TEMPLATES = {"llava-onevision": "llava_onevision_fixed"}
 TOLERANCE = 1e-5
 
@@ -34,6 +44,15 @@ TOLERANCE = 1e-5
 @pytest.fixture(scope="module")
 def rows():
     return synthetic_rows(4, seed=3, image_sides=(96, 400), missing_every=3)
+
+
+def family_parts(family):
+    """(processor, config) of a builder or of one of `VARIANTS` (its text config changed)."""
+    builder, text = VARIANTS.get(family, (family, {}))
+    processor, config = build_family(builder)
+    for name, value in text.items():
+        setattr(config.get_text_config(), name, value)
+    return processor, config
 
 
 def collator_for(family, processor):
@@ -46,7 +65,11 @@ def tiny_model(config):
     from transformers import AutoModelForImageTextToText
 
     torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
+    try:
+        model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
+    except ValueError:  # PaliGemma 2's Gemma 2 language model (attention logit soft-capping) has eager attention only
+        torch.manual_seed(0)
+        model = AutoModelForImageTextToText.from_config(config, attn_implementation="eager").eval()
     for parameter in model.parameters():  # random but not tiny weights, so rows that leak into each other show
         parameter.data.normal_(0, 0.2)
     return model
@@ -66,9 +89,18 @@ def test_a_family_packing_does_not_support_is_refused_in_one_line(model_type):
         packed_collator(None, SimpleNamespace(model_type=model_type))
 
 
+def test_a_gemma4_whose_every_token_attends_both_ways_is_refused_in_one_line():
+    _, config = family_parts("gemma4")
+    config.get_text_config().use_bidirectional_attention = "all"
+    with pytest.raises(ValueError, match=r"^packing: true is not supported for a Gemma 4 .*packing: false$"):
+        packed_collator(None, config)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_packed_rows_give_the_logits_labels_and_loss_of_each_row_alone(family, rows):
-    processor, config = build_family(family)
+    processor, config = family_parts(family)
+    if family.startswith("paligemma"):  # PaliGemma's processor refuses a prompt without an image
+        rows = [row for row in rows if row["images"] and row["images"][0] is not None]
     collator = collator_for(family, processor)
     model = tiny_model(config)
     with torch.no_grad():
@@ -92,7 +124,8 @@ def test_packed_rows_give_the_logits_labels_and_loss_of_each_row_alone(family, r
         piece = slice(start, start + length)
         assert torch.equal(packed["input_ids"][0, piece], ids)
         assert torch.equal(packed["labels"][0, piece], labels)  # the first token is never a target either way
-        assert torch.equal(packed["position_ids"][0, piece], torch.arange(length))
+        first = 1 if family.startswith("paligemma") else 0  # PaliGemma counts positions from 1
+        assert torch.equal(packed["position_ids"][0, piece], torch.arange(length) + first)
         worst = max(worst, (out.logits[0, piece] - logits).abs().max().item())
         alone_loss = per_token_loss(logits, labels)
         packed_loss = per_token_loss(out.logits[0, piece], packed["labels"][0, piece])
