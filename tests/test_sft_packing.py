@@ -197,8 +197,8 @@ def test_packed_recipe_trains_like_the_padded_one_and_counts_the_same_real_token
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernel runs on CUDA only")
-@pytest.mark.parametrize("causal", [True, False])
-def test_cuda_varlen_kernel_matches_the_block_diagonal_mask(causal):
+@pytest.mark.parametrize(("causal", "window"), [(True, None), (False, None), (True, 100)])
+def test_cuda_varlen_kernel_matches_the_block_diagonal_mask(causal, window):
     from types import SimpleNamespace
 
     from vital_hub.training import kernels
@@ -213,12 +213,13 @@ def test_cuda_varlen_kernel_matches_the_block_diagonal_mask(causal):
     key, value = (torch.randn(1, 2, total, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     module = SimpleNamespace(is_causal=causal, num_key_value_groups=4, training=True)
     fast, _ = kernels.packed_attention_forward(module, query, key, value, None, scaling=0.125, cu_seq_lens_q=cu,
-                                               cu_seq_lens_k=cu, max_length_q=1024, max_length_k=1024)  # fmt: skip
-    mask = kernels.block_diagonal_mask(cu, total, causal)
+                                               cu_seq_lens_k=cu, max_length_q=1024, max_length_k=1024,
+                                               sliding_window=window)  # fmt: skip
+    mask = kernels.block_diagonal_mask(cu, total, causal, window)
     reference, _ = kernels.packed_attention_forward(
         module, query.double().cpu(), key.double().cpu(), value.double().cpu(), mask.cpu(), scaling=0.125,
         is_causal=False,
     )  # fmt: skip
     error = (fast.double().cpu() - reference).norm() / reference.norm()
-    print(f"varlen vs float64 block-diagonal reference (causal={causal}): relative error {error:.2e}")
+    print(f"varlen vs float64 block-diagonal reference (causal={causal}, window={window}): relative error {error:.2e}")
     assert error < 1e-2

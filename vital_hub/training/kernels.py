@@ -5,9 +5,11 @@ boundaries, as flash-attention's varlen API takes them). `packed_attention_forwa
 transformers' `AttentionInterface` under `ATTENTION_NAME`; per call it picks, in this order:
 
 - PyTorch's own varlen flash kernel (`torch.nn.attention.varlen.varlen_attn`, PyTorch >= 2.10, CUDA, bf16/fp16):
-  one launch over every row, no mask in memory, no work across rows;
+  one launch over every row, no mask in memory, no work across rows (a layer's `sliding_window` becomes the
+  kernel's `window_size`);
 - otherwise one `scaled_dot_product_attention` call with a block-diagonal mask built from the boundaries (CPU,
-  fp32, or an older PyTorch): still one call per layer, exact, but it spends the masked-out work;
+  fp32, or an older PyTorch), cut to the layer's sliding window where it has one: still one call per layer,
+  exact, but it spends the masked-out work;
 - without boundaries (a padded batch, evaluation, generation): transformers' own SDPA path, unchanged.
 
 The name contains "flash" on purpose: transformers' Qwen-VL vision towers then hand every window and every image

@@ -3,12 +3,15 @@
 The rows of a step are laid end to end in one row of exactly their real tokens (no padding), and each keeps what
 it would get alone:
 
-- position ids restart at 0 for every row; Qwen-VL's 3-D multimodal RoPE positions come from the family's own
-  `get_rope_index`, computed per row on the CPU in the DataLoader workers (from the config alone, no weights);
+- position ids restart for every row (at 0; at 1 for PaliGemma, which counts from 1); Qwen-VL's 3-D multimodal
+  RoPE positions come from the family's own `get_rope_index`, computed per row on the CPU in the DataLoader
+  workers (from the config alone, no weights);
 - attention stays inside a row: the batch carries the row boundaries (`cu_seq_lens_q/k`, `max_length_q/k`)
-  for `vital_hub.training.kernels` (one varlen call per layer), and, with no attention mask, transformers' mask
-  builder detects the restarting position ids and makes a block-diagonal mask wherever a mask is used. Gemma 3
-  keeps that mask path, since its image tokens attend to each other both ways (a causal varlen kernel cannot);
+  for `vital_hub.training.kernels` (one varlen call per layer, sliding windows kept), and, with no attention
+  mask, transformers' mask builder detects the restarting position ids and makes a block-diagonal mask wherever
+  a mask is used. The families in `MASK_RULES` (Gemma 3, Gemma 4, PaliGemma) get ready-made masks instead
+  (`row_masks`), since some of their tokens attend both ways (images; PaliGemma's prefix), which a causal varlen
+  kernel cannot do;
 - labels are the row's own; the first token of each row is never a target (nothing precedes it), so the last
   token of one row does not learn to predict the next row;
 - image tensors are the processor's own batch for all rows (one vision forward over every image of the step).
