@@ -96,6 +96,14 @@ def test_a_gemma4_whose_every_token_attends_both_ways_is_refused_in_one_line():
         packed_collator(None, config)
 
 
+def test_a_mask_path_family_with_an_attention_its_masks_do_not_fit_is_refused_in_one_line():
+    _, config = family_parts("gemma4")
+    model = tiny_model(config)
+    model.model.language_model.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match=r"^packing: true for the gemma4 family takes sdpa or eager attention .*"):
+        enable_packing(model)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_packed_rows_give_the_logits_labels_and_loss_of_each_row_alone(family, rows):
     processor, config = family_parts(family)

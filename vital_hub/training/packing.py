@@ -245,6 +245,11 @@ def enable_packing(model) -> str:
     if family in MROPE_FAMILIES:
         backbone.visual.config._attn_implementation = name
     rule = mask_rule(model.config) if family in MASK_RULES else None
+    if rule is not None and language.config._attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(
+            f"packing: true for the {family} family takes sdpa or eager attention (its masks are made for them), not "
+            f"{language.config._attn_implementation}; set attn_implementation: sdpa or train with packing: false"
+        )
     carried: dict = {}
 
     def take(module, args, kwargs):
