@@ -205,9 +205,9 @@ def row_masks(rule: MaskRule, position_ids, token_types, sliding_window: int | N
     """The `{layer type: mask}` of a packed row under `rule`, built here rather than by transformers.
 
     A row starts wherever the positions do not go up by one. transformers' builders remap some overlays to in-row
-    positions when they detect packing, which looks up the wrong tokens (Gemma 3's sliding layers), and PaliGemma's
-    model builds no mask mapping of its own from one given, so the masks are given ready-made to the language
-    model (which takes a `{layer type: mask}` mapping as `attention_mask`).
+    positions when they detect packing, which looks up the wrong tokens (Gemma 3's sliding layers), and
+    PaliGemma's model does not accept a `{layer type: mask}` mapping, so `enable_packing` hands these masks to the
+    language model itself (every family's language model accepts the mapping as `attention_mask`).
     """
     import torch
 
