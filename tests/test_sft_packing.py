@@ -2,9 +2,10 @@
 
 Each family is a tiny random model built from its config (fp32, CPU). A step's rows (figures of 96-400 px in
 both orientations, one row without a figure trained text-only) are packed into one row by `PackedCollator`; the
-model with `enable_packing` must give each row the logits, labels and loss that the stock model (SDPA) gives that
-row alone. The packed side runs one attention call per layer over every row (block-diagonal, the CPU form of the
-varlen kernel), and Qwen's vision towers one call per layer over all windows and images.
+model with `enable_packing` must give each row the logits, labels and loss that the stock model (SDPA; eager for
+PaliGemma 2, whose Gemma 2 has no SDPA) gives that row alone. The packed side runs one attention call per layer over
+every row (block-diagonal, the CPU form of the varlen kernel; ready-made masks for the Gemma families and
+PaliGemma), and Qwen's vision towers one call per layer over all windows and images.
 """
 
 import json
