@@ -44,7 +44,7 @@ $(TV_VENV)/.dev: pyproject.toml
 	touch $@
 
 test-torchvision: $(TV_VENV)/.dev
-	$(TV_VENV)/bin/python -m pytest tests/test_sft_families.py -k mistral3
+	$(TV_VENV)/bin/python -m pytest tests/test_sft_families.py tests/test_sft_packing.py -k mistral3
 
 style: $(VENV)/.dev
 	$(BIN)/ruff format vital_hub tests recipes builders benchmarks

@@ -5,9 +5,11 @@ boundaries, as flash-attention's varlen API takes them). `packed_attention_forwa
 transformers' `AttentionInterface` under `ATTENTION_NAME`; per call it picks, in this order:
 
 - PyTorch's own varlen flash kernel (`torch.nn.attention.varlen.varlen_attn`, PyTorch >= 2.10, CUDA, bf16/fp16):
-  one launch over every row, no mask in memory, no work across rows;
+  one launch over every row, no mask in memory, no work across rows (a layer's `sliding_window` becomes the
+  kernel's `window_size`);
 - otherwise one `scaled_dot_product_attention` call with a block-diagonal mask built from the boundaries (CPU,
-  fp32, or an older PyTorch): still one call per layer, exact, but it spends the masked-out work;
+  fp32, or an older PyTorch), cut to the layer's sliding window where it has one: still one call per layer,
+  exact, but it spends the masked-out work;
 - without boundaries (a padded batch, evaluation, generation): transformers' own SDPA path, unchanged.
 
 The name contains "flash" on purpose: transformers' Qwen-VL vision towers then hand every window and every image
@@ -50,8 +52,9 @@ def varlen_kernel():
     return _state["kernel"]
 
 
-def block_diagonal_mask(cu_seq_lens, length: int, causal: bool):
-    """(1, 1, length, length) boolean mask: True where a query may attend a key of its own row."""
+def block_diagonal_mask(cu_seq_lens, length: int, causal: bool, sliding_window: int | None = None):
+    """(1, 1, length, length) boolean mask: True where a query may attend a key of its own row (with
+    `sliding_window`, only keys fewer than that many tokens back, as transformers' sliding-window masks)."""
     import torch
 
     lengths = cu_seq_lens[1:] - cu_seq_lens[:-1]
@@ -59,10 +62,13 @@ def block_diagonal_mask(cu_seq_lens, length: int, causal: bool):
     mask = rows[:, None] == rows[None, :]
     if causal:
         mask = mask & torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    if sliding_window is not None:
+        index = torch.arange(length, device=mask.device)
+        mask = mask & (index[None, :] > index[:, None] - sliding_window)
     return mask[None, None]
 
 
-def _varlen(module, query, key, value, cu_seq_lens, max_length: int, scaling, causal: bool):
+def _varlen(module, query, key, value, cu_seq_lens, max_length: int, scaling, causal: bool, window: int | None):
     import torch
 
     kernel = varlen_kernel()
@@ -84,6 +90,8 @@ def _varlen(module, query, key, value, cu_seq_lens, max_length: int, scaling, ca
         options["is_causal"] = causal
     elif causal:
         options["window_size"] = (-1, 0)
+    if window is not None:  # keys fewer than `window` tokens back, as transformers' sliding-window masks
+        options["window_size"] = (window - 1, 0 if causal else -1)
     cu = cu_seq_lens.to(torch.int32)
     out = kernel(q, k, v, cu, cu, max_length, max_length, **options)
     return out.unsqueeze(0), None  # (1, tokens, heads, dim), as transformers' attention functions return
@@ -102,6 +110,7 @@ def packed_attention_forward(
     cu_seq_lens_k=None,
     max_length_q: int | None = None,
     max_length_k: int | None = None,
+    sliding_window: int | None = None,
     **kwargs,
 ):
     """transformers attention function: varlen over `cu_seq_lens_q` where given, else SDPA (see module doc)."""
@@ -113,10 +122,11 @@ def packed_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and varlen_kernel() is not None:
+    fast = query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and varlen_kernel() is not None
+    if fast and (sliding_window is None or "window_size" in _state["parameters"]):
         if max_length_q is None:
             max_length_q = int((cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).max())
-        return _varlen(module, query, key, value, cu_seq_lens_q, int(max_length_q), scaling, causal)
+        return _varlen(module, query, key, value, cu_seq_lens_q, int(max_length_q), scaling, causal, sliding_window)
     if query.is_cuda and not _state.get("warned"):
         _state["warned"] = True
         logger.warning(
@@ -124,7 +134,7 @@ def packed_attention_forward(
             "the varlen kernel (train in bf16 or fp16 for it)",
             query.dtype,
         )
-    mask = block_diagonal_mask(cu_seq_lens_q, query.shape[2], causal)
+    mask = block_diagonal_mask(cu_seq_lens_q, query.shape[2], causal, sliding_window)
     return sdpa_attention_forward(
         module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False, **kwargs
     )

@@ -3,12 +3,15 @@
 The rows of a step are laid end to end in one row of exactly their real tokens (no padding), and each keeps what
 it would get alone:
 
-- position ids restart at 0 for every row; Qwen-VL's 3-D multimodal RoPE positions come from the family's own
-  `get_rope_index`, computed per row on the CPU in the DataLoader workers (from the config alone, no weights);
+- position ids restart for every row (at 0; at 1 for PaliGemma, which counts from 1); Qwen-VL's 3-D multimodal
+  RoPE positions come from the family's own `get_rope_index`, computed per row on the CPU in the DataLoader
+  workers (from the config alone, no weights);
 - attention stays inside a row: the batch carries the row boundaries (`cu_seq_lens_q/k`, `max_length_q/k`)
-  for `vital_hub.training.kernels` (one varlen call per layer), and, with no attention mask, transformers' mask
-  builder detects the restarting position ids and makes a block-diagonal mask wherever a mask is used. Gemma 3
-  keeps that mask path, since its image tokens attend to each other both ways (a causal varlen kernel cannot);
+  for `vital_hub.training.kernels` (one varlen call per layer, sliding windows kept), and, with no attention
+  mask, transformers' mask builder detects the restarting position ids and makes a block-diagonal mask wherever
+  a mask is used. The families in `MASK_RULES` (Gemma 3, Gemma 4, PaliGemma) get ready-made masks instead
+  (`row_masks`), since some of their tokens attend both ways (images; PaliGemma's prefix), which a causal varlen
+  kernel cannot do;
 - labels are the row's own; the first token of each row is never a target (nothing precedes it), so the last
   token of one row does not learn to predict the next row;
 - image tensors are the processor's own batch for all rows (one vision forward over every image of the step).
@@ -38,11 +41,11 @@ logger = logging.getLogger(__name__)
 BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 MROPE_KEY = "mrope_position_ids"
 MROPE_FAMILIES = ("qwen2-vl", "qwen3-vl")
-MASK_ONLY_FAMILIES = ("gemma3",)  # bidirectional image spans: the block-diagonal mask path, not a causal kernel
 # Families whose packed rows are tested to give each row's own logits, labels and loss (tests/test_sft_packing.py).
-# The others (Qwen3.5, GLM-4.1V, Gemma 4, Mllama's cross-attention, PaliGemma's prefix mask, Mistral 3) are
-# refused rather than trained on rows that may see each other.
-PACKED_FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen3-vl", "gemma3", "idefics3", "internvl")
+# The others (Qwen3.5, GLM-4.1V, Mllama's cross-attention) are refused rather than trained on rows that may see
+# each other.
+PACKED_FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen3-vl", "gemma3", "gemma4", "idefics3", "internvl",
+                   "mistral3", "paligemma")  # fmt: skip
 
 
 def packed_family(model_or_config) -> str:
@@ -52,6 +55,13 @@ def packed_family(model_or_config) -> str:
         raise ValueError(
             f"packing: true is not supported for the {family} family yet (supported: {', '.join(PACKED_FAMILIES)}); "
             "train it with packing: false"
+        )
+    text = getattr(model_or_config, "config", model_or_config)
+    text = text.get_text_config() if hasattr(text, "get_text_config") else text
+    if getattr(text, "use_bidirectional_attention", None) == "all" and family == "gemma4":
+        raise ValueError(
+            "packing: true is not supported for a Gemma 4 whose every token attends both ways "
+            "(use_bidirectional_attention: all); train it with packing: false"
         )
     return family
 
@@ -86,7 +96,7 @@ class RopeIndex:
         return rope_index(**{key: value for key, value in inputs.items() if key in accepted})[0]
 
 
-def pack_batch(batch, rope_index: RopeIndex | None = None, boundaries: bool = True) -> dict:
+def pack_batch(batch, rope_index: RopeIndex | None = None, boundaries: bool = True, first_position: int = 0) -> dict:
     """One padding-free row from a right-padded `Batch` (see the module docstring for what it holds)."""
     import torch
 
@@ -98,7 +108,7 @@ def pack_batch(batch, rope_index: RopeIndex | None = None, boundaries: bool = Tr
             packed[key] = batch[key][keep][None]
     starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     packed["labels"][0, starts[:-1]] = IGNORE_INDEX
-    positions = torch.cat([torch.arange(int(n)) for n in lengths])[None]
+    positions = torch.cat([torch.arange(int(n)) + first_position for n in lengths])[None]
     packed["position_ids"] = positions
     if rope_index is not None:
         inputs = {key: batch.get(key) for key in ("input_ids", "mm_token_type_ids", "image_grid_thw")}
@@ -117,9 +127,10 @@ class PackedCollator(VisionSFTCollator):
 
     rope_index: Any = None
     boundaries: bool = True
+    first_position: int = 0
 
     def __call__(self, rows: list[dict]) -> dict:
-        return pack_batch(self.encode_rows(rows), self.rope_index, self.boundaries)
+        return pack_batch(self.encode_rows(rows), self.rope_index, self.boundaries, self.first_position)
 
 
 def packed_collator(collator: VisionSFTCollator, config) -> PackedCollator:
@@ -131,7 +142,8 @@ def packed_collator(collator: VisionSFTCollator, config) -> PackedCollator:
     packed = PackedCollator(
         **settings,
         rope_index=RopeIndex(config) if family in MROPE_FAMILIES else None,
-        boundaries=family not in MASK_ONLY_FAMILIES,
+        boundaries=family not in MASK_RULES,
+        first_position=FIRST_POSITION.get(family, 0),
     )
     packed.template_correction = collator.template_correction
     return packed
@@ -152,39 +164,92 @@ def backbone_of(model):
     raise ValueError(f"{type(model).__name__} has no vision-language backbone with a language model")
 
 
-def gemma3_masks(token_type_ids, position_ids, sliding_window: int) -> dict:
-    """Gemma 3's two attention masks for a packed row, built here rather than by transformers.
+@dataclass(frozen=True)
+class MaskRule:
+    """How the rows of a mask-path family attend: each token sees the tokens before it in its own row, plus the
+    tokens of its own bidirectional block (`block_key`'s values in `block_values`: each run of them one block, or,
+    with `per_row`, all of a row's such tokens one block). `full_blocks`: whether full-attention layers get the
+    blocks; `window_over_blocks`: whether sliding layers' window also bounds the blocks (else a block is seen whole).
+    """
 
-    Within a row a token sees the tokens before it, and image tokens see their whole image (both ways); sliding
-    layers also drop keys `sliding_window` or more tokens back. transformers' builder remaps the image-block
-    overlay of the sliding mask to in-row positions when it detects packing, which looks up the wrong tokens, so
-    the masks are given ready-made (the model takes a `{layer type: mask}` mapping as `attention_mask`).
+    block_key: str | None
+    block_values: tuple[int, ...] = ()
+    per_row: bool = False
+    full_blocks: bool = True
+    window_over_blocks: bool = True
+
+
+# Gemma 3: each image's tokens see each other on every layer (transformers' `create_masks_for_vision_model` in
+# models/gemma3). PaliGemma: a row's prefix (image and prompt, token type 0) is one block, which sliding layers see
+# whole (`block_sequence_ids` ORed after the window, models/paligemma); positions count from 1. Gemma 4: vision
+# tokens see each other on sliding layers only, and only where `use_bidirectional_attention` is "vision"
+# (models/gemma4); otherwise every layer is causal.
+MASK_RULES = {
+    "gemma3": MaskRule("token_type_ids", (1,)),
+    "paligemma": MaskRule("token_type_ids", (0,), per_row=True, window_over_blocks=False),
+    "gemma4": MaskRule("mm_token_type_ids", (1, 2), full_blocks=False),
+}
+FIRST_POSITION = {"paligemma": 1}  # PaliGemma counts positions from 1 (its forward adds 1 when given none)
+
+
+def mask_rule(config) -> MaskRule:
+    """The family's `MaskRule` for this config (Gemma 4 without bidirectional vision spans has no blocks)."""
+    family = family_of(config).name
+    text = config.get_text_config()
+    if family == "gemma4" and getattr(text, "use_bidirectional_attention", None) != "vision":
+        return MaskRule(None)
+    return MASK_RULES[family]
+
+
+def row_masks(rule: MaskRule, position_ids, token_types, sliding_window: int | None) -> dict:
+    """The `{layer type: mask}` of a packed row under `rule`, built here rather than by transformers.
+
+    A row starts wherever the positions do not go up by one. transformers' builders remap some overlays to in-row
+    positions when they detect packing, which looks up the wrong tokens (Gemma 3's sliding layers), and
+    PaliGemma's model does not accept a `{layer type: mask}` mapping, so `enable_packing` hands these masks to the
+    language model itself (every family's language model accepts the mapping as `attention_mask`).
     """
     import torch
 
-    index = torch.arange(position_ids.shape[-1], device=position_ids.device)
-    row = (position_ids[0] == 0).cumsum(0)
-    image = token_type_ids[0] == 1
-    starts = image & ~torch.nn.functional.pad(image, (1, 0))[:-1]
-    block = torch.where(image, starts.cumsum(0), -1)
-    full = (row[:, None] == row[None, :]) & (
-        (index[:, None] >= index[None, :]) | ((block[:, None] == block[None, :]) & (block[:, None] >= 0))
-    )
-    sliding = full & (index[None, :] > index[:, None] - sliding_window)
-    return {"full_attention": full[None, None], "sliding_attention": sliding[None, None]}
+    positions = position_ids[0]
+    index = torch.arange(positions.shape[-1], device=positions.device)
+    row = (torch.diff(positions, prepend=positions[:1] - 1) != 1).cumsum(0)
+    same_row = row[:, None] == row[None, :]
+    causal = same_row & (index[:, None] >= index[None, :])
+    block = torch.zeros_like(causal)
+    if rule.block_key is not None:
+        marked = torch.isin(token_types[0], torch.tensor(rule.block_values, device=positions.device))
+        starts = marked & ~torch.nn.functional.pad(marked, (1, 0))[:-1]
+        group = torch.where(marked, row if rule.per_row else starts.cumsum(0), -1)
+        block = same_row & (group[:, None] == group[None, :]) & (group[:, None] >= 0)
+    masks = {"full_attention": causal | block if rule.full_blocks else causal}
+    if sliding_window is not None:
+        window = index[None, :] > index[:, None] - sliding_window
+        masks["sliding_attention"] = (
+            ((causal | block) & window) if rule.window_over_blocks else (causal & window) | block
+        )
+    return {name: mask[None, None] for name, mask in masks.items()}
 
 
 def enable_packing(model) -> str:
     """Make `model` train on `PackedCollator` batches (see the module docstring); returns a summary line."""
+    import torch
+
     from vital_hub.training import kernels
 
     family = packed_family(model)
     backbone, language = backbone_of(model)
     name = kernels.register()
-    if family not in MASK_ONLY_FAMILIES:
+    if family not in MASK_RULES:
         language.config._attn_implementation = name
     if family in MROPE_FAMILIES:
         backbone.visual.config._attn_implementation = name
+    rule = mask_rule(model.config) if family in MASK_RULES else None
+    if rule is not None and language.config._attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(
+            f"packing: true for the {family} family takes sdpa or eager attention (its masks are made for them), not "
+            f"{language.config._attn_implementation}; set attn_implementation: sdpa or train with packing: false"
+        )
     carried: dict = {}
 
     def take(module, args, kwargs):
@@ -195,9 +260,18 @@ def enable_packing(model) -> str:
         kernels.carry_boundaries(bool(carried))
         if MROPE_KEY in kwargs:
             kwargs["position_ids"] = kwargs.pop(MROPE_KEY)
-        if family in MASK_ONLY_FAMILIES and kwargs.get("attention_mask") is None and "token_type_ids" in kwargs:
-            window = language.config.sliding_window
-            kwargs["attention_mask"] = gemma3_masks(kwargs["token_type_ids"], kwargs["position_ids"], window)
+        if rule is not None and kwargs.get("attention_mask") is None and kwargs.get("position_ids") is not None:
+            token_types = kwargs.get(rule.block_key) if rule.block_key else None
+            masks = row_masks(rule if token_types is not None else MaskRule(None), kwargs["position_ids"],
+                              token_types, getattr(language.config, "sliding_window", None))  # fmt: skip
+            if language.config._attn_implementation == "eager":  # additive masks, as transformers' eager_mask
+                dtype = next(language.parameters()).dtype
+                masks = {
+                    layer: torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype) for layer, mask in masks.items()
+                }
+            # the backbone takes the full mask as given (a 4-D mask is used as it is); the language model, all
+            carried["attention_mask"] = masks
+            kwargs["attention_mask"] = masks["full_attention"]
         return args, kwargs
 
     def give(module, args, kwargs):
@@ -205,5 +279,5 @@ def enable_packing(model) -> str:
 
     backbone.register_forward_pre_hook(take, with_kwargs=True)
     language.register_forward_pre_hook(give, with_kwargs=True)
-    attention = "block-diagonal SDPA mask" if family in MASK_ONLY_FAMILIES else kernels.kernel_summary()
+    attention = f"block-diagonal {language.config._attn_implementation} masks" if rule else kernels.kernel_summary()
     return f"packing on for {family}: {attention}"
