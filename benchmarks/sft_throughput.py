@@ -177,7 +177,8 @@ FSDP2_CONFIG = {
         "fsdp_offload_params": False,
         "fsdp_reshard_after_forward": True,
         "fsdp_state_dict_type": "SHARDED_STATE_DICT",
-        # LLaVA's _no_split_modules names CLIPTextEmbeddings, absent from a vision-only tower: name the layers.
+        # The model's repeated layers (`layer_classes`), named: LLaVA's _no_split_modules names CLIPTextEmbeddings,
+        # absent from a vision-only tower, and accelerate refuses a class the model does not have.
         "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer,CLIPEncoderLayer",
     },
 }
@@ -555,6 +556,25 @@ def run_case(case_name: str, args, batch_size: int, scratch: Path, fsdp_config: 
     return {**json.loads(result.read_text()), "wall_s": wall}
 
 
+def layer_classes(args) -> list[str]:
+    """Class names of the model's repeated layers (the members of its module lists: decoder layers, vision
+    encoder layers or blocks, Qwen3-VL's deepstack mergers), which FSDP2 shards one by one; built on the meta
+    device, so the driver needs no memory for it."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(model_parts(args)[1])
+    names = [
+        type(layer).__name__
+        for module in model.modules()
+        if isinstance(module, torch.nn.ModuleList)
+        for layer in module
+        if not isinstance(layer, torch.nn.ModuleList)
+    ]
+    return sorted(set(names))
+
+
 def default_case(case: Case, model: str) -> bool:
     """Whether a run without `--cases` includes `case`: full fine-tunes on one GPU only for the models that fit."""
     return not (case.mode == "full" and case.gpus == 1) or model in ONE_GPU_FULL
@@ -567,6 +587,9 @@ def run_cases(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as scratch:
         fsdp_config = Path(scratch) / "fsdp2.yaml"
         fsdp = {**FSDP2_CONFIG, "mixed_precision": "no" if args.precision == "bf16" else "bf16"}
+        if any(CASES[name].mode == "full" and CASES[name].gpus > 1 for name in args.cases):
+            layers = ",".join(layer_classes(args))
+            fsdp["fsdp_config"] = {**fsdp["fsdp_config"], "fsdp_transformer_layer_cls_to_wrap": layers}
         fsdp_config.write_text(yaml.safe_dump(fsdp))
         for case_name in args.cases:
             batch_size = args.case_batch.get(case_name) or CASES[case_name].default_batch(

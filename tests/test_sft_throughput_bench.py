@@ -112,3 +112,20 @@ def test_a_collator_that_cannot_batch_a_family_is_reported(bench):
 
     error = bench.stock_collator_error(Refusing(), "gemma3")
     assert error == "TRL's collator cannot batch gemma3 rows: ValueError: Image features and image tokens do not match"
+
+
+def test_fsdp_wraps_each_model_by_its_own_layer_classes(bench):
+    """accelerate refuses a layer class the model lacks, so FSDP cases of any model name the model's own layers."""
+    import argparse
+
+    expected = {
+        "llava-1.5": ["CLIPEncoderLayer", "LlamaDecoderLayer"],
+        "qwen2.5-vl": ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"],
+        "qwen3-vl": ["Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock", "Qwen3VLVisionPatchMerger"],
+        "gemma3": ["Gemma3DecoderLayer", "SiglipEncoderLayer"],
+        "internvl3": ["InternVLVisionLayer", "Qwen2DecoderLayer"],
+        "smolvlm2": ["LlamaDecoderLayer", "SmolVLMEncoderLayer"],
+    }
+    assert set(expected) == set(bench.MODELS)
+    for model, classes in expected.items():
+        assert bench.layer_classes(argparse.Namespace(model=model, size="tiny")) == classes, model
