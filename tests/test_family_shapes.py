@@ -57,3 +57,49 @@ def test_sizes_full_for_published_families_only_and_7b_stays_qwen25():
         build_family("idefics3", "full")
     with pytest.raises(ValueError, match="size '7b' is not built for gemma3"):
         build_family("gemma3", "7b")
+
+
+def narrow(shape):
+    """The published shape with narrow, 2-layer towers and a vocabulary just above the offline tokenizer's, and
+    every size that sets image tokens kept: image and patch sizes, merges, pixel-shuffle factors, tokens per
+    image, the image processor's budget."""
+    from dataclasses import replace
+
+    text = {**shape.text, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 1024}  # fmt: skip
+    vision = {**shape.vision, "hidden_size": 32, "intermediate_size": 64}
+    if "depth" in vision:  # Qwen
+        vision.update(depth=2, num_heads=2, out_hidden_size=64)
+        vision.update({k: [1] for k in ("fullatt_block_indexes", "deepstack_visual_indexes") if k in vision})
+    else:
+        vision.update(num_hidden_layers=2, num_attention_heads=2)
+    return replace(shape, text=text, vision=vision)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,family", [("qwen3-vl", "qwen3-vl"), ("gemma3", "gemma3"),
+                                          ("internvl3", "internvl"), ("smolvlm2", "smolvlm")])  # fmt: skip
+def test_benchmark_trains_at_the_published_image_geometry(model, family, monkeypatch, tmp_path):
+    """The benchmark's worker at `--size full` with narrow towers: full-size figures through the published image
+    processor, TRL's collator (tuned) and the packed path, into a model of the published image geometry."""
+    import importlib.util
+    import json
+    import sys
+
+    from tests.conftest import REPO_ROOT
+    from vital_hub.training import family_shapes
+
+    monkeypatch.setitem(family_shapes.PUBLISHED, family, narrow(family_shapes.PUBLISHED[family]))
+    spec = importlib.util.spec_from_file_location(
+        "sft_throughput_geometry", REPO_ROOT / "benchmarks" / "sft_throughput.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    for case in ("lora-tuned-1gpu", "lora-packed-1gpu"):
+        result = tmp_path / f"{case}.json"
+        argv = ["--worker", case, "--result", str(result), "--model", model, "--size", "full", "--steps", "2"]
+        assert bench.main([*argv, "--warmup", "1", "--batch-size", "2", "--workers", "0"]) == 0
+        measured = json.loads(result.read_text())
+        assert "error" not in measured, measured["error"]
+        assert measured["tokens_per_s"] > 0 and measured["tokens_per_sample"] > 256
