@@ -711,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.case_batch = {name: int(size) for name, size in (item.split("=") for item in args.case_batch)}
+    if args.model != "llava-1.5" and args.size not in ("tiny", "full", "7b"):
+        parser.error(f"--size {args.size} is not built for {args.model}: tiny or full")
     if args.compare_curves:
         compare_curves(args.compare_curves, args.plot)
         return 0
