@@ -117,9 +117,9 @@ MODELS = {
                       ("connector",)),
 }  # fmt: skip
 # Models whose full fine-tune fits one 80 GB GPU without FSDP (the 1-GPU full cases run by default for them).
-# SmolVLM2-2.2B: 2.25B parameters, 1.84B trainable with the vision tower (0.41B) frozen. bf16 weights, gradients and
-# AdamW states: 2.25B x 2 + 1.84B x (2 + 4) bytes = 15.5 GB; with fp32 masters (`--precision mixed`): 2.25B x 4 +
-# 1.84B x (4 + 8) bytes = 31.1 GB, plus the bf16 weight copies autocast makes (4.5 GB). Activations without
+# SmolVLM2-2.2B: 2.25B parameters, 1.83B trainable with the vision tower (0.41B) frozen. bf16 weights, gradients and
+# AdamW states: 2.25B x 2 + 1.83B x (2 + 4) bytes = 15.5 GB; with fp32 masters (`--precision mixed`): 2.25B x 4 +
+# 1.83B x (4 + 8) bytes = 31.0 GB, plus the bf16 weight copies autocast makes (4.5 GB). Activations without
 # gradient checkpointing, ~2.6 MB a token (24 layers of width 2048 and MLP width 8192, ~110 KB a token a layer),
 # are 32 GB for 8 rows of ~1,500 tokens (SmolVLM's 384 px tiles: up to 17 x 81 image tokens a figure), 43 GB when
 # padded to the longest row, plus ~6 GB for the logits over 49,280 tokens: ~65 GB in bf16, over 80 GB with fp32
