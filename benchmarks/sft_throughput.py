@@ -1,17 +1,35 @@
-"""SFT throughput: vital-hub's recipe settings against TRL's stock VLM SFT, on a LLaVA-1.5-7B-shaped or a
-Qwen2.5-VL-7B-shaped model (`--model`).
+"""SFT throughput: vital-hub's recipe settings against TRL's stock VLM SFT, on a random-weight model at the published
+shapes of one of six checkpoints (`--model`).
 
-Both sides train the same random-weight model (bf16) on the same synthetic rows shaped like the 80K mix (one
-figure of 256-1024 px a side, one to six rounds), in the same run, one process group per case. LLaVA-1.5-7B:
-CLIP ViT-L/14-336 + Llama-2-7B shapes, ~860 tokens a row with the 576 image tokens. Qwen2.5-VL-7B: its vision
-tower, merger and Qwen2 language model at the published shapes, figures at the recipe's pixel budget (64 to 640
-visual tokens, `recipes/qwen2.5-vl-7b`), so rows differ in image tokens as real PMC figures do.
+Both sides train the same random-weight model on the same synthetic rows shaped like the 80K mix (one figure of
+256-1024 px a side, one to six rounds), in the same run, one process group per case. The models (`MODELS`; size
+`full` is built by `vital_hub.training.family_models`, whose `family_shapes` checks each against the parameter
+count on its model page):
+
+|--model   |checkpoint (Hub)                    |image tokens a figure|LoRA in       |in full                        |
+|----------|------------------------------------|---------------------|--------------|-------------------------------|
+|llava-1.5 |llava-hf/llava-1.5-7b-hf            |576 (336 px)         |language_model|multi_modal_projector          |
+|qwen2.5-vl|Qwen/Qwen2.5-VL-7B-Instruct         |64-640 (28 px each)  |language_model|merger                         |
+|qwen3-vl  |Qwen/Qwen3-VL-8B-Instruct           |64-640 (32 px each)  |language_model|merger, deepstack_merger_list.N|
+|gemma3    |google/gemma-3-4b-it                |256 (896 px)         |language_model|multi_modal_projector          |
+|internvl3 |OpenGVLab/InternVL3-8B-hf           |256 x 1-4 tiles      |language_model|multi_modal_projector          |
+|smolvlm2  |HuggingFaceTB/SmolVLM2-2.2B-Instruct|81 x up to 17 tiles  |text_model    |connector                      |
+
+Image tokens follow each checkpoint's image processor and the pixel budget of its recipe under `recipes/` (Qwen:
+64 to 640 merged patches; InternVL: up to 3 tiles and the thumbnail; SmolVLM: figures resized to 1536 px on the
+longer side, tiles and the global view), so rows differ in image tokens as real PMC figures do. LoRA (r16) adapts
+the q/k/v/o and MLP projections of the language model (SmolVLM calls it `text_model`); the projector trains in
+full through `modules_to_save` (each of Qwen3-VL's deepstack mergers by itself, since PEFT wraps what it saves
+as one module it calls); both are checked with `vital_hub.training.freeze.check_lora`, as `recipes/sft.py`
+checks a recipe.
 
 - stock: `SFTTrainer` with its defaults for VLM data: TRL's own collator (loss on every token, image tokens
   included), gradient checkpointing on, everything trainable (full) or LoRA r16 on all linear layers, data
   processed in the training process, random order.
-- tuned (LoRA): what a user who knows TRL runs: stock `SFTTrainer` and collator, gradient checkpointing off, LoRA
-  r16 on the same language-model layers as ours and the projector trained in full (`modules_to_save`).
+- tuned: what a user who knows TRL runs: stock `SFTTrainer` and collator, gradient checkpointing off, and the same
+  trainable parts as ours: LoRA r16 on the same language-model layers with the projector in full
+  (`modules_to_save`), or, full, everything but the vision tower. Where TRL's collator cannot batch a model's
+  rows, the stock and tuned cases report why in the table instead of training.
 - ours: what `recipes/sft.py` does: assistant-only labels (TRL's fused LM head then scores only those positions),
   vision tower frozen, no gradient checkpointing, DataLoader workers, length-grouped batches padded to a multiple
   of 64 (few shapes, so cuDNN attention plans are reused), the caching allocator with expandable segments, and
@@ -21,20 +39,29 @@ visual tokens, `recipes/qwen2.5-vl-7b`), so rows differ in image tokens as real 
   varlen attention call per layer (PyTorch's `torch.nn.attention.varlen` where present), and Qwen's vision tower
   in one attention call per layer over every window and image.
 
-Full fine-tunes run under FSDP2 with `--precision mixed` (accelerate's bf16 mixed precision: fp32 master weights,
-16 bytes a parameter) or `--precision bf16` (bf16 weights and optimizer states, as the issue's stock reference).
+Full fine-tunes on several GPUs run under FSDP2; on one GPU (`full-tuned-1gpu`, `full-ours-1gpu`,
+`full-packed-1gpu`: one process, no FSDP, run by default for the models in `ONE_GPU_FULL`, SmolVLM2-2.2B) the
+model trains as it is. `--precision mixed` is bf16 compute over fp32 master weights (16 bytes a trainable
+parameter: FSDP2 upcasts the trainable weights, one process builds the model in fp32 under bf16 autocast) and
+`--precision bf16` bf16 weights and optimizer states (8 bytes a parameter, as the issue's stock reference); the
+memory arithmetic for one GPU is at `ONE_GPU_FULL`.
 
 Tokens are the real (non-padding) input tokens, image tokens included, counted by TRL for every case: from the
-attention mask of a padded batch, from the length of a packed one. Model FLOPs use the
-6N rule over all parameters (as the issue's reference numbers do), so MFU = 6 N tokens/s / peak; a frozen vision
-tower does less work than 6N counts, which the `trainable` column shows. `--profile-dir` profiles one extra step
-per case and writes where its GPU time went (busy time by kernel kind, the top kernels, a Chrome trace).
+attention mask of a padded batch, from the length of a packed one (the `tokens` of a padded and a packed case on
+the same rows are equal). Model FLOPs use the 6N rule over all parameters (as the issue's reference numbers do),
+so MFU = 6 N tokens/s / peak; a frozen vision tower does less work than 6N counts, which the `trainable` column
+shows. `--profile-dir` profiles one extra step per case and writes where its GPU time went (busy time by kernel
+kind, the top kernels, a Chrome trace). `--size tiny` runs any model at a CPU smoke size.
 
     python benchmarks/sft_throughput.py                          # every case the GPUs here fit, then the table
     python benchmarks/sft_throughput.py --cases full-ours-2gpu full-stock-2gpu --precision bf16 --compile \
         --steps 30 --warmup 10
     python benchmarks/sft_throughput.py --cases full-ours-4gpu full-stock-4gpu --compile --steps 30 --warmup 10
     python benchmarks/sft_throughput.py --model qwen2.5-vl --cases lora-tuned-1gpu lora-ours-1gpu lora-packed-1gpu \
+        --steps 30 --warmup 10
+    python benchmarks/sft_throughput.py --model qwen3-vl --cases lora-tuned-1gpu lora-packed-1gpu --steps 30 \
+        --warmup 10
+    python benchmarks/sft_throughput.py --model smolvlm2 --cases full-tuned-1gpu full-packed-1gpu --precision bf16 \
         --steps 30 --warmup 10
     python benchmarks/sft_throughput.py --compare-curves one_gpu/trainer_state.json two_gpu/trainer_state.json
 """
@@ -55,7 +82,49 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16, vendor datasheets
-LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def language_lora_targets(language_model: str) -> str:
+    """LoRA on every linear layer of the language model's decoder (the recipes' `lora_target_modules`)."""
+    return rf".*{language_model}.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A benchmarked model: its family builder (`vital_hub.training.family_models`, size "full" = the published
+    shape of `checkpoint`), the LoRA targets of its language model and the projector modules trained in full
+    beside LoRA (`modules_to_save`, the same for the tuned stock case and ours)."""
+
+    family: str
+    checkpoint: str
+    lora_targets: str
+    projector: tuple[str, ...]
+
+
+MODELS = {
+    "llava-1.5": Model("llava-1.5", "llava-hf/llava-1.5-7b-hf", language_lora_targets("language_model"),
+                       ("multi_modal_projector",)),
+    "qwen2.5-vl": Model("qwen2.5-vl", "Qwen/Qwen2.5-VL-7B-Instruct", language_lora_targets("language_model"),
+                        ("merger",)),
+    "qwen3-vl": Model("qwen3-vl", "Qwen/Qwen3-VL-8B-Instruct", language_lora_targets("language_model"),
+                      ("merger", "deepstack_merger_list")),
+    "gemma3": Model("gemma3", "google/gemma-3-4b-it", language_lora_targets("language_model"),
+                    ("multi_modal_projector",)),
+    "internvl3": Model("internvl", "OpenGVLab/InternVL3-8B-hf", language_lora_targets("language_model"),
+                       ("multi_modal_projector",)),
+    # SmolVLM (like Idefics3) calls its language model `text_model` and its projector `connector`.
+    "smolvlm2": Model("smolvlm", "HuggingFaceTB/SmolVLM2-2.2B-Instruct", language_lora_targets("text_model"),
+                      ("connector",)),
+}  # fmt: skip
+# Models whose full fine-tune fits one 80 GB GPU without FSDP (the 1-GPU full cases run by default for them).
+# SmolVLM2-2.2B: 2.25B parameters, 1.83B trainable with the vision tower (0.41B) frozen. bf16 weights, gradients and
+# AdamW states: 2.25B x 2 + 1.83B x (2 + 4) bytes = 15.5 GB; with fp32 masters (`--precision mixed`): 2.25B x 4 +
+# 1.83B x (4 + 8) bytes = 31.0 GB, plus the bf16 weight copies autocast makes (4.5 GB). Activations without
+# gradient checkpointing, ~2.6 MB a token (24 layers of width 2048 and MLP width 8192, ~110 KB a token a layer),
+# are 32 GB for 8 rows of ~1,500 tokens (SmolVLM's 384 px tiles: up to 17 x 81 image tokens a figure), 43 GB when
+# padded to the longest row, plus ~6 GB for the logits over 49,280 tokens: ~65 GB in bf16, over 80 GB with fp32
+# masters at 8 rows. So `--precision bf16` runs 8 rows a step and `mixed` 4 (`Case.default_batch`).
+ONE_GPU_FULL = ("smolvlm2",)
 
 
 @dataclass(frozen=True)
@@ -67,8 +136,9 @@ class Case:
     def default_batch(self, precision: str, requested: int) -> int:
         """Rows per GPU. Without gradient checkpointing, a full fine-tune with fp32 master weights sharded over
         2 GPUs (16 bytes a parameter, 56 GB a GPU) leaves room for 4 rows on 80 GB; bf16 weights and optimizer
-        (8 bytes a parameter) or 4 GPUs leave room for 8."""
-        if self.mode == "full" and self.variant in ("ours", "packed") and precision == "mixed" and self.gpus < 4:
+        (8 bytes a parameter) or 4 GPUs leave room for 8. On one GPU (SmolVLM2-2.2B, see ONE_GPU_FULL) the tuned
+        stock case runs without gradient checkpointing too, so it gets the same rows as ours."""
+        if self.mode == "full" and self.variant != "stock" and precision == "mixed" and self.gpus < 4:
             return min(requested, 4)
         return requested
 
@@ -79,6 +149,9 @@ CASES = {
     "lora-ours-1gpu": Case("lora", "ours", 1),
     "lora-packed-1gpu": Case("lora", "packed", 1),
     "lora-ours-2gpu": Case("lora", "ours", 2),
+    "full-tuned-1gpu": Case("full", "tuned", 1),
+    "full-ours-1gpu": Case("full", "ours", 1),
+    "full-packed-1gpu": Case("full", "packed", 1),
     "full-stock-2gpu": Case("full", "stock", 2),
     "full-ours-2gpu": Case("full", "ours", 2),
     "full-stock-4gpu": Case("full", "stock", 4),
@@ -104,7 +177,8 @@ FSDP2_CONFIG = {
         "fsdp_offload_params": False,
         "fsdp_reshard_after_forward": True,
         "fsdp_state_dict_type": "SHARDED_STATE_DICT",
-        # LLaVA's _no_split_modules names CLIPTextEmbeddings, absent from a vision-only tower: name the layers.
+        # The model's repeated layers (`layer_classes`), named: LLaVA's _no_split_modules names CLIPTextEmbeddings,
+        # absent from a vision-only tower, and accelerate refuses a class the model does not have.
         "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer,CLIPEncoderLayer",
     },
 }
@@ -129,21 +203,52 @@ def our_dataset(rows):
     return with_length_column(training_columns(rows))
 
 
-MODELS = ("llava-1.5", "qwen2.5-vl")
-PROJECTOR = {"llava-1.5": ["multi_modal_projector"], "qwen2.5-vl": ["merger"]}  # trained in full beside LoRA
-
-
 def model_parts(args):
-    """(processor, config) of the benchmarked model, built offline."""
-    if args.model == "qwen2.5-vl":
+    """(processor, config) of the benchmarked model, built offline: `--size full` is the published shape of the
+    model's checkpoint (LLaVA-1.5: size 7b of `vital_hub.training.synthetic.SIZES`), `tiny` the CPU smoke size."""
+    if args.model != "llava-1.5":
         from vital_hub.training.family_models import build_family
 
-        return build_family("qwen2.5-vl", "tiny" if args.size == "tiny" else "7b")
+        return build_family(MODELS[args.model].family, "tiny" if args.size == "tiny" else "full")
     from vital_hub.training.synthetic import SIZES, build_processor, llava_config
 
-    vision = SIZES[args.size][0]
+    size = "7b" if args.size == "full" else args.size
+    vision = SIZES[size][0]
     processor = build_processor("llava-1.5", image_size=vision[4], patch_size=vision[5])
-    return processor, llava_config(args.size, processor)
+    return processor, llava_config(size, processor)
+
+
+def projector_to_save(model, names: tuple[str, ...]) -> list[str]:
+    """PEFT `modules_to_save` entries for the projector modules `names`: a module list (Qwen3-VL's
+    `deepstack_merger_list`) by its members, since PEFT wraps each entry as one module it calls."""
+    import torch
+
+    entries = []
+    for name, module in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if last not in names:
+            continue
+        if isinstance(module, torch.nn.ModuleList):
+            entries += [f"{last}.{index}" for index in range(len(module))]
+        else:
+            entries.append(last)
+    return list(dict.fromkeys(entries))
+
+
+def lora_config(model, spec: Model):
+    """LoRA r16 on the language model, the projector in full; checked against the family's parts the way
+    `recipes/sft.py` checks a recipe (a target that matches nothing, or a projector part left out, is an error)."""
+    from peft import LoraConfig
+
+    from vital_hub.training.freeze import check_lora
+
+    to_save = projector_to_save(model, spec.projector)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=spec.lora_targets, modules_to_save=list(to_save))
+    check_lora(model, config)  # adds any projector module the table missed to modules_to_save
+    if list(config.modules_to_save) != to_save:
+        missed = sorted(set(config.modules_to_save) - set(to_save))
+        raise ValueError(f"{spec.family}: the projector table leaves out {missed}")
+    return config
 
 
 def build_trainer(case: Case, args, output_dir: str):
@@ -157,16 +262,20 @@ def build_trainer(case: Case, args, output_dir: str):
     from vital_hub.training.model import compile_pointwise_modules
 
     processor, config = model_parts(args)
+    spec = MODELS[args.model]
     torch.manual_seed(0)
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    # "bf16": weights and optimizer states in bf16 (no autocast; FSDP2 keeps the bf16 dtype); "mixed": accelerate's
+    # bf16 mixed precision over fp32 master weights: FSDP2 upcasts the trainable weights itself; in one process
+    # without FSDP the model is built in fp32 and autocast computes in bf16.
+    pure_bf16 = case.mode == "full" and args.precision == "bf16"
+    fp32_masters = case.mode == "full" and case.gpus == 1 and not pure_bf16
+    dtype = torch.float32 if fp32_masters else torch.bfloat16
     with torch.device(device):
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation="sdpa")
     n_params = sum(p.numel() for p in model.parameters())  # before any adapter is added
     steps = args.steps + (1 if args.profile_dir else 0)
     rows = build_rows(steps * args.batch_size * case.gpus + 8, seed=1)
-    # "bf16": weights and optimizer states in bf16 (no autocast; FSDP2 keeps the bf16 dtype); "mixed": accelerate's
-    # bf16 mixed precision, which under FSDP2 upcasts the trainable weights to fp32 masters.
-    pure_bf16 = case.mode == "full" and args.precision == "bf16"
     common = dict(
         output_dir=output_dir,
         per_device_train_batch_size=args.batch_size,
@@ -187,8 +296,11 @@ def build_trainer(case: Case, args, output_dir: str):
                           peft_config=peft_config), n_params  # fmt: skip
     if case.variant == "tuned":
         training_args = SFTConfig(**common, gradient_checkpointing=False)  # TRL's collator, random order
-        peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=LANGUAGE_LORA_TARGETS,
-                                 modules_to_save=PROJECTOR[args.model])  # fmt: skip
+        peft_config = None
+        if case.mode == "lora":
+            peft_config = lora_config(model, spec)
+        else:  # the same trainable parts as ours: everything but the vision tower
+            set_trainable(model, "full", freeze_vision_tower=True)
         return SFTTrainer(model=model, args=training_args, train_dataset=rows, processing_class=processor,
                           peft_config=peft_config), n_params  # fmt: skip
     training_args = SFTConfig(
@@ -203,8 +315,7 @@ def build_trainer(case: Case, args, output_dir: str):
     )
     peft_config = None
     if case.mode == "lora":
-        peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=LANGUAGE_LORA_TARGETS,
-                                 modules_to_save=PROJECTOR[args.model])  # fmt: skip
+        peft_config = lora_config(model, spec)
     else:
         set_trainable(model, "full", freeze_vision_tower=True)
     if args.compile:
@@ -323,6 +434,17 @@ def peak_flops(device_name: str) -> float | None:
     return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in device_name), None)
 
 
+def stock_collator_error(trainer, model: str) -> str | None:
+    """Why TRL's own collator cannot batch this model's rows (the stock and tuned cases use it), or None."""
+    rows = [trainer.train_dataset[index] for index in range(2)]
+    try:
+        trainer.data_collator(rows)
+    except Exception as err:  # any failure of TRL's collator is the finding, reported in the table
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return f"TRL's collator cannot batch {model} rows: {type(err).__name__}: {reason[:300]}"
+    return None
+
+
 def run_worker(case_name: str, args) -> None:
     import torch
     from transformers import TrainerCallback
@@ -330,6 +452,10 @@ def run_worker(case_name: str, args) -> None:
     case = CASES[case_name]
     with tempfile.TemporaryDirectory() as output_dir:
         trainer, n_params = build_trainer(case, args, output_dir)
+        if case.variant in ("stock", "tuned") and (error := stock_collator_error(trainer, args.model)):
+            if trainer.accelerator.is_main_process:
+                Path(args.result).write_text(json.dumps({"case": case_name, "model": args.model, "error": error}))
+            return
         marks: list[tuple[int, float, int]] = []
 
         class Meter(TrainerCallback):
@@ -363,6 +489,7 @@ def run_worker(case_name: str, args) -> None:
             "size": args.size,
             "batch_per_gpu": args.batch_size,
             "steps_timed": last_step - args.warmup,
+            "tokens": tokens_end,  # real tokens of every step, warm-up included
             "tokens_per_sample": tokens_end / (last_step * args.batch_size * case.gpus),
             "tokens_per_s": tokens_per_s,
             "tokens_per_s_per_gpu": per_gpu,
@@ -429,6 +556,30 @@ def run_case(case_name: str, args, batch_size: int, scratch: Path, fsdp_config: 
     return {**json.loads(result.read_text()), "wall_s": wall}
 
 
+def layer_classes(args) -> list[str]:
+    """Class names of the model's repeated layers (the members of its module lists: decoder layers, vision
+    encoder layers or blocks, Qwen3-VL's deepstack mergers), which FSDP2 shards one by one; built on the meta
+    device, so the driver needs no memory for it."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(model_parts(args)[1])
+    names = [
+        type(layer).__name__
+        for module in model.modules()
+        if isinstance(module, torch.nn.ModuleList)
+        for layer in module
+        if not isinstance(layer, torch.nn.ModuleList)
+    ]
+    return sorted(set(names))
+
+
+def default_case(case: Case, model: str) -> bool:
+    """Whether a run without `--cases` includes `case`: full fine-tunes on one GPU only for the models that fit."""
+    return not (case.mode == "full" and case.gpus == 1) or model in ONE_GPU_FULL
+
+
 def run_cases(args) -> list[dict]:
     import yaml
 
@@ -436,6 +587,9 @@ def run_cases(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as scratch:
         fsdp_config = Path(scratch) / "fsdp2.yaml"
         fsdp = {**FSDP2_CONFIG, "mixed_precision": "no" if args.precision == "bf16" else "bf16"}
+        if any(CASES[name].mode == "full" and CASES[name].gpus > 1 for name in args.cases):
+            layers = ",".join(layer_classes(args))
+            fsdp["fsdp_config"] = {**fsdp["fsdp_config"], "fsdp_transformer_layer_cls_to_wrap": layers}
         fsdp_config.write_text(yaml.safe_dump(fsdp))
         for case_name in args.cases:
             batch_size = args.case_batch.get(case_name) or CASES[case_name].default_batch(
@@ -449,7 +603,7 @@ def run_cases(args) -> list[dict]:
                     continue
                 break
             if "error" in outcome:
-                print(f"--- {case_name} failed ({outcome['error']}) ---\n{outcome.pop('log')}", flush=True)
+                print(f"--- {case_name} failed ({outcome['error']}) ---\n{outcome.pop('log', '')}", flush=True)
             else:
                 print(json.dumps(outcome), flush=True)
             results.append(outcome)
@@ -469,7 +623,7 @@ def print_table(results: list[dict]) -> None:
         print(f"{r['case']:<17}{r['model']:<12}{r['device'][:23]:<24}{r['batch_per_gpu']:>6}{r['tokens_per_s_per_gpu']:>10.0f}{r['model_tflops_per_gpu']:>9.0f}"
               f"{mfu:>7}{memory:>9}{r['tokens_per_sample']:>8.0f}")  # fmt: skip
     print()
-    for mode, gpus in (("lora", 1), ("full", 2), ("full", 4)):
+    for mode, gpus in (("lora", 1), ("full", 1), ("full", 2), ("full", 4)):
         for baseline in ("stock", "tuned"):
             base = by_name.get(f"{mode}-{baseline}-{gpus}gpu")
             for variant in ("ours", "packed"):
@@ -477,10 +631,12 @@ def print_table(results: list[dict]) -> None:
                 if mine and base:
                     ratio = mine["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
                     print(f"{mode} on {gpus} GPU(s): {variant} / {baseline} throughput = {ratio:.2f}x")
-    ours, packed = by_name.get("lora-ours-1gpu"), by_name.get("lora-packed-1gpu")
-    if ours and packed and ours.get("losses") and packed.get("losses"):  # same rows, same order, same seed
-        gaps = [abs(a - b) for a, b in zip(ours["losses"], packed["losses"], strict=False)]
-        print(f"packed vs padded loss curve (LoRA, 1 GPU): max |difference| {max(gaps):.4f} over {len(gaps)} steps")
+    for mode in ("lora", "full"):
+        ours, packed = by_name.get(f"{mode}-ours-1gpu"), by_name.get(f"{mode}-packed-1gpu")
+        if ours and packed and ours.get("losses") and packed.get("losses"):  # same rows, same order, same seed
+            gaps = [abs(a - b) for a, b in zip(ours["losses"], packed["losses"], strict=False)]
+            print(f"packed vs padded loss curve ({mode}, 1 GPU): max |difference| {max(gaps):.4f} over {len(gaps)} "
+                  f"steps; real tokens {packed['tokens']:,} packed, {ours['tokens']:,} padded")  # fmt: skip
     for r in results:
         if "error" not in r and r.get("losses"):
             print(f"{r['case']}: loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} over {len(r['losses'])} steps")
@@ -523,8 +679,13 @@ def compare_curves(paths: list[str], plot: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", choices=list(CASES), help="default: every case this machine's GPUs fit")
-    parser.add_argument("--model", choices=MODELS, default="llava-1.5", help="the model shape to benchmark")
-    parser.add_argument("--size", default="7b", help="LLaVA size from vital_hub.training.synthetic.SIZES")
+    parser.add_argument("--model", choices=list(MODELS), default="llava-1.5", help="the model shape to benchmark")
+    parser.add_argument(
+        "--size",
+        default="full",
+        help="full: the published shape of the model's checkpoint; tiny: the CPU smoke size (LLaVA: any size of "
+        "vital_hub.training.synthetic.SIZES)",
+    )
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per case")
     parser.add_argument("--warmup", type=int, default=4, help="steps left out of the timing")
     parser.add_argument("--batch-size", type=int, default=8, help="per GPU (the stock reference used 8)")
@@ -550,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.case_batch = {name: int(size) for name, size in (item.split("=") for item in args.case_batch)}
+    if args.model != "llava-1.5" and args.size not in ("tiny", "full", "7b"):
+        parser.error(f"--size {args.size} is not built for {args.model}: tiny or full")
     if args.compare_curves:
         compare_curves(args.compare_curves, args.plot)
         return 0
@@ -560,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         gpus = max(torch.cuda.device_count(), 1)
-        args.cases = [name for name, case in CASES.items() if case.gpus <= gpus]
+        args.cases = [name for name, case in CASES.items() if case.gpus <= gpus and default_case(case, args.model)]
     results = run_cases(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

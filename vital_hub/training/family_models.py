@@ -5,10 +5,13 @@ Nothing downloads. The tokenizer is the offline byte-level BPE of `synthetic.bui
 special tokens added under the names its processor looks for; image processors are the Pillow-backed classes
 transformers ships (no torchvision), and processors are their image-only variants (`processors.image_only`), so
 the same folders load on a CPU machine without torchvision. Sizes: `tiny` for CPU
-tests (a few hundred thousand parameters), and `7b` for Qwen2.5-VL (Qwen2.5-VL-7B-Instruct's shapes, with the pixel
-budget of `recipes/qwen2.5-vl-7b`: 64 to 640 visual tokens) for GPU throughput runs with random weights.
+tests (a few hundred thousand parameters), and `full` for GPU throughput runs with random weights: the published
+shape of the family's benchmarked checkpoint (Qwen2.5-VL-7B-Instruct, Qwen3-VL-8B-Instruct, gemma-3-4b-it,
+InternVL3-8B-hf, SmolVLM2-2.2B-Instruct) with the image processor settings that set its image tokens, as
+`family_shapes` lists them (`7b` is Qwen2.5-VL's `full` under its earlier name).
 
     python -m vital_hub.training.family_models --family qwen2.5-vl --size tiny --out runs/qwen-tiny
+    python -m vital_hub.training.family_models --family smolvlm --size full --out runs/smolvlm2-2.2b-shapes
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from vital_hub.training.family_kit import (
     tokenizer_with,
 )
 from vital_hub.training.family_models_recent import BUILDERS as RECENT
+from vital_hub.training.family_shapes import PUBLISHED, published
 from vital_hub.training.processors import image_only
 
 
@@ -36,27 +40,23 @@ def qwen2_5_vl(size: str):
     Qwen2VLImageProcessorPil = pil_class("qwen2_vl", "Qwen2VLImageProcessor")
 
     tokenizer = tokenizer_with(QWEN_SPECIALS, eos="<|im_end|>")
-    if size == "7b":
-        text = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
-                "num_key_value_heads": 4, "max_position_embeddings": 32768, "vocab_size": 152064}  # fmt: skip
-        vision = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 3584,
-                  "fullatt_block_indexes": [7, 15, 23, 31], "window_size": 112}  # fmt: skip
-        mrope = [16, 24, 24]
+    if size == "full":
+        shape = published("qwen2.5-vl")
+        text, vision, top, image = dict(shape.text), shape.vision, shape.top, shape.image
     else:
-        text = {**TEXT_TINY, "vocab_size": len(tokenizer)}
+        text = {**TEXT_TINY, "vocab_size": len(tokenizer),
+                "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1000000.0}}  # fmt: skip
         text.pop("head_dim")
         vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
-                  "fullatt_block_indexes": [1], "window_size": 56}  # fmt: skip
-        mrope = [2, 3, 3]
-    text["rope_parameters"] = {"rope_type": "default", "mrope_section": mrope, "rope_theta": 1000000.0}
+                  "fullatt_block_indexes": [1], "window_size": 56, "patch_size": 14, "spatial_merge_size": 2,
+                  "temporal_patch_size": 2}  # fmt: skip
+        top, image = {}, {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 64}
     config = Qwen2_5_VLConfig(
-        text_config={**text, **special_ids(tokenizer)},
-        vision_config={**vision, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
-        **qwen_vision_ids(tokenizer),
-    )  # fmt: skip
+        text_config={**text, **special_ids(tokenizer)}, vision_config=vision, **top, **qwen_vision_ids(tokenizer)
+    )
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=14, merge_size=2, temporal_patch_size=2,
-        size={"shortest_edge": 28 * 28 * (64 if size == "7b" else 4), "longest_edge": 28 * 28 * (640 if size == "7b" else 64)},
+        size={"shortest_edge": image["min_pixels"], "longest_edge": image["max_pixels"]},
     )  # fmt: skip
     processor = image_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
                                     chat_template=chat_template("qwen2_5_vl"))  # fmt: skip
@@ -69,19 +69,24 @@ def qwen3_vl(size: str):
     Qwen2VLImageProcessorPil = pil_class("qwen2_vl", "Qwen2VLImageProcessor")
 
     tokenizer = tokenizer_with(QWEN_SPECIALS, eos="<|im_end|>")
-    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer),
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True,
-                                "rope_theta": 5000000.0}}  # fmt: skip
-    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
-              "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64,
-              "deepstack_visual_indexes": [0]}  # fmt: skip
+    if size == "full":
+        shape = published("qwen3-vl")
+        text, vision, top, image = shape.text, shape.vision, shape.top, shape.image
+    else:
+        text = {**TEXT_TINY, "vocab_size": len(tokenizer),
+                "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True,
+                                    "rope_theta": 5000000.0}}  # fmt: skip
+        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                  "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64,
+                  "deepstack_visual_indexes": [0]}  # fmt: skip
+        top, image = {}, {"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 64}
     config = Qwen3VLConfig(
-        text_config=text, vision_config=vision,
-        **qwen_vision_ids(tokenizer),
-    )  # fmt: skip
+        text_config={**text, **special_ids(tokenizer)}, vision_config=vision, **top, **qwen_vision_ids(tokenizer)
+    )
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=16, merge_size=2, temporal_patch_size=2,
-        size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        size={"shortest_edge": image["min_pixels"], "longest_edge": image["max_pixels"]},
+        image_mean=[0.5] * 3, image_std=[0.5] * 3,
     )  # fmt: skip
     processor = image_only(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
                                  chat_template=chat_template("qwen3_vl"))  # fmt: skip
@@ -95,17 +100,23 @@ def gemma3(size: str):
 
     named = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
     tokenizer = tokenizer_with(["<start_of_turn>", "<end_of_turn>", *named.values()], named, bos="<bos>", eos="<eos>")
-    image_size, patch, tokens = 56, 14, 4  # 4x4 patches pooled to 2x2 image tokens
-    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer), "sliding_window": 64,
-            "layer_types": ["sliding_attention", "full_attention"]}  # fmt: skip
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": image_size, "patch_size": patch}  # fmt: skip
+    if size == "full":
+        shape = published("gemma3")
+        text, vision, top = shape.text, shape.vision, shape.top
+        image_size, tokens = shape.image["image_size"], shape.image["tokens"]
+    else:
+        image_size, patch, tokens = 56, 14, 4  # 4x4 patches pooled to 2x2 image tokens
+        text = {**TEXT_TINY, "vocab_size": len(tokenizer), "sliding_window": 64,
+                "layer_types": ["sliding_attention", "full_attention"]}  # fmt: skip
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "image_size": image_size, "patch_size": patch}  # fmt: skip
+        top = {"mm_tokens_per_image": tokens}
     config = Gemma3Config(
-        text_config=text, vision_config=vision, mm_tokens_per_image=tokens,
+        text_config={**text, **special_ids(tokenizer)}, vision_config=vision, **top,
         **ids_of(tokenizer, image_token_id=named["image_token"], boi_token_id=named["boi_token"],
                eoi_token_id=named["eoi_token"]),
     )  # fmt: skip
-    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size}, do_pan_and_scan=False)
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens,
                                 chat_template=chat_template("gemma3"))  # fmt: skip
     return processor, config
@@ -120,15 +131,21 @@ def smolvlm(size: str):
     named = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
              "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"}  # fmt: skip
     tokenizer = tokenizer_with(["<|im_start|>", *named.values(), *grid], named, eos="<end_of_utterance>")
-    tile, patch, scale = 32, 8, 2  # a 32 px tile is 4x4 patches, pixel-shuffled by 2 into 4 image tokens
-    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer)}
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": tile, "patch_size": patch}  # fmt: skip
-    config = SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=scale,
+    if size == "full":
+        shape = published("smolvlm")
+        text, vision, top = shape.text, shape.vision, shape.top
+        tile, longest, tokens = shape.image["tile"], shape.image["longest_edge"], shape.image["tokens"]
+    else:
+        tile, patch, scale = 32, 8, 2  # a 32 px tile is 4x4 patches, pixel-shuffled by 2 into 4 image tokens
+        text = {**TEXT_TINY, "vocab_size": len(tokenizer)}
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "image_size": tile, "patch_size": patch}  # fmt: skip
+        top, longest, tokens = {"scale_factor": scale}, 2 * tile, (tile // patch) ** 2 // scale**2
+    config = SmolVLMConfig(text_config={**text, **special_ids(tokenizer)}, vision_config=vision, **top,
                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"))  # fmt: skip
-    image_processor = SmolVLMImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile})
+    image_processor = SmolVLMImageProcessorPil(size={"longest_edge": longest}, max_image_size={"longest_edge": tile})
     processor = image_only(SmolVLMProcessor)(image_processor=image_processor, tokenizer=tokenizer,
-                                 image_seq_len=(tile // patch) ** 2 // scale**2, chat_template=chat_template("smolvlm"))  # fmt: skip
+                                 image_seq_len=tokens, chat_template=chat_template("smolvlm"))  # fmt: skip
     return processor, config
 
 
@@ -160,17 +177,23 @@ def internvl(size: str):
     named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
              "video_token": "<video>"}  # fmt: skip
     tokenizer = tokenizer_with(["<|im_start|>", "<|im_end|>", *named.values()], named, eos="<|im_end|>")
-    image_size, patch = 32, 8  # 4x4 patches, pixel-shuffled by 0.5 into 4 image tokens per tile
-    text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer)}
-    text.pop("head_dim")
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": [image_size, image_size], "patch_size": [patch, patch]}  # fmt: skip
-    config = InternVLConfig(text_config={**text, "model_type": "qwen2"}, vision_config=vision,
-                            image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5)  # fmt: skip
+    if size == "full":
+        shape = published("internvl")
+        text, vision, top, image = shape.text, shape.vision, shape.top, dict(shape.image)
+        image_size, tokens, max_patches = image.pop("image_size"), image.pop("tokens"), image.pop("max_patches")
+    else:
+        image_size, patch, tokens, max_patches = 32, 8, 4, 4  # 4x4 patches, pixel-shuffled by 0.5 into 4 tokens
+        text = {**TEXT_TINY, "vocab_size": len(tokenizer), "model_type": "qwen2"}
+        text.pop("head_dim")
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "image_size": [image_size, image_size], "patch_size": [patch, patch]}  # fmt: skip
+        top, image = {"downsample_ratio": 0.5}, {}
+    config = InternVLConfig(text_config={**text, **special_ids(tokenizer)}, vision_config=vision, **top,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"))  # fmt: skip
     image_processor = GotOcr2ImageProcessorPil(size={"height": image_size, "width": image_size}, crop_to_patches=True,
-                                               min_patches=1, max_patches=4)  # fmt: skip
+                                               min_patches=1, max_patches=max_patches, **image)  # fmt: skip
     processor = image_only(InternVLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_length=4, chat_template=chat_template("internvl"))  # fmt: skip
+                                  image_seq_length=tokens, chat_template=chat_template("internvl"))  # fmt: skip
     return processor, config
 
 
@@ -223,12 +246,20 @@ BUILDERS = {
 }
 
 
+SIZES = ("tiny", "full", "7b")  # "7b": Qwen2.5-VL's full size under its earlier name
+
+
 def build_family(family: str, size: str = "tiny"):
     """(processor, config) of a family at a size; see the module docstring."""
     if family not in BUILDERS:
         raise KeyError(f"unknown family {family!r}; known: {sorted(BUILDERS)}")
-    if size not in ("tiny", "7b") or (size == "7b" and family != "qwen2.5-vl"):
-        raise ValueError(f"size {size!r} is not built for {family}: 'tiny' for every family, '7b' for qwen2.5-vl")
+    if size == "7b" and family == "qwen2.5-vl":
+        size = "full"
+    if size not in ("tiny", "full") or (size == "full" and family not in PUBLISHED):
+        raise ValueError(
+            f"size {size!r} is not built for {family}: 'tiny' for every family, 'full' (the published shape) for "
+            f"{', '.join(sorted(PUBLISHED))}, '7b' for qwen2.5-vl"
+        )
     return BUILDERS[family](size)
 
 
@@ -247,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m vital_hub.training.family_models", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--family", choices=sorted(BUILDERS), required=True)
-    parser.add_argument("--size", choices=("tiny", "7b"), default="tiny")
+    parser.add_argument("--size", choices=SIZES, default="tiny")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     print(write_family_folder(args.out, args.family, args.size))
