@@ -32,17 +32,24 @@ from typing import Any
 from vital_hub.training.collator import VisionSFTCollator
 from vital_hub.training.families import family_of
 from vital_hub.training.masking import IGNORE_INDEX
+from vital_hub.training.packed_layers import (
+    BOUNDARY_KEYS,
+    CrossAttentionRows,
+    pack_cross_attention,
+    per_row_linear_attention,
+)
 
 logger = logging.getLogger(__name__)
 
-BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 MROPE_KEY = "mrope_position_ids"
-MROPE_FAMILIES = ("qwen2-vl", "qwen3-vl")
+MROPE_FAMILIES = ("qwen2-vl", "qwen3-vl", "qwen3.5", "glm4v")
 MASK_ONLY_FAMILIES = ("gemma3",)  # bidirectional image spans: the block-diagonal mask path, not a causal kernel
 # Families whose packed rows are tested to give each row's own logits, labels and loss (tests/test_sft_packing.py).
-# The others (Qwen3.5, GLM-4.1V, Gemma 4, Mllama's cross-attention, PaliGemma's prefix mask, Mistral 3) are
-# refused rather than trained on rows that may see each other.
-PACKED_FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen3-vl", "gemma3", "idefics3", "internvl")
+# The others (Gemma 4, PaliGemma's prefix mask, Mistral 3) are refused rather than trained on rows that may see
+# each other.
+PACKED_FAMILIES = (
+    "llava", "llava-next", "qwen2-vl", "qwen3-vl", "qwen3.5", "glm4v", "gemma3", "idefics3", "internvl", "mllama",
+)  # fmt: skip
 
 
 def packed_family(model_or_config) -> str:
@@ -98,6 +105,8 @@ def pack_batch(batch, rope_index: RopeIndex | None = None, boundaries: bool = Tr
             packed[key] = batch[key][keep][None]
     starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     packed["labels"][0, starts[:-1]] = IGNORE_INDEX
+    if "cross_attention_mask" in packed and "aspect_ratio_ids" in batch:
+        pack_cross_attention(batch, keep, packed)
     positions = torch.cat([torch.arange(int(n)) for n in lengths])[None]
     packed["position_ids"] = positions
     if rope_index is not None:
@@ -147,7 +156,8 @@ def backbone_of(model):
     for module in model.modules():
         for name in LANGUAGE_MODEL_NAMES:
             language = getattr(module, name, None)
-            if isinstance(language, torch.nn.Module) and hasattr(module, "get_image_features"):
+            vision = hasattr(module, "get_image_features") or hasattr(module, "vision_model")  # Mllama: no getter
+            if isinstance(language, torch.nn.Module) and vision:
                 return module, language
     raise ValueError(f"{type(model).__name__} has no vision-language backbone with a language model")
 
@@ -185,6 +195,9 @@ def enable_packing(model) -> str:
         language.config._attn_implementation = name
     if family in MROPE_FAMILIES:
         backbone.visual.config._attn_implementation = name
+    cross_attention = CrossAttentionRows(backbone, language) if family == "mllama" else None
+    if family == "qwen3.5":
+        per_row_linear_attention(language)
     carried: dict = {}
 
     def take(module, args, kwargs):
@@ -198,6 +211,8 @@ def enable_packing(model) -> str:
         if family in MASK_ONLY_FAMILIES and kwargs.get("attention_mask") is None and "token_type_ids" in kwargs:
             window = language.config.sliding_window
             kwargs["attention_mask"] = gemma3_masks(kwargs["token_type_ids"], kwargs["position_ids"], window)
+        if cross_attention is not None:
+            cross_attention.take(kwargs, carried)
         return args, kwargs
 
     def give(module, args, kwargs):
