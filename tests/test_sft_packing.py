@@ -126,6 +126,62 @@ def test_packed_rows_equal_rows_alone_in_float64_where_float32_rounding_is_ampli
     assert worst <= 1e-12
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["mllama", "qwen3.5"])
+def test_a_packed_training_step_gives_the_gradients_of_the_rows_alone(family, rows):
+    """Mllama's cross-attention hooks and Qwen3.5's per-row linear attention, in training mode, under autograd."""
+    processor, config = build_family(family)
+    collator = collator_for(family, processor)
+    model = tiny_model(config).double().train()
+
+    def gradients(batch) -> dict:
+        model.zero_grad()
+        inputs = {k: v.double() if v.is_floating_point() else v for k, v in batch.items() if torch.is_tensor(v)}
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits[0]
+        per_token_loss(logits, batch["labels"][0]).sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    alone = [gradients(collator([row])) for row in rows]
+    packed_batch = packed_collator(collator, config)(rows)
+    enable_packing(model)
+    packed = gradients(packed_batch)
+    assert set(packed) == set().union(*alone)
+    worst, largest = 0.0, 0.0
+    for name, gradient in packed.items():
+        reference = sum(g[name] for g in alone if name in g)
+        worst = max(worst, (gradient - reference).abs().max().item())
+        largest = max(largest, reference.abs().max().item())
+    print(f"{family} (float64, training): max |packed - sum of alone| gradient difference {worst:.2e} "
+          f"(largest gradient {largest:.2e})")  # fmt: skip
+    assert worst <= 1e-6 * largest  # Qwen3.5: its gated delta rule computes in float32 even in a float64 model
+
+
+def jpeg(width: int, height: int, seed: int) -> dict:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def test_mllama_packed_rows_stay_exact_with_one_tile_wide_and_tall_images(rows):
+    """Mllama tiles a figure by its aspect ratio: a small figure fills one of 4 tiles (the rest padding)."""
+    varied = [dict(row) for row in rows]
+    for row, (width, height) in zip([varied[0], varied[1], varied[3]], [(300, 40), (20, 20), (40, 200)], strict=True):
+        row["images"] = [jpeg(width, height, seed=width)]
+    alone, packed, logits_packed = packed_and_alone("mllama", varied)
+    assert packed["aspect_ratio_ids"][0].unique().numel() == 3 and (packed["aspect_ratio_mask"] == 0).any()
+    starts = [0, *torch.tensor([len(ids) for _, _, ids in alone]).cumsum(0).tolist()]
+    worst = max((logits_packed[a:b] - logits).abs().max().item() for (logits, _, _), a, b in
+                zip(alone, starts[:-1], starts[1:], strict=True))  # fmt: skip
+    print(f"mllama (1-tile, wide and tall figures): max |packed - alone| logit difference {worst:.2e}")
+    assert worst <= TOLERANCE
+
+
 def test_mllama_packed_rows_read_only_their_own_images(rows):
     processor, config = build_family("mllama")
     collator = collator_for("mllama", processor)
