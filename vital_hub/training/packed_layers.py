@@ -14,10 +14,12 @@ boundaries, so its memory and work grow with the number of rows packed together:
 (its self-attention layers still get the varlen kernel).
 
 **Qwen3.5.** Its linear-attention layers carry a recurrent state and a short causal convolution along the
-sequence. transformers hands them the row boundaries (`cu_seq_lens_q`) but its PyTorch fallback of the gated
-delta rule and of the convolution ignores them, so one row's state would flow into the next. `per_row_linear_attention`
-runs each such layer once per row of the packed batch (state and convolution starting afresh at every row, exactly
-as alone); the full-attention layers still see all rows in one varlen call.
+sequence. transformers (5.25) hands them the row boundaries, but its PyTorch gated delta rule refuses them (an
+error unless flash-linear-attention is installed and on the inputs' device), and the causal convolution is not given
+them at all (causal-conv1d would need `seq_idx`), so one row's state would flow into the next.
+`per_row_linear_attention` runs each such layer once per row of the packed batch, state and convolution starting
+afresh at every row exactly as alone (the same kernels, fused or not, on each row); the full-attention layers still
+see all rows in one varlen call. A packed row is never continued by generation, so these layers keep no cache.
 """
 
 from __future__ import annotations

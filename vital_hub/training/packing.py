@@ -3,23 +3,29 @@
 The rows of a step are laid end to end in one row of exactly their real tokens (no padding), and each keeps what
 it would get alone:
 
-- position ids restart at 0 for every row; Qwen-VL's 3-D multimodal RoPE positions come from the family's own
-  `get_rope_index`, computed per row on the CPU in the DataLoader workers (from the config alone, no weights);
+- position ids restart at 0 for every row; the 3-D multimodal RoPE positions of Qwen-VL, Qwen3.5 and GLM-4.1V
+  come from the family's own `get_rope_index`, computed per row on the CPU in the DataLoader workers (from the
+  config alone, no weights);
 - attention stays inside a row: the batch carries the row boundaries (`cu_seq_lens_q/k`, `max_length_q/k`)
   for `vital_hub.training.kernels` (one varlen call per layer), and, with no attention mask, transformers' mask
   builder detects the restarting position ids and makes a block-diagonal mask wherever a mask is used. Gemma 3
   keeps that mask path, since its image tokens attend to each other both ways (a causal varlen kernel cannot);
 - labels are the row's own; the first token of each row is never a target (nothing precedes it), so the last
   token of one row does not learn to predict the next row;
-- image tensors are the processor's own batch for all rows (one vision forward over every image of the step).
+- image tensors are the processor's own batch for all rows (one vision forward over every image of the step);
+- the layers that are not causal self-attention keep rows apart too (`vital_hub.training.packed_layers`):
+  Mllama's cross-attention reads only the row's own images, and Qwen3.5's linear-attention layers (a recurrent
+  state and a causal convolution along the sequence, which transformers' PyTorch fallback cannot reset at a row
+  start) run once per row.
 
 `enable_packing(model)` routes the boundaries to the language model only (a forward pre-hook on the backbone
 takes them, one on the language model gives them back), so vision towers that get the text kwargs never see
 them, and sets the packed attention on the language model and on Qwen's vision tower (one attention call per
-vision layer over all windows and images). `PackedCollator` is a drop-in for `VisionSFTCollator`.
+vision layer over all windows and images; GLM-4.1V's tower likewise). `PackedCollator` is a drop-in for
+`VisionSFTCollator`.
 
 TRL's `SFTTrainer` counts the tokens of a batch without an attention mask from `position_ids`, which here holds
-exactly the real tokens (Qwen's 3-D positions travel under `mrope_position_ids` and are put back by the hook).
+exactly the real tokens (the 3-D positions travel under `mrope_position_ids` and are put back by the hook).
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ def packed_family(model_or_config) -> str:
 
 
 class RopeIndex:
-    """A Qwen-VL family's `get_rope_index` from its config alone (picklable, for DataLoader workers)."""
+    """A 3-D RoPE family's `get_rope_index` (Qwen-VL, Qwen3.5, GLM-4.1V) from its config alone (picklable, for
+    DataLoader workers)."""
 
     def __init__(self, config):
         self.config = config
