@@ -4,14 +4,13 @@ Qwen3.5's linear attention (gated delta net). `vital_hub.training.packing` calls
 **Mllama (Llama 3.2 Vision).** Text tokens read the images through cross-attention layers, steered by
 `cross_attention_mask` (tokens x images x tiles: which tiles a token may read). A packed row holds the real images
 of every row, in row order (`pack_cross_attention`: padding image slots dropped, each row's mask moved to its own
-images' slots). Alone, a token that reads no tile yet (the text before a row's image) attends uniformly over every
-tile of its row's images and its feed-forward output is zeroed; a row without an image skips the cross-attention
-layers altogether. `CrossAttentionRows` rebuilds exactly that for the packed row: a token reads only its own row's
-images (its own tiles where the processor says so, else all of its row's tiles, as alone), and the cross-attention
-output of a row without an image is multiplied by zero (the layer's residual then passes it through unchanged, as
-when the layer is skipped). The cross-attention gets this dense mask of (tokens x image tokens) instead of the row
-boundaries, so its memory and work grow with the number of rows packed together: keep Mllama's token budget small
-(its self-attention layers still get the varlen kernel).
+images' slots). Alone, a token that reads no tile yet (the text before a row's image) has its mask lifted: it
+attends over every tile of its row's images, and its feed-forward output is zeroed; a row without an image skips
+the cross-attention layers altogether. `CrossAttentionRows` gives each row exactly that: the cross-attention runs
+once per row, on the row's own tokens and its own images' states with the mask transformers builds for the row
+alone, and a row without an image gets zeros (the layer's residual then passes it through unchanged, as when the
+layer is skipped). Memory and work are those of the rows alone, not of (all tokens x all images) of the pack; the
+self-attention layers still get the varlen call over all rows.
 
 **Qwen3.5.** Its linear-attention layers carry a recurrent state and a short causal convolution along the
 sequence. transformers (5.25) hands them the row boundaries, but its PyTorch gated delta rule refuses them (an
@@ -25,6 +24,8 @@ see all rows in one varlen call. A packed row is never continued by generation, 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Any
 
 BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 MLLAMA_IMAGE_KEYS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
@@ -51,55 +52,98 @@ def pack_cross_attention(batch, keep, packed: dict) -> None:
     packed["cross_attention_mask"] = mask[keep][None]
 
 
+@dataclass
+class RowCrossMasks:
+    """A packed row's cross-attention, row by row: each row's token span, the span of its images' tokens in the
+    packed image states, and the additive mask it gets alone (None for a row without an image)."""
+
+    rows: list[tuple[int, int, int, int, Any]]
+
+
 class CrossAttentionRows:
     """Mllama's cross-attention kept inside each packed row (see the module docstring)."""
 
     def __init__(self, backbone, language):
         self.backbone = backbone
-        self.keep = None  # (1, tokens, 1): 1 for the tokens of rows with an image, 0 for the others
         self.layers = [module for module in language.modules() if type(module).__name__.endswith("CrossAttention")]
         for layer in self.layers:
-            layer.register_forward_pre_hook(self._strip_boundaries, with_kwargs=True)
-            layer.register_forward_hook(self._zero_rows_without_images)
-
-    @staticmethod
-    def _strip_boundaries(module, args, kwargs):
-        return args, {key: value for key, value in kwargs.items() if key not in BOUNDARY_KEYS}
-
-    def _zero_rows_without_images(self, module, args, output):
-        if self.keep is None:
-            return output
-        return (output[0] * self.keep.to(output[0].dtype), *output[1:])
+            if not getattr(layer, "_vital_per_row", False):
+                layer.forward = _per_row_cross_attention(layer.forward)
+                layer._vital_per_row = True
 
     def take(self, kwargs: dict, carried: dict) -> None:
         """At the backbone: replace the packed `cross_attention_mask` with the language model's two masks."""
-        self.keep = None
         mask = kwargs.get("cross_attention_mask")
         if mask is None or "cu_seq_lens_q" not in carried:
             return
         kwargs.pop("cross_attention_mask")
-        crossed, full, self.keep = self.masks(mask, kwargs["position_ids"])
-        carried["cross_attention_mask"] = crossed
-        carried["full_text_row_masked_out_mask"] = full
+        carried["cross_attention_mask"], carried["full_text_row_masked_out_mask"] = self.masks(
+            mask, carried["cu_seq_lens_q"]
+        )
 
-    def masks(self, mask, position_ids):
-        """(additive cross-attention mask (1, 1, tokens, image tokens), tokens that read a tile (1, 1, tokens, 1),
-        tokens of rows with an image (1, tokens, 1)) for a packed row."""
+    def masks(self, mask, boundaries):
+        """(`RowCrossMasks`, the tokens that read a tile (1, 1, tokens, 1)) of a packed row: each row's mask is
+        the one transformers builds for the row alone (lifted for a token that reads no tile, whose feed-forward
+        output is then zeroed)."""
         import torch
 
         dtype = self.backbone.dtype
+        image_tokens = self.backbone.vision_model.num_patches * mask.shape[-1]
         tiles = mask[0].bool()  # (tokens, images, tiles)
-        token_rows = (position_ids[0] == 0).cumsum(0)
         reads = tiles.flatten(1).any(1)
-        first_reader = tiles.any(2).int().argmax(0)  # the image's own token is its first reader
-        own = token_rows[:, None] == token_rows[first_reader][None, :]  # (tokens, images)
-        allowed = torch.where(reads[:, None, None], tiles, own[:, :, None].expand_as(tiles))
-        allowed = allowed.repeat_interleave(self.backbone.vision_model.num_patches, dim=2).flatten(1)
-        crossed = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
-            ~allowed, torch.finfo(dtype).min
-        )
-        keep = own.any(1)[None, :, None]
-        return crossed[None, None], reads.to(dtype)[None, None, :, None], keep
+        edges = row_edges(boundaries)
+        readers = tiles.any(2).int().argmax(0)  # an image's first reader is its own token, inside its row
+        image_rows = torch.bucketize(readers, torch.tensor(edges[1:], device=readers.device), right=True).tolist()
+        rows = []
+        for row, (start, end) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            images = [index for index, owner in enumerate(image_rows) if owner == row]  # contiguous: row order
+            if not images:
+                rows.append((start, end, 0, 0, None))
+                continue
+            first, last = images[0], images[-1] + 1
+            allowed = tiles[start:end, first:last].repeat_interleave(self.backbone.vision_model.num_patches, dim=2)
+            allowed = allowed.flatten(1) | ~reads[start:end, None]
+            additive = torch.zeros(allowed.shape, dtype=dtype, device=mask.device)
+            rows.append((start, end, first * image_tokens, last * image_tokens,
+                         additive.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]))  # fmt: skip
+        return RowCrossMasks(rows), reads.to(dtype)[None, None, :, None]
+
+
+def _per_row_cross_attention(forward):
+    """A cross-attention forward that, given `RowCrossMasks`, runs once per row on the row's own image states; a
+    row without an image gets zeros (the layer's residual passes it through, as when transformers skips it)."""
+
+    @functools.wraps(forward)
+    def run(hidden_states, cross_attention_states=None, *args, attention_mask=None, **kwargs):
+        import torch
+
+        kwargs = {key: value for key, value in kwargs.items() if key not in BOUNDARY_KEYS}
+        if not isinstance(attention_mask, RowCrossMasks):
+            return forward(hidden_states, cross_attention_states, *args, attention_mask=attention_mask, **kwargs)
+        kwargs.pop("cache", None)  # a packed row is never continued by generation
+        kwargs.pop("past_key_values", None)
+        # transformers hands over (images x tiles, patches, width): the image tokens in image, tile, patch order
+        cross_attention_states = cross_attention_states.reshape(1, -1, cross_attention_states.shape[-1])
+        pieces = []
+        for start, end, first, last, mask in attention_mask.rows:
+            if mask is None:
+                pieces.append(hidden_states.new_zeros(hidden_states.shape[0], end - start, hidden_states.shape[2]))
+                continue
+            states = cross_attention_states[:, first:last]
+            pieces.append(forward(hidden_states[:, start:end], states, *args, attention_mask=mask, **kwargs)[0])
+        return torch.cat(pieces, dim=1), None
+
+    return run
+
+
+_last_edges: dict = {}
+
+
+def row_edges(boundaries) -> list[int]:
+    """`cu_seq_lens` as Python ints, read from the device once per forward (every layer gets the same tensor)."""
+    if _last_edges.get("boundaries") is not boundaries:
+        _last_edges.update(boundaries=boundaries, edges=boundaries.tolist())
+    return _last_edges["edges"]
 
 
 def per_row_linear_attention(language) -> int:
@@ -125,7 +169,7 @@ def _per_row(forward):
         kwargs.pop("cache", None)  # a packed row is never continued: its recurrent state is not kept
         kwargs.pop("cache_params", None)
         mask = kwargs.pop("attention_mask", None)
-        edges = boundaries.tolist()
+        edges = row_edges(boundaries)
         pieces = []
         for start, end in zip(edges[:-1], edges[1:], strict=True):
             row_mask = None if mask is None else mask[:, start:end]
