@@ -7,6 +7,7 @@ row alone. The packed side runs one attention call per layer over every row (blo
 varlen kernel), and Qwen's vision towers one call per layer over all windows and images.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -19,19 +20,22 @@ from tests.conftest import REPO_ROOT
 from tests.sft_support import SFT_SCRIPT, tiny_recipe
 from vital_hub.training.collator import VisionSFTCollator
 from vital_hub.training.family_models import BUILDERS, build_family, chat_template, write_family_folder
+from vital_hub.training.family_models_recent import qwen3_5
 from vital_hub.training.masking import IGNORE_INDEX
 from vital_hub.training.packing import MROPE_KEY, enable_packing, packed_collator
 from vital_hub.training.synthetic import synthetic_rows, write_instructions_repo
 
 # builders of families that packing refuses (vital_hub.training.packing.PACKED_FAMILIES)
 NOT_PACKED = {"gemma4": "gemma4", "mistral3": "mistral3", "paligemma2": "paligemma"}
-FAMILIES = sorted(set(BUILDERS) - set(NOT_PACKED))
+# Qwen3.5-MoE is trained as Qwen3.5 and packed the same way; its tiny model is checked here only
+EXTRA_BUILDERS = {"qwen3.5-moe": functools.partial(qwen3_5, "tiny", moe=True)}
+FAMILIES = sorted(set(BUILDERS) - set(NOT_PACKED) | set(EXTRA_BUILDERS))
 FIXED_TEMPLATES = {"llava-onevision": "llava_onevision_fixed"}
 TOLERANCE = 1e-5
 # Qwen3.5's gated delta rule computes in float32 and amplifies the vision tower's batching rounding (about 1e-6:
 # all images in one call) about 25-fold in this random tiny model; in float64 the packed rows equal the rows alone
 # to 1e-15 (the float64 test), so the difference is rounding, not one row reading another.
-FP32_TOLERANCE = {"qwen3.5": 1e-4}
+FP32_TOLERANCE = {"qwen3.5": 1e-4, "qwen3.5-moe": 1e-4}
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +75,11 @@ def test_a_family_packing_does_not_support_is_refused_in_one_line(model_type):
 
 def packed_and_alone(family, rows, dtype=torch.float32):
     """(each row alone through the stock model: (logits, labels, ids), the packed batch, the packed logits)."""
-    processor, config = build_family(family)
+    processor, config = EXTRA_BUILDERS[family]() if family in EXTRA_BUILDERS else build_family(family)
     collator = collator_for(family, processor)
     model = tiny_model(config).to(dtype)
+    if dtype == torch.float64 and config.model_type.endswith("_moe"):
+        model.set_experts_implementation("eager")  # grouped matrix products take no float64
 
     def inputs(batch):
         floating = {k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
@@ -127,12 +133,14 @@ def test_packed_rows_equal_rows_alone_in_float64_where_float32_rounding_is_ampli
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["mllama", "qwen3.5"])
+@pytest.mark.parametrize("family", ["mllama", "qwen3.5", "qwen3.5-moe"])
 def test_a_packed_training_step_gives_the_gradients_of_the_rows_alone(family, rows):
     """Mllama's cross-attention hooks and Qwen3.5's per-row linear attention, in training mode, under autograd."""
-    processor, config = build_family(family)
+    processor, config = EXTRA_BUILDERS[family]() if family in EXTRA_BUILDERS else build_family(family)
     collator = collator_for(family, processor)
     model = tiny_model(config).double().train()
+    if config.model_type.endswith("_moe"):
+        model.set_experts_implementation("eager")  # grouped matrix products take no float64
 
     def gradients(batch) -> dict:
         model.zero_grad()
