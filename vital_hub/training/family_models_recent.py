@@ -112,8 +112,9 @@ def mllama(size: str):
     return processor, config
 
 
-def qwen3_5(size: str):
-    from transformers import Qwen3_5Config, Qwen3VLProcessor
+def qwen3_5(size: str, moe: bool = False):
+    """Qwen3.5 (with `moe`, Qwen3.5-MoE: the same model with mixture-of-experts feed-forward layers)."""
+    from transformers import Qwen3_5Config, Qwen3_5MoeConfig, Qwen3VLProcessor
 
     tokenizer = tokenizer_with(QWEN_SPECIALS, eos="<|im_end|>")
     text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer), "linear_conv_kernel_dim": 2,
@@ -123,7 +124,11 @@ def qwen3_5(size: str):
                                 "rope_theta": 10000000.0, "partial_rotary_factor": 0.5}}  # fmt: skip
     vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
               "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64}  # fmt: skip
-    config = Qwen3_5Config(text_config=text, vision_config=vision, **qwen_vision_ids(tokenizer))
+    if moe:
+        text.update(moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2)
+    config = (Qwen3_5MoeConfig if moe else Qwen3_5Config)(
+        text_config=text, vision_config=vision, **qwen_vision_ids(tokenizer)
+    )
     processor = image_only(Qwen3VLProcessor)(
         image_processor=qwen_image_processor(16, 0.5), tokenizer=tokenizer, chat_template=chat_template("qwen3_5")
     )

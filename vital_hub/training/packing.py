@@ -3,9 +3,9 @@
 The rows of a step are laid end to end in one row of exactly their real tokens (no padding), and each keeps what
 it would get alone:
 
-- position ids restart for every row (at 0; at 1 for PaliGemma, which counts from 1); Qwen-VL's 3-D multimodal
-  RoPE positions come from the family's own `get_rope_index`, computed per row on the CPU in the DataLoader
-  workers (from the config alone, no weights);
+- position ids restart for every row (at 0; at 1 for PaliGemma, which counts from 1); the 3-D multimodal RoPE
+  positions of Qwen-VL, Qwen3.5 and GLM-4.1V come from the family's own `get_rope_index`, computed per row on the
+  CPU in the DataLoader workers (from the config alone, no weights);
 - attention stays inside a row: the batch carries the row boundaries (`cu_seq_lens_q/k`, `max_length_q/k`)
   for `vital_hub.training.kernels` (one varlen call per layer, sliding windows kept), and, with no attention
   mask, transformers' mask builder detects the restarting position ids and makes a block-diagonal mask wherever
@@ -14,15 +14,20 @@ it would get alone:
   kernel cannot do;
 - labels are the row's own; the first token of each row is never a target (nothing precedes it), so the last
   token of one row does not learn to predict the next row;
-- image tensors are the processor's own batch for all rows (one vision forward over every image of the step).
+- image tensors are the processor's own batch for all rows (one vision forward over every image of the step);
+- the layers that are not causal self-attention keep rows apart too (`vital_hub.training.packed_layers`):
+  Mllama's cross-attention reads only the row's own images, and Qwen3.5's linear-attention layers (a recurrent
+  state and a causal convolution along the sequence, which transformers' PyTorch fallback cannot reset at a row
+  start) run once per row.
 
 `enable_packing(model)` routes the boundaries to the language model only (a forward pre-hook on the backbone
 takes them, one on the language model gives them back), so vision towers that get the text kwargs never see
 them, and sets the packed attention on the language model and on Qwen's vision tower (one attention call per
-vision layer over all windows and images). `PackedCollator` is a drop-in for `VisionSFTCollator`.
+vision layer over all windows and images; GLM-4.1V's tower likewise). `PackedCollator` is a drop-in for
+`VisionSFTCollator`.
 
 TRL's `SFTTrainer` counts the tokens of a batch without an attention mask from `position_ids`, which here holds
-exactly the real tokens (Qwen's 3-D positions travel under `mrope_position_ids` and are put back by the hook).
+exactly the real tokens (the 3-D positions travel under `mrope_position_ids` and are put back by the hook).
 """
 
 from __future__ import annotations
@@ -35,17 +40,20 @@ from typing import Any
 from vital_hub.training.collator import VisionSFTCollator
 from vital_hub.training.families import family_of
 from vital_hub.training.masking import IGNORE_INDEX
+from vital_hub.training.packed_layers import (
+    BOUNDARY_KEYS,
+    CrossAttentionRows,
+    pack_cross_attention,
+    per_row_linear_attention,
+)
 
 logger = logging.getLogger(__name__)
 
-BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 MROPE_KEY = "mrope_position_ids"
-MROPE_FAMILIES = ("qwen2-vl", "qwen3-vl")
+MROPE_FAMILIES = ("qwen2-vl", "qwen3-vl", "qwen3.5", "glm4v")
 # Families whose packed rows are tested to give each row's own logits, labels and loss (tests/test_sft_packing.py).
-# The others (Qwen3.5, GLM-4.1V, Mllama's cross-attention) are refused rather than trained on rows that may see
-# each other.
-PACKED_FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen3-vl", "gemma3", "gemma4", "idefics3", "internvl",
-                   "mistral3", "paligemma")  # fmt: skip
+PACKED_FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen3-vl", "qwen3.5", "glm4v", "gemma3", "gemma4", "idefics3",
+                   "internvl", "mistral3", "mllama", "paligemma")  # fmt: skip
 
 
 def packed_family(model_or_config) -> str:
@@ -67,7 +75,8 @@ def packed_family(model_or_config) -> str:
 
 
 class RopeIndex:
-    """A Qwen-VL family's `get_rope_index` from its config alone (picklable, for DataLoader workers)."""
+    """A 3-D RoPE family's `get_rope_index` (Qwen-VL, Qwen3.5, GLM-4.1V) from its config alone (picklable, for
+    DataLoader workers)."""
 
     def __init__(self, config):
         self.config = config
@@ -108,6 +117,8 @@ def pack_batch(batch, rope_index: RopeIndex | None = None, boundaries: bool = Tr
             packed[key] = batch[key][keep][None]
     starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     packed["labels"][0, starts[:-1]] = IGNORE_INDEX
+    if "cross_attention_mask" in packed and "aspect_ratio_ids" in batch:
+        pack_cross_attention(batch, keep, packed)
     positions = torch.cat([torch.arange(int(n)) + first_position for n in lengths])[None]
     packed["position_ids"] = positions
     if rope_index is not None:
@@ -159,7 +170,8 @@ def backbone_of(model):
     for module in model.modules():
         for name in LANGUAGE_MODEL_NAMES:
             language = getattr(module, name, None)
-            if isinstance(language, torch.nn.Module) and hasattr(module, "get_image_features"):
+            vision = hasattr(module, "get_image_features") or hasattr(module, "vision_model")  # Mllama: no getter
+            if isinstance(language, torch.nn.Module) and vision:
                 return module, language
     raise ValueError(f"{type(model).__name__} has no vision-language backbone with a language model")
 
@@ -250,6 +262,9 @@ def enable_packing(model) -> str:
             f"packing: true for the {family} family takes sdpa or eager attention (its masks are made for them), not "
             f"{language.config._attn_implementation}; set attn_implementation: sdpa or train with packing: false"
         )
+    cross_attention = CrossAttentionRows(backbone, language) if family == "mllama" else None
+    if family == "qwen3.5":
+        per_row_linear_attention(language)
     carried: dict = {}
 
     def take(module, args, kwargs):
@@ -272,6 +287,8 @@ def enable_packing(model) -> str:
             # the backbone takes the full mask as given (a 4-D mask is used as it is); the language model, all
             carried["attention_mask"] = masks
             kwargs["attention_mask"] = masks["full_attention"]
+        if cross_attention is not None:
+            cross_attention.take(kwargs, carried)
         return args, kwargs
 
     def give(module, args, kwargs):
