@@ -263,8 +263,11 @@ def enable_packing(model) -> str:
             f"{language.config._attn_implementation}; set attn_implementation: sdpa or train with packing: false"
         )
     cross_attention = CrossAttentionRows(backbone, language) if family == "mllama" else None
+    per_row = []
+    if cross_attention is not None:
+        per_row.append(f"{len(cross_attention.layers)} cross-attention layers")
     if family == "qwen3.5":
-        per_row_linear_attention(language)
+        per_row.append(f"{per_row_linear_attention(language)} linear-attention layers")
     carried: dict = {}
 
     def take(module, args, kwargs):
@@ -297,4 +300,4 @@ def enable_packing(model) -> str:
     backbone.register_forward_pre_hook(take, with_kwargs=True)
     language.register_forward_pre_hook(give, with_kwargs=True)
     attention = f"block-diagonal {language.config._attn_implementation} masks" if rule else kernels.kernel_summary()
-    return f"packing on for {family}: {attention}"
+    return f"packing on for {family}: {attention}" + "".join(f"; {layers} run once per row" for layers in per_row)
