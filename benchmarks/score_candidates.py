@@ -272,15 +272,15 @@ def model_alone(model, batches, repeats: int) -> float:
 
 def ready_batches(model, tokenizer, rows, images, batch_size: int, count: int, chunk_size: int, device) -> list:
     """The pipeline's own batches (same chunks, same padding), prepared once and moved to the device."""
-    from vital_hub.selector.select import CandidateChunks, expand_images, merge_chunks, plan_chunks
+    from vital_hub.selector.chunks import assemble, chunk_loader, model_inputs
 
-    plan = plan_chunks([(0, range(min(len(rows), batch_size * count)))], batch_size, chunk_size)
-    dataset = CandidateChunks(rows, plan, images, tokenizer, model.config)
+    shards = [(0, range(min(len(rows), batch_size * count)))]
+    loader, dataset = chunk_loader(rows, shards, images, tokenizer, model.config, batch_size, chunk_size, 0)
     batches, parts = [], []
-    for index, chunk in enumerate(plan):
-        parts.append({k: v.to(device) for k, v in dataset[index][1].items()})
-        if chunk.ends_batch:
-            batches.append(expand_images(merge_chunks(parts)))
+    for part in loader:
+        parts.append(part)
+        if dataset.chunks[part.index].ends_batch:
+            batches.append(model_inputs(assemble(parts, dataset.encoder), device))
             parts = []
     return batches
 
@@ -296,23 +296,24 @@ def input_alone(model, tokenizer, rows, images, batch_size: int, workers: int, c
     """The input side alone: `vital select`'s DataLoader (decode, tokenise, hand over), no model. With the model-alone
     ceiling it says which side bounds `select`. Besides pairs/s it gives the CPU time each side spends per pair:
     the workers' (counted once the loader has joined them) says what one busy worker delivers, whatever else runs
-    on the machine; the main process's says what receiving the chunks costs the process that also drives the GPU."""
+    on the machine; the main process's says what receiving and assembling the chunks costs the process that also drives the GPU."""
     import resource
 
-    from torch.utils.data import DataLoader
+    import torch
 
-    from vital_hub.selector.select import CandidateChunks, plan_chunks
+    from vital_hub.selector.chunks import assemble, chunk_loader
 
-    plan = plan_chunks([(0, range(min(len(rows), batch_size * count)))], batch_size, chunk_size)
+    shards = [(0, range(min(len(rows), batch_size * count)))]
     children, main = cpu_seconds(resource.RUSAGE_CHILDREN), cpu_seconds(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    loader = DataLoader(
-        CandidateChunks(rows, plan, images, tokenizer, model.config),
-        batch_size=None,
-        num_workers=workers,
-        prefetch_factor=4 if workers else None,
-    )
-    pairs = sum(len(chunk.positions) for chunk, _, _ in loader)  # exhausting the loader joins its workers
+    loader, dataset = chunk_loader(rows, shards, images, tokenizer, model.config, batch_size, chunk_size, workers)
+    pairs, parts = 0, []
+    for part in loader:  # exhausting the loader joins its workers
+        pairs += len(part.lengths)
+        parts.append(part)
+        if dataset.chunks[part.index].ends_batch:  # the main process's own work per batch, up to the GPU copy
+            assemble(parts, dataset.encoder, pin_memory=torch.cuda.is_available())
+            parts = []
     seconds = time.perf_counter() - started
     main = cpu_seconds(resource.RUSAGE_SELF) - main
     worker = cpu_seconds(resource.RUSAGE_CHILDREN) - children if workers else main
