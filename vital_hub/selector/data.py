@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ class TextEncoder:
     def _encode_fast(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         ids = [encoding.ids for encoding in self._backend.encode_batch_fast(texts)]
         lengths = np.fromiter(map(len, ids), np.int32, len(ids))
-        flat = np.fromiter((i for row in ids for i in row), np.int32, int(lengths.sum()))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths.sum()))
         return flat, lengths
 
     def _encode_slow(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
