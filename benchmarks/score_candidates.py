@@ -8,15 +8,18 @@ candidates share one figure), a candidates dataset of ~170-word texts, and a sel
                 texts padded to the 256-token context (open_clip's tokenizer does);
   (b) ceiling   the model alone on batches already on the GPU (bf16 backbone, same batch size and texts);
   (c) select    `vital_hub.selector.select.score_shards`, what `vital select` runs: worker processes decode
-                (JPEG draft mode, each figure once per chunk) and tokenise, uint8 pinned batches, bf16 backbone,
-                fp32 head;
+                (JPEG draft mode, each figure once per chunk) and tokenise (`vital_hub.selector.chunks`), uint8
+                pinned batches, bf16 backbone, fp32 head;
 
-and the input side alone (the same DataLoader, no model), which says whether the CPU or the GPU bounds (c).
+and the input side alone (the same DataLoader, no model), with the CPU time per candidate of one busy worker and
+of the main process, and how busy (c)'s main process was: whether the workers, the main process or the GPU
+bounds (c).
 
 It prints pairs/s, the speed-up over (a) and the share of (b). On one GPU:
 
     python benchmarks/score_candidates.py --workdir /tmp/bench --candidates 50000
     python benchmarks/score_candidates.py --tiny        # CPU smoke run of the same code at toy size
+    python benchmarks/score_candidates.py --input-only --workers 1 ...   # the input side alone, any machine
 """
 
 from __future__ import annotations
