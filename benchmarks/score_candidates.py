@@ -8,15 +8,18 @@ candidates share one figure), a candidates dataset of ~170-word texts, and a sel
                 texts padded to the 256-token context (open_clip's tokenizer does);
   (b) ceiling   the model alone on batches already on the GPU (bf16 backbone, same batch size and texts);
   (c) select    `vital_hub.selector.select.score_shards`, what `vital select` runs: worker processes decode
-                (JPEG draft mode, each figure once per chunk) and tokenise, uint8 pinned batches, bf16 backbone,
-                fp32 head;
+                (JPEG draft mode, each figure once per chunk) and tokenise (`vital_hub.selector.chunks`), uint8
+                pinned batches, bf16 backbone, fp32 head;
 
-and the input side alone (the same DataLoader, no model), which says whether the CPU or the GPU bounds (c).
+and the input side alone (the same DataLoader, no model), with the CPU time per candidate of one busy worker and
+of the main process, and how busy (c)'s main process was: whether the workers, the main process or the GPU
+bounds (c).
 
 It prints pairs/s, the speed-up over (a) and the share of (b). On one GPU:
 
     python benchmarks/score_candidates.py --workdir /tmp/bench --candidates 50000
     python benchmarks/score_candidates.py --tiny        # CPU smoke run of the same code at toy size
+    python benchmarks/score_candidates.py --input-only --workers 1 ...   # the input side alone, any machine
 """
 
 from __future__ import annotations
@@ -272,39 +275,74 @@ def model_alone(model, batches, repeats: int) -> float:
 
 def ready_batches(model, tokenizer, rows, images, batch_size: int, count: int, chunk_size: int, device) -> list:
     """The pipeline's own batches (same chunks, same padding), prepared once and moved to the device."""
-    from vital_hub.selector.select import CandidateChunks, expand_images, merge_chunks, plan_chunks
+    from vital_hub.selector.chunks import assemble, chunk_loader, model_inputs
 
-    plan = plan_chunks([(0, range(min(len(rows), batch_size * count)))], batch_size, chunk_size)
-    dataset = CandidateChunks(rows, plan, images, tokenizer, model.config)
+    shards = [(0, range(min(len(rows), batch_size * count)))]
+    loader, dataset = chunk_loader(rows, shards, images, tokenizer, model.config, batch_size, chunk_size, 0)
     batches, parts = [], []
-    for index, chunk in enumerate(plan):
-        parts.append({k: v.to(device) for k, v in dataset[index][1].items()})
-        if chunk.ends_batch:
-            batches.append(expand_images(merge_chunks(parts)))
+    for part in loader:
+        parts.append(part)
+        if dataset.chunks[part.index].ends_batch:
+            batches.append(model_inputs(assemble(parts, dataset.encoder), device))
             parts = []
     return batches
 
 
-def input_alone(model, tokenizer, rows, images, batch_size: int, workers: int, chunk_size: int, count: int) -> float:
-    """Pairs/s of the input side alone: `vital select`'s DataLoader (decode, tokenise, hand over), no model. With
-    the model-alone ceiling it says which side bounds `select`."""
-    from torch.utils.data import DataLoader
+def cpu_seconds(who) -> float:
+    import resource
 
-    from vital_hub.selector.select import CandidateChunks, plan_chunks
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
-    plan = plan_chunks([(0, range(min(len(rows), batch_size * count)))], batch_size, chunk_size)
-    loader = DataLoader(
-        CandidateChunks(rows, plan, images, tokenizer, model.config),
-        batch_size=None,
-        num_workers=workers,
-        prefetch_factor=4 if workers else None,
-    )
+
+def input_alone(model, tokenizer, rows, images, batch_size: int, workers: int, chunk_size: int, count: int) -> dict:
+    """The input side alone: `vital select`'s DataLoader (decode, tokenise, hand over), no model. With the model-alone
+    ceiling it says which side bounds `select`. Besides pairs/s it gives the CPU time each side spends per pair:
+    the workers' (counted once the loader has joined them) says what one busy worker delivers, whatever else runs
+    on the machine; the main process's says what receiving and assembling the chunks costs the process that also drives the GPU."""
+    import resource
+
+    import torch
+
+    from vital_hub.selector.chunks import assemble, chunk_loader
+
+    shards = [(0, range(min(len(rows), batch_size * count)))]
+    children, main = cpu_seconds(resource.RUSAGE_CHILDREN), cpu_seconds(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    pairs = sum(len(chunk.positions) for chunk, _, _ in loader)
-    return pairs / (time.perf_counter() - started)
+    loader, dataset = chunk_loader(rows, shards, images, tokenizer, model.config, batch_size, chunk_size, workers)
+    pairs, parts = 0, []
+    for part in loader:  # exhausting the loader joins its workers
+        pairs += len(part.lengths)
+        parts.append(part)
+        if dataset.chunks[part.index].ends_batch:  # the main process's own work per batch, up to the GPU copy
+            assemble(parts, dataset.encoder, pin_memory=torch.cuda.is_available())
+            parts = []
+    seconds = time.perf_counter() - started
+    main = cpu_seconds(resource.RUSAGE_SELF) - main
+    worker = cpu_seconds(resource.RUSAGE_CHILDREN) - children if workers else main
+    return {
+        "pairs_per_s": pairs / seconds,
+        "worker_cpu_ms_per_pair": 1e3 * worker / pairs,
+        "main_cpu_ms_per_pair": 1e3 * main / pairs,
+        "pairs": pairs,
+    }
 
 
-def pipeline(model, tokenizer, rows, images, batch_size: int, workers: int, shard_size: int, chunk: int) -> float:
+def describe_input(side: dict, workers: int) -> str:
+    per_worker = 1e3 / side["worker_cpu_ms_per_pair"]
+    return (
+        f"input side alone (decode + tokenise in {workers} workers, no model, {side['pairs']} pairs): "
+        f"{side['pairs_per_s']:.1f} pairs/s; worker CPU {side['worker_cpu_ms_per_pair']:.3f} ms/pair "
+        f"({per_worker:.0f} pairs/s per busy worker, x{workers} = {per_worker * workers:.0f}); "
+        f"main process CPU {side['main_cpu_ms_per_pair']:.3f} ms/pair"
+    )
+
+
+def pipeline(model, tokenizer, rows, images, batch_size: int, workers: int, shard_size: int, chunk: int):
+    """Seconds `score_shards` takes over all rows, and the main process's CPU seconds meanwhile (near the wall time,
+    the process that feeds the GPU is itself the bound)."""
+    import resource
+
     from vital_hub.selector.select import score_shards
 
     shards = [
@@ -312,13 +350,15 @@ def pipeline(model, tokenizer, rows, images, batch_size: int, workers: int, shar
         for s in range(math.ceil(len(rows) / shard_size))
     ]
     with tempfile.TemporaryDirectory() as scratch:
+        main = cpu_seconds(resource.RUSAGE_SELF)
         started = time.perf_counter()
         scored = score_shards(
-            model, tokenizer, rows, shards, images, Path(scratch), batch_size, workers, progress=False
+            model, tokenizer, rows, shards, images, Path(scratch), batch_size, workers, chunk, progress=False
         )
         seconds = time.perf_counter() - started
+        main = cpu_seconds(resource.RUSAGE_SELF) - main
     assert scored == len(rows)
-    return seconds
+    return seconds, main
 
 
 # ---------------------------------------------------------------- main
@@ -339,6 +379,9 @@ def parse_args(argv=None):
     parser.add_argument("--ceiling-batches", type=int, default=6)
     parser.add_argument("--input-batches", type=int, default=20, help="batches timed for the input side alone")
     parser.add_argument("--tiny", action="store_true", help="toy sizes, CPU: checks the benchmark runs")
+    parser.add_argument(
+        "--input-only", action="store_true", help="measure the input side alone (no model runs; any machine)"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -368,6 +411,20 @@ def main(argv=None) -> int:
     images = FigureImages(workdir / "figures")
     ref = SelectorRef(workdir / "selector", "bench", "random")
 
+    if args.input_only:
+        model, tokenizer = load_selector(ref, torch.device("cpu"))
+        side = input_alone(
+            model, tokenizer, rows, images, args.batch_size, args.workers, args.chunk_size, args.input_batches
+        )
+        print(
+            f"\n{os.cpu_count()} CPU cores, {len(rows)} candidates over {args.distinct_images} figures of "
+            f"{args.image_px} px, batch {args.batch_size}, chunk {args.chunk_size}"
+        )
+        print(describe_input(side, args.workers))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"cpu_cores": os.cpu_count(), "workers": args.workers, **side}))
+        return 0
+
     tokenizer = AutoTokenizer.from_pretrained(ref.path)
     baseline_rows = rows[: args.baseline_candidates]
     paper_model = AutoModel.from_pretrained(ref.path, dtype=torch.float32).to(device).eval()
@@ -386,10 +443,10 @@ def main(argv=None) -> int:
     ceiling_seconds = model_alone(model, batches, repeats=3)
     ceiling_pairs = sum(len(b["input_ids"]) for b in batches)
     del batches
-    input_rate = input_alone(
+    side = input_alone(
         model, tokenizer, rows, images, args.batch_size, args.workers, args.chunk_size, args.input_batches
     )
-    pipeline_seconds = pipeline(
+    pipeline_seconds, main_seconds = pipeline(
         model, tokenizer, rows, images, args.batch_size, args.workers, args.shard_size, args.chunk_size
     )
 
@@ -401,7 +458,10 @@ def main(argv=None) -> int:
         "mean_jpeg_kib": round(manifest["mean_jpeg_bytes"] / 1024, 1),
         "paper_pairs_per_s": len(baseline_rows) / paper_seconds,
         "ceiling_pairs_per_s": ceiling_pairs / ceiling_seconds,
-        "input_pairs_per_s": input_rate,
+        "input_pairs_per_s": side["pairs_per_s"],
+        "input_worker_cpu_ms_per_pair": side["worker_cpu_ms_per_pair"],
+        "input_main_cpu_ms_per_pair": side["main_cpu_ms_per_pair"],
+        "select_main_process_busy": main_seconds / pipeline_seconds,
         "select_pairs_per_s": len(rows) / pipeline_seconds,
         "select_candidates": len(rows),
         "select_seconds": pipeline_seconds,
@@ -425,10 +485,8 @@ def main(argv=None) -> int:
             f"{name:<10} {n:>10} {batch:>6} {precision:>14} {rate:>9.1f} {rate / paper:>8.1f}x "
             f"{100 * rate / ceiling:>9.0f}%"
         )
-    print(
-        f"input side alone (decode + tokenise in {args.workers} workers, no model): {input_rate:.1f} pairs/s, "
-        f"{100 * input_rate / ceiling:.0f}% of the ceiling"
-    )
+    print(f"{describe_input(side, args.workers)}; {100 * side['pairs_per_s'] / ceiling:.0f}% of the ceiling")
+    print(f"select's main process (feeds the GPU) was busy {100 * main_seconds / pipeline_seconds:.0f}% of its run")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -9,9 +9,9 @@ to register the selector with transformers' Auto classes), so `vital select --he
 Candidates (status "ok" only) are sorted by candidate_id and cut into fixed shards, so the work units, their
 batches and hence the scores do not depend on how many GPUs run. Rank r scores shards r, r + world, ...; each
 finished shard is written under a temporary name, renamed, then marked done in `scores/completions/`, so
-re-running the same command resumes where it stopped. Images are decoded (JPEG draft mode) and texts tokenised
-in DataLoader worker processes, pixels travel as pinned uint8 and are normalised on the GPU, the backbone runs in
-bf16 and the head in fp32 (so that scores rarely tie).
+re-running the same command resumes where it stopped. Images are decoded (JPEG draft mode, each figure once per
+chunk) and texts tokenised in DataLoader worker processes (`vital_hub.selector.chunks`), pixels travel as pinned
+uint8 and are normalised on the GPU, the backbone runs in bf16 and the head in fp32 (so that scores rarely tie).
 
 The first process then merges the shards, sorts by (score descending, candidate_id ascending), keeps the top k
 (globally, as the paper does, or by per-domain quotas) and writes the selected component:
@@ -156,108 +156,6 @@ def candidates_fingerprint(rows: list[dict]) -> str:
 # ---------------------------------------------------------------- scoring
 
 
-class CandidateChunks:
-    """Map-style dataset whose items are chunks of a batch: a worker decodes the images and tokenises the texts of
-    one chunk and hands back (chunk plan, tensors, unreadable flags). Chunks much smaller than a batch keep the
-    first batch's latency low and spread each batch over many workers. Picklable, so it runs in workers.
-
-    Several candidates share one figure, and sorted by candidate_id (`{pair_id}#{sample}`) they sit side by side:
-    a chunk decodes each of its figures once and sends it once (`pixel_values` holds the distinct figures,
-    `image_index` each candidate's row of it; a missing figure points at a zero picture). `expand_images` gives
-    every candidate its pixels on the device. Decoding is what bounds the pipeline on the CPU (one figure decode
-    costs more than tokenising all its candidates), so this divides the CPU work by the candidates per figure."""
-
-    def __init__(self, rows, chunks, images, tokenizer, config):
-        from vital_hub.selector.text import candidate_text
-
-        self.texts = [candidate_text(r) for r in rows]
-        self.pair_ids = [r["pair_id"] for r in rows]
-        self.chunks, self.images, self.tokenizer, self.config = chunks, images, tokenizer, config
-
-    def __len__(self):
-        return len(self.chunks)
-
-    def __getitem__(self, index):
-        import torch
-
-        from vital_hub.selector.data import tokenize, try_decode
-
-        chunk = self.chunks[index]
-        batch = tokenize(self.tokenizer, [self.texts[p] for p in chunk.positions], self.config)
-        missing = torch.zeros(len(chunk.positions), dtype=torch.bool)
-        if self.config.uses_images:
-            size = self.config.image_size
-            pictures, row_of = [], {}
-            index = torch.empty(len(chunk.positions), dtype=torch.long)
-            for slot, position in enumerate(chunk.positions):
-                pair_id = self.pair_ids[position]
-                if pair_id not in row_of:
-                    decoded = try_decode(self.images.get(pair_id), size)
-                    row_of[pair_id] = -1 if decoded is None else len(pictures)
-                    if decoded is not None:
-                        pictures.append(decoded)
-                index[slot] = row_of[pair_id]
-            missing = index < 0
-            if missing.any():
-                index[missing] = len(pictures)
-                pictures.append(torch.zeros(3, size, size, dtype=torch.uint8))
-            batch["pixel_values"] = torch.stack(pictures)
-            batch["image_index"] = index
-        return chunk, batch, missing
-
-
-@dataclass(frozen=True)
-class Chunk:
-    shard: int
-    positions: list[int]
-    ends_batch: bool
-    ends_shard: bool
-
-
-def plan_chunks(shards: list[tuple[int, range]], batch_size: int, chunk_size: int) -> list[Chunk]:
-    """Batches that never cross a shard boundary, cut into chunks, in shard order. Batch composition depends only
-    on the shard, so any number of processes computes exactly the same batches."""
-    chunks = []
-    for shard, positions in shards:
-        for start in range(0, len(positions), batch_size):
-            batch = list(positions[start : start + batch_size])
-            for offset in range(0, len(batch), chunk_size):
-                last_of_batch = offset + chunk_size >= len(batch)
-                last_of_shard = last_of_batch and start + batch_size >= len(positions)
-                chunks.append(Chunk(shard, batch[offset : offset + chunk_size], last_of_batch, last_of_shard))
-    return chunks
-
-
-def merge_chunks(parts: list[dict]):
-    """One model batch from chunks already on the device: token tensors padded to the longest, then stacked;
-    each chunk's `image_index` shifted past the figures of the chunks before it."""
-    import torch
-    import torch.nn.functional as F
-
-    longest = max(part["input_ids"].shape[1] for part in parts)
-    merged = {}
-    for key in parts[0]:
-        tensors = [part[key] for part in parts]
-        if key in ("input_ids", "attention_mask"):
-            tensors = [F.pad(t, (0, longest - t.shape[1])) for t in tensors]  # pad id 0, mask 0
-        if key == "image_index":
-            offsets = [0]
-            for part in parts[:-1]:
-                offsets.append(offsets[-1] + part["pixel_values"].shape[0])
-            tensors = [t + offset for t, offset in zip(tensors, offsets, strict=True)]
-        merged[key] = torch.cat(tensors)
-    return merged
-
-
-def expand_images(batch: dict) -> dict:
-    """Model inputs from a merged batch: every candidate's figure gathered (on the device) from the distinct ones."""
-    batch = dict(batch)
-    index = batch.pop("image_index", None)
-    if index is not None:
-        batch["pixel_values"] = batch["pixel_values"][index]
-    return batch
-
-
 def load_selector(ref: SelectorRef, device, dtype_name: str = "auto"):
     """The model (backbone in bf16 on GPU, head in fp32) and its tokenizer."""
     import torch
@@ -287,33 +185,40 @@ def score_shards(
     progress: bool = True,
 ) -> int:
     """Score the given shards and write each as `<out_scores>/shard-NNNNN.parquet` plus its completion marker.
-    Returns the number of candidates scored."""
+    Returns the number of candidates scored. The input pipeline is `vital_hub.selector.chunks`'s."""
     import torch
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from vital_hub.selector.chunks import assemble, chunk_loader, model_inputs
+
     device = next(model.parameters()).device
-    chunks = plan_chunks(shards, batch_size, min(chunk_size, batch_size))
-    loader = DataLoader(
-        CandidateChunks(rows, chunks, images, tokenizer, model.config),
-        batch_size=None,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if num_workers else None,
-        worker_init_fn=torch_worker_init(os.getpid()) if num_workers else None,  # no decoder outlives a kill
+    loader, dataset = chunk_loader(
+        rows,
+        shards,
+        images,
+        tokenizer,
+        model.config,
+        batch_size,
+        chunk_size,
+        num_workers,
+        torch_worker_init(os.getpid()),  # no decoder outlives a kill
     )
+    chunks = dataset.chunks
+    pin = device.type == "cuda"
     scored = 0
-    batch_parts, positions, unreadable, scores = [], [], [], []
+    parts, positions, unreadable, scores = [], [], [], []
     bar = tqdm(total=sum(len(c.positions) for c in chunks), desc="scoring", unit="cand", disable=not progress)
     with torch.inference_mode():
-        for chunk, tensors, missing in loader:
-            batch_parts.append({k: v.to(device, non_blocking=True) for k, v in tensors.items()})
+        for part in loader:
+            chunk = chunks[part.index]
+            parts.append(part)
             positions += chunk.positions
-            unreadable += missing.tolist()
+            unreadable += part.missing.tolist()
             if chunk.ends_batch:
                 # Scores stay on the device until the shard ends: no synchronisation per batch.
-                scores.append(model(**expand_images(merge_chunks(batch_parts))).logits.squeeze(-1))
-                batch_parts = []
+                batch = model_inputs(assemble(parts, dataset.encoder, pin), device)
+                scores.append(model(**batch).logits.squeeze(-1))
+                parts = []
             bar.update(len(chunk.positions))
             if chunk.ends_shard:
                 values = torch.cat(scores).float().cpu().tolist()
