@@ -59,8 +59,9 @@ def paraphrase(text: str) -> str:
     return f"{rest} In short, {first[0].lower()}{first[1:]}."
 
 
-def build_planted(tmp_path, seeds: int = 5):
-    rng = random.Random(7)
+def build_planted(tmp_path, seeds: int = 5, first: int = 0):
+    """The planted repo and evaluation set of evaluation figures `first` .. `first + seeds - 1` (kinds in turn)."""
+    rng = random.Random(7 + first)
     eval_dir, images, sources = tmp_path / "eval" / "images", tmp_path / "images", tmp_path / "sources"
     for folder in (eval_dir, images, sources):
         folder.mkdir(parents=True)
@@ -80,7 +81,7 @@ def build_planted(tmp_path, seeds: int = 5):
             expected[row_id] = (kind, pair_id)
 
     clean_answer = " ".join(["A plain description of an unrelated figure."] * 2)
-    for k in range(seeds):
+    for k in range(first, first + seeds):
         kind = KINDS[k % len(KINDS)]
         original = figure(kind, 1_000 + k)
         pair_id = f"1000{k:04d}_F1"
@@ -90,7 +91,8 @@ def build_planted(tmp_path, seeds: int = 5):
         short_q, short_a = SHORT[k % len(SHORT)]
         questions.append({**questions[-1], "question_id": len(questions), "text": f"{short_q}\n<image>",
                           "gpt4_answer": short_a})  # fmt: skip
-        others = [figure(KINDS[(k + j) % len(KINDS)], 2_000 + 10 * k + j) for j in range(1, 4)]
+        base = 2_000 if k < 100 else 2_000_000  # from seed 100 on, 2_000 + 10 * k would reach the seeds 3_000 + k
+        others = [figure(KINDS[(k + j) % len(KINDS)], base + 10 * k + j) for j in range(1, 4)]
         for name, (_, transform) in transformations().items():
             source = original
             if name == "sub-panel-cut-out":

@@ -144,8 +144,8 @@ def run_audit(options: AuditOptions) -> dict:
     finally:
         hasher.close()
     _copied_texts(lookup, eval_sets, train, matches)
-    rejected = _near_duplicates(lookup, eval_sets, train, source, options, matches)
-    return _report(source, eval_sets, matches, options, cache, train, rejected)
+    verification = _near_duplicates(lookup, eval_sets, train, source, options, matches)
+    return _report(source, eval_sets, matches, options, cache, train, verification)
 
 
 class _Training:
@@ -205,18 +205,18 @@ def _copied_texts(lookup, eval_sets, train: _Training, matches) -> None:
         )
 
 
-def _near_duplicates(lookup, eval_sets, train: _Training, source, options, matches) -> int:
-    """Search every query variant, verify the candidates, record the confirmed ones; returns how many candidate
-    pairs (evaluation figure, training row) verification rejected."""
+def _near_duplicates(lookup, eval_sets, train: _Training, source, options, matches) -> dict:
+    """Search every query variant, verify the candidates, record the confirmed ones; returns the candidate pairs
+    (evaluation figure, training row), how many verification rejected and the CPU seconds it took."""
     if not train.hashes or not len(lookup.queries):
-        return 0
+        return {"candidate_pairs": 0, "rejected": 0, "cpu_s": 0.0}
     index = HashIndex(np.array(train.hashes, dtype=np.uint64), options.max_distance)
     query_ids, hash_ids, distances = index.search(lookup.queries)
     candidates: dict[tuple, list] = defaultdict(list)  # (set, figure, training row) -> [(distance, query, hash)]
     for q, t, d in zip(query_ids.tolist(), hash_ids.tolist(), distances.tolist(), strict=True):
         s, f = lookup.query_owner[q]
         candidates[(s, f, train.hash_row[t])].append((d, q, t))
-    verdicts = verify_candidates(candidates, lookup, eval_sets, train, source, options)
+    verdicts, cpu = verify_candidates(candidates, lookup, eval_sets, train, source, options)
     rejected = 0
     for (s, f, row), verdict in verdicts.items():
         if verdict is None or not verdict["confirmed"]:
@@ -228,10 +228,10 @@ def _near_duplicates(lookup, eval_sets, train: _Training, source, options, match
         match.distance = verdict.pop("distance")
         del verdict["confirmed"]
         match.figure_match = verdict
-    return rejected
+    return {"candidate_pairs": len(candidates), "rejected": rejected, "cpu_s": round(cpu, 2)}
 
 
-def _report(source: TrainSource, eval_sets, matches: dict, options: AuditOptions, cache, train, rejected) -> dict:
+def _report(source: TrainSource, eval_sets, matches: dict, options: AuditOptions, cache, train, verification) -> dict:
     ordered = sorted(matches.values(), key=_match_order)
     configs = {}
     for config in source.configs:
@@ -258,7 +258,8 @@ def _report(source: TrainSource, eval_sets, matches: dict, options: AuditOptions
         "hashed_training_figures": train.hashed_rows,
         "region_hashes": len(train.hashes),
         "rows_with_stored_hashes": train.from_column,
-        "candidates_rejected": rejected,
+        "candidates_rejected": verification["rejected"],
+        "verification": verification,
         "hash_cache": {"path": str(cache.path), "entries": len(cache.hashes), "added": cache.added},
         "eval_sets": {e.name: _eval_summary(e) for e in eval_sets},
         "configs": configs,

@@ -35,6 +35,10 @@ def contamination_main(argv: list[str]) -> int:
         "vital audit contamination",
         "Find evaluation figures, questions and answers inside a training mixture.",
     )
+    if config.verify:  # only verification aligns figures (OpenCV); --no-verify runs without it
+        from vital_hub.cli_args import require
+
+        require(("cv2",), "audit", "to verify candidates; --no-verify reports hash candidates without it")
     from vital_hub.audit.audit import AuditOptions, load_eval, run_audit
     from vital_hub.audit.data import open_training
     from vital_hub.audit.report import print_table, write_mixture, write_sheet
