@@ -7,7 +7,8 @@ marks, but not a crop, a border, a caption strip, a flip, or being one panel of 
   panels and sub-panels found at its gutters; `vital build` stores them with the figure;
 - each evaluation figure (they are few) is looked for in variants: 12 framings (crops up to 5%, trimmed, padded,
   corner crops) in each of the 8 orientations (flips, right-angle turns), crops of up to 30% a side (one side,
-  two, four, in steps of 3%), and its own panels (a training figure may be one of them).
+  two, four, in steps of 3%; and every side by its own amount, on a lattice of cuts), and its own panels, as cut
+  and trimmed (a training figure may be one of them): ~1,100 hashes a figure, hashed in one batch.
 A training figure is a candidate when any variant is within the threshold of any of its regions; candidates are
 then verified (`vital_hub.audit.verify`). Variants and thresholds were chosen on the generated planted set
 (`vital_hub.audit.planted`; docs/audit.md has the numbers).

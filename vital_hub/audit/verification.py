@@ -1,6 +1,8 @@
 """Verifying the candidate pairs of the hash search: each training figure that some evaluation figure's variant
-came near is read once more, its regions recomputed, and the pair aligned and compared (`verify`), on worker
-processes when there are several."""
+came near is read once more (decoded in draft mode, large enough for its smallest matched region), its regions
+recomputed when a candidate matched one, and the pair aligned and compared (`verify`), on worker processes when
+there are several. Per pair, the closest (orientation, region) combinations are tried in turn until one confirms;
+evaluation figures' views are cached per process."""
 
 from __future__ import annotations
 

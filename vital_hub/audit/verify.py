@@ -7,8 +7,13 @@ matched), the evaluation figure is warped onto the training figure, and the alig
 normalised pixels correlate, nearly every tile of a 6x6 grid agrees (a copy with an arrow or a label burned in
 differs in a tile or two), the fine structure of nearly every textured tile of an 8x8 grid correlates (two tissue
 sections, or two panels of one layout, agree in their coarse shades only), and few pixels differ strongly (a
-template chart with other data differs wherever the data is drawn). The alignment is refined by ECC first, so
-that a re-rendered copy lines up to the pixel.
+template chart with other data differs wherever the data is drawn). An alignment that is a near miss is refined by
+ECC and compared again, so that a re-rendered copy can line up to the pixel.
+
+A matched box that is a small part of its figure (a panel of a compound figure) is compared on its own, cropped
+with a margin, at working size. Each figure's view (working pixels and ORB features) is made once and reused for
+all its candidates (`View`). A strip, a near-blank background, or an alignment by the hash boxes alone that is not
+near-perfect is not evidence of a copy.
 """
 
 from __future__ import annotations
