@@ -137,6 +137,8 @@ def verify_candidates(candidates: dict, lookup, eval_sets, train, source, option
                   "confidence": None, "correlation": None, "orientation": None, "matched": None}
             for key, found in candidates.items()
         }, 0.0  # fmt: skip
+    _EVAL_GREYS.clear()  # keyed by (set, figure): another audit in this process has other figures there
+    _EVAL_VIEWS.clear()
     by_row: dict[int, list] = {}
     for key, found in candidates.items():
         s, f, row = key
