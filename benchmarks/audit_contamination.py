@@ -157,7 +157,9 @@ def verification_benchmark(args, candidate_pairs: int | None = None) -> dict:
         verification._EVAL_VIEWS.clear()
         shape = grey_of(eval_data).shape
         whole = (0, 0, shape[1], shape[0])
-        (_, verdict), seconds = verification._verify_row((train_data, [(n, n, eval_data, shape, [(0, 0, 0, whole)])]))
+        [(_, verdict)], seconds = verification._verify_row(
+            (train_data, [(n, n, eval_data, shape, [(0, 0, 0, whole)])])
+        )
         right += (verdict is not None and verdict["confirmed"]) == same
         cpu += seconds
     out = {"pairs": len(pairs), "verdicts_right": right, "cpu_s_per_pair": round(cpu / len(pairs), 4)}
@@ -228,10 +230,12 @@ def main() -> None:
     parser.add_argument("--figures", type=int, default=400)
     parser.add_argument("--verify", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--candidate-pairs", type=int, help="with --train 0: project verification over this many")
     args = parser.parse_args()
     search = search_benchmark(args) if args.train else {}
     print({"search": search}, flush=True)
-    print({"verification": verification_benchmark(args, search.get("candidate_pairs"))}, flush=True)
+    pairs = search.get("candidate_pairs", args.candidate_pairs)
+    print({"verification": verification_benchmark(args, pairs)}, flush=True)
     print({"hashing": hashing_benchmark(args)})
 
 
