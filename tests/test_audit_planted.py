@@ -166,9 +166,7 @@ def test_planted_set_recall_per_transformation_and_no_false_alarms(tmp_path):
         assert hits >= 0.95 * total, (group, {n: found[n] for n in names})
     for kind in ("qa-long", "qa-short", "qa-answer"):
         assert found[kind][0] == found[kind][1], (kind, found[kind])
-    assert groups | {n for n, (g, _) in transformations().items() if g == "mild"} == set(
-        transformations()
-    )
+    assert groups | {n for n, (g, _) in transformations().items() if g == "mild"} == set(transformations())
     verification = report["verification"]  # what verifying cost, for the per-candidate figure of docs/audit.md
     assert verification["candidate_pairs"] > verification["rejected"] > 0 and verification["cpu_s"] > 0
     confirmed = [m for m in report["matches"] if "phash" in m["reasons"]]
