@@ -32,6 +32,13 @@ def test_uneven_crops_come_within_the_default_distance_of_a_variant():
         assert min(distance(a, b) for a in variants for b in stored) <= 10, (n, cut)
 
 
+def test_without_uneven_crops_an_evaluation_figure_has_a_quarter_of_the_variants():
+    grey = grey_of(jpeg(figure("microscopy", 9_200)))
+    every, fewer = query_variants(grey), query_variants(grey, uneven=False)
+    assert 1_000 < len(every) and 150 < len(fewer) < 400
+    assert {v for v, _, _ in fewer} <= {v for v, _, _ in every}
+
+
 @pytest.mark.parametrize("seed", [1_000, 1_005, 1_010])
 def test_a_white_chart_is_verified_as_one_panel_of_a_composite(seed):
     """Compared at the composite's scale, a third of it, the chart's thin lines differed in over 7% of the pixels

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ class AuditOptions:
     hash_cache: Path | None = None
     show_progress: bool = True
     verify: bool = True
+    uneven_crops: bool = True
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -65,7 +67,7 @@ class Match:
 class _EvalLookup:
     """Identity keys, texts and query variants of every evaluation figure, for the training pass."""
 
-    def __init__(self, eval_sets: list[EvalSet], workers: int = 1):
+    def __init__(self, eval_sets: list[EvalSet], workers: int = 1, uneven_crops: bool = True):
         self.keys: dict[str, dict[str, list[tuple[int, int]]]] = {k: defaultdict(list) for k in IDENTITY_KEYS}
         texts = []
         query_values, self.query_owner, self.query_variant = [], [], []
@@ -74,7 +76,7 @@ class _EvalLookup:
         variants = dict(
             zip(
                 [(s, f) for s, f, _ in figures],
-                _map(_variants, [fig.data for *_, fig in figures], workers),
+                _map(partial(_variants, uneven=uneven_crops), [fig.data for *_, fig in figures], workers),
                 strict=True,
             )
         )
@@ -102,10 +104,10 @@ class _EvalLookup:
         self.queries = np.array(query_values, dtype=np.uint64)
 
 
-def _variants(data: bytes):
+def _variants(data: bytes, uneven: bool = True):
     """(decoded size, query variants) of an evaluation figure, or None when it does not decode."""
     grey = grey_of(data)
-    return None if grey is None else (grey.shape, query_variants(grey))
+    return None if grey is None else (grey.shape, query_variants(grey, uneven))
 
 
 def _map(function, items: list, workers: int) -> list:
@@ -126,7 +128,7 @@ def run_audit(options: AuditOptions) -> dict:
     names = [e.name for e in eval_sets]
     if len(set(names)) != len(names):
         raise ValueError(f"--eval names must be distinct, got {names}")
-    lookup = _EvalLookup(eval_sets, options.workers)
+    lookup = _EvalLookup(eval_sets, options.workers, options.uneven_crops)
     cache = HashCache(options.hash_cache or options.out / "figure_hashes.jsonl")
     hasher = Hasher(cache, options.workers)
     matches: dict[tuple, Match] = {}
@@ -255,6 +257,7 @@ def _report(source: TrainSource, eval_sets, matches: dict, options: AuditOptions
         "train_kind": source.kind,
         "max_distance": options.max_distance,
         "verified": options.verify,
+        "uneven_crops": options.uneven_crops,
         "hashed_training_figures": train.hashed_rows,
         "region_hashes": len(train.hashes),
         "rows_with_stored_hashes": train.from_column,

@@ -8,7 +8,7 @@ marks, but not a crop, a border, a caption strip, a flip, or being one panel of 
 - each evaluation figure (they are few) is looked for in variants: 12 framings (crops up to 5%, trimmed, padded,
   corner crops) in each of the 8 orientations (flips, right-angle turns), crops of up to 30% a side (one side,
   two, four, in steps of 3%; and every side by its own amount, on a lattice of cuts), and its own panels, as cut
-  and trimmed (a training figure may be one of them): ~1,100 hashes a figure, hashed in one batch.
+  and trimmed (a training figure may be one of them): ~1,140 hashes a figure, hashed in one batch.
 A training figure is a candidate when any variant is within the threshold of any of its regions; candidates are
 then verified (`vital_hub.audit.verify`). Variants and thresholds were chosen on the generated planted set
 (`vital_hub.audit.planted`; docs/audit.md has the numbers).
@@ -253,10 +253,11 @@ def _padded_hash(grey: np.ndarray, box, shade: int) -> int:
     return _phash(Image.fromarray(canvas))
 
 
-def query_variants(grey: np.ndarray) -> list[tuple[int, int, tuple[int, int, int, int]]]:
+def query_variants(grey: np.ndarray, uneven: bool = True) -> list[tuple[int, int, tuple[int, int, int, int]]]:
     """(pHash, orientation, box in the oriented figure) of each way an evaluation figure is looked for: the 12
     framings in each of the 8 orientations (flips and right-angle turns), then, as it is, crops of up to 30% a side
-    (of the whole figure and of its trimmed content) and each panel. Distinct hashes only (the first variant that gives a hash is kept)."""
+    (of the whole figure and of its trimmed content; with `uneven`, also every side by its own amount) and each
+    panel. Distinct hashes only (the first variant that gives a hash is kept)."""
     out, seen = [], set()
 
     def add(value: int, k: int, box) -> None:
@@ -279,7 +280,7 @@ def query_variants(grey: np.ndarray) -> list[tuple[int, int, tuple[int, int, int
             bases = [(0, 0, width, height)] + ([trimmed] if trimmed != (0, 0, width, height) else [])
             boxes += (
                 [b for base in bases for b in _crop_grid(base)]
-                + _uneven_crops(width, height)
+                + (_uneven_crops(width, height) if uneven else [])
                 + panels(oriented, untrimmed=True)
             )
         for box, value in zip(boxes, box_hashes(oriented, boxes), strict=True):
