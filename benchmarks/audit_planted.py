@@ -1,7 +1,7 @@
 """Recall and precision of `vital audit contamination` per transformation, on the project's generated planted set
 (the set of tests/test_audit_planted.py, with more figures).
 
-    python benchmarks/audit_planted.py [--seeds 20] [--first 0] [--max-distance 10] [--no-verify]
+    python benchmarks/audit_planted.py [--seeds 20] [--first 0] [--max-distance 10] [--no-verify] [--no-uneven-crops]
 
 Builds the planted instructions repo with `vital build instructions` in a temporary folder, audits it with the
 CLI, and prints a Markdown table: per transformation, copies found (recall) and matches that point at the right
@@ -29,12 +29,13 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0, help="first seed (the test uses 0-4)")
     parser.add_argument("--max-distance", type=int, default=10)
     parser.add_argument("--no-verify", action="store_true")
+    parser.add_argument("--no-uneven-crops", action="store_true")
     parser.add_argument("--keep", help="build and audit in this folder, and keep it (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(args.keep or folder)
         expected, rows = build_planted(root, args.seeds, args.first)
-        extra = ["--no-verify"] if args.no_verify else []
+        extra = ["--no-verify"] * args.no_verify + ["--no-uneven-crops"] * args.no_uneven_crops
         result = run_vital("audit", "contamination", "--train", str(root / "repo"), "--out", str(root / "audit"),
                            "--eval", f"planted={root / 'eval' / 'questions.jsonl'},{root / 'eval' / 'images'}",
                            "--workers", "2", "--max-distance", str(args.max_distance), *extra)  # fmt: skip
