@@ -34,12 +34,11 @@ SHORT = [
 ]
 HARD_GROUPS = {
     "crops up to 30%": ("crop-15%-one-side", "crop-15%-two-sides", "crop-15%-four-sides", "crop-30%-one-side",
-                        "crop-30%-two-sides"),
+                        "crop-30%-two-sides", "crop-uneven"),
     "borders, captions, screenshots": ("border-white-15%", "border-black-15%", "caption-strip", "screenshot"),
     "flips and rotations": ("flip-horizontal", "flip-vertical", "rotate-90", "rotate-180", "rotate-270"),
     "panels": ("panel-of-2x2", "panel-of-1x3", "in-superfigure", "sub-panel-cut-out"),
 }  # fmt: skip
-MEASURED_ONLY = ("crop-uneven",)  # arbitrary uneven crops: reported, not required (docs/audit.md)
 
 
 def conversation(question: str, answer: str) -> list[dict]:
@@ -59,8 +58,9 @@ def paraphrase(text: str) -> str:
     return f"{rest} In short, {first[0].lower()}{first[1:]}."
 
 
-def build_planted(tmp_path, seeds: int = 5):
-    rng = random.Random(7)
+def build_planted(tmp_path, seeds: int = 5, first: int = 0):
+    """The planted repo and evaluation set of evaluation figures `first` .. `first + seeds - 1` (kinds in turn)."""
+    rng = random.Random(7 + first)
     eval_dir, images, sources = tmp_path / "eval" / "images", tmp_path / "images", tmp_path / "sources"
     for folder in (eval_dir, images, sources):
         folder.mkdir(parents=True)
@@ -80,7 +80,7 @@ def build_planted(tmp_path, seeds: int = 5):
             expected[row_id] = (kind, pair_id)
 
     clean_answer = " ".join(["A plain description of an unrelated figure."] * 2)
-    for k in range(seeds):
+    for k in range(first, first + seeds):
         kind = KINDS[k % len(KINDS)]
         original = figure(kind, 1_000 + k)
         pair_id = f"1000{k:04d}_F1"
@@ -90,7 +90,8 @@ def build_planted(tmp_path, seeds: int = 5):
         short_q, short_a = SHORT[k % len(SHORT)]
         questions.append({**questions[-1], "question_id": len(questions), "text": f"{short_q}\n<image>",
                           "gpt4_answer": short_a})  # fmt: skip
-        others = [figure(KINDS[(k + j) % len(KINDS)], 2_000 + 10 * k + j) for j in range(1, 4)]
+        base = 2_000 if k < 100 else 2_000_000  # from seed 100 on, 2_000 + 10 * k would reach the seeds 3_000 + k
+        others = [figure(KINDS[(k + j) % len(KINDS)], base + 10 * k + j) for j in range(1, 4)]
         for name, (_, transform) in transformations().items():
             source = original
             if name == "sub-panel-cut-out":
@@ -165,9 +166,9 @@ def test_planted_set_recall_per_transformation_and_no_false_alarms(tmp_path):
         assert hits >= 0.95 * total, (group, {n: found[n] for n in names})
     for kind in ("qa-long", "qa-short", "qa-answer"):
         assert found[kind][0] == found[kind][1], (kind, found[kind])
-    assert groups | set(MEASURED_ONLY) | {n for n, (g, _) in transformations().items() if g == "mild"} == set(
-        transformations()
-    )
+    assert groups | {n for n, (g, _) in transformations().items() if g == "mild"} == set(transformations())
+    verification = report["verification"]  # what verifying cost, for the per-candidate figure of docs/audit.md
+    assert verification["candidate_pairs"] > verification["rejected"] > 0 and verification["cpu_s"] > 0
     confirmed = [m for m in report["matches"] if "phash" in m["reasons"]]
     assert all(m["figure_match"]["signal"] in ("orb+pixels", "hash-box+pixels") for m in confirmed)
     assert all(m["figure_match"]["region"] and 0 < m["figure_match"]["confidence"] <= 1 for m in confirmed)

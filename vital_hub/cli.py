@@ -73,7 +73,7 @@ NEEDS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("eval", "chat"): ("openai", "numpy"),
     ("eval", "winrate"): ("openai", "numpy"),
     ("eval", "report"): ("matplotlib",),
-    ("audit", "contamination"): ("imagehash", "numpy", "matplotlib", "cv2"),
+    ("audit", "contamination"): ("imagehash", "numpy", "matplotlib"),  # and cv2 unless --no-verify: it checks
 }
 
 

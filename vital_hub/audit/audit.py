@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ class AuditOptions:
     hash_cache: Path | None = None
     show_progress: bool = True
     verify: bool = True
+    uneven_crops: bool = True
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -65,7 +67,7 @@ class Match:
 class _EvalLookup:
     """Identity keys, texts and query variants of every evaluation figure, for the training pass."""
 
-    def __init__(self, eval_sets: list[EvalSet], workers: int = 1):
+    def __init__(self, eval_sets: list[EvalSet], workers: int = 1, uneven_crops: bool = True):
         self.keys: dict[str, dict[str, list[tuple[int, int]]]] = {k: defaultdict(list) for k in IDENTITY_KEYS}
         texts = []
         query_values, self.query_owner, self.query_variant = [], [], []
@@ -74,7 +76,7 @@ class _EvalLookup:
         variants = dict(
             zip(
                 [(s, f) for s, f, _ in figures],
-                _map(_variants, [fig.data for *_, fig in figures], workers),
+                _map(partial(_variants, uneven=uneven_crops), [fig.data for *_, fig in figures], workers),
                 strict=True,
             )
         )
@@ -102,10 +104,10 @@ class _EvalLookup:
         self.queries = np.array(query_values, dtype=np.uint64)
 
 
-def _variants(data: bytes):
+def _variants(data: bytes, uneven: bool = True):
     """(decoded size, query variants) of an evaluation figure, or None when it does not decode."""
     grey = grey_of(data)
-    return None if grey is None else (grey.shape, query_variants(grey))
+    return None if grey is None else (grey.shape, query_variants(grey, uneven))
 
 
 def _map(function, items: list, workers: int) -> list:
@@ -126,7 +128,7 @@ def run_audit(options: AuditOptions) -> dict:
     names = [e.name for e in eval_sets]
     if len(set(names)) != len(names):
         raise ValueError(f"--eval names must be distinct, got {names}")
-    lookup = _EvalLookup(eval_sets, options.workers)
+    lookup = _EvalLookup(eval_sets, options.workers, options.uneven_crops)
     cache = HashCache(options.hash_cache or options.out / "figure_hashes.jsonl")
     hasher = Hasher(cache, options.workers)
     matches: dict[tuple, Match] = {}
@@ -144,8 +146,8 @@ def run_audit(options: AuditOptions) -> dict:
     finally:
         hasher.close()
     _copied_texts(lookup, eval_sets, train, matches)
-    rejected = _near_duplicates(lookup, eval_sets, train, source, options, matches)
-    return _report(source, eval_sets, matches, options, cache, train, rejected)
+    verification = _near_duplicates(lookup, eval_sets, train, source, options, matches)
+    return _report(source, eval_sets, matches, options, cache, train, verification)
 
 
 class _Training:
@@ -205,18 +207,18 @@ def _copied_texts(lookup, eval_sets, train: _Training, matches) -> None:
         )
 
 
-def _near_duplicates(lookup, eval_sets, train: _Training, source, options, matches) -> int:
-    """Search every query variant, verify the candidates, record the confirmed ones; returns how many candidate
-    pairs (evaluation figure, training row) verification rejected."""
+def _near_duplicates(lookup, eval_sets, train: _Training, source, options, matches) -> dict:
+    """Search every query variant, verify the candidates, record the confirmed ones; returns the candidate pairs
+    (evaluation figure, training row), how many verification rejected and the CPU seconds it took."""
     if not train.hashes or not len(lookup.queries):
-        return 0
+        return {"candidate_pairs": 0, "rejected": 0, "cpu_s": 0.0}
     index = HashIndex(np.array(train.hashes, dtype=np.uint64), options.max_distance)
     query_ids, hash_ids, distances = index.search(lookup.queries)
     candidates: dict[tuple, list] = defaultdict(list)  # (set, figure, training row) -> [(distance, query, hash)]
     for q, t, d in zip(query_ids.tolist(), hash_ids.tolist(), distances.tolist(), strict=True):
         s, f = lookup.query_owner[q]
         candidates[(s, f, train.hash_row[t])].append((d, q, t))
-    verdicts = verify_candidates(candidates, lookup, eval_sets, train, source, options)
+    verdicts, cpu = verify_candidates(candidates, lookup, eval_sets, train, source, options)
     rejected = 0
     for (s, f, row), verdict in verdicts.items():
         if verdict is None or not verdict["confirmed"]:
@@ -228,10 +230,10 @@ def _near_duplicates(lookup, eval_sets, train: _Training, source, options, match
         match.distance = verdict.pop("distance")
         del verdict["confirmed"]
         match.figure_match = verdict
-    return rejected
+    return {"candidate_pairs": len(candidates), "rejected": rejected, "cpu_s": round(cpu, 2)}
 
 
-def _report(source: TrainSource, eval_sets, matches: dict, options: AuditOptions, cache, train, rejected) -> dict:
+def _report(source: TrainSource, eval_sets, matches: dict, options: AuditOptions, cache, train, verification) -> dict:
     ordered = sorted(matches.values(), key=_match_order)
     configs = {}
     for config in source.configs:
@@ -255,10 +257,12 @@ def _report(source: TrainSource, eval_sets, matches: dict, options: AuditOptions
         "train_kind": source.kind,
         "max_distance": options.max_distance,
         "verified": options.verify,
+        "uneven_crops": options.uneven_crops,
         "hashed_training_figures": train.hashed_rows,
         "region_hashes": len(train.hashes),
         "rows_with_stored_hashes": train.from_column,
-        "candidates_rejected": rejected,
+        "candidates_rejected": verification["rejected"],
+        "verification": verification,
         "hash_cache": {"path": str(cache.path), "entries": len(cache.hashes), "added": cache.added},
         "eval_sets": {e.name: _eval_summary(e) for e in eval_sets},
         "configs": configs,

@@ -24,6 +24,12 @@ class ContaminationConfig:
         "hash match, as before)",
         default=True,
     )
+    uneven_crops: bool = help_field(
+        "look for each evaluation figure also cropped by its own amount on every side, up to 30 percent (~880 more "
+        "hashes a figure; --no-uneven-crops: ~4 times fewer, a faster search, uneven crops found only near the one- "
+        "and two-sided crops)",
+        default=True,
+    )
     sheet_top: int = help_field("matches shown on the PNG sheet", default=24)
     write_mixture: str | None = help_field("write a mixture YAML excluding every flagged row", default=None)
 
@@ -35,6 +41,10 @@ def contamination_main(argv: list[str]) -> int:
         "vital audit contamination",
         "Find evaluation figures, questions and answers inside a training mixture.",
     )
+    if config.verify:  # only verification aligns figures (OpenCV); --no-verify runs without it
+        from vital_hub.cli_args import require
+
+        require(("cv2",), "audit", "to verify candidates; --no-verify reports hash candidates without it")
     from vital_hub.audit.audit import AuditOptions, load_eval, run_audit
     from vital_hub.audit.data import open_training
     from vital_hub.audit.report import print_table, write_mixture, write_sheet
@@ -52,6 +62,7 @@ def contamination_main(argv: list[str]) -> int:
         config.workers,
         Path(config.hash_cache) if config.hash_cache else None,
         verify=config.verify,
+        uneven_crops=config.uneven_crops,
     )
     report = run_audit(options)
     write_json_atomic(out / "contamination.json", report)

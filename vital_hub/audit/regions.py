@@ -87,9 +87,11 @@ def _split_once(grey: np.ndarray, box, axis: int):
     return (boxes[0][0], top, boxes[-1][2], bottom), boxes
 
 
-def panels(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
+def panels(grey: np.ndarray, untrimmed: bool = False) -> list[tuple[int, int, int, int]]:
     """Trimmed boxes of the panels of a compound figure, and of the figure without thin strips at its edges
-    (a title, a caption, a window bar); empty when there are none."""
+    (a title, a caption, a window bar); empty when there are none. With `untrimmed`, also each panel's box as cut
+    at the gutters, before its own uniform margin is trimmed (a panel cut out of the figure keeps that margin,
+    and trimming it alone may stop elsewhere)."""
     found = []
 
     def cut(box, depth: int) -> None:
@@ -105,6 +107,8 @@ def panels(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
                 if stripped != box:
                     found.append(trim_box(grey, stripped))
                 for piece in pieces:
+                    if untrimmed:
+                        found.append(piece)
                     piece = trim_box(grey, piece)
                     found.append(piece)
                     if depth < DEPTH:
@@ -115,7 +119,9 @@ def panels(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
     height, width = grey.shape
     sized = [b for b in found if b[2] - b[0] >= MIN_PANEL_PX and b[3] - b[1] >= MIN_PANEL_PX]
     sized = sorted(set(sized), key=lambda b: (-(b[2] - b[0]) * (b[3] - b[1]), b))
-    return [b for b in sized if (b[2] - b[0]) * (b[3] - b[1]) >= 0.02 * width * height][:MAX_REGIONS]
+    return [b for b in sized if (b[2] - b[0]) * (b[3] - b[1]) >= 0.02 * width * height][
+        : MAX_REGIONS * (1 + untrimmed)
+    ]
 
 
 def regions(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
