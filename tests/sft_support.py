@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -52,3 +55,20 @@ def tiny_recipe(path: Path, model_dir: Path, repo: Path, output_dir: Path, **ove
     }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     return path
+
+
+def offline_env(hf_home: Path) -> dict:
+    """The environment `recipes/sft.py` runs in for the tests: this checkout, CPU, offline, under its own HF_HOME,
+    with none of the caller's HF_* settings or tokens."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), CUDA_VISIBLE_DEVICES="")
+    return env
+
+
+def run_sft(recipe: Path, hf_home: Path):
+    """`recipes/sft.py --config recipe` in `offline_env`; it must succeed. Returns the finished process."""
+    command = [sys.executable, str(SFT_SCRIPT), "--config", str(recipe)]
+    result = subprocess.run(command, env=offline_env(hf_home), cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=400)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result

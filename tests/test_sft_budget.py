@@ -1,16 +1,12 @@
 """Token-budget packing: the first-fit plan, its sampler, and a recipe run that trains every row once."""
 
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.sft_support import SFT_SCRIPT, tiny_recipe
+from tests.sft_support import run_sft, tiny_recipe
 from vital_hub.training.budget import TokenBudgetBatchSampler, first_fit_bins
 from vital_hub.training.family_models import write_family_folder
 from vital_hub.training.synthetic import synthetic_rows, write_instructions_repo
@@ -66,11 +62,7 @@ def test_recipe_with_a_budget_trains_every_row_once_within_the_budget(tmp_path):
                  "max_image_side": 400, "save_strategy": "no", "max_length": 4096, "log_level": "info"}  # fmt: skip
     model = write_family_folder(tmp_path / "model", "qwen2.5-vl")
     recipe = tiny_recipe(tmp_path / "recipe.yaml", model, repo, tmp_path / "run", **overrides)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), CUDA_VISIBLE_DEVICES="")
-    command = [sys.executable, str(SFT_SCRIPT), "--config", str(recipe)]
-    result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_sft(recipe, tmp_path / "hf")
     history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
     counts = [entry["num_tokens"] for entry in history if "loss" in entry]
     steps = [after - before for before, after in zip([0, *counts], counts, strict=False)]

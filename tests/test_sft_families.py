@@ -8,15 +8,11 @@ LLaVA-OneVision, Qwen) give rows of different image shapes in one batch.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT
-from tests.sft_support import SFT_SCRIPT, tiny_recipe
+from tests.sft_support import run_sft, tiny_recipe
 from vital_hub.training.collator import VisionSFTCollator
 from vital_hub.training.families import family_of, part_of
 from vital_hub.training.family_models import BUILDERS, build_family, write_family_folder
@@ -180,11 +176,7 @@ def run_recipe(family: str, repo, tmp_path, lora: bool = False):
     if lora:
         overrides.update(use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=LORA_TARGETS)
     recipe = tiny_recipe(tmp_path / "recipe.yaml", model_dir, repo, output, **overrides)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), CUDA_VISIBLE_DEVICES="")
-    command = [sys.executable, str(SFT_SCRIPT), "--config", str(recipe)]
-    result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_sft(recipe, tmp_path / "hf")
     return output, result.stderr
 
 

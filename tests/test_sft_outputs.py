@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.fakes.hub_server import running_hub
-from tests.sft_support import SFT_SCRIPT, tiny_recipe
+from tests.sft_support import SFT_SCRIPT, offline_env, tiny_recipe
 from vital_hub.training.family_models import build_family, write_family_folder
 from vital_hub.training.processors import has_video_config, load_processor_from
 from vital_hub.training.synthetic import synthetic_rows, write_instructions_repo, write_model_folder
@@ -195,8 +195,7 @@ def test_a_trained_moe_model_is_saved_with_router_logits_off_and_generates_batch
     base = qwen3_vl_moe_folder(tmp_path / "moe")
     output = tmp_path / "out"
     recipe = tiny_recipe(tmp_path / "recipe.yaml", base, repo, output, max_steps=2, save_strategy="no")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), CUDA_VISIBLE_DEVICES="")
+    env = offline_env(tmp_path / "hf")
     result = subprocess.run([sys.executable, str(SFT_SCRIPT), "--config", str(recipe)], env=env, cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=400)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]

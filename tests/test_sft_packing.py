@@ -10,15 +10,11 @@ PaliGemma), and Qwen's vision towers one call per layer over all windows and ima
 
 import functools
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT
-from tests.sft_support import SFT_SCRIPT, tiny_recipe
+from tests.sft_support import run_sft, tiny_recipe
 from vital_hub.training.collator import VisionSFTCollator
 from vital_hub.training.families import family_of
 from vital_hub.training.family_models import BUILDERS, build_family, chat_template, write_family_folder
@@ -294,11 +290,7 @@ def train(family: str, repo, out, packing: bool, projector: str = "merger", step
                  "lora_target_modules": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}  # fmt: skip
     model = write_family_folder(out / "model", family)
     recipe = tiny_recipe(out / "recipe.yaml", model, repo, out / "run", **overrides)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
-    env.update(HF_HOME=str(out / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), CUDA_VISIBLE_DEVICES="")
-    command = [sys.executable, str(SFT_SCRIPT), "--config", str(recipe)]
-    result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_sft(recipe, out / "hf")
     if packing:
         from transformers import AutoConfig
 

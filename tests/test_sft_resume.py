@@ -8,7 +8,6 @@ half-written checkpoint is not resumed from.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO_ROOT
-from tests.sft_support import SFT_SCRIPT, tiny_recipe
+from tests.sft_support import SFT_SCRIPT, offline_env, tiny_recipe
 from vital_hub.training.family_models import build_family, write_family_folder
 from vital_hub.training.resume import CheckpointError, last_complete_checkpoint, load_weights_strictly
 from vital_hub.training.synthetic import synthetic_rows, write_instructions_repo
@@ -40,8 +39,7 @@ def command(tmp_path, family, repo, name, **overrides):
         write_family_folder(model, family)
     recipe = tiny_recipe(tmp_path / f"{name}.yaml", model, repo, tmp_path / name, max_steps=4, save_steps=2,
                          learning_rate=5e-3, **overrides)  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), CUDA_VISIBLE_DEVICES="")
+    env = offline_env(tmp_path / "hf")
     return [sys.executable, str(SFT_SCRIPT), "--config", str(recipe), "--log_level", "info"], env
 
 
