@@ -65,11 +65,7 @@ class CrossAttentionRows:
 
     def __init__(self, backbone, language):
         self.backbone = backbone
-        self.layers = [module for module in language.modules() if type(module).__name__.endswith("CrossAttention")]
-        for layer in self.layers:
-            if not getattr(layer, "_vital_per_row", False):
-                layer.forward = _per_row_cross_attention(layer.forward)
-                layer._vital_per_row = True
+        self.layers = wrap_forward_once(language, "CrossAttention", _per_row_cross_attention)
 
     def take(self, kwargs: dict, carried: dict) -> None:
         """At the backbone: replace the packed `cross_attention_mask` with the language model's two masks."""
@@ -148,12 +144,18 @@ def row_edges(boundaries) -> list[int]:
 
 def per_row_linear_attention(language) -> int:
     """Make every linear-attention layer of `language` run once per packed row; returns how many layers."""
-    layers = [module for module in language.modules() if type(module).__name__.endswith("GatedDeltaNet")]
+    return len(wrap_forward_once(language, "GatedDeltaNet", _per_row))
+
+
+def wrap_forward_once(language, class_suffix: str, wrapper) -> list:
+    """The modules of `language` whose class name ends with `class_suffix`, each `forward` wrapped by `wrapper`
+    once (enabling packing twice on one model leaves them wrapped once)."""
+    layers = [module for module in language.modules() if type(module).__name__.endswith(class_suffix)]
     for layer in layers:
         if not getattr(layer, "_vital_per_row", False):
-            layer.forward = _per_row(layer.forward)
+            layer.forward = wrapper(layer.forward)
             layer._vital_per_row = True
-    return len(layers)
+    return layers
 
 
 def _per_row(forward):
