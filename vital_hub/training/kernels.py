@@ -7,9 +7,12 @@ transformers' `AttentionInterface` under `ATTENTION_NAME`; per call it picks, in
 - PyTorch's own varlen flash kernel (`torch.nn.attention.varlen.varlen_attn`, PyTorch >= 2.10, CUDA, bf16/fp16):
   one launch over every row, no mask in memory, no work across rows (a layer's `sliding_window` becomes the
   kernel's `window_size`);
-- otherwise one `scaled_dot_product_attention` call with a block-diagonal mask built from the boundaries (CPU,
-  fp32, or an older PyTorch), cut to the layer's sliding window where it has one: still one call per layer,
-  exact, but it spends the masked-out work;
+- otherwise, on CUDA (fp32, or an older PyTorch), one `scaled_dot_product_attention` call with a block-diagonal
+  mask built from the boundaries, cut to the layer's sliding window where it has one: still one launch per layer,
+  but it spends the masked-out work and holds a (tokens x tokens) mask;
+- off CUDA (CPU, MPS), one SDPA call per row, on the row's own queries and keys: launches are cheap there, the work
+  is that of the rows alone (a pack of 8 rows does an eighth of the block-diagonal call's), no dense mask, and
+  each row gets bit for bit what SDPA gives it alone (a call with all rows and a mask rounds differently);
 - without boundaries (a padded batch, evaluation, generation): transformers' own SDPA path, unchanged.
 
 The name contains "flash" on purpose: transformers' Qwen-VL vision towers then hand every window and every image
@@ -127,17 +130,47 @@ def packed_attention_forward(
         if max_length_q is None:
             max_length_q = int((cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).max())
         return _varlen(module, query, key, value, cu_seq_lens_q, int(max_length_q), scaling, causal, sliding_window)
-    if query.is_cuda and not _state.get("warned"):
+    if not query.is_cuda:
+        return per_row_attention(module, query, key, value, cu_seq_lens_q, causal, sliding_window,
+                                 dropout=dropout, scaling=scaling, **kwargs)  # fmt: skip
+    if not _state.get("warned"):
         _state["warned"] = True
         logger.warning(
             "packed attention got %s inputs on CUDA: one SDPA call with a block-diagonal mask per layer instead of "
             "the varlen kernel (train in bf16 or fp16 for it)",
             query.dtype,
         )
-    mask = block_diagonal_mask(cu_seq_lens_q, query.shape[2], causal, sliding_window)
-    return sdpa_attention_forward(
-        module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False, **kwargs
-    )
+    return block_diagonal_attention(module, query, key, value, cu_seq_lens_q, causal, sliding_window,
+                                    dropout=dropout, scaling=scaling, **kwargs)  # fmt: skip
+
+
+def block_diagonal_attention(module, query, key, value, cu_seq_lens, causal: bool, window: int | None, **kwargs):
+    """One SDPA call over every row of a packed (1, heads, tokens, dim) batch, rows kept apart by a mask."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    mask = block_diagonal_mask(cu_seq_lens, query.shape[2], causal, window)
+    return sdpa_attention_forward(module, query, key, value, mask, is_causal=False, **kwargs)
+
+
+def per_row_attention(module, query, key, value, cu_seq_lens, causal: bool, window: int | None, **kwargs):
+    """One SDPA call per row of a packed (1, heads, tokens, dim) batch, each on its own span; the outputs laid
+    end to end as one call's would be, (1, tokens, heads, dim)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    edges = cu_seq_lens.tolist()
+    outputs = []
+    for start, end in zip(edges[:-1], edges[1:], strict=True):
+        span = slice(start, end)
+        mask = None
+        if window is not None and end - start > 1:
+            mask = block_diagonal_mask(cu_seq_lens.new_tensor([0, end - start]), end - start, causal, window)
+        out, _ = sdpa_attention_forward(
+            module, query[:, :, span], key[:, :, span], value[:, :, span], mask,
+            is_causal=causal and mask is None, **kwargs,
+        )  # fmt: skip
+        outputs.append(out)
+    return torch.cat(outputs, dim=1), None
 
 
 def carry_boundaries(carried: bool) -> None:
@@ -170,4 +203,6 @@ def kernel_summary() -> str:
 
     if torch.cuda.is_available() and varlen_kernel() is not None:
         return "packed attention: torch.nn.attention.varlen (flash, one launch per layer)"
-    return "packed attention: SDPA with a block-diagonal mask (no CUDA varlen kernel here)"
+    if torch.cuda.is_available():
+        return "packed attention: SDPA with a block-diagonal mask (this torch has no CUDA varlen kernel)"
+    return "packed attention: one SDPA call per row (no CUDA here)"
