@@ -16,19 +16,23 @@ self-attention layers still get the varlen call over all rows.
 sequence. transformers (5.25) hands them the row boundaries, but its PyTorch gated delta rule refuses them (an
 error unless flash-linear-attention is installed and on the inputs' device), and the causal convolution is not given
 them at all (causal-conv1d would need `seq_idx`), so one row's state would flow into the next.
-`per_row_linear_attention` runs each such layer once per row of the packed batch, state and convolution starting
-afresh at every row exactly as alone (the same kernels, fused or not, on each row); the full-attention layers still
-see all rows in one varlen call. A packed row is never continued by generation, so these layers keep no cache.
+`per_row_linear_attention` gives each such layer `packed_recurrent.packed_gated_delta_net`: its projections, norm
+and gating once over the pack, the convolution in one call with each row starting from zeros, and the delta rule
+in one fla call with the boundaries where fla runs, else once per row, state starting afresh at every row exactly
+as alone; the full-attention layers still see all rows in one varlen call. A packed row is never continued by
+generation, so these layers keep no cache.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 MLLAMA_IMAGE_KEYS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
+logger = logging.getLogger(__name__)
 
 
 def pack_cross_attention(batch, keep, packed: dict) -> None:
@@ -143,8 +147,33 @@ def row_edges(boundaries) -> list[int]:
 
 
 def per_row_linear_attention(language) -> int:
-    """Make every linear-attention layer of `language` run once per packed row; returns how many layers."""
-    return len(wrap_forward_once(language, "GatedDeltaNet", _per_row))
+    """Keep packed rows apart in every linear-attention layer of `language`: the layer's own token-wise parts over
+    the whole pack and only its convolution and recurrence by row (`packed_recurrent`), or, for a layer without
+    the parts that relies on, the whole layer once per row. Returns how many layers."""
+    return len(wrap_forward_once(language, "GatedDeltaNet", _packed_recurrent))
+
+
+def _packed_recurrent(forward):
+    from vital_hub.training import packed_recurrent
+
+    layer = getattr(forward, "__self__", None)
+    if layer is None or not packed_recurrent.supports(layer):
+        logger.info("%s lacks the parts of a gated delta net that packing splits by row: it runs once per row",
+                    type(layer).__name__)  # fmt: skip
+        return _per_row(forward)
+
+    @functools.wraps(forward)
+    def run(hidden_states, *args, **kwargs):
+        boundaries = kwargs.pop("cu_seq_lens_q", None)
+        for key in BOUNDARY_KEYS:
+            kwargs.pop(key, None)
+        if boundaries is None:
+            return forward(hidden_states, *args, **kwargs)
+        mask = kwargs.pop("attention_mask", None)
+        edges = row_edges(boundaries)
+        return packed_recurrent.packed_gated_delta_net(layer, hidden_states, boundaries, edges, mask)
+
+    return run
 
 
 def wrap_forward_once(language, class_suffix: str, wrapper) -> list:
