@@ -30,6 +30,9 @@ checks a recipe.
   trainable parts as ours: LoRA r16 on the same language-model layers with the projector in full
   (`modules_to_save`), or, full, everything but the vision tower. Where TRL's collator cannot batch a model's
   rows, the stock and tuned cases report why in the table instead of training.
+- liger: tuned, plus transformers' `use_liger_kernel` (https://github.com/linkedin/Liger-Kernel: fused RMSNorm,
+  SwiGLU, RoPE and linear + cross-entropy for the model type), the fastest a stock TRL user can switch on. It needs
+  CUDA and the liger-kernel package; elsewhere the table says so instead of training.
 - ours: what `recipes/sft.py` does: assistant-only labels (TRL's fused LM head then scores only those positions),
   vision tower frozen, no gradient checkpointing, DataLoader workers, length-grouped batches padded to a multiple
   of 64 (few shapes, so cuDNN attention plans are reused), the caching allocator with expandable segments, and
@@ -130,7 +133,7 @@ ONE_GPU_FULL = ("smolvlm2",)
 @dataclass(frozen=True)
 class Case:
     mode: str  # "lora" or "full"
-    variant: str  # "stock", "tuned" (LoRA), "ours" or "packed"
+    variant: str  # "stock", "tuned", "liger" (tuned with Liger's kernels), "ours" or "packed"
     gpus: int
 
     def default_batch(self, precision: str, requested: int) -> int:
@@ -146,10 +149,12 @@ class Case:
 CASES = {
     "lora-stock-1gpu": Case("lora", "stock", 1),
     "lora-tuned-1gpu": Case("lora", "tuned", 1),
+    "lora-liger-1gpu": Case("lora", "liger", 1),
     "lora-ours-1gpu": Case("lora", "ours", 1),
     "lora-packed-1gpu": Case("lora", "packed", 1),
     "lora-ours-2gpu": Case("lora", "ours", 2),
     "full-tuned-1gpu": Case("full", "tuned", 1),
+    "full-liger-1gpu": Case("full", "liger", 1),
     "full-ours-1gpu": Case("full", "ours", 1),
     "full-packed-1gpu": Case("full", "packed", 1),
     "full-stock-2gpu": Case("full", "stock", 2),
@@ -294,8 +299,11 @@ def build_trainer(case: Case, args, output_dir: str):
         peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear") if case.mode == "lora" else None
         return SFTTrainer(model=model, args=training_args, train_dataset=rows, processing_class=processor,
                           peft_config=peft_config), n_params  # fmt: skip
-    if case.variant == "tuned":
-        training_args = SFTConfig(**common, gradient_checkpointing=False)  # TRL's collator, random order
+    if case.variant in ("tuned", "liger"):
+        # TRL's collator, random order; "liger": transformers' `use_liger_kernel` (Liger's fused RMSNorm, SwiGLU,
+        # RoPE and linear + cross-entropy for the model type), the strongest a stock TRL user can switch on
+        liger = {"use_liger_kernel": True} if case.variant == "liger" else {}
+        training_args = SFTConfig(**common, gradient_checkpointing=False, **liger)
         peft_config = None
         if case.mode == "lora":
             peft_config = lora_config(model, spec)
@@ -434,6 +442,19 @@ def peak_flops(device_name: str) -> float | None:
     return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in device_name), None)
 
 
+def liger_unavailable() -> str | None:
+    """Why the Liger case cannot run here (its Triton kernels need CUDA and the liger-kernel package), or None."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "Liger's kernels need CUDA"
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "liger-kernel is not installed (pip install liger-kernel)"
+    return None
+
+
 def stock_collator_error(trainer, model: str) -> str | None:
     """Why TRL's own collator cannot batch this model's rows (the stock and tuned cases use it), or None."""
     rows = [trainer.train_dataset[index] for index in range(2)]
@@ -450,9 +471,12 @@ def run_worker(case_name: str, args) -> None:
     from transformers import TrainerCallback
 
     case = CASES[case_name]
+    if case.variant == "liger" and (error := liger_unavailable()):
+        Path(args.result).write_text(json.dumps({"case": case_name, "model": args.model, "error": error}))
+        return
     with tempfile.TemporaryDirectory() as output_dir:
         trainer, n_params = build_trainer(case, args, output_dir)
-        if case.variant in ("stock", "tuned") and (error := stock_collator_error(trainer, args.model)):
+        if case.variant in ("stock", "tuned", "liger") and (error := stock_collator_error(trainer, args.model)):
             if trainer.accelerator.is_main_process:
                 Path(args.result).write_text(json.dumps({"case": case_name, "model": args.model, "error": error}))
             return
@@ -624,7 +648,7 @@ def print_table(results: list[dict]) -> None:
               f"{mfu:>7}{memory:>9}{r['tokens_per_sample']:>8.0f}")  # fmt: skip
     print()
     for mode, gpus in (("lora", 1), ("full", 1), ("full", 2), ("full", 4)):
-        for baseline in ("stock", "tuned"):
+        for baseline in ("stock", "tuned", "liger"):
             base = by_name.get(f"{mode}-{baseline}-{gpus}gpu")
             for variant in ("ours", "packed"):
                 mine = by_name.get(f"{mode}-{variant}-{gpus}gpu")

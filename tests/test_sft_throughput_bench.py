@@ -129,3 +129,13 @@ def test_fsdp_wraps_each_model_by_its_own_layer_classes(bench):
     assert set(expected) == set(bench.MODELS)
     for model, classes in expected.items():
         assert bench.layer_classes(argparse.Namespace(model=model, size="tiny")) == classes, model
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the report where Liger cannot run")
+@pytest.mark.parametrize("case", ["lora-liger-1gpu", "full-liger-1gpu"])
+def test_the_liger_baseline_says_why_it_cannot_run_without_cuda(bench, tmp_path, case):
+    result = run_case(bench, tmp_path, "qwen2.5-vl", case)
+    assert result == {"case": case, "model": "qwen2.5-vl", "error": "Liger's kernels need CUDA"}
+    assert bench.CASES[case].default_batch("bf16", 8) == bench.CASES[case.replace("liger", "tuned")].default_batch(
+        "bf16", 8
+    )
