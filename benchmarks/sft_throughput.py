@@ -35,7 +35,8 @@ checks a recipe.
   CUDA and the liger-kernel package; elsewhere the table says so instead of training.
 - ours: what `recipes/sft.py` does: assistant-only labels (TRL's fused LM head then scores only those positions),
   vision tower frozen, no gradient checkpointing, DataLoader workers, length-grouped batches padded to a multiple
-  of 64 (few shapes, so cuDNN attention plans are reused), the caching allocator with expandable segments, and
+  of 64 (few shapes, so cuDNN attention plans are reused), the caching allocator with expandable segments, LoRA
+  inputs under autocast not cast to fp32 and back (`skip_redundant_adapter_casts`: bit-identical), and
   with `--compile` the MLP and RMSNorm modules compiled; LoRA r16 on the language model with the projector
   trained in full.
 - packed: ours with `packing: true` (`vital_hub.training.packing`): each step's rows in one padding-free row, one
@@ -264,7 +265,7 @@ def build_trainer(case: Case, args, output_dir: str):
 
     from vital_hub.training.collator import VisionSFTCollator
     from vital_hub.training.freeze import set_trainable
-    from vital_hub.training.model import compile_pointwise_modules
+    from vital_hub.training.model import compile_pointwise_modules, skip_redundant_adapter_casts
 
     processor, config = model_parts(args)
     spec = MODELS[args.model]
@@ -342,9 +343,11 @@ def build_trainer(case: Case, args, output_dir: str):
             trainer = budget_trainer_class()(model=model, args=training_args, train_dataset=our_dataset(rows),
                                              processing_class=processor, data_collator=collator,
                                              peft_config=peft_config, packing_budget=args.packing_budget)  # fmt: skip
+            skip_redundant_adapter_casts(trainer.model)
             return trainer, n_params
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=our_dataset(rows), processing_class=processor,
                          data_collator=collator, peft_config=peft_config)  # fmt: skip
+    skip_redundant_adapter_casts(trainer.model)
     return trainer, n_params
 
 

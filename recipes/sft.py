@@ -63,6 +63,7 @@ from vital_hub.training.model import (
     load_processor,
     merge_adapter,
     router_logits_off,
+    skip_redundant_adapter_casts,
 )
 from vital_hub.training.resume import ResumableSFTTrainer, last_complete_checkpoint
 
@@ -258,6 +259,8 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         data_collator=collator,
         peft_config=peft_config,
     )
+    if peft_config is not None:  # exact under autocast: see skip_redundant_adapter_casts
+        logger.info("LoRA layers taking autocast inputs as they come: %d", skip_redundant_adapter_casts(trainer.model))
     resume = training_args.resume_from_checkpoint or (str(last_checkpoint) if last_checkpoint else None)
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {**train_result.metrics, "train_samples": len(splits["train"])}

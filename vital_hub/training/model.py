@@ -147,3 +147,32 @@ def compile_pointwise_modules(model, backend: str = "inductor") -> list[str]:
         module.forward = torch.compile(module.forward, backend=backend)
         compiled.append(name)
     return compiled
+
+
+def skip_redundant_adapter_casts(model) -> int:
+    """Under autocast, let every LoRA layer hand its input to the adapters as it comes; returns how many layers.
+
+    PEFT keeps adapters in fp32 and casts each adapted layer's input to fp32 before them
+    (`LoraLayer._cast_input_dtype`), and autocast then casts it back to bf16 for the adapters' matrix products and
+    keeps that copy for backward. For an input already in the autocast dtype both casts are round trips: skipping
+    them gives bit-identical outputs and gradients, without two activation-sized copies per adapted layer and
+    direction and the extra saved tensor. Outside autocast (or for an input in another dtype) PEFT's cast is kept.
+    """
+    import functools
+
+    import torch
+
+    def cast(original, x, dtype):
+        if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+            if torch.get_autocast_dtype(x.device.type) == x.dtype:
+                return x
+        return original(x, dtype)
+
+    layers = 0
+    for module in model.modules():
+        if hasattr(module, "lora_A") and hasattr(module, "_cast_input_dtype"):
+            if not getattr(module, "_vital_uncast", False):
+                module._cast_input_dtype = functools.partial(cast, module._cast_input_dtype)
+                module._vital_uncast = True
+            layers += 1
+    return layers
