@@ -1,4 +1,5 @@
-"""VQA metric cases derived from REFERENCE section 5: LLaVA-Med's rules with their quirks, and the strict fixes."""
+"""VQA metric cases derived from LLaVA-Med's evaluation code (https://github.com/microsoft/LLaVA-Med): its rules
+with their quirks, and the strict fixes."""
 
 import pytest
 

@@ -108,7 +108,7 @@ def test_sft_recipe_values_are_usable(path):
         assert (REPO_ROOT / training_args.chat_template_path).is_file()
     global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     launch = re.search(r"--num_processes (\d+)", path.read_text())
-    assert global_batch * int(launch.group(1)) == 128, "LLaVA-Med's global batch (REFERENCE section 4)"
+    assert global_batch * int(launch.group(1)) == 128, "LLaVA-Med's global batch (its training scripts)"
     if model_args.use_peft:
         assert_lora_fits_the_family(path, model_args)
 

@@ -318,7 +318,7 @@ def write_readme(folder: OutputFolder, shards: list[Path]) -> None:
     """README.md whose YAML declares the `candidates` config, keeping any other configs already declared.
 
     The per-config `download_checksums` change whenever a shard does, so `datasets` does not serve a stale cache
-    of an earlier build of the same folder (REFERENCE section 6).
+    of an earlier build of the same folder (https://huggingface.co/docs/datasets/cache).
     """
     config = {"config_name": CONFIG_NAME, "data_files": [{"split": "train", "path": f"data/{CONFIG_NAME}/*.parquet"}]}
     info = {"config_name": CONFIG_NAME, "download_checksums": download_checksums(folder.root, shards)}

@@ -1,6 +1,7 @@
 """Requests for the vision LLM: system prompt, five clinician demonstrations, then the query figure.
 
-Layout of one request (REFERENCE section 4), all in one place so no script builds prompts its own way:
+Layout of one request (as the paper's code builds it, https://github.com/mao1207/BioMed-VITAL), all in one
+place so no script builds prompts its own way:
 
     system     the prompt set's text (the project's own, or any `--prompt-file`)
     user       demonstration context (caption + in-text mentions) [+ its image when asked for]  } one pair per

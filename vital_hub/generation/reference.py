@@ -1,4 +1,5 @@
-"""Regenerate the qa50 reference answers (REFERENCE section 5) with today's models on the same client.
+"""Regenerate the qa50 reference answers with today's models on the same client (LLaVA-Med's protocol:
+https://github.com/microsoft/LLaVA-Med).
 
 The released reference answers came from a retired GPT-4; relative scores are only comparable when the
 reference model is known, so this writes the question file again with `gpt4_answer` replaced by the new answer,

@@ -1,7 +1,7 @@
 """Mixtures as data: which components exist, which source file each is read from, and how configs combine them.
 
-The released sets are fixed here (REFERENCE section 2): `60k` and `80k` are BioMed-VITAL selections,
-`150k` = 80k + LLaVA-Med 10K + LLaVA-Med 60K, `210k` = 150k + the 60K selection. Users add components (any LLaVA
+The released sets are fixed here (the README of https://github.com/mao1207/BioMed-VITAL): `60k` and `80k` are
+BioMed-VITAL selections, `150k` = 80k + LLaVA-Med 10K + LLaVA-Med 60K, `210k` = 150k + the 60K selection. Users add components (any LLaVA
 JSON file, for instance a `vital select` output) and mixtures (components with fractions and a seed) in YAML.
 """
 

@@ -1,7 +1,7 @@
 """The selection model: a dual encoder (image + text) with an MLP head that scores one instruction candidate.
 
-The paper's selector (REFERENCE section 4, `filter/train_clip_filter.py`) is BiomedCLIP with its image and text
-features (L2-normalised, as open_clip's forward returns them) concatenated text first, then fed to an MLP
+The paper's selector (`filter/train_clip_filter.py` in https://github.com/mao1207/BioMed-VITAL) is BiomedCLIP
+with its image and text features (L2-normalised, as open_clip's forward returns them) concatenated text first, then fed to an MLP
 1024->512->512->512->1 with ReLU and a final sigmoid. Here the backbone is pluggable:
 
 - `dual_encoder`: any transformers CLIP-family model with `get_image_features`/`get_text_features`

@@ -229,7 +229,8 @@ def synthetic_rows(n: int, seed: int = 0, image_sides: tuple[int, int] = (256, 1
 def write_instructions_repo(out: Path, configs: dict[str, list[dict]]) -> Path:
     """A dataset repo folder (README `configs:` + parquet shards) that `load_dataset(out, name)` reads.
 
-    The per-shard checksums in `dataset_info` make the datasets cache key depend on the content (REFERENCE 6).
+    The per-shard checksums in `dataset_info` make the datasets cache key depend on the content
+    (https://huggingface.co/docs/datasets/cache).
     """
     import yaml
     from datasets import Dataset
