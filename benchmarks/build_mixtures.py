@@ -10,7 +10,7 @@ the released bytes per record) and no images. Each approach runs in its own subp
   once, configs as shard lists). Its peak memory counts the main process plus every worker at the largest
   worker's peak.
 
-Targets (issue 2): >= 3x faster, <= 1/3 of the naive peak memory, and no component bytes written twice.
+Targets: >= 3x faster, <= 1/3 of the naive peak memory, and no component bytes written twice.
 """
 
 from __future__ import annotations

@@ -47,12 +47,12 @@ Full fine-tunes on several GPUs run under FSDP2; on one GPU (`full-tuned-1gpu`, 
 `full-packed-1gpu`: one process, no FSDP, run by default for the models in `ONE_GPU_FULL`, SmolVLM2-2.2B) the
 model trains as it is. `--precision mixed` is bf16 compute over fp32 master weights (16 bytes a trainable
 parameter: FSDP2 upcasts the trainable weights, one process builds the model in fp32 under bf16 autocast) and
-`--precision bf16` bf16 weights and optimizer states (8 bytes a parameter, as the issue's stock reference); the
+`--precision bf16` bf16 weights and optimizer states (8 bytes a parameter, as a stock bf16 run keeps them); the
 memory arithmetic for one GPU is at `ONE_GPU_FULL`.
 
 Tokens are the real (non-padding) input tokens, image tokens included, counted by TRL for every case: from the
 attention mask of a padded batch, from the length of a packed one (the `tokens` of a padded and a packed case on
-the same rows are equal). Model FLOPs use the 6N rule over all parameters (as the issue's reference numbers do),
+the same rows are equal). Model FLOPs use the 6N rule over all parameters (the usual MFU convention),
 so MFU = 6 N tokens/s / peak; a frozen vision tower does less work than 6N counts, which the `trainable` column
 shows. `--profile-dir` profiles one extra step per case and writes where its GPU time went (busy time by kernel
 kind, the top kernels, a Chrome trace). `--size tiny` runs any model at a CPU smoke size.
