@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO_ROOT, shared_fixture
 from tests.fakes.http_files import serving_files
 from tests.fakes.hub_server import running_hub
-from vital_hub import sources
+from vital_hub import sources, sources_cli
 from vital_hub.sources import (
     LOCK_NAME,
     ChecksumMismatch,
@@ -130,7 +130,7 @@ def test_oversized_body_is_cut_off(tmp_path):
 def test_cli_names_file_expected_and_actual_checksum(tmp_path, capsys):
     wrong = b'{"question_id": 1}\n' * 100
     with serving_files({"/" + QA50.path: wrong}) as server:
-        code = sources.main(["fetch", QA50.name, "--dir", str(tmp_path), "--github-base", server.base_url])
+        code = sources_cli.main(["fetch", QA50.name, "--dir", str(tmp_path), "--github-base", server.base_url])
     err = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
     assert code == 1
     assert err.startswith("vital sources fetch: error: ")
@@ -144,9 +144,9 @@ def test_cli_fetches_the_real_qa50_file_and_verifies_it(tmp_path, capsys, monkey
     real = shared_fixture("llava_med", "llava_med_eval_qa50_qa.jsonl").read_bytes()
     with serving_files({"/" + QA50.path: real}) as server:
         monkeypatch.setenv(sources.GITHUB_BASE_ENV, server.base_url)
-        assert sources.main(["fetch", "eval", "--dir", str(tmp_path)]) == 0
+        assert sources_cli.main(["fetch", "eval", "--dir", str(tmp_path)]) == 0
     assert "downloaded  llava_med_eval_qa50_qa.jsonl  262,328 bytes" in capsys.readouterr().out
-    assert sources.main(["verify", "eval", "--dir", str(tmp_path)]) == 0
+    assert sources_cli.main(["verify", "eval", "--dir", str(tmp_path)]) == 0
     assert "ok          llava_med_eval_qa50_qa.jsonl  sha256 matches (registry)" in capsys.readouterr().out
 
 
@@ -217,7 +217,7 @@ def test_verify_folder_reports_each_file(tmp_path):
     assert rows[QA50.name] == "mismatch"
     assert rows["BioMed-VITAL-instructions-80K.json"] == "unverified"
     assert rows["llava_med_instruct_10k.json"] == "missing"
-    assert sources.main(["verify", "--dir", str(tmp_path)]) == 1
+    assert sources_cli.main(["verify", "--dir", str(tmp_path)]) == 1
 
 
 def test_registry_names_and_groups():

@@ -27,7 +27,7 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command(("demo",), "vital_hub.demo:main", None, "build the four mixtures from a bundled synthetic sample"),
-    Command(("sources",), "vital_hub.sources:main", None, "list, fetch and verify the released source files", True),
+    Command(("sources",), "vital_hub.sources_cli:main", None, "list, fetch and verify the released source files", True),
     Command(("build", "instructions"), "vital_hub.mixtures.cli:build_main", None, "build the instructions repo"),
     Command(("export", "llava"), "vital_hub.mixtures.cli:export_main", None, "write a config back as LLaVA JSON"),
     Command(("verify",), "vital_hub.mixtures.cli:verify_main", None, "compare a released file with a config"),
