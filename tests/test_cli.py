@@ -46,3 +46,18 @@ def test_input_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsy
     monkeypatch.setenv("VITAL_DEBUG", "1")
     with pytest.raises(FileNotFoundError, match="none"):
         main(args)
+
+
+def test_a_reader_that_stops_early_gets_no_error_line():
+    """`vital sources list | head -1`: the closed pipe ends the command quietly, as it does other tools."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already gone: the first write meets a closed pipe
+    try:
+        writer = subprocess.run([sys.executable, "-m", "vital_hub.cli", "sources", "list"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert writer.stderr == ""
+    assert writer.returncode == 1

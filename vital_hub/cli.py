@@ -27,7 +27,7 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command(("demo",), "vital_hub.demo:main", None, "build the four mixtures from a bundled synthetic sample"),
-    Command(("sources",), "vital_hub.sources_cli:main", None, "list, fetch and verify the released source files", True),
+    Command(("sources",), "vital_hub.sources_cli:main", None, "list, fetch and verify the released files", True),
     Command(("build", "instructions"), "vital_hub.mixtures.cli:build_main", None, "build the instructions repo"),
     Command(("export", "llava"), "vital_hub.mixtures.cli:export_main", None, "write a config back as LLaVA JSON"),
     Command(("verify",), "vital_hub.mixtures.cli:verify_main", None, "compare a released file with a config"),
@@ -166,6 +166,11 @@ def run_reporting_errors(name: str, function) -> int:
         # a command stopping with a reason (`raise SystemExit("...")`): the same one line as any input error
         reason = stop.code.removeprefix(f"{name}: ").removeprefix("error: ")
         print(redact_environment(f"{name}: error: {reason}"), file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # the reader went away (`vital sources list | head`): stop quietly, as other command-line tools do, and
+        # point stdout at /dev/null so the interpreter's last flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except RecursionError:
         if os.environ.get("VITAL_DEBUG"):
