@@ -413,7 +413,7 @@ def test_a_few_cases_as_real_subprocesses(kind, tmp_path):
 
 
 def test_a_second_different_caption_of_a_figure_is_reported_and_the_first_kept(caplog):
-    from vital_hub.figures.dataset import collect_captions
+    from vital_hub.figures.captions import collect_captions
 
     same, other = _caption(0), {**_caption(0), "fig_caption": "Another caption."}
     records = [("chest_xray", 0, same), ("mri", 0, same), ("ct_scan", 0, other), ("gross", 0, _caption(1))]

@@ -159,7 +159,7 @@ def test_open_figures_on_the_real_qa50_folder_drops_empty_and_cut_off_files():
 
 
 def test_captions_stream_record_by_record_and_name_a_bad_record(tmp_path):
-    from vital_hub.figures.dataset import load_captions
+    from vital_hub.figures.captions import load_captions
 
     path = tmp_path / "captions.json"
     path.write_text(
@@ -243,7 +243,7 @@ def test_open_figures_takes_a_loaded_captions_dict_with_the_file_rules(fetched, 
 
 
 def test_captions_from_the_real_qa50_jsonl_file(tmp_path):
-    from vital_hub.figures.dataset import load_captions
+    from vital_hub.figures.captions import load_captions
 
     qa50 = shared_fixture("llava_med", "llava_med_eval_qa50_qa.jsonl")
     records = [json.loads(line) for line in qa50.read_text().splitlines() if line.strip()]

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from vital_hub.figures.dataset import DATA_DIR, caption_fields, collect_captions, load_captions
+from vital_hub.figures.captions import caption_fields, collect_captions, load_captions
+from vital_hub.figures.dataset import DATA_DIR
 from vital_hub.figures.index import INDEX_DIR, index_files, read_index
 from vital_hub.figures.safety import Limits, Rejected, verify_image
 
