@@ -11,8 +11,11 @@ from tests.test_annotate_app import write_items
 from tests.test_preferences_sample import write_candidates
 from vital_hub.preferences.cli import judge_main
 from vital_hub.preferences.cli import main as preferences_main
-from vital_hub.preferences.judge import JudgeConfig, load_units, parse_rubric_score, read_scores, run_judge
+from vital_hub.preferences.judge import JudgeConfig, run_judge
+from vital_hub.preferences.judge_scores import read_scores
+from vital_hub.preferences.judge_units import load_units
 from vital_hub.preferences.repo import read_config
+from vital_hub.preferences.rubric import parse_rubric_score
 from vital_hub.preferences.store import JudgementStore
 from vital_hub.schema import RecordError
 
