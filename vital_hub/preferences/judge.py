@@ -17,6 +17,7 @@ Output folder: `scores.jsonl` (one line per unit; the last line of a unit wins),
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,7 @@ def run_judge(config: JudgeConfig) -> dict:
                 try:
                     request = request_for(unit, config, system_prompt, resolver, image_urls)
                 except ImageError as err:
-                    rows[unit.score_id] = score_row(unit, config.model, prompt_version, error=f"figure: {err}")
+                    rows[unit.score_id] = score_row(unit, config.model, prompt_version, error=str(err))
                     continue
                 requests.append((unit, request))
             if not requests:
@@ -145,22 +146,41 @@ def request_for(
     """The chat request of one unit; ImageError when its figure is needed but missing or unreadable.
 
     Units share figures, so `image_urls` keeps each figure's data URL (or its ImageError) by what the resolver
-    reads to find it: the embedded bytes, the image path and the pair id.
+    reads to find it: the embedded bytes, the image path and the pair id. The first unit of a figure that fails
+    logs one line on stderr naming the file and why (a decompression bomb is refused from its header, never
+    decoded).
     """
-    from vital_hub.generation.prompts import ImageError, image_data_url
+    from vital_hub.generation.prompts import ImageError
 
     image_url = None
     if config.send_images:
         key = (unit.image_bytes, unit.image, unit.pair_id)
         if key not in image_urls:
-            try:
-                image_urls[key] = image_data_url(resolver.bytes_for(unit.as_item()), config.image_max_side)
-            except ImageError as err:
-                image_urls[key] = err
+            image_urls[key] = figure_url(unit, resolver, config.image_max_side)
+            if isinstance(image_urls[key], ImageError):
+                print(
+                    f"warning: {unit.score_id} (and any other unit of its figure): {image_urls[key]}; "
+                    "not sent, scored as an error",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if isinstance(image_urls[key], ImageError):
             raise image_urls[key]
         image_url = image_urls[key]
     return build_request(unit, system_prompt, image_url, config.max_tokens, config.temperature, config.detail)
+
+
+def figure_url(unit: JudgeUnit, resolver: ImageResolver, max_side: int):
+    """The data URL of the unit's figure, or the ImageError saying which file failed and why."""
+    from vital_hub.generation.prompts import ImageError, image_data_url
+
+    data, path, _, why = resolver.diagnose(unit.as_item())
+    if data is None:
+        return ImageError(f"figure of {unit.pair_id}: {why}")
+    try:
+        return image_data_url(data, max_side)
+    except ImageError as err:
+        return ImageError(f"figure of {unit.pair_id}: {path or 'embedded image'}: {err}")
 
 
 def batch_answers(client, requests: list[tuple[JudgeUnit, dict]], out: Path):
