@@ -560,15 +560,18 @@ def test_a_bomb_and_a_cut_off_figure_fail_their_units_alone_with_a_line_naming_f
     out = tmp_path / "judge"
     with FakeOpenAIServer(reply=scripted_reply) as server:
         command = ["rubric", "--candidates", str(items), "--out", str(out), "--model", "m", "--base-url", server.url]
+        command += ["--images", str(items.parent)]  # the figures' own folder: each file is named once
         assert judge_main(command) == 0
         err = capsys.readouterr().err
         rows = {row["score_id"]: row for row in read_scores(out)}
         assert [rows[f"30002_F1#q0#{side}"]["status"] for side in "ab"] == ["ok", "ok"]
         for side in "ab":
             assert rows[f"30000_F1#q0#{side}"]["status"] == "error"
-            assert f"{bomb}: too large to open" in rows[f"30000_F1#q0#{side}"]["error"]
-            assert f"{cut}: damaged (cut off" in rows[f"30001_F1#q0#{side}"]["error"]
-            assert "figure of 30003_F1: not found" in rows[f"30003_F1#q0#{side}"]["error"]
+            bombed, damaged = rows[f"30000_F1#q0#{side}"]["error"], rows[f"30001_F1#q0#{side}"]["error"]
+            assert f"{bomb}: too large to open" in bombed and bombed.count(str(bomb)) == 1
+            assert f"{cut}: damaged (cut off" in damaged and damaged.count(str(cut)) == 1
+            missing = rows[f"30003_F1#q0#{side}"]["error"]
+            assert missing == f"figure of 30003_F1: not found (looked for {items.parent / '30003_F1.jpg'})"
         assert len(server.chat_log()) == 2  # only the good figure's two units went out
         for figure, reason in ((bomb, "too large to open"), (cut, "damaged")):
             lines = [line for line in err.splitlines() if str(figure) in line]

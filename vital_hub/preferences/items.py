@@ -248,7 +248,7 @@ class ImageResolver:
                 paths.append(self.images_dir / Path(item.image).name)
         if self.images_dir:
             paths.append(self.images_dir / f"{item.pair_id}.jpg")
-        for path in paths:
+        for path in dict.fromkeys(paths):  # an item's own path may also be the one under images_dir
             yield _read_figure(path), path, str(path)
         if self.figures_path:
             row = self._figure_store().get(item.pair_id)
