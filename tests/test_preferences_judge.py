@@ -463,10 +463,8 @@ def test_units_sharing_a_figure_decode_it_once_and_get_the_same_requests(tmp_pat
     assert requests({}) == one_by_one
     assert len(decoded) == 2  # two figures, each once
     assert one_by_one[-1] == one_by_one[-2]
-    assert (
-        one_by_one[-1]
-        == "ImageError: figure of 30002_F1: not found: the item names no image and no images folder or figures dataset was given"
-    )
+    no_image = "not found: the item names no image and no images folder or figures dataset was given"
+    assert one_by_one[-1] == f"ImageError: figure of 30002_F1: {no_image}"
 
 
 def test_batch_backend_never_uploads_an_oversized_request(tmp_path, monkeypatch):

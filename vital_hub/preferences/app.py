@@ -24,7 +24,6 @@ import hmac
 import html
 import json
 import re
-import sys
 import threading
 from collections import OrderedDict
 from urllib.parse import parse_qs, quote
@@ -81,7 +80,6 @@ class Annotation:
         self._stores: dict[str, JudgementStore] = {}
         self._images: OrderedDict[int, tuple[bytes | None, str | None]] = OrderedDict()
         self._lock = threading.Lock()
-        self._logged: set[int] = set()  # items whose missing figure was logged
 
     def store(self, annotator: str) -> JudgementStore:
         name = check_annotator(annotator)
@@ -95,16 +93,12 @@ class Annotation:
 
     def image(self, index: int) -> tuple[bytes | None, str | None]:
         """(picture, None) or (None, 'missing' | 'damaged' | 'too_large'); the last few are kept (at most
-        IMAGE_CACHE_SIZE pictures and IMAGE_CACHE_BYTES), as pages ask repeatedly. An item without a usable
-        picture logs one line on stderr naming it, the file and why (the browser gets only the code)."""
+        IMAGE_CACHE_SIZE pictures and IMAGE_CACHE_BYTES), as pages ask repeatedly; the server log says why."""
         with self._lock:
             if index in self._images:
                 self._images.move_to_end(index)
                 return self._images[index]
-            data, _, problem, why = self.resolver.diagnose(self.items[index])
-            if problem is not None and index not in self._logged:  # once per item, not per page view
-                self._logged.add(index)
-                print(f"figure of item {self.items[index].item_id} not shown: {why}", file=sys.stderr, flush=True)
+            data, _, problem = self.resolver.resolve(self.items[index], report=True)
             self._images[index] = (data, problem)
             while len(self._images) > IMAGE_CACHE_SIZE or (
                 len(self._images) > 1 and sum(len(d or b"") for d, _ in self._images.values()) > IMAGE_CACHE_BYTES

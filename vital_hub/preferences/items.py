@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -193,6 +194,7 @@ class ImageResolver:
         self.images_dir = Path(images_dir) if images_dir else None
         self.figures_path = figures
         self._figures = None
+        self._reported: set[str] = set()  # items whose missing picture was reported
 
     def check_sources(self) -> None:
         """Fail at start, not per item: a folder that is missing, or a figure store that cannot be opened."""
@@ -210,10 +212,15 @@ class ImageResolver:
         data, path, _ = self.resolve(item)
         return data, path
 
-    def resolve(self, item: Item) -> tuple[bytes | None, Path | None, str | None]:
+    def resolve(self, item: Item, report: bool = False) -> tuple[bytes | None, Path | None, str | None]:
         """(bytes, file, None) for a picture that decodes, else (None, None, why: 'missing', 'damaged' or
-        'too_large'); a source that cannot even be asked (a broken figure store row) counts as damaged."""
-        return self.diagnose(item)[:3]
+        'too_large'); a source that cannot even be asked (a broken figure store row) counts as damaged. With
+        `report`, the first time an item has no usable picture one line on stderr names it, the file and why."""
+        data, path, problem, why = self.diagnose(item)
+        if report and problem is not None and item.item_id not in self._reported:
+            self._reported.add(item.item_id)
+            print(f"figure of item {item.item_id} not shown: {why}", file=sys.stderr, flush=True)
+        return data, path, problem
 
     def diagnose(self, item: Item) -> tuple[bytes | None, Path | None, str | None, str | None]:
         """`resolve` and, for an item without a usable picture, a sentence for a log line: each source that held
