@@ -258,6 +258,40 @@ def test_hostile_figures_make_their_item_figure_unavailable(tmp_path):
     assert log_lines(out, "dr_a")[0]["figure_status"] == "unavailable"
 
 
+def test_a_bomb_and_a_cut_off_figure_log_one_line_each_naming_file_and_item(tmp_path):
+    """A PNG whose header claims 30000 x 30000 px and a cut-off one: the browser gets only the reason code, the
+    server's log one line per item naming its file (however often the page asks), and judgements go on."""
+    items = write_items(tmp_path / "items", count=4)  # item 2 has a good figure, item 3 none
+    bomb, cut = tmp_path / "items" / "30000_F1.png", tmp_path / "items" / "30001_F1.png"
+    bomb.write_bytes(bomb_png(30_000, 30_000))
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    out = tmp_path / "annotations"
+    proc, port = start_server(items, out, annotator="dr_a")
+    try:
+        with client(port) as local:
+            for _ in range(2):
+                shown = [local.get(f"/api/item/{i}").json() for i in range(4)]
+                assert [s["figure_problem"] for s in shown] == ["too_large", "damaged", None, "missing"]
+                served = [local.get(f"/api/image/{i}") for i in range(4)]
+                assert [answer.status_code for answer in served] == [404, 404, 200, 404]
+                assert served[0].text == "figure not available (too_large)" and str(tmp_path) not in served[0].text
+            for index in range(4):
+                saved = local.post(
+                    "/api/judgements",
+                    json=verdict(f"3000{index}_F1#q0", index, None, None, cannot_judge="figure_unavailable"),
+                )
+                assert saved.is_success
+    finally:
+        logs = stop(proc)
+    assert "Traceback" not in logs
+    lines = [line for line in logs.splitlines() if line.startswith("figure of item ")]
+    assert len(lines) == 3, logs
+    assert lines[0].startswith(f"figure of item 30000_F1#q0 not shown: {bomb}: too large to open")
+    assert lines[1].startswith(f"figure of item 30001_F1#q0 not shown: {cut}: damaged (cut off")
+    assert lines[2].startswith("figure of item 30003_F1#q0 not shown: not found")
+    assert [line["item_id"] for line in log_lines(out, "dr_a")] == [f"3000{i}_F1#q0" for i in range(4)]
+
+
 def annotators(records) -> str:
     return json.dumps({"annotators": records})
 

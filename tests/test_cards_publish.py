@@ -67,7 +67,7 @@ def test_preferences_card(tmp_path):
 
 
 def test_candidates_card_names_the_model_whose_output_it_is(tmp_path):
-    from vital_hub.generation.candidates import OutputFolder, write_readme
+    from vital_hub.generation.candidate_rows import OutputFolder, write_readme
 
     folder = OutputFolder(tmp_path / "cands")
     folder.data.mkdir(parents=True)

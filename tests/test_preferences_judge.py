@@ -11,8 +11,11 @@ from tests.test_annotate_app import write_items
 from tests.test_preferences_sample import write_candidates
 from vital_hub.preferences.cli import judge_main
 from vital_hub.preferences.cli import main as preferences_main
-from vital_hub.preferences.judge import JudgeConfig, load_units, parse_rubric_score, read_scores, run_judge
+from vital_hub.preferences.judge import JudgeConfig, run_judge
+from vital_hub.preferences.judge_scores import read_scores
+from vital_hub.preferences.judge_units import load_units
 from vital_hub.preferences.repo import read_config
+from vital_hub.preferences.rubric import parse_rubric_score
 from vital_hub.preferences.store import JudgementStore
 from vital_hub.schema import RecordError
 
@@ -146,7 +149,8 @@ def test_judge_request_carries_rubric_context_and_image(tmp_path, monkeypatch):
             )
             == 0
         )
-    body = seen[0]
+    # the two requests run concurrently: pick answer A's, whichever came first
+    body = next(b for b in seen if "Answer A0" in b["messages"][1]["content"][0]["text"])
     assert body["model"] == "m" and body["max_tokens"] == 64 and body["temperature"] == 0
     system, user = body["messages"]
     assert system["role"] == "system" and "0 (unusable) to 10 (excellent)" in system["content"]
@@ -454,11 +458,13 @@ def test_units_sharing_a_figure_decode_it_once_and_get_the_same_requests(tmp_pat
         return built
 
     one_by_one = requests()
-    assert len(decoded) == 6
+    assert len(decoded) == 4  # the missing figure is never handed to the encoder
     decoded.clear()
     assert requests({}) == one_by_one
-    assert len(decoded) == 3  # two figures and the missing one, each once
-    assert one_by_one[-1] == one_by_one[-2] == "ImageError: image missing or empty"
+    assert len(decoded) == 2  # two figures, each once
+    assert one_by_one[-1] == one_by_one[-2]
+    no_image = "not found: the item names no image and no images folder or figures dataset was given"
+    assert one_by_one[-1] == f"ImageError: figure of 30002_F1: {no_image}"
 
 
 def test_batch_backend_never_uploads_an_oversized_request(tmp_path, monkeypatch):
@@ -534,3 +540,42 @@ def test_build_holds_clinician_pairs_out_by_default_and_warns_when_none_are(tmp_
     argv = ["build", "--annotations", str(annotations), "--out", str(tmp_path / "q"), "--test-fraction", "0"]
     assert preferences_main(argv) == 0
     assert "no clinician pair is held out" in capsys.readouterr().err
+
+
+def test_a_bomb_and_a_cut_off_figure_fail_their_units_alone_with_a_line_naming_file_and_unit(
+    tmp_path, monkeypatch, capsys
+):
+    """A PNG whose header claims 30000 x 30000 px is refused from its header (never decoded), a cut-off one is
+    reported damaged: their units become error rows naming the file and the reason, one stderr line per figure, the
+    other units are scored, and a re-run keeps every score without paying again."""
+    from tests.test_annotate_security import bomb_png
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    items = write_items(tmp_path / "items", count=4)  # the last item has no figure at all
+    bomb, cut = tmp_path / "items" / "30000_F1.png", tmp_path / "items" / "30001_F1.png"
+    bomb.write_bytes(bomb_png(30_000, 30_000))
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    out = tmp_path / "judge"
+    with FakeOpenAIServer(reply=scripted_reply) as server:
+        command = ["rubric", "--candidates", str(items), "--out", str(out), "--model", "m", "--base-url", server.url]
+        command += ["--images", str(items.parent)]  # the figures' own folder: each file is named once
+        assert judge_main(command) == 0
+        err = capsys.readouterr().err
+        rows = {row["score_id"]: row for row in read_scores(out)}
+        assert [rows[f"30002_F1#q0#{side}"]["status"] for side in "ab"] == ["ok", "ok"]
+        for side in "ab":
+            assert rows[f"30000_F1#q0#{side}"]["status"] == "error"
+            bombed, damaged = rows[f"30000_F1#q0#{side}"]["error"], rows[f"30001_F1#q0#{side}"]["error"]
+            assert f"{bomb}: too large to open" in bombed and bombed.count(str(bomb)) == 1
+            assert f"{cut}: damaged (cut off" in damaged and damaged.count(str(cut)) == 1
+            missing = rows[f"30003_F1#q0#{side}"]["error"]
+            assert missing == f"figure of 30003_F1: not found (looked for {items.parent / '30003_F1.jpg'})"
+        assert len(server.chat_log()) == 2  # only the good figure's two units went out
+        for figure, reason in ((bomb, "too large to open"), (cut, "damaged")):
+            lines = [line for line in err.splitlines() if str(figure) in line]
+            assert len(lines) == 1 and lines[0].startswith(f"warning: {figure.stem}#q0#a ") and reason in lines[0]
+        assert "Traceback" not in err
+        assert judge_main(command) == 0  # the re-run: figures still fail, scores kept, nothing paid twice
+        assert len(server.chat_log()) == 2
+    again = {row["score_id"]: row for row in read_scores(out)}
+    assert {key: row["score"] for key, row in again.items()} == {key: row["score"] for key, row in rows.items()}

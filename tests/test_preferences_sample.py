@@ -147,7 +147,7 @@ def test_clip_encoder_loads_a_checkpoint_by_id(tmp_path):
 
 def write_candidates(folder, images_dir=None):
     """A candidates dataset: dual-answer rows, a failed row and a single-answer row."""
-    from vital_hub.generation.candidates import candidate_schema
+    from vital_hub.generation.candidate_rows import candidate_schema
 
     rows = []
     for topic, (caption, question, colour) in TOPICS.items():

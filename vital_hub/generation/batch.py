@@ -116,7 +116,8 @@ def submit(client: ChatClient, files: BatchFiles) -> list[str]:
 
 def run_batch_job(job, client: ChatClient) -> dict:
     """Rows for what is cached; new batch jobs for what is neither cached nor waiting; the dataset when done."""
-    from vital_hub.generation.candidates import PartWriter, finish
+    from vital_hub.generation.candidate_rows import PartWriter
+    from vital_hub.generation.candidates import finish
 
     cache = client.cache
     if job.config.retry_failed:
@@ -163,7 +164,8 @@ def collect(out: str | Path, poll: bool = False, poll_interval_s: float = 60.0, 
 
     run.json keeps the endpoint without credentials, so an endpoint that needs `user:password@` is given again
     as `base_url` (it must name the recorded endpoint)."""
-    from vital_hub.generation.candidates import GenerateConfig, OutputFolder, run_job
+    from vital_hub.generation.candidate_rows import OutputFolder
+    from vital_hub.generation.candidates import GenerateConfig, run_job
 
     folder = OutputFolder(out)
     if not folder.run_json.exists():

@@ -15,6 +15,10 @@ never stored, cached or logged. Servers echo a rejected key back, and a careless
 successful reply, so every error message and every reply (before it is cached or returned) is redacted of it, of
 any other credential in the environment and of the password of the endpoint's URL. Settings are recorded through
 `recorded_settings`, which keeps the URL without its `user:password@`.
+
+The client's settings and the openai client made from them are in `endpoint`, the failure rules (what is fatal,
+what is retried, how long to wait) in `failures`, results and usage counters in `usage`; their public names are
+imported from here.
 """
 
 from __future__ import annotations
@@ -22,180 +26,45 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import random
 import threading
-import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from vital_hub.config import help_field
 from vital_hub.generation.cache import RequestCache, request_key
+from vital_hub.generation.endpoint import ClientConfig, ServerOptions, make_openai
+from vital_hub.generation.failures import (
+    FATAL_STATUS,
+    MAX_CONSECUTIVE_REJECTIONS,
+    FatalAPIError,
+    backoff_s,
+    error_message,
+    is_retryable,
+    malformed_reply,
+    retry_after,
+)
 from vital_hub.generation.limits import Limiter, estimate_tokens, prompt_tokens
 from vital_hub.generation.pricing import PriceTable
+from vital_hub.generation.usage import ChatResult, ProgressBar, UsageStats
 from vital_hub.redaction import environment_secrets, redact, scrub, without_credentials
 
+# The client's public names, wherever they are defined: callers import them from here.
+__all__ = [
+    "ChatClient",
+    "ChatResult",
+    "ClientConfig",
+    "FatalAPIError",
+    "ProgressBar",
+    "ServerOptions",
+    "UsageStats",
+    "backoff_s",
+    "error_message",
+    "is_retryable",
+    "make_openai",
+    "retry_after",
+    "run_sync",
+]
+
 T = TypeVar("T")
-
-MAX_BACKOFF_S = 60.0
-MAX_RETRY_AFTER_S = 600.0
-# So many 400s in a row mean the requests themselves are wrong (model without vision, bad parameter): stop.
-MAX_CONSECUTIVE_REJECTIONS = 20
-FATAL_STATUS = {
-    401: "the API key was rejected: check the environment variable {env}",
-    403: "the API key has no access to model {model!r} or to this endpoint",
-    404: "model {model!r} or the chat completions endpoint was not found at {url} (retired or misspelled model?)",
-}
-RETRYABLE_STATUS = {408, 409, 429}
-
-
-def is_retryable(status: int) -> bool:
-    """Whether an HTTP error is worth retrying (408, 409, 429, 5xx): the rule of chat and batch calls alike."""
-    return status in RETRYABLE_STATUS or status >= 500
-
-
-@dataclass
-class ClientConfig:
-    model: str
-    base_url: str | None = None  # else OPENAI_BASE_URL, else OpenAI
-    api_key_env: str = "OPENAI_API_KEY"  # read from the environment only, never stored
-    azure_api_version: str | None = None  # set -> AzureOpenAI client (base_url is the Azure endpoint)
-    concurrency: int = 16
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    max_retries: int = 6
-    timeout_s: float = 120.0
-    max_prompt_tokens: int | None = 128_000  # a request whose prompt is estimated above this is never sent
-    cache_path: str | None = None  # SQLite request cache; key = sha256 of the whole request JSON
-
-    def __post_init__(self):
-        if not self.model:
-            raise ValueError("ClientConfig.model is required")
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
-        for name in ("requests_per_minute", "tokens_per_minute", "max_prompt_tokens"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None, got {value}")
-        if self.azure_api_version and not self.base_url:
-            raise ValueError("an Azure client needs base_url (the resource endpoint)")
-
-
-@dataclass(kw_only=True)
-class ServerOptions:
-    """How to reach an OpenAI-compatible server and how hard to press it: the options shared by every command
-    that calls one (generation, the rubric judge, the eval judges and answering through a server)."""
-
-    base_url: str | None = help_field("OpenAI-compatible endpoint (else OPENAI_BASE_URL, else OpenAI)", default=None)
-    api_key_env: str = help_field("environment variable holding the API key", default="OPENAI_API_KEY")
-    azure_api_version: str | None = help_field("use Azure OpenAI with this API version", default=None)
-    concurrency: int = help_field("requests in flight", default=16)
-    requests_per_minute: float | None = help_field("client-side request rate limit", default=None)
-    tokens_per_minute: float | None = help_field("client-side token rate limit", default=None)
-    max_retries: int = help_field("retries of 429/5xx/timeouts/malformed replies", default=6)
-    timeout_s: float = help_field("seconds per request", default=120.0)
-    max_prompt_tokens: int | None = help_field(
-        "a request whose prompt is estimated above this many tokens fails unsent (None: no limit)", default=128_000
-    )
-
-    def recorded_settings(self, leave_out: tuple[str, ...] = ("api_key_env",)) -> dict:
-        """The settings as run.json records them: the endpoint without credentials, nothing secret."""
-        settings = {key: value for key, value in dataclasses.asdict(self).items() if key not in leave_out}
-        if "base_url" in settings:
-            settings["base_url"] = without_credentials(settings["base_url"])
-        return settings
-
-    def client_config(self, model: str, cache_path: str | None) -> ClientConfig:
-        shared = {item.name: getattr(self, item.name) for item in dataclasses.fields(ServerOptions)}
-        return ClientConfig(model=model, cache_path=cache_path, **shared)
-
-
-@dataclass
-class ChatResult:
-    key: str
-    text: str | None
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float | None
-    status: str  # "ok" | "error"
-    error: str | None
-    cached: bool
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-class FatalAPIError(RuntimeError):
-    """A failure no retry can fix (bad key, no access, unknown model): the run stops and says what to change."""
-
-
-@dataclass
-class UsageStats:
-    """Counters of one client; tokens and spend count requests sent in this process, not cache hits."""
-
-    sent: int = 0  # requests answered by the server in this process
-    cached: int = 0
-    errors: int = 0
-    retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    unpriced: int = 0
-    saved_usd: float = 0.0
-    started: float = field(default_factory=time.monotonic)
-
-    def add(self, result: ChatResult) -> None:
-        if result.status != "ok":
-            self.errors += 1
-        if result.cached:
-            self.cached += 1
-            self.saved_usd += result.cost_usd or 0.0
-            return
-        self.prompt_tokens += result.prompt_tokens
-        self.completion_tokens += result.completion_tokens
-        if result.cost_usd is None and (result.prompt_tokens or result.completion_tokens):
-            self.unpriced += 1
-        self.cost_usd += result.cost_usd or 0.0
-
-    def rates(self) -> dict[str, str]:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        return {
-            "req/s": f"{self.sent / elapsed:.1f}",
-            "tok/s": f"{(self.prompt_tokens + self.completion_tokens) / elapsed:.0f}",
-            "spend": f"${self.cost_usd:.4f}",
-        }
-
-    def summary(self) -> str:
-        unpriced = f" ({self.unpriced} replies of a model missing from the price table)" if self.unpriced else ""
-        return (
-            f"{self.sent} requests answered, {self.cached} from cache (saved ${self.saved_usd:.4f}), "
-            f"{self.errors} errors, {self.retries} retries; tokens: {self.prompt_tokens} prompt + "
-            f"{self.completion_tokens} completion; spend ${self.cost_usd:.4f}{unpriced}"
-        )
-
-
-class ProgressBar:
-    """A tqdm bar whose postfix shows requests/s, tokens/s and the spend so far."""
-
-    def __init__(self, total: int, desc: str, stats: UsageStats):
-        from tqdm.auto import tqdm
-
-        self.stats = stats
-        self.bar = tqdm(total=total, desc=desc or "requests", unit="req", dynamic_ncols=True)
-
-    def update(self, count: int = 1) -> None:
-        self.bar.set_postfix(self.stats.rates(), refresh=False)
-        self.bar.update(count)
-
-    def close(self) -> None:
-        self.bar.set_postfix(self.stats.rates(), refresh=False)
-        self.bar.close()
 
 
 class ChatClient:
@@ -415,68 +284,6 @@ class ChatClient:
     @staticmethod
     def _error(key: str, message: str) -> ChatResult:
         return ChatResult(key, None, None, 0, 0, None, "error", message, False)
-
-
-def make_openai(config: ClientConfig, asynchronous: bool = True, max_retries: int = 0):
-    """An openai (Azure)OpenAI client for the config, the key read from the environment at this moment."""
-    import openai
-
-    api_key = os.environ.get(config.api_key_env)
-    if not api_key:
-        if not (config.base_url or os.environ.get("OPENAI_BASE_URL")):
-            raise FatalAPIError(
-                f"environment variable {config.api_key_env} is not set: export the API key there "
-                "(it is read only from the environment)"
-            )
-        api_key = "unused"  # self-hosted servers (vLLM, SGLang) usually run without a key
-    common = {"api_key": api_key, "max_retries": max_retries, "timeout": config.timeout_s}
-    if config.azure_api_version:
-        azure = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
-        return azure(azure_endpoint=config.base_url, api_version=config.azure_api_version, **common)
-    plain = openai.AsyncOpenAI if asynchronous else openai.OpenAI
-    return plain(base_url=config.base_url, **common)
-
-
-def malformed_reply(reply: Any) -> str | None:
-    """What is wrong with a 200 reply that cannot be a chat completion, or None when it is one."""
-    if not isinstance(reply, dict):
-        return f"a {type(reply).__name__}, not an object"
-    choices = reply.get("choices")
-    if not isinstance(choices, list) or not choices:
-        return "no choices"
-    if not isinstance(choices[0], dict) or not isinstance(choices[0].get("message"), dict):
-        return "first choice has no message"
-    return None
-
-
-def retry_after(headers) -> float | None:
-    """Seconds the server asked to wait (retry-after-ms, else retry-after in seconds), capped; None if absent."""
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / scale
-        except ValueError:
-            continue
-        return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
-    return None
-
-
-def backoff_s(attempt: int) -> float:
-    """Exponential backoff with jitter: about 0.5, 1, 2, 4 ... seconds, at most a minute."""
-    return min(MAX_BACKOFF_S, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
-
-
-def error_message(err) -> str:
-    body = getattr(err, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])[:300]
-    return str(getattr(err, "message", err))[:300]
 
 
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -93,12 +93,12 @@ class Annotation:
 
     def image(self, index: int) -> tuple[bytes | None, str | None]:
         """(picture, None) or (None, 'missing' | 'damaged' | 'too_large'); the last few are kept (at most
-        IMAGE_CACHE_SIZE pictures and IMAGE_CACHE_BYTES), as pages ask repeatedly."""
+        IMAGE_CACHE_SIZE pictures and IMAGE_CACHE_BYTES), as pages ask repeatedly; the server log says why."""
         with self._lock:
             if index in self._images:
                 self._images.move_to_end(index)
                 return self._images[index]
-            data, _, problem = self.resolver.resolve(self.items[index])
+            data, _, problem = self.resolver.resolve(self.items[index], report=True)
             self._images[index] = (data, problem)
             while len(self._images) > IMAGE_CACHE_SIZE or (
                 len(self._images) > 1 and sum(len(d or b"") for d, _ in self._images.values()) > IMAGE_CACHE_BYTES

@@ -188,7 +188,7 @@ def build_command(config: BuildConfig) -> int:
 
 def read_judge_scores(path) -> list[dict]:
     """The scores of a `vital judge rubric` output given as input: it must exist and hold scores."""
-    from vital_hub.preferences.judge import read_scores
+    from vital_hub.preferences.judge_scores import read_scores
 
     file = str(Path(path) / "scores.jsonl" if Path(path).is_dir() else path)
     scores = read_scores(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,14 @@ from vital_hub.schema import RecordError, mention_texts
 # A figure file larger than this is not read at all (the largest PMC figures are a few megabytes).
 MAX_FIGURE_BYTES = 64 * 1024 * 1024
 TOO_LARGE = b"\x00too large"  # marks a file that was not read because of its size
+EMBEDDED = "the item's embedded image"
+# What each figure problem means, for log lines.
+FIGURE_PROBLEMS = {
+    "too_large": f"too large to open (over {MAX_FIGURE_BYTES // 2**20} MiB, or more pixels than PIL's "
+    "decompression-bomb limit Image.MAX_IMAGE_PIXELS): not decoded",
+    "damaged": "damaged (cut off, not an image, or unreadable)",
+    "missing": "not found",
+}
 REQUIRED_ITEM_KEYS = ("item_id", "question", "answer_a", "answer_b")
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".jpg", ".png")
@@ -185,6 +194,7 @@ class ImageResolver:
         self.images_dir = Path(images_dir) if images_dir else None
         self.figures_path = figures
         self._figures = None
+        self._reported: set[str] = set()  # items whose missing picture was reported
 
     def check_sources(self) -> None:
         """Fail at start, not per item: a folder that is missing, or a figure store that cannot be opened."""
@@ -202,25 +212,42 @@ class ImageResolver:
         data, path, _ = self.resolve(item)
         return data, path
 
-    def resolve(self, item: Item) -> tuple[bytes | None, Path | None, str | None]:
+    def resolve(self, item: Item, report: bool = False) -> tuple[bytes | None, Path | None, str | None]:
         """(bytes, file, None) for a picture that decodes, else (None, None, why: 'missing', 'damaged' or
-        'too_large'); a source that cannot even be asked (a broken figure store row) counts as damaged."""
-        problems = []
+        'too_large'); a source that cannot even be asked (a broken figure store row) counts as damaged. With
+        `report`, the first time an item has no usable picture one line on stderr names it, the file and why."""
+        data, path, problem, why = self.diagnose(item)
+        if report and problem is not None and item.item_id not in self._reported:
+            self._reported.add(item.item_id)
+            print(f"figure of item {item.item_id} not shown: {why}", file=sys.stderr, flush=True)
+        return data, path, problem
+
+    def diagnose(self, item: Item) -> tuple[bytes | None, Path | None, str | None, str | None]:
+        """`resolve` and, for an item without a usable picture, a sentence for a log line: each source that held
+        something unusable and what was wrong with it, or where nothing was found. It names server paths: it is
+        for logs, never for a browser."""
+        tried: list[tuple[str, str]] = []
         try:
-            for data, path in self._candidates(item):
+            for data, path, source in self._candidates(item):
                 problem = figure_problem(data)
                 if problem is None:
-                    return data, path, None
-                problems.append(problem)
+                    return data, path, None, None
+                tried.append((source, problem))
         except Exception:  # noqa: BLE001 -- a hostile figure store row must cost the item its picture, nothing more
-            problems.append("damaged")
-        for problem in ("too_large", "damaged"):
-            if problem in problems:
-                return None, None, problem
-        return None, None, "missing"
+            tried.append((f"figures {self.figures_path} (pair {item.pair_id})", "damaged"))
+        worst = next((p for p in ("too_large", "damaged") if p in {problem for _, problem in tried}), "missing")
+        unusable = [f"{source}: {FIGURE_PROBLEMS[problem]}" for source, problem in tried if problem != "missing"]
+        looked = [source for source, _ in tried if source != EMBEDDED]
+        why = "; ".join(unusable) or (
+            f"not found (looked for {', '.join(looked)})"
+            if looked
+            else "not found: the item names no image and no images folder or figures dataset was given"
+        )
+        return None, None, worst, why
 
-    def _candidates(self, item: Item) -> Iterator[tuple[bytes | None, Path | None]]:
-        yield item.image_bytes, None
+    def _candidates(self, item: Item) -> Iterator[tuple[bytes | None, Path | None, str]]:
+        """(bytes, file, where they come from) of each place the item's picture may be, in order."""
+        yield item.image_bytes, None, EMBEDDED
         paths = []
         if item.image:
             paths.append(Path(item.image))
@@ -228,12 +255,16 @@ class ImageResolver:
                 paths.append(self.images_dir / Path(item.image).name)
         if self.images_dir:
             paths.append(self.images_dir / f"{item.pair_id}.jpg")
-        for path in paths:
-            yield _read_figure(path), path
+        for path in dict.fromkeys(paths):  # an item's own path may also be the one under images_dir
+            yield _read_figure(path), path, str(path)
         if self.figures_path:
             row = self._figure_store().get(item.pair_id)
             image = (row or {}).get("image")
-            yield (image.get("bytes") if isinstance(image, dict) else image), None
+            yield (
+                (image.get("bytes") if isinstance(image, dict) else image),
+                None,
+                f"figures {self.figures_path} (pair {item.pair_id})",
+            )
 
     def _figure_store(self):
         if self._figures is None:
