@@ -233,7 +233,11 @@ def image_data_url(data: bytes | None, max_side: int | None = None) -> str:
     if not data:
         raise ImageError("image missing or empty")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            width, height = image.size
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and width * height > limit:  # PIL itself only warns up to twice its limit, and decodes
+                raise ImageError(f"image too large to decode: {width}x{height} px, over {limit:,} px")
             image.load()  # decodes every byte: a file cut off mid-way fails here, not at the provider
             fmt = image.format
             if (max_side and max(image.size) > max_side) or fmt not in IMAGE_MIME:
@@ -243,6 +247,8 @@ def image_data_url(data: bytes | None, max_side: int | None = None) -> str:
                 buffer = io.BytesIO()
                 converted.save(buffer, format="JPEG", quality=90)
                 data, fmt = buffer.getvalue(), "JPEG"
+    except ImageError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(f"image unreadable ({err})") from err
     return f"data:{IMAGE_MIME[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
