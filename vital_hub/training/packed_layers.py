@@ -164,9 +164,7 @@ def _packed_recurrent(forward):
 
     @functools.wraps(forward)
     def run(hidden_states, *args, **kwargs):
-        boundaries = kwargs.pop("cu_seq_lens_q", None)
-        for key in BOUNDARY_KEYS:
-            kwargs.pop(key, None)
+        boundaries = take_boundaries(kwargs)
         if boundaries is None:
             return forward(hidden_states, *args, **kwargs)
         mask = kwargs.pop("attention_mask", None)
@@ -174,6 +172,14 @@ def _packed_recurrent(forward):
         return packed_recurrent.packed_gated_delta_net(layer, hidden_states, boundaries, edges, mask)
 
     return run
+
+
+def take_boundaries(kwargs: dict):
+    """Remove the row-boundary keyword arguments from `kwargs`; returns `cu_seq_lens_q` (None: not a packed batch)."""
+    boundaries = kwargs.pop("cu_seq_lens_q", None)
+    for key in BOUNDARY_KEYS:
+        kwargs.pop(key, None)
+    return boundaries
 
 
 def wrap_forward_once(language, class_suffix: str, wrapper) -> list:
@@ -192,9 +198,7 @@ def _per_row(forward):
     def run(hidden_states, *args, **kwargs):
         import torch
 
-        boundaries = kwargs.pop("cu_seq_lens_q", None)
-        for key in BOUNDARY_KEYS:
-            kwargs.pop(key, None)
+        boundaries = take_boundaries(kwargs)
         if boundaries is None:
             return forward(hidden_states, *args, **kwargs)
         kwargs.pop("cache", None)  # a packed row is never continued: its recurrent state is not kept
