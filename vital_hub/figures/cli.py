@@ -27,9 +27,11 @@ def fetch_main(argv: list[str]) -> int:
 
 
 def build_main(argv: list[str]) -> int:
-    from vital_hub.figures.dataset import BuildOptions, build_figures
+    from vital_hub.figures.options import BuildOptions
 
     description = "Turn a fetch folder into the Hub dataset config `figures`."
     options = parse_config(BuildOptions, argv, "vital build figures", description)
+    from vital_hub.figures.dataset import build_figures  # pyarrow: only once the options are good
+
     print(build_figures(options))
     return 0

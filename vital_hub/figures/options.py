@@ -1,5 +1,5 @@
 """What `vital fetch figures` is asked to do: its options (`FetchConfig`), the HTTP client's settings
-(`HttpOptions`) and the shard (`Shard`).
+(`HttpOptions`) and the shard (`Shard`); and the options of `vital build figures` (`BuildOptions`).
 
 Kept apart from the pipeline, the HTTP client and the index so that parsing the command line (`--help`, a bad
 flag) imports neither aiohttp nor pyarrow.
@@ -8,6 +8,7 @@ flag) imports neither aiohttp nor pyarrow.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 from vital_hub.config import help_field
@@ -129,3 +130,16 @@ class FetchConfig:
             backoff_max_s=self.backoff_max,
             timeout_s=self.timeout,
         )
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    index: str = help_field("the --out folder of `vital fetch figures`")
+    out: str = help_field("dataset repo folder to write (README.md + data/figures/)")
+    captions: str | None = help_field("llava_med_instruct_fig_captions.json ({domain: [records]})", default=None)
+    images: str | None = help_field("folder of <pair_id>.jpg (default: the --index folder)", default=None)
+    shard_mb: float = help_field("target parquet shard size in MB", default=256.0)
+    allow_incomplete: bool = help_field("build even if a fetch shard is unfinished", default=False)
+    workers: int = help_field(
+        "processes computing the figures' perceptual hashes", default=min(os.cpu_count() or 1, 8)
+    )
