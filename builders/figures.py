@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vital_hub.config import help_field, parse_config
-from vital_hub.figures.pipeline import FetchConfig
+from vital_hub.figures.options import FetchConfig
 
 
 @dataclass

@@ -1,9 +1,13 @@
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from vital_hub.cli import COMMANDS, find_command, load, main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c.words))
@@ -61,3 +65,27 @@ def test_a_reader_that_stops_early_gets_no_error_line():
         os.close(write_end)
     assert writer.stderr == ""
     assert writer.returncode == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fetch", "figures", "--help"],
+        ["fetch", "figures", "--urls", "u.jsonl", "--out", "o", "--shard", "5/2"],
+        ["fetch", "figures", "--concurrency", "many"],
+        ["build", "figures", "--help"],
+        ["build", "figures", "--index", "i", "--out", "o", "--shard-mb", "big"],
+    ],
+    ids=["fetch-help", "fetch-bad-shard", "fetch-bad-number", "build-help", "build-bad-number"],
+)
+def test_figures_help_and_flag_errors_import_neither_pyarrow_nor_aiohttp(argv, tmp_path):
+    """Parsing the figures commands' options must not pay for the HTTP client (aiohttp) or the index (pyarrow)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "vital_hub.cli", *argv],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == (0 if argv[-1] == "--help" else 2), run.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert "vital_hub.figures.options" in imported  # the options were parsed in this process
+    assert not {"pyarrow", "aiohttp", "vital_hub.figures.pipeline", "vital_hub.figures.dataset"} & imported

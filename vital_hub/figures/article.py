@@ -31,7 +31,7 @@ from vital_hub.figures.safety import Rejected, read_wanted_members, verify_image
 from vital_hub.io import atomic_path
 
 if TYPE_CHECKING:
-    from vital_hub.figures.pipeline import FetchConfig
+    from vital_hub.figures.options import FetchConfig
 
 MiB = 1 << 20
 MAX_DOCUMENT_BYTES = 64 * MiB  # metadata JSON, listings and JATS XML

@@ -12,15 +12,14 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vital_hub.config import help_field
 from vital_hub.figures.captions import caption_fields, load_captions
 from vital_hub.figures.index import INDEX_DIR, STATUSES, index_files, iter_index
+from vital_hub.figures.options import BuildOptions
 from vital_hub.io import download_checksums, write_card_config
 from vital_hub.schema import DOMAINS
 
@@ -57,19 +56,6 @@ def figures_features():
             "phash": text,
             "status": text,
         }
-    )
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    index: str = help_field("the --out folder of `vital fetch figures`")
-    out: str = help_field("dataset repo folder to write (README.md + data/figures/)")
-    captions: str | None = help_field("llava_med_instruct_fig_captions.json ({domain: [records]})", default=None)
-    images: str | None = help_field("folder of <pair_id>.jpg (default: the --index folder)", default=None)
-    shard_mb: float = help_field("target parquet shard size in MB", default=256.0)
-    allow_incomplete: bool = help_field("build even if a fetch shard is unfinished", default=False)
-    workers: int = help_field(
-        "processes computing the figures' perceptual hashes", default=min(os.cpu_count() or 1, 8)
     )
 
 

@@ -20,19 +20,11 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
+from vital_hub.figures.options import HttpOptions
+
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 CHUNK = 1 << 16
 ERROR_BODY_BYTES = 1 << 16
-
-
-@dataclass(frozen=True)
-class HttpOptions:
-    concurrency: int = 32
-    requests_per_second_per_host: float = 1000.0  # the ceiling: halved on each 503 Slow Down, regained on success
-    max_retries: int = 6
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 60.0
-    timeout_s: float = 60.0
 
 
 @dataclass

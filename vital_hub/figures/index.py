@@ -10,7 +10,6 @@ the same shard, so an article is looked up and its tarball downloaded once, and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vital_hub.figures.options import Shard
 from vital_hub.io import atomic_path, repair_tail, write_json_atomic
 
 STATUSES = ("ok", "missing", "not_permitted", "corrupt", "error")
@@ -49,32 +49,6 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 INDEX_COLUMNS = tuple(INDEX_SCHEMA.names)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """`--shard I/N`: shard I (0-based) of N."""
-
-    index: int = 0
-    count: int = 1
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        try:
-            index, count = (int(part) for part in text.split("/"))
-        except ValueError as err:
-            raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from err
-        if count < 1 or not 0 <= index < count:
-            raise ValueError(f"--shard {text}: need 0 <= I < N (shards are numbered from 0)")
-        return cls(index, count)
-
-    @property
-    def name(self) -> str:
-        return f"shard-{self.index:05d}-of-{self.count:05d}"
-
-    def holds(self, pmcid: str) -> bool:
-        digest = hashlib.sha256(pmcid.encode()).digest()
-        return int.from_bytes(digest[:8], "big") % self.count == self.index
 
 
 @dataclass(frozen=True)

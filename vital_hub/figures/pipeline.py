@@ -15,114 +15,32 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from vital_hub.config import help_field
 from vital_hub.figures.article import REJECTED_MEMBER_SAMPLES, ArticleFetcher, base_row
-from vital_hub.figures.download import HttpClient, HttpOptions
+from vital_hub.figures.download import HttpClient
 from vital_hub.figures.index import (
     STATUSES,
     ErrorSamples,
     Journal,
     JournalEntry,
-    Shard,
     ShardFiles,
     mark_done,
     read_marker,
     write_index,
     write_stats,
 )
+from vital_hub.figures.options import RESULT_OPTIONS, FetchConfig, MiB, Shard
 from vital_hub.figures.resolve import (
-    DEFAULT_BUCKET,
     FigureRequest,
     iter_requests,
 )
-from vital_hub.figures.safety import Limits
 from vital_hub.io import atomic_path
 from vital_hub.schema import RecordError
 
-MiB = 1 << 20
 PARTIAL_DIR = ".partial"
-# Options that change what a figure's row or file is; the others (speed, retries, progress) do not.
-RESULT_OPTIONS = (
-    "base_url", "legacy_base_url", "licence", "legacy", "max_image_mb", "max_pixels", "max_archive_mb",
-    "max_unpacked_mb", "max_held_mb",
-)  # fmt: skip
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FetchConfig:
-    """Everything `vital fetch figures` needs; YAML (`--config`) then command-line flags override the defaults.
-
-    The HTTP and safety defaults are those of `HttpOptions` and `Limits`, in this command's units (MB, not bytes).
-    """
-
-    urls: str = help_field("JSONL of image URL records (legacy or new format)")
-    out: str = help_field("folder for <pair_id>.jpg files and index/")
-    base_url: str = help_field("bucket root", default=DEFAULT_BUCKET)
-    legacy_base_url: str | None = help_field(
-        "replaces scheme and host of pmc_tar_url (a mirror or a local server)", default=None
-    )
-    concurrency: int = help_field("requests in flight at once (one connection pool)", default=HttpOptions.concurrency)
-    rate_limit: float = help_field(
-        "requests per second per host: the most, halved on each 503 Slow Down and regained on success (0 = unlimited)",
-        default=HttpOptions.requests_per_second_per_host,
-    )
-    max_retries: int = help_field(
-        "retries on 429, 5xx, timeouts and truncated bodies", default=HttpOptions.max_retries
-    )
-    backoff_base: float = help_field(
-        "first backoff in seconds (doubles, with jitter)", default=HttpOptions.backoff_base_s
-    )
-    backoff_max: float = help_field("longest backoff in seconds", default=HttpOptions.backoff_max_s)
-    timeout: float = help_field("connect and read timeout in seconds", default=HttpOptions.timeout_s)
-    shard: str = help_field("I/N: fetch shard I (0-based) of N", default="0/1")
-    retry_failed: bool = help_field("retry figures whose status is not ok", default=False)
-    licence: bool = help_field("read article metadata for the licence of every figure", default=True)
-    legacy: bool = help_field("fall back to legacy tarballs", default=True)
-    max_image_mb: float = help_field("largest image file accepted", default=Limits.max_image_bytes / MiB)
-    max_pixels: int = help_field("largest image accepted, in pixels", default=Limits.max_pixels)
-    max_archive_mb: float = help_field("largest tarball downloaded", default=Limits.max_archive_bytes / MiB)
-    max_unpacked_mb: float = help_field(
-        "most bytes unpacked from one tarball", default=Limits.max_unpacked_bytes / MiB
-    )
-    max_held_mb: float = help_field(
-        "most bytes of wanted figures kept from one tarball", default=Limits.max_held_bytes / MiB
-    )
-    progress: bool = help_field("show a progress bar", default=True)
-
-    def __post_init__(self):
-        Shard.parse(self.shard)  # a bad --shard is an error here, before any work
-        if self.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        if self.max_retries < 0:
-            raise ValueError("max_retries cannot be negative")
-
-    @property
-    def shard_spec(self) -> Shard:
-        """The `--shard I/N` option as a Shard (checked once in __post_init__)."""
-        return Shard.parse(self.shard)
-
-    def limits(self) -> Limits:
-        return Limits(
-            max_image_bytes=int(self.max_image_mb * MiB),
-            max_pixels=self.max_pixels,
-            max_archive_bytes=int(self.max_archive_mb * MiB),
-            max_unpacked_bytes=int(self.max_unpacked_mb * MiB),
-            max_held_bytes=int(self.max_held_mb * MiB),
-        )
-
-    def http_options(self) -> HttpOptions:
-        return HttpOptions(
-            concurrency=self.concurrency,
-            requests_per_second_per_host=self.rate_limit,
-            max_retries=self.max_retries,
-            backoff_base_s=self.backoff_base,
-            backoff_max_s=self.backoff_max,
-            timeout_s=self.timeout,
-        )
 
 
 def read_shard_requests(urls: str | Path, shard: Shard) -> tuple[list[FigureRequest], int]:
