@@ -48,9 +48,9 @@ def figure_facts(images: Path | None) -> dict[str, tuple[str, str]] | None:
         return None
     facts = {}
     for shard in shards:
-        parquet = pq.ParquetFile(shard)
-        names = parquet.schema_arrow.names  # an index written by hand may lack a column: its facts are unknown
-        table = parquet.read(columns=[c for c in ("pair_id", "licence", "retracted") if c in names])
+        with pq.ParquetFile(shard) as parquet:
+            names = parquet.schema_arrow.names  # an index written by hand may lack a column: its facts are unknown
+            table = parquet.read(columns=[c for c in ("pair_id", "licence", "retracted") if c in names])
         none = [None] * table.num_rows
         columns = [table[c].to_pylist() if c in names else none for c in ("pair_id", "licence", "retracted")]
         for pair_id, licence, retracted in zip(*columns, strict=True):
