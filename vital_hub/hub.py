@@ -298,6 +298,25 @@ def _download(fetch, what: str, repo_id: str, repo_type: str, **kwargs) -> Path:
     return Path(path)
 
 
+def model_card_data(repo_id: str, revision: str | None = None) -> tuple[dict, str | None]:
+    """The YAML metadata of a Hub model's card, as the Hub parsed it (its `cardData`), and the commit read; {} for
+    a repo without card metadata. Offline (HF_HUB_OFFLINE=1), unreachable or refused is a HubError without the
+    token in it."""
+    from httpx2 import HTTPError  # huggingface_hub 2's HTTP client (a dependency of it): connection failures
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    endpoint, token = hub_endpoint(), find_token()
+    try:
+        info = HfApi(endpoint=endpoint, token=token or False).model_info(check_repo_id(repo_id), revision=revision)
+    except (HfHubHTTPError, HTTPError, OSError) as err:  # not found, refused, offline, no connection
+        where = repo_url(repo_id, "model", endpoint)
+        reason = _download_failure(err, token).removesuffix("; re-run the same command to resume")
+        raise HubError(f"cannot read the card of {where}: {reason}") from None
+    data = info.card_data.to_dict() if info.card_data is not None else {}
+    return data, info.sha
+
+
 def _download_failure(err: Exception, token: str | None) -> str:
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 

@@ -372,6 +372,9 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
 
 
+FALLBACK_LICENCE_NAME = "base-model-licence"  # `inherited_licence` only links to the base model's repo
+
+
 def inherited_licence(card_path: str | Path | None, hub_id: str | None, revision: str | None = None) -> dict:
     """The licence fields a derived model carries over from the model it came from: that model's card's licence
     fields (a licence file it links to becomes a link into its Hub repo), else `other` linked to its Hub repo, else
@@ -384,6 +387,11 @@ def inherited_licence(card_path: str | Path | None, hub_id: str | None, revision
             meta = read_card(card_path)[0]
         except (yaml.YAMLError, OSError, UnicodeDecodeError):
             meta = {}
+    return licence_fields(meta, hub_id, revision)
+
+
+def licence_fields(meta, hub_id: str | None, revision: str | None = None) -> dict:
+    """`inherited_licence` from card metadata already read (a local card's, or the Hub's parse of a repo's card)."""
     fields = {
         key: meta[key] for key in ("license", "license_name", "license_link") if isinstance(meta, dict) and key in meta
     }
@@ -397,7 +405,7 @@ def inherited_licence(card_path: str | Path | None, hub_id: str | None, revision
     if hub_id is not None:
         return {
             "license": "other",
-            "license_name": "base-model-licence",
+            "license_name": FALLBACK_LICENCE_NAME,
             "license_link": f"https://huggingface.co/{hub_id}",
         }
     return {"license": "unknown"}

@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from tests.fakes.card_rules import card_errors
+from tests.fakes.card_rules import card_errors, front_matter
 
 REPO_TYPES = ("model", "dataset", "space")
 LFS_SUFFIXES = (
@@ -416,6 +416,11 @@ class HubHandler(BaseHTTPRequestHandler):
             "tags": [],
             "siblings": [{"rfilename": name} for name in sorted(commit["files"])],
         }
+        readme = commit["files"].get("README.md")
+        if readme is not None:  # the Hub sends the card's YAML metadata, parsed, as `cardData`
+            text = self.server.store.content_path(readme).read_text(encoding="utf-8", errors="replace")
+            if isinstance(meta := front_matter(text), dict) and meta:
+                info["cardData"] = meta
         self._send_json(info)
 
     def _create_branch(self, repo_type: str, repo_id: str, branch: str) -> None:

@@ -14,9 +14,6 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from vital_hub.figures.captions import caption_fields, load_captions
 from vital_hub.figures.index import INDEX_DIR, STATUSES, index_files, iter_index
 from vital_hub.figures.options import BuildOptions
@@ -128,6 +125,8 @@ def _with_hashes(rows: Iterator[dict], workers: int, batch: int = 512) -> Iterat
 
 def iter_rows(options: BuildOptions) -> Iterator[dict]:
     """Rows shard by shard, each in its input order: the same fetch always gives the same dataset."""
+    import pyarrow.parquet as pq
+
     index_dir = Path(options.index)
     shards = index_files(index_dir) if options.allow_incomplete else check_complete(index_dir)
     if not shards:
@@ -146,6 +145,9 @@ def iter_rows(options: BuildOptions) -> Iterator[dict]:
 
 def write_shards(rows: Iterator[dict], folder: Path, shard_bytes: int) -> tuple[list[Path], dict[str, int]]:
     """Parquet shards of about `shard_bytes` each, named train-XXXXX-of-YYYYY.parquet once their count is known."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     features = figures_features()
     schema = features.arrow_schema
     folder.mkdir(parents=True, exist_ok=True)
@@ -245,6 +247,7 @@ lists what the codes mean: https://pmc.ncbi.nlm.nih.gov/tools/openftlist/); chec
 
 
 def build_figures(options: BuildOptions) -> str:
+    import pyarrow.parquet as pq
     from tqdm import tqdm
 
     out = Path(options.out)

@@ -15,10 +15,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import aiohttp
-from yarl import URL
+if TYPE_CHECKING:  # aiohttp is imported when a client opens, so `--help` and planning stay light
+    import aiohttp
 
 from vital_hub.figures.options import HttpOptions
 
@@ -144,6 +145,8 @@ class HttpClient:
         self.session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpClient:
+        import aiohttp
+
         connector = aiohttp.TCPConnector(limit=self.options.concurrency, limit_per_host=self.options.concurrency)
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.options.timeout_s, sock_read=self.options.timeout_s
@@ -190,6 +193,9 @@ class HttpClient:
         return fetched.status in RETRYABLE_STATUSES or (fetched.status == 0 and fetched.error is not None)
 
     async def _attempt(self, url: str, host: str, consume) -> tuple[Fetched, float | None]:
+        import aiohttp
+        from yarl import URL
+
         await self.limiter.wait(host)
         async with self.slots:
             self.stats.requests += 1

@@ -17,9 +17,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from vital_hub.figures.options import Shard
 from vital_hub.io import atomic_path, repair_tail, write_json_atomic
 
@@ -27,28 +24,22 @@ STATUSES = ("ok", "missing", "not_permitted", "corrupt", "error")
 INDEX_DIR = "index"
 ERROR_SAMPLES_PER_STATUS = 20
 
-INDEX_SCHEMA = pa.schema(
-    [
-        ("pair_id", pa.string()),
-        ("pmcid", pa.string()),
-        ("pmid", pa.string()),
-        ("fig_id", pa.string()),
-        ("file", pa.string()),
-        ("status", pa.string()),
-        ("source", pa.string()),
-        ("source_url", pa.string()),
-        ("licence", pa.string()),
-        ("retracted", pa.bool_()),
-        ("md5", pa.string()),
-        ("sha256", pa.string()),
-        ("bytes", pa.int64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("format", pa.string()),
-        ("error", pa.string()),
-    ]
-)
-INDEX_COLUMNS = tuple(INDEX_SCHEMA.names)
+# The index's columns and their Arrow types, by name: pyarrow is imported only by the functions that read or write
+# an index, so commands that merely plan or print their options stay light.
+INDEX_FIELDS = (
+    ("pair_id", "string"), ("pmcid", "string"), ("pmid", "string"), ("fig_id", "string"), ("file", "string"),
+    ("status", "string"), ("source", "string"), ("source_url", "string"), ("licence", "string"),
+    ("retracted", "bool_"), ("md5", "string"), ("sha256", "string"), ("bytes", "int64"), ("width", "int32"),
+    ("height", "int32"), ("format", "string"), ("error", "string"),
+)  # fmt: skip
+INDEX_COLUMNS = tuple(name for name, _ in INDEX_FIELDS)
+
+
+def index_schema():
+    """The Arrow schema of an index shard."""
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in INDEX_FIELDS])
 
 
 @dataclass(frozen=True)
@@ -148,23 +139,31 @@ class Journal:
 
 def write_index(rows: Iterable[dict], path: Path, batch_rows: int = 50_000) -> None:
     """The index parquet, written in batches so a large shard never sits in memory as one table."""
-    with atomic_path(path, suffix=".parquet") as tmp, pq.ParquetWriter(tmp, INDEX_SCHEMA) as writer:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = index_schema()
+    with atomic_path(path, suffix=".parquet") as tmp, pq.ParquetWriter(tmp, schema) as writer:
         batch = []
         for row in rows:
             batch.append({name: row.get(name) for name in INDEX_COLUMNS})
             if len(batch) >= batch_rows:
-                writer.write_table(pa.Table.from_pylist(batch, INDEX_SCHEMA))
+                writer.write_table(pa.Table.from_pylist(batch, schema))
                 batch = []
         if batch:
-            writer.write_table(pa.Table.from_pylist(batch, INDEX_SCHEMA))
+            writer.write_table(pa.Table.from_pylist(batch, schema))
 
 
 def iter_index(path: Path, batch_rows: int = 50_000) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
         yield from batch.to_pylist()
 
 
 def read_index(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
     return pq.read_table(path).to_pylist()
 
 

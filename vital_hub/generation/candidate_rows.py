@@ -13,9 +13,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from vital_hub.generation.client import ChatResult
 from vital_hub.generation.parse import parse_reply
 from vital_hub.io import atomic_path, download_checksums, write_card_config
@@ -29,6 +26,8 @@ STATUS_RANK = {"ok": 2, "unparsed": 1, "error": 0}
 
 
 def candidate_schema():
+    import pyarrow as pa  # here, not at the top: `vital generate candidates --help` stays light
+
     turn = pa.struct([("from", pa.string()), ("value", pa.string())])
     dual = pa.struct([("question", pa.string()), ("answer_a", pa.string()), ("answer_b", pa.string())])
     return pa.schema(
@@ -139,6 +138,9 @@ class OutputFolder:
 
     def read_rows_table(self):
         """Every stored row, shards first then parts in the order written (later rows win ties)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         tables = [pq.read_table(path, schema=candidate_schema()) for path in self.shard_files() + self.part_files()]
         return pa.concat_tables(tables) if tables else candidate_schema().empty_table()
 
@@ -169,6 +171,9 @@ class PartWriter:
     def flush(self) -> None:
         if not self.rows:
             return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         table = pa.Table.from_pylist(self.rows, schema=candidate_schema())
         final = self.folder.parts / f"part-{self.run_id}-{self.count:06d}.parquet"
         with atomic_path(final) as tmp:
@@ -192,6 +197,8 @@ def best_rows(table, order: list[str]):
 
 def write_dataset(folder: OutputFolder, order: list[str], shard_rows: int) -> dict[str, int]:
     """Merge shards and parts into the final shards + README; parts are deleted only once shards are written."""
+    import pyarrow.parquet as pq
+
     parts = folder.part_files()
     old_shards = folder.shard_files()
     table = best_rows(folder.read_rows_table(), order)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from vital_hub import __version__
 from vital_hub.audit.hashing import hash_version
 from vital_hub.io import atomic_path, iter_json_records, read_json, write_json_atomic
-from vital_hub.mixtures.images import ImageStats, images_fingerprint, load_image, retracted_figures
+from vital_hub.mixtures.images import ImageStats, figure_facts, images_fingerprint, load_image, retracted_figures
 from vital_hub.mixtures.selection import selection_summary
 from vital_hub.mixtures.shards import COMPRESSION, ShardWriter, file_entry, shard_entry
 from vital_hub.mixtures.spec import Component, Mixture, MixturePlan, Part
@@ -63,6 +63,8 @@ class BuildOptions:
     repo_id: str | None = None  # where the folder will be pushed, for the card's load example
     images_fingerprint: str | None = field(init=False, default=None)
     retracted: frozenset[str] = field(init=False, default=frozenset())
+    # the fetch index's licence and retraction per figure (see figure_facts), read once for the build and its card
+    figure_facts: dict[str, tuple[str, str]] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self):
         self.sources, self.out = Path(self.sources), Path(self.out)
@@ -72,7 +74,12 @@ class BuildOptions:
         if self.rows_per_shard < 1 or self.batch_rows < 1:
             raise ValueError("rows_per_shard and batch_rows must be positive")
         self.images_fingerprint = images_fingerprint(self.images)
-        self.retracted = retracted_figures(self.images)
+        self.figure_facts = figure_facts(self.images)
+        self.retracted = retracted_figures(self.figure_facts)
+
+    def __getstate__(self) -> dict:
+        """What a component's worker process receives: not the per-figure facts, which only the card reads."""
+        return {**self.__dict__, "figure_facts": None}
 
 
 @dataclass
@@ -138,7 +145,7 @@ def _build_repo(plan: MixturePlan, options: BuildOptions, check_source: SourceCh
         manifest["repo_id"] = options.repo_id
     from vital_hub.mixtures.card import write_readme
 
-    write_readme(options.out, manifest, options.images)
+    write_readme(options.out, manifest, options.figure_facts)
     write_json_atomic(options.out / MANIFEST, manifest)
     shutil.rmtree(options.out / SCRATCH, ignore_errors=True)
     return manifest

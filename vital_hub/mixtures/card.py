@@ -236,14 +236,13 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
-def data_report_section(out: Path, manifest: dict, images: Path | None = None) -> list[str]:
+def data_report_section(out: Path, manifest: dict, facts: dict[str, tuple[str, str]] | None = None) -> list[str]:
     """The card's "Data report": a table per config and the PNG plots written beside the card; licences and
-    retractions come from the fetch index of the `images` folder when it has one."""
-    from vital_hub.mixtures.report import config_reports, figure_facts, licence_lines, summary_rows, write_plots
+    retractions come from `facts`, the fetch index of the images folder when it has one (see figure_facts)."""
+    from vital_hub.mixtures.report import config_reports, licence_lines, summary_rows, write_plots
     from vital_hub.mixtures.selection import selection_lines
     from vital_hub.mixtures.spec import builtin_components
 
-    facts = figure_facts(images)
     reports = config_reports(out, manifest, facts)
     columns = [
         "config",
@@ -275,8 +274,8 @@ def data_report_section(out: Path, manifest: dict, images: Path | None = None) -
     return lines + selection_lines(manifest, selection_plots, set(builtin_components()))
 
 
-def write_readme(out: Path, manifest: dict, images: Path | None = None) -> None:
+def write_readme(out: Path, manifest: dict, facts: dict[str, tuple[str, str]] | None = None) -> None:
     header = yaml.dump(card_metadata(manifest), Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=1000)
-    text = card_text(manifest, data_report_section(out, manifest, images))
+    text = card_text(manifest, data_report_section(out, manifest, facts))
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text(f"---\n{header}---\n\n{text}", encoding="utf-8")

@@ -37,19 +37,30 @@ class ImageStats:
         }
 
 
-def retracted_figures(images: Path | None) -> frozenset[str]:
-    """Pair ids the fetch index of an images folder marks retracted (its article's newest version is)."""
-    if images is None:
-        return frozenset()
-    import pyarrow.compute as pc
-
+def figure_facts(images: Path | None) -> dict[str, tuple[str, str]] | None:
+    """pair_id -> (licence code, retracted yes/no/unknown) from the fetch index of an images folder; None when
+    the folder has no index (a plain folder of figures), so licences and retractions are unknown. A build reads
+    the index once, here: the retracted figures it leaves out and the card's licence table both come from this."""
     from vital_hub.figures.index import index_files
 
-    retracted: set[str] = set()
-    for shard in index_files(images):
-        table = pq.read_table(shard, columns=["pair_id", "retracted"])
-        retracted.update(table.filter(pc.fill_null(table["retracted"], False))["pair_id"].to_pylist())
-    return frozenset(retracted)
+    shards = index_files(images) if images is not None else []
+    if not shards:
+        return None
+    facts = {}
+    for shard in shards:
+        with pq.ParquetFile(shard) as parquet:
+            names = parquet.schema_arrow.names  # an index written by hand may lack a column: its facts are unknown
+            table = parquet.read(columns=[c for c in ("pair_id", "licence", "retracted") if c in names])
+        none = [None] * table.num_rows
+        columns = [table[c].to_pylist() if c in names else none for c in ("pair_id", "licence", "retracted")]
+        for pair_id, licence, retracted in zip(*columns, strict=True):
+            facts[pair_id] = (licence or "unknown", "unknown" if retracted is None else "yes" if retracted else "no")
+    return facts
+
+
+def retracted_figures(facts: dict[str, tuple[str, str]] | None) -> frozenset[str]:
+    """Pair ids the fetch index marks retracted (their article's newest version is), from `figure_facts`."""
+    return frozenset(pair_id for pair_id, (_, retracted) in (facts or {}).items() if retracted == "yes")
 
 
 def images_fingerprint(images: Path | None) -> str | None:

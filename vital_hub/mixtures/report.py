@@ -31,25 +31,6 @@ KEYS = ("domain", "rounds", "answer_words", "figures", "licence", "retracted")
 NOT_INDEXED = "not in fetch index"
 
 
-def figure_facts(images: Path | None) -> dict[str, tuple[str, str]] | None:
-    """pair_id -> (licence code, retracted yes/no/unknown) from the fetch index of an images folder; None when
-    the folder has no index (a plain folder of figures), so licences and retractions are unknown."""
-    from vital_hub.figures.index import index_files
-
-    shards = index_files(images) if images is not None else []
-    if not shards:
-        return None
-    facts = {}
-    for shard in shards:
-        names = pq.read_schema(shard).names  # an index written by hand may lack a column: its facts are unknown
-        table = pq.read_table(shard, columns=[c for c in ("pair_id", "licence", "retracted") if c in names])
-        none = [None] * table.num_rows
-        columns = [table[c].to_pylist() if c in names else none for c in ("pair_id", "licence", "retracted")]
-        for pair_id, licence, retracted in zip(*columns, strict=True):
-            facts[pair_id] = (licence or "unknown", "unknown" if retracted is None else "yes" if retracted else "no")
-    return facts
-
-
 def _shard_stats(path: Path, facts: dict | None) -> dict[str, Counter]:
     stats = {key: Counter() for key in KEYS}
     for batch in pq.ParquetFile(path).iter_batches(batch_size=2_000, columns=COLUMNS):

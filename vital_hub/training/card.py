@@ -7,6 +7,7 @@ or a results JSON written by `vital eval`). It never holds tokens or environment
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from vital_hub.io import atomic_path, inherited_licence, read_card, read_json
+from vital_hub.io import FALLBACK_LICENCE_NAME, atomic_path, inherited_licence, licence_fields, read_card, read_json
+
+log = logging.getLogger(__name__)
 
 # Trainer bookkeeping that is not part of the model repo.
 STAGING_SKIP = {"training_args.bin", "trainer_state.json"}
@@ -82,6 +85,28 @@ def hub_base_model(name_or_path: str) -> str | None:
     return base if isinstance(base, str) and not Path(base).exists() and hub_base_model(base) == base else None
 
 
+def base_licence(base_model: str, base_id: str | None) -> dict:
+    """A fine-tune is bound by its base model's licence: the licence fields of the base's card (a local folder's
+    README.md, else the base's card on the Hub, e.g. Gemma's `gemma` or Llama's `llama3.2` with its name and link),
+    else a link to the base on the Hub. Offline or on a Hub error the link is kept and one line logged."""
+    local = Path(base_model)
+    fields = inherited_licence(local / "README.md" if local.is_dir() else None, base_id)
+    if base_id is None or fields.get("license_name") != FALLBACK_LICENCE_NAME:
+        return fields  # the local card's own fields, or nothing to look up
+    from vital_hub.hub import HubError, model_card_data
+
+    try:
+        meta, commit = model_card_data(base_id)
+    except HubError as err:
+        log.warning("base model licence: %s; the card links to the base model instead", err)
+        return fields
+    found = licence_fields(meta, base_id, commit)
+    if "license" not in found:
+        return fields
+    # `other` must come with a name and a link (the Hub refuses it without): the base's own, else the fallback's
+    return {**fields, **found} if found["license"] == "other" else found
+
+
 def card_text(
     model_name: str,
     base_model: str,
@@ -96,9 +121,7 @@ def card_text(
     hub_datasets = sorted({d.id for d in datasets if not Path(d.id).is_dir()})
     base_id = hub_base_model(base_model)
     metadata = {"library_name": "peft" if method == "lora" else "transformers"}
-    # a fine-tune is bound by its base model's licence: its card's fields, else a link to the base on the Hub
-    local = Path(base_model)
-    metadata.update(inherited_licence(local / "README.md" if local.is_dir() else None, base_id))
+    metadata.update(base_licence(base_model, base_id))
     if base_id is not None:
         metadata["base_model"] = base_id
     metadata.update(

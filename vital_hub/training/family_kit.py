@@ -10,6 +10,9 @@ from vital_hub.training.synthetic import build_tokenizer
 TEXT_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "max_position_embeddings": 4096, "head_dim": 16}  # fmt: skip
 QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+# The tile-position tokens of Idefics3 and SmolVLM (an image split into up to 6x6 tiles).
+GRID_TOKENS = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
 
 
 def chat_template(name: str) -> str:
@@ -50,3 +53,18 @@ def qwen_vision_ids(tokenizer) -> dict[str, int]:
     """The ids of the vision special tokens both Qwen-VL generations' configs take."""
     return ids_of(tokenizer, image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
                 vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>")  # fmt: skip
+
+
+def anyres_pinpoints(image_size: int) -> list[list[int]]:
+    """LLaVA-NeXT / OneVision "anyres" grid: one or two tiles of `image_size` each way."""
+    return [[image_size * i, image_size * j] for i in range(1, 3) for j in range(1, 3)]
+
+
+def qwen_image_processor(patch: int, mean_std: float | None = None, min_pixels: int = 0, max_pixels: int = 0):
+    """Qwen's Pillow image processor; by default a CPU-sized pixel budget (4 to 64 visual tokens)."""
+    side = patch * 2
+    extra = {"image_mean": [mean_std] * 3, "image_std": [mean_std] * 3} if mean_std else {}
+    return pil_class("qwen2_vl", "Qwen2VLImageProcessor")(
+        patch_size=patch, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": min_pixels or side * side * 4, "longest_edge": max_pixels or side * side * 64}, **extra,
+    )  # fmt: skip

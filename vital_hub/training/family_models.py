@@ -20,11 +20,15 @@ import argparse
 from pathlib import Path
 
 from vital_hub.training.family_kit import (
+    GRID_TOKENS,
     QWEN_SPECIALS,
     TEXT_TINY,
+    TINY_VISION,
+    anyres_pinpoints,
     chat_template,
     ids_of,
     pil_class,
+    qwen_image_processor,
     qwen_vision_ids,
     special_ids,
     tokenizer_with,
@@ -36,8 +40,6 @@ from vital_hub.training.processors import image_only
 
 def qwen2_5_vl(size: str):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
-
-    Qwen2VLImageProcessorPil = pil_class("qwen2_vl", "Qwen2VLImageProcessor")
 
     tokenizer = tokenizer_with(QWEN_SPECIALS, eos="<|im_end|>")
     if size == "full":
@@ -54,10 +56,7 @@ def qwen2_5_vl(size: str):
     config = Qwen2_5_VLConfig(
         text_config={**text, **special_ids(tokenizer)}, vision_config=vision, **top, **qwen_vision_ids(tokenizer)
     )
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=14, merge_size=2, temporal_patch_size=2,
-        size={"shortest_edge": image["min_pixels"], "longest_edge": image["max_pixels"]},
-    )  # fmt: skip
+    image_processor = qwen_image_processor(14, min_pixels=image["min_pixels"], max_pixels=image["max_pixels"])
     processor = image_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
                                     chat_template=chat_template("qwen2_5_vl"))  # fmt: skip
     return processor, config
@@ -65,8 +64,6 @@ def qwen2_5_vl(size: str):
 
 def qwen3_vl(size: str):
     from transformers import Qwen3VLConfig, Qwen3VLProcessor
-
-    Qwen2VLImageProcessorPil = pil_class("qwen2_vl", "Qwen2VLImageProcessor")
 
     tokenizer = tokenizer_with(QWEN_SPECIALS, eos="<|im_end|>")
     if size == "full":
@@ -83,11 +80,7 @@ def qwen3_vl(size: str):
     config = Qwen3VLConfig(
         text_config={**text, **special_ids(tokenizer)}, vision_config=vision, **top, **qwen_vision_ids(tokenizer)
     )
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=16, merge_size=2, temporal_patch_size=2,
-        size={"shortest_edge": image["min_pixels"], "longest_edge": image["max_pixels"]},
-        image_mean=[0.5] * 3, image_std=[0.5] * 3,
-    )  # fmt: skip
+    image_processor = qwen_image_processor(16, 0.5, min_pixels=image["min_pixels"], max_pixels=image["max_pixels"])
     processor = image_only(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
                                  chat_template=chat_template("qwen3_vl"))  # fmt: skip
     return processor, config
@@ -108,8 +101,7 @@ def gemma3(size: str):
         image_size, patch, tokens = 56, 14, 4  # 4x4 patches pooled to 2x2 image tokens
         text = {**TEXT_TINY, "vocab_size": len(tokenizer), "sliding_window": 64,
                 "layer_types": ["sliding_attention", "full_attention"]}  # fmt: skip
-        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "image_size": image_size, "patch_size": patch}  # fmt: skip
+        vision = {**TINY_VISION, "image_size": image_size, "patch_size": patch}
         top = {"mm_tokens_per_image": tokens}
     config = Gemma3Config(
         text_config={**text, **special_ids(tokenizer)}, vision_config=vision, **top,
@@ -127,10 +119,9 @@ def smolvlm(size: str):
 
     SmolVLMImageProcessorPil = pil_class("smolvlm", "SmolVLMImageProcessor")
 
-    grid = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
     named = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
              "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"}  # fmt: skip
-    tokenizer = tokenizer_with(["<|im_start|>", *named.values(), *grid], named, eos="<end_of_utterance>")
+    tokenizer = tokenizer_with(["<|im_start|>", *named.values(), *GRID_TOKENS], named, eos="<end_of_utterance>")
     if size == "full":
         shape = published("smolvlm")
         text, vision, top = shape.text, shape.vision, shape.top
@@ -138,8 +129,7 @@ def smolvlm(size: str):
     else:
         tile, patch, scale = 32, 8, 2  # a 32 px tile is 4x4 patches, pixel-shuffled by 2 into 4 image tokens
         text = {**TEXT_TINY, "vocab_size": len(tokenizer)}
-        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "image_size": tile, "patch_size": patch}  # fmt: skip
+        vision = {**TINY_VISION, "image_size": tile, "patch_size": patch}
         top, longest, tokens = {"scale_factor": scale}, 2 * tile, (tile // patch) ** 2 // scale**2
     config = SmolVLMConfig(text_config={**text, **special_ids(tokenizer)}, vision_config=vision, **top,
                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"))  # fmt: skip
@@ -153,14 +143,12 @@ def idefics3(size: str):
     from transformers import Idefics3Config, Idefics3Processor
 
     Idefics3ImageProcessorPil = pil_class("idefics3", "Idefics3ImageProcessor")
-    grid = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
-    specials = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *grid]
+    specials = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *GRID_TOKENS]
     tokenizer = tokenizer_with(specials, bos="<|begin_of_text|>", eos="<end_of_utterance>")
     tile, patch, scale = 32, 8, 2
     text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer)}
     text.pop("head_dim")
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": tile, "patch_size": patch}  # fmt: skip
+    vision = {**TINY_VISION, "image_size": tile, "patch_size": patch}
     config = Idefics3Config(text_config=text, vision_config=vision, scale_factor=scale,
                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"))  # fmt: skip
     image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile})
@@ -185,8 +173,7 @@ def internvl(size: str):
         image_size, patch, tokens, max_patches = 32, 8, 4, 4  # 4x4 patches, pixel-shuffled by 0.5 into 4 tokens
         text = {**TEXT_TINY, "vocab_size": len(tokenizer), "model_type": "qwen2"}
         text.pop("head_dim")
-        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "image_size": [image_size, image_size], "patch_size": [patch, patch]}  # fmt: skip
+        vision = {**TINY_VISION, "image_size": [image_size, image_size], "patch_size": [patch, patch]}
         top, image = {"downsample_ratio": 0.5}, {}
     config = InternVLConfig(text_config={**text, **special_ids(tokenizer)}, vision_config=vision, **top,
                             image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"))  # fmt: skip
@@ -206,9 +193,8 @@ def llava_onevision(size: str):
     image_size, patch = 32, 8
     text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer), "model_type": "qwen2"}
     text.pop("head_dim")
-    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-              "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": image_size, "patch_size": patch}  # fmt: skip
-    pinpoints = [[image_size * i, image_size * j] for i in range(1, 3) for j in range(1, 3)]
+    vision = {**TINY_VISION, "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch}
+    pinpoints = anyres_pinpoints(image_size)
     config = LlavaOnevisionConfig(
         text_config=text, vision_config=vision, image_grid_pinpoints=pinpoints, vision_feature_layer=-1,
         vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",

@@ -8,26 +8,17 @@ from __future__ import annotations
 from vital_hub.training.family_kit import (
     QWEN_SPECIALS,
     TEXT_TINY,
+    TINY_VISION,
+    anyres_pinpoints,
     chat_template,
     ids_of,
     pil_class,
+    qwen_image_processor,
     qwen_vision_ids,
     special_ids,
     tokenizer_with,
 )
 from vital_hub.training.processors import image_only
-
-TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-
-
-def qwen_image_processor(patch: int, mean_std: float | None = None):
-    """Qwen's Pillow image processor with a CPU-sized pixel budget (4 to 64 visual tokens)."""
-    side = patch * 2
-    extra = {"image_mean": [mean_std] * 3, "image_std": [mean_std] * 3} if mean_std else {}
-    return pil_class("qwen2_vl", "Qwen2VLImageProcessor")(
-        patch_size=patch, merge_size=2, temporal_patch_size=2,
-        size={"shortest_edge": side * side * 4, "longest_edge": side * side * 64}, **extra,
-    )  # fmt: skip
 
 
 def qwen2_vl(size: str):
@@ -72,7 +63,7 @@ def llava_next(size: str):
     text = {**TEXT_TINY, "vocab_size": len(tokenizer), **special_ids(tokenizer), "model_type": "mistral"}
     vision = {**TINY_VISION, "model_type": "clip_vision_model", "image_size": image_size, "patch_size": patch,
               "projection_dim": 32}  # fmt: skip
-    pinpoints = [[image_size * i, image_size * j] for i in range(1, 3) for j in range(1, 3)]
+    pinpoints = anyres_pinpoints(image_size)
     config = LlavaNextConfig(
         text_config=text, vision_config=vision, image_grid_pinpoints=pinpoints, vision_feature_layer=-1,
         vision_feature_select_strategy="default", image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
