@@ -1,0 +1,1 @@
+"""The pieces of `benchmarks/sft_throughput.py`: cases, worker, driver, profiling."""
