@@ -16,7 +16,7 @@ self-attention layers still get the varlen call over all rows.
 sequence. transformers (5.25) hands them the row boundaries, but its PyTorch gated delta rule refuses them (an
 error unless flash-linear-attention is installed and on the inputs' device), and the causal convolution is not given
 them at all (causal-conv1d would need `seq_idx`), so one row's state would flow into the next.
-`per_row_linear_attention` gives each such layer `packed_recurrent.packed_gated_delta_net`: its projections, norm
+`pack_linear_attention` gives each such layer `packed_recurrent.packed_gated_delta_net`: its projections, norm
 and gating once over the pack, the convolution in one call with each row starting from zeros, and the delta rule
 in one fla call with the boundaries where fla runs, else once per row, state starting afresh at every row exactly
 as alone; the full-attention layers still see all rows in one varlen call. A packed row is never continued by
@@ -117,7 +117,7 @@ def _per_row_cross_attention(forward):
     def run(hidden_states, cross_attention_states=None, *args, attention_mask=None, **kwargs):
         import torch
 
-        kwargs = {key: value for key, value in kwargs.items() if key not in BOUNDARY_KEYS}
+        take_boundaries(kwargs)  # the cross-attention reads images, not the packed rows' boundaries
         if not isinstance(attention_mask, RowCrossMasks):
             return forward(hidden_states, cross_attention_states, *args, attention_mask=attention_mask, **kwargs)
         kwargs.pop("cache", None)  # a packed row is never continued by generation
@@ -146,7 +146,7 @@ def row_edges(boundaries) -> list[int]:
     return _last_edges["edges"]
 
 
-def per_row_linear_attention(language) -> int:
+def pack_linear_attention(language) -> int:
     """Keep packed rows apart in every linear-attention layer of `language`: the layer's own token-wise parts over
     the whole pack and only its convolution and recurrence by row (`packed_recurrent`), or, for a layer without
     the parts that relies on, the whole layer once per row. Returns how many layers."""

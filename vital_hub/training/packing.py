@@ -18,7 +18,7 @@ it would get alone:
 - the layers that are not causal self-attention keep rows apart too (`vital_hub.training.packed_layers`):
   Mllama's cross-attention reads only the row's own images, and Qwen3.5's linear-attention layers (a recurrent
   state and a causal convolution along the sequence, which transformers' PyTorch fallback cannot reset at a row
-  start) run once per row.
+  start) start both afresh at every row (`vital_hub.training.packed_recurrent`).
 
 `enable_packing(model)` routes the boundaries to the language model only (a forward pre-hook on the backbone
 takes them, one on the language model gives them back), so vision towers that get the text kwargs never see
@@ -44,7 +44,7 @@ from vital_hub.training.packed_layers import (
     BOUNDARY_KEYS,
     CrossAttentionRows,
     pack_cross_attention,
-    per_row_linear_attention,
+    pack_linear_attention,
 )
 
 logger = logging.getLogger(__name__)
@@ -263,11 +263,12 @@ def enable_packing(model) -> str:
             f"{language.config._attn_implementation}; set attn_implementation: sdpa or train with packing: false"
         )
     cross_attention = CrossAttentionRows(backbone, language) if family == "mllama" else None
-    per_row = []
+    layer_notes = []
     if cross_attention is not None:
-        per_row.append(f"{len(cross_attention.layers)} cross-attention layers")
+        layer_notes.append(f"{len(cross_attention.layers)} cross-attention layers run once per row")
     if family == "qwen3.5":
-        per_row.append(f"{per_row_linear_attention(language)} linear-attention layers")
+        layer_notes.append(f"{pack_linear_attention(language)} linear-attention layers keep rows apart in their "
+                       "convolution and recurrence")  # fmt: skip
     carried: dict = {}
 
     def take(module, args, kwargs):
@@ -300,4 +301,4 @@ def enable_packing(model) -> str:
     backbone.register_forward_pre_hook(take, with_kwargs=True)
     language.register_forward_pre_hook(give, with_kwargs=True)
     attention = f"block-diagonal {language.config._attn_implementation} masks" if rule else kernels.kernel_summary()
-    return f"packing on for {family}: {attention}" + "".join(f"; {layers} run once per row" for layers in per_row)
+    return f"packing on for {family}: {attention}" + "".join(f"; {layers}" for layers in layer_notes)
