@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 PARTS = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "conv1d", "A_log", "dt_bias", "norm", "out_proj")
 DELTA_RULE = "torch_chunk_gated_delta_rule"  # transformers' function, dispatched to fla where fla runs
 _one_call: dict[str, bool] = {}  # device type -> whether the delta rule takes row boundaries there
+_positions: dict = {}  # the last pack's gapped token positions (`gapped_positions`)
 
 
 def supports(layer) -> bool:
@@ -38,17 +39,28 @@ def supports(layer) -> bool:
     return all(hasattr(layer, name) for name in PARTS) and hasattr(modeling, DELTA_RULE)
 
 
+def gapped_positions(edges: list[int], gap: int, device):
+    """Where each packed token sits once `gap` zero columns precede every row; made once per forward (every layer
+    of a step gets the same `edges` list from `packed_layers.row_edges`) and device, not once per layer."""
+    import torch
+
+    key = (gap, str(device))
+    if _positions.get("edges") is not edges or _positions.get("key") != key:
+        lengths = torch.tensor(edges[1:]) - torch.tensor(edges[:-1])
+        rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        where = (torch.arange(edges[-1]) + gap * (rows + 1)).to(device)
+        _positions.update(key=key, edges=edges, where=where)
+    return _positions["where"]
+
+
 def row_causal_conv(conv1d, hidden_states, edges: list[int], activation: str | None):
     """`conv1d` (depthwise, causal) over (1, channels, tokens) packed rows, each row starting from zeros as alone."""
-    import torch
     import torch.nn.functional as F
     from transformers.activations import ACT2FN
 
     gap = conv1d.kernel_size[0] - 1
-    lengths = torch.tensor(edges[1:]) - torch.tensor(edges[:-1])
-    rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    where = (torch.arange(edges[-1]) + gap * (rows + 1)).to(hidden_states.device)
-    gapped = hidden_states.new_zeros(*hidden_states.shape[:2], edges[-1] + gap * len(lengths))
+    where = gapped_positions(edges, gap, hidden_states.device)
+    gapped = hidden_states.new_zeros(*hidden_states.shape[:2], edges[-1] + gap * (len(edges) - 1))
     gapped = gapped.index_copy(2, where, hidden_states)
     weight = conv1d.weight
     out = F.conv1d(gapped.to(weight.dtype), weight, conv1d.bias, padding=0, groups=weight.shape[0])
