@@ -10,12 +10,7 @@ files) are recorded in a lock file (`sources.lock.json` beside the files) on fir
 so a file replaced upstream, or corrupted on disk, is noticed.
 
 The registry itself (names, origins, sizes, published checksums, groups) is `vital_hub.source_registry`; its names
-are importable from here too.
-
-    vital sources list                                # the command line: vital_hub.sources_cli
-    vital sources fetch --dir sources                 # the files `vital build instructions` reads
-    vital sources fetch all --dir sources
-    vital sources verify --dir sources
+are importable from here too. The command line (`vital sources list | fetch | verify`) is `vital_hub.sources_cli`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""`vital sources`: list, fetch and verify the released source files of `vital_hub.sources`.
+"""`vital sources`: list, fetch and verify the released source files (`vital_hub.source_registry`, downloaded and
+checked by `vital_hub.sources`).
 
-vital sources list
-vital sources fetch --dir sources                 # the files `vital build instructions` reads
-vital sources fetch all --dir sources
-vital sources verify --dir sources
+    vital sources list
+    vital sources fetch --dir sources                 # the files `vital build instructions` reads
+    vital sources fetch all --dir sources
+    vital sources verify --dir sources
 """
 
 from __future__ import annotations
@@ -13,19 +14,17 @@ import sys
 from pathlib import Path
 
 from vital_hub.cli_args import DefaultsOnce
-from vital_hub.sources import (
+from vital_hub.source_registry import (
     DEFAULT_GROUP,
     GITHUB_BASE_ENV,
     GROUPS,
     HUB_REPO,
-    LOCK_NAME,
     SOURCES,
     SourceError,
     expand_names,
-    fetch_source,
     github_media_base,
-    verify_folder,
 )
+from vital_hub.sources import LOCK_NAME, fetch_source, verify_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
