@@ -92,6 +92,16 @@ def test_image_checks(eval_set):
     assert load_image(images, None).status == "no_image"
 
 
+def test_an_eval_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
+    """PIL only warns (and decodes) between one and two times `MAX_IMAGE_PIXELS`; the eval loader refuses it."""
+    from tests.fakes.pmc_server import grey_png
+
+    (tmp_path / "huge.png").write_bytes(grey_png(10_000))
+    huge = load_image(tmp_path, "huge.png")
+    assert huge.status == "corrupt" and huge.image is None
+    assert "huge.png" in huge.detail and "image too large to decode: 10000x10000 px" in huge.detail
+
+
 def test_torn_last_line_is_dropped_and_cut_before_appending(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text('{"question_id": 1, "text": "x"}\n{"question_id": 2, "te')

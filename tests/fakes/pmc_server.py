@@ -316,6 +316,19 @@ def pixel_bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
     )
 
 
+def grey_png(side: int) -> bytes:
+    """A valid, fully decodable side x side grey PNG (rows of zeros, streamed through zlib: about 1 KB on disk per
+    million pixels), for sizes between PIL's warning and its refusal."""
+    compressor, row = zlib.compressobj(9), b"\0" * (side + 1)  # filter byte + one row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
 ROUTES = ("bucket", "newer_version", "jats", "legacy")
 
 

@@ -11,7 +11,6 @@ while the judges read an answers file whole, as the user's input it is: a bad li
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -198,6 +197,8 @@ def load_image(folder: str | Path | None, name: str | None) -> ImageCheck:
     """Open an eval image fully, so that empty files and cut-off downloads count as missing, never as pictures."""
     from PIL import Image, UnidentifiedImageError
 
+    from vital_hub.figures.safety import open_within_pixel_limit
+
     if not name:
         return ImageCheck(None, "no_image")
     if folder is None:
@@ -209,7 +210,7 @@ def load_image(folder: str | Path | None, name: str | None) -> ImageCheck:
     if not data:
         return ImageCheck(None, "empty", f"{path} is an empty file")
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with open_within_pixel_limit(data) as opened:  # over PIL's pixel limit: refused from the header
             opened.load()  # decodes every byte: a truncated JPEG fails here, not at open()
             return ImageCheck(opened.convert("RGB"), "ok")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:

@@ -58,6 +58,25 @@ class VerifiedImage:
         return self.format != "JPEG"
 
 
+class PixelLimitError(Image.DecompressionBombError):
+    """An image whose header declares more pixels than PIL's `Image.MAX_IMAGE_PIXELS`."""
+
+
+def open_within_pixel_limit(data: bytes) -> Image.Image:
+    """`Image.open` of encoded bytes (the header only), refusing an image over PIL's `Image.MAX_IMAGE_PIXELS` with
+    `PixelLimitError`. PIL itself raises only over twice that limit; between one and two times it warns and would
+    decode it. Callers that catch `Image.DecompressionBombError` catch this too."""
+    with warnings.catch_warnings():  # PIL's warning for that range: the refusal below takes its place
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        image.close()
+        raise PixelLimitError(f"image too large to decode: {width}x{height} px, over {limit:,} px")
+    return image
+
+
 def verify_image(data: bytes, limits: Limits) -> VerifiedImage:
     """Decode the whole image (truncation shows up only then) after checking the declared size against the caps; a
     JPEG, kept as sent, is decoded in draft mode at 1/8 scale: every byte is still read, at two thirds of the CPU."""

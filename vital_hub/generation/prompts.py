@@ -230,14 +230,12 @@ def image_data_url(data: bytes | None, max_side: int | None = None) -> str:
     """A base64 data URL of a fully decodable image, downscaled to `max_side` pixels when larger."""
     from PIL import Image, UnidentifiedImageError
 
+    from vital_hub.figures.safety import PixelLimitError, open_within_pixel_limit
+
     if not data:
         raise ImageError("image missing or empty")
     try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            width, height = image.size
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit and width * height > limit:  # PIL itself only warns up to twice its limit, and decodes
-                raise ImageError(f"image too large to decode: {width}x{height} px, over {limit:,} px")
+        with open_within_pixel_limit(data) as image:  # the header only, so far
             image.load()  # decodes every byte: a file cut off mid-way fails here, not at the provider
             fmt = image.format
             if (max_side and max(image.size) > max_side) or fmt not in IMAGE_MIME:
@@ -247,8 +245,8 @@ def image_data_url(data: bytes | None, max_side: int | None = None) -> str:
                 buffer = io.BytesIO()
                 converted.save(buffer, format="JPEG", quality=90)
                 data, fmt = buffer.getvalue(), "JPEG"
-    except ImageError:
-        raise
+    except PixelLimitError as err:
+        raise ImageError(str(err)) from err
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(f"image unreadable ({err})") from err
     return f"data:{IMAGE_MIME[fmt]};base64,{base64.b64encode(data).decode('ascii')}"

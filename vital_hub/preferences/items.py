@@ -8,10 +8,8 @@ order, in the item itself (bytes or a path), in an images folder (`<pair_id>.jpg
 from __future__ import annotations
 
 import base64
-import io
 import re
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -294,6 +292,8 @@ def figure_problem(data: bytes | None) -> str | None:
     item the picture, never the server an error."""
     from PIL import Image
 
+    from vital_hub.figures.safety import open_within_pixel_limit
+
     if data is None:
         return "missing"
     if data is TOO_LARGE:
@@ -301,12 +301,10 @@ def figure_problem(data: bytes | None) -> str | None:
     if not data:
         return "damaged"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as picture:
-                picture.load()
+        with open_within_pixel_limit(data) as picture:
+            picture.load()
         return None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         return "too_large"
     except Exception:  # noqa: BLE001 -- PIL's decoders raise many kinds (struct, index, memory, value, OS)
         return "damaged"
